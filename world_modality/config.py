@@ -1,0 +1,291 @@
+"""Typed experiment configuration: dataclasses, the named presets (E0..E2-Flow) and flag parsing.
+
+The research notes' flags (`--lambda_world 0.2 --delta_prediction --latent_suffix m4 ...`) are the
+interface; every field below has exactly one flag of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+MEMORY_MODES = ("predicted", "oracle", "zero", "random", "shuffle")
+ACTION_HEADS = ("mse", "flow")
+FLOW_TIME_SAMPLING = ("uniform", "beta")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field, the value and the rule."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class DataConfig:
+    # Input dataset
+    dataset: str = ""  # root of a LeRobot v3-layout dataset on local disk
+    instruction_key: str = "task"  # column with the instruction; `task` resolves through task_index
+    episode_id_key: str = "episode_index"  # column that names each frame's episode
+    state_key: str = "observation.state"  # proprioceptive state column
+    action_key: str = "action"  # action column
+    image_keys: tuple[str, ...] = ("observation.images.image", "observation.images.wrist_image")
+    image_size: int = 128  # side of the square images the policy sees
+    # Held-out split
+    val_fraction: float = 0.1  # share of episodes held out for eval-offline (at least one)
+    # Chain-of-causation annotations (E4)
+    coc_jsonl: str | None = None  # JSONL of {episode_index, frame_index, text}
+
+    def __post_init__(self) -> None:
+        self.image_keys = tuple(self.image_keys)
+        _check(len(self.image_keys) >= 1, "`image_keys` must name at least one camera, got none.")
+        _check(16 <= self.image_size <= 1024, f"`image_size` must be in [16, 1024], got {self.image_size}.")
+        _check(0.0 < self.val_fraction < 1.0, f"`val_fraction` must be in (0, 1), got {self.val_fraction}.")
+
+
+@dataclass
+class WorldConfig:
+    # World encoder (frozen)
+    world_encoder: str = "tiny-vjepa2"  # tiny-vjepa2 (random init, embedded default) | vjepa2
+    world_encoder_path: str | None = None  # local path or hub-cache id of a VJEPA2Model
+    world_image_key: str = "observation.images.image"  # camera the world encoder watches
+    world_image_size: int = 64  # encoder input side
+    latent_suffix: str = "m4"  # m frames per latent, written "m<m>"
+    frame_stride: int = 1  # dataset frames between the m frames (evaluation uses the same stride)
+    # Prophet
+    future_offset: int = 4  # k: predict z_{t+k}, in dataset frames
+    delta_prediction: bool = False  # predict δ = z_{t+k} − z_t instead of z_{t+k}
+    lambda_world: float = 0.0  # weight of the world loss
+    prophet_hidden: int = 256  # Prophet MLP width
+    latent_cache_dir: str | None = None  # default: <dataset>/.cache/latents
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.latent_suffix[1:])
+
+    def __post_init__(self) -> None:
+        _check(
+            re.fullmatch(r"m[1-9][0-9]*", self.latent_suffix) is not None,
+            f"`latent_suffix` must look like 'm4' (m frames per latent), got {self.latent_suffix!r}.",
+        )
+        _check(self.frame_stride >= 1, f"`frame_stride` must be >= 1, got {self.frame_stride}.")
+        _check(self.future_offset >= 1, f"`future_offset` must be >= 1, got {self.future_offset}.")
+        _check(self.lambda_world >= 0, f"`lambda_world` must be >= 0, got {self.lambda_world}.")
+        _check(
+            self.world_encoder in ("tiny-vjepa2", "vjepa2"),
+            f"`world_encoder` must be 'tiny-vjepa2' or 'vjepa2', got {self.world_encoder!r}.",
+        )
+        _check(
+            self.world_encoder != "vjepa2" or bool(self.world_encoder_path),
+            "`world_encoder` 'vjepa2' needs `world_encoder_path` (a local path or hub-cache id).",
+        )
+
+
+@dataclass
+class PolicyConfig:
+    # Backbone
+    backbone: str = "tiny-qwen2.5-vl"  # tiny-qwen2.5-vl (embedded default) | qwen2.5-vl
+    backbone_path: str | None = None  # local path or hub-cache id of the VLM
+    # Finetuning settings
+    freeze_backbone: bool = False  # freeze every backbone weight (LoRA adapters still train)
+    use_lora: bool = False  # add LoRA adapters to the language model's attention projections
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)$"  # regex on module names
+    # Action path
+    n_act_tokens: int = 4  # learned ACT query tokens read out after the prompt
+    chunk_size: int = 8  # actions predicted per call
+    action_head: str = "mse"  # mse | flow
+    flow_steps: int = 10  # Euler steps at inference (flow head)
+    flow_time_sampling: str = "beta"  # uniform | beta (pi0's schedule)
+    # World modality
+    disable_future_injection: bool = False  # remove the cross-attention branch (E0)
+    n_memory_tokens: int = 4  # tokens the future latent is projected to
+    memory_mode: str = "predicted"  # what the action path sees: predicted|oracle|zero|random|shuffle
+    # Text head (E4)
+    lambda_text: float = 0.0  # weight of the chain-of-causation text loss
+    max_text_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        _check(
+            self.backbone in ("tiny-qwen2.5-vl", "qwen2.5-vl"),
+            f"`backbone` must be 'tiny-qwen2.5-vl' or 'qwen2.5-vl', got {self.backbone!r}.",
+        )
+        _check(
+            self.backbone == "tiny-qwen2.5-vl" or bool(self.backbone_path),
+            f"`backbone` {self.backbone!r} needs `backbone_path` (a local path or hub-cache id).",
+        )
+        _check(self.action_head in ACTION_HEADS, f"`action_head` must be one of {ACTION_HEADS}, got {self.action_head!r}.")
+        _check(self.memory_mode in MEMORY_MODES, f"`memory_mode` must be one of {MEMORY_MODES}, got {self.memory_mode!r}.")
+        _check(
+            self.flow_time_sampling in FLOW_TIME_SAMPLING,
+            f"`flow_time_sampling` must be one of {FLOW_TIME_SAMPLING}, got {self.flow_time_sampling!r}.",
+        )
+        _check(self.n_act_tokens >= 1, f"`n_act_tokens` must be >= 1, got {self.n_act_tokens}.")
+        _check(self.chunk_size >= 1, f"`chunk_size` must be >= 1, got {self.chunk_size}.")
+        _check(self.n_memory_tokens >= 1, f"`n_memory_tokens` must be >= 1, got {self.n_memory_tokens}.")
+        _check(self.flow_steps >= 1, f"`flow_steps` must be >= 1, got {self.flow_steps}.")
+        _check(self.lora_rank >= 1, f"`lora_rank` must be >= 1, got {self.lora_rank}.")
+        _check(self.lambda_text >= 0, f"`lambda_text` must be >= 0, got {self.lambda_text}.")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/experiment"  # run folder: config, logs, checkpoints
+    batch_size: int = 8
+    max_epochs: int = 5
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every_steps: int = 0  # extra mid-epoch checkpoints; 0 = only at epoch ends
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    resume: bool = True  # continue from the newest checkpoint in output_dir
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}.")
+        _check(self.max_epochs >= 1, f"`max_epochs` must be >= 1, got {self.max_epochs}.")
+        _check(self.lr > 0, f"`lr` must be positive, got {self.lr}.")
+        _check(self.keep_checkpoints >= 1, f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}.")
+
+
+@dataclass
+class ExperimentConfig:
+    preset: str | None = None  # the preset this config started from, if any
+    data: DataConfig = field(default_factory=DataConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.policy.lambda_text == 0 or bool(self.data.coc_jsonl),
+            f"`lambda_text` {self.policy.lambda_text} > 0 needs `coc_jsonl` (the annotation file).",
+        )
+        _check(
+            not (self.policy.disable_future_injection and self.policy.memory_mode != "predicted"),
+            f"`memory_mode` {self.policy.memory_mode!r} has no effect with `disable_future_injection`.",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        parts = {}
+        for name, sub in _SECTIONS.items():
+            known = {f.name for f in dataclasses.fields(sub)}
+            given = dict(d.get(name, {}))
+            unknown = set(given) - known
+            _check(not unknown, f"config section `{name}` has unknown fields {sorted(unknown)}; known: {sorted(known)}.")
+            parts[name] = sub(**given)
+        return cls(preset=d.get("preset"), **parts)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ExperimentConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+_SECTIONS = {"data": DataConfig, "world": WorldConfig, "policy": PolicyConfig, "train": TrainConfig}
+
+# Each preset changes only the fields that define it; everything else keeps its default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "E0": {"disable_future_injection": True, "lambda_world": 0.0},
+    "E2": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4"},
+    "E4": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "lambda_text": 0.1},
+    "E0-Flow": {"disable_future_injection": True, "lambda_world": 0.0, "action_head": "flow"},
+    "E2-Flow": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "action_head": "flow"},
+}
+
+
+def _field_section() -> dict[str, str]:
+    out = {}
+    for name, sub in _SECTIONS.items():
+        for f in dataclasses.fields(sub):
+            out[f.name] = name
+    return out
+
+
+FIELD_SECTION = _field_section()
+
+
+def build_config(overrides: dict[str, Any], preset: str | None = None) -> ExperimentConfig:
+    """Defaults, then the preset, then explicit overrides (flat field names)."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
+    flat: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    flat.update(overrides)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in flat.items():
+        if key not in FIELD_SECTION:
+            raise ConfigError(f"unknown config field {key!r}.")
+        sections[FIELD_SECTION[key]][key] = value
+    return ExperimentConfig(preset=preset, **{k: _SECTIONS[k](**v) for k, v in sections.items()})
+
+
+def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Field name -> value over every section (field names are unique across sections)."""
+    return {k: v for sec in _SECTIONS for k, v in dataclasses.asdict(getattr(cfg, sec)).items()}
+
+
+def matching_preset(cfg: ExperimentConfig) -> str | None:
+    """The preset whose defining fields this config has (most specific first), else None."""
+    flat, base = flatten(cfg), flatten(build_config({}))
+    for name in ("E4", "E2-Flow", "E0-Flow", "E2", "E0"):
+        wanted = {k: base[k] for k in ("action_head", "lambda_text", "disable_future_injection")}
+        wanted.update(PRESETS[name])
+        if all(flat[k] == v for k, v in wanted.items()):
+            return name
+    return None
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, named as the field; defaults suppressed so presets can show through."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named experiment to start from")
+    parser.add_argument("--config", default=None, help="a saved config.json to start from (flags override it)")
+    for name, sub in _SECTIONS.items():
+        group = parser.add_argument_group(name)
+        defaults = sub()
+        for f in dataclasses.fields(sub):
+            default = getattr(defaults, f.name)
+            flag = f"--{f.name}"
+            help_text = f"(default: {default!r})"
+            if isinstance(default, bool):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            elif isinstance(default, tuple):
+                group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
+            elif f.name == "dataset":
+                group.add_argument(flag, "--dataset_root", dest="dataset", default=argparse.SUPPRESS, help=help_text)
+            else:
+                kind = {int: int, float: float}.get(type(default), str)
+                group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """Saved config (if --config), then the preset, then the flags given on the command line."""
+    overrides = {k: v for k, v in vars(args).items() if k in FIELD_SECTION}
+    if getattr(args, "config", None):
+        base = ExperimentConfig.from_json(args.config)
+        flat = flatten(base)
+        if args.preset:
+            flat.update(PRESETS[args.preset])
+        flat.update(overrides)
+        return build_config(flat, preset=args.preset or base.preset)
+    return build_config(overrides, preset=args.preset)
+
+
+def parse_train_args(argv: Sequence[str] | None = None, prog: str = "world_modality.train") -> ExperimentConfig:
+    parser = argparse.ArgumentParser(prog=prog, description="Train a World Modality policy (E0/E2/E4/Flow presets).")
+    add_config_flags(parser)
+    return config_from_args(parser.parse_args(argv))

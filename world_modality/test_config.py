@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from world_modality.config import PRESETS, ConfigError, ExperimentConfig, build_config, flatten, matching_preset, parse_train_args
+
+NOTES_FLAGS = ["--instruction_key", "--episode_id_key", "--lambda_world", "--delta_prediction", "--latent_suffix",
+               "--freeze_backbone", "--use_lora", "--batch_size", "--max_epochs", "--disable_future_injection",
+               "--lambda_text", "--coc_jsonl"]
+COMMON = "--instruction_key task --episode_id_key episode_index --freeze_backbone --use_lora --batch_size 8 --max_epochs 5".split()
+E2_LINE = COMMON + "--lambda_world 0.2 --delta_prediction --latent_suffix m4".split()
+E0_LINE = COMMON + ["--disable_future_injection"]
+
+
+def test_help_lists_every_research_flag():
+    out = subprocess.run([sys.executable, "-m", "world_modality.train", "--help"], capture_output=True, text=True, check=True).stdout
+    missing = [f for f in NOTES_FLAGS if f not in out]
+    assert not missing, f"flags missing from --help: {missing}"
+
+
+@pytest.mark.parametrize("line,preset", [(E2_LINE, "E2"), (E0_LINE, "E0")])
+def test_research_command_lines_parse_to_presets(line, preset):
+    cfg = parse_train_args(line)
+    via_preset = parse_train_args(["--preset", preset] + COMMON)
+    assert flatten(cfg) == flatten(via_preset)
+    assert matching_preset(cfg) == preset
+    assert cfg.policy.freeze_backbone and cfg.policy.use_lora and cfg.train.max_epochs == 5
+
+
+def test_flags_override_presets():
+    cfg = parse_train_args(["--preset", "E2", "--lambda_world", "0.5", "--no-delta_prediction"])
+    assert cfg.world.lambda_world == 0.5 and cfg.world.delta_prediction is False
+    assert matching_preset(cfg) is None
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_is_recognised(name):
+    overrides = {"coc_jsonl": "ann.jsonl"} if name == "E4" else {}
+    assert matching_preset(build_config(overrides, preset=name)) == name
+
+
+def test_config_json_round_trip(tmp_path):
+    cfg = build_config({"dataset": "/d", "image_keys": ("observation.images.image",)}, preset="E2-Flow")
+    cfg.to_json(tmp_path / "c.json")
+    back = ExperimentConfig.from_json(tmp_path / "c.json")
+    assert flatten(back) == flatten(cfg) and back.preset == "E2-Flow"
+    assert json.loads((tmp_path / "c.json").read_text())["world"]["lambda_world"] == 0.2
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"latent_suffix": "4"}, "latent_suffix"),
+    ({"lambda_world": -1.0}, "lambda_world"),
+    ({"memory_mode": "future"}, "memory_mode"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"lambda_text": 0.1}, "coc_jsonl"),
+    ({"backbone": "qwen2.5-vl"}, "backbone_path"),
+])
+def test_bad_values_name_the_field(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_config(overrides)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="E2-Flow"):
+        build_config({}, preset="E3")
+
+
+def test_unknown_field_in_saved_config(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"world": {"lambda_wrld": 0.2}}))
+    with pytest.raises(ConfigError, match="lambda_wrld"):
+        ExperimentConfig.from_json(tmp_path / "c.json")
