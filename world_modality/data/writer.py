@@ -1,0 +1,272 @@
+"""Write episodes as a LeRobot v3 dataset (the layout of the public HuggingFaceVLA/libero data)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .video import VideoWriter, pick_codec
+
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+LIBERO_STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper"]
+LIBERO_ACTION_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+
+
+def _default_names(dim: int, libero: list[str], prefix: str) -> list[str]:
+    return list(libero) if dim == len(libero) else [f"{prefix}{i}" for i in range(dim)]
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _list_array(x: np.ndarray) -> pa.Array:
+    # Row-wise conversion of (T,D) through Python lists is slow for long demos; build offsets directly.
+    t, d = x.shape
+    offsets = pa.array(np.arange(0, t * d + 1, d, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1).astype(np.float32)))
+
+
+class LeRobotWriter:
+    """Streams episodes into a temp dir beside `root` and renames it into place on finalize().
+
+    Building beside the target and renaming means an interrupted run never leaves a half-written
+    dataset at `root` (readers would otherwise fingerprint and train on it)."""
+
+    def __init__(self, root, fps: int = 10,
+                 image_keys=("observation.images.image", "observation.images.wrist_image"),
+                 image_size: int = 128, state_dim: int = 8, action_dim: int = 7, robot_type: str = "panda",
+                 use_videos: bool = True, state_names=None, action_names=None,
+                 instruction_column: str | None = None, overwrite: bool = False):
+        self.root = Path(root)
+        if self.root.exists() and any(self.root.iterdir()) and not overwrite:
+            raise FileExistsError(f"{self.root} already exists and is not empty (pass overwrite=True to replace it)")
+        if fps <= 0 or image_size <= 0 or state_dim <= 0 or action_dim <= 0:
+            raise ValueError(f"fps, image_size, state_dim, action_dim must be positive, got "
+                             f"{fps}, {image_size}, {state_dim}, {action_dim}")
+        self.fps, self.image_size, self.robot_type = int(fps), int(image_size), robot_type
+        self.image_keys = list(image_keys)
+        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+        self.use_videos, self.overwrite = use_videos, overwrite
+        self.instruction_column = instruction_column
+        self.state_names = list(state_names) if state_names else _default_names(state_dim, LIBERO_STATE_NAMES, "s")
+        self.action_names = list(action_names) if action_names else _default_names(action_dim, LIBERO_ACTION_NAMES, "a")
+        if len(self.state_names) != state_dim or len(self.action_names) != action_dim:
+            raise ValueError(f"state_names/action_names lengths {len(self.state_names)}/{len(self.action_names)} "
+                             f"do not match state_dim/action_dim {state_dim}/{action_dim}")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-", dir=self.root.parent))
+        self._tasks: dict[str, int] = {}
+        self._episodes: list[dict] = []
+        self._n_frames = 0
+        self._videos: dict[str, VideoWriter] = {}
+        self._parquet: pq.ParquetWriter | None = None
+        self._state_sum = np.zeros(state_dim); self._state_sq = np.zeros(state_dim)
+        self._action_sum = np.zeros(action_dim); self._action_sq = np.zeros(action_dim)
+        self._mins = {"observation.state": np.full(state_dim, np.inf), "action": np.full(action_dim, np.inf)}
+        self._maxs = {"observation.state": np.full(state_dim, -np.inf), "action": np.full(action_dim, -np.inf)}
+        self._done = False
+
+    # -- schema ---------------------------------------------------------------------------------
+    def _features(self) -> dict:
+        feats: dict = {}
+        s = self.image_size
+        for key in self.image_keys:
+            if self.use_videos:
+                feats[key] = {"dtype": "video", "shape": [s, s, 3], "names": ["height", "width", "channels"],
+                              "info": {"video.height": s, "video.width": s,
+                                       "video.codec": "h264" if pick_codec() == "libx264" else "mpeg4",
+                                       "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
+                                       "video.fps": self.fps, "video.channels": 3, "has_audio": False}}
+            else:
+                feats[key] = {"dtype": "image", "shape": [s, s, 3], "names": ["height", "width", "channel"]}
+        feats["observation.state"] = {"dtype": "float32", "shape": [self.state_dim], "names": self.state_names}
+        feats["action"] = {"dtype": "float32", "shape": [self.action_dim], "names": self.action_names}
+        for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+                            ("index", "int64"), ("task_index", "int64")):
+            feats[name] = {"dtype": dtype, "shape": [1], "names": None}
+        if self.instruction_column:
+            feats[self.instruction_column] = {"dtype": "string", "shape": [1], "names": None}
+        return feats
+
+    def _schema(self) -> pa.Schema:
+        fields = []
+        if not self.use_videos:
+            img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+            fields += [pa.field(k, img) for k in self.image_keys]
+        fields += [pa.field("observation.state", pa.list_(pa.float32())), pa.field("action", pa.list_(pa.float32())),
+                   pa.field("timestamp", pa.float32()), pa.field("frame_index", pa.int64()),
+                   pa.field("episode_index", pa.int64()), pa.field("index", pa.int64()),
+                   pa.field("task_index", pa.int64())]
+        if self.instruction_column:
+            fields.append(pa.field(self.instruction_column, pa.string()))
+        return pa.schema(fields)
+
+    # -- writing --------------------------------------------------------------------------------
+    def _validate(self, images: dict, state, action, task) -> tuple[np.ndarray, np.ndarray]:
+        if self._done:
+            raise RuntimeError("writer already finalized or aborted")
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError(f"task must be a non-empty instruction string, got {task!r}")
+        state = np.asarray(state, dtype=np.float32)
+        action = np.asarray(action, dtype=np.float32)
+        if state.ndim != 2 or state.shape[1] != self.state_dim:
+            raise ValueError(f"state must be (T,{self.state_dim}), got {state.shape}")
+        if action.ndim != 2 or action.shape[1] != self.action_dim:
+            raise ValueError(f"action must be (T,{self.action_dim}), got {action.shape}")
+        T = len(state)
+        if T == 0 or len(action) != T:
+            raise ValueError(f"state and action must have the same non-zero length, got {T} and {len(action)}")
+        for name, arr in (("state", state), ("action", action)):
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{name} has NaN/inf at step {int(np.argmax(bad))}")
+        if set(images) != set(self.image_keys):
+            raise ValueError(f"images keys {sorted(images)} do not match image_keys {sorted(self.image_keys)}")
+        want = (T, self.image_size, self.image_size, 3)
+        for key, arr in images.items():
+            arr = np.asarray(arr)
+            if arr.dtype != np.uint8 or arr.shape != want:
+                raise ValueError(f"images[{key!r}] must be uint8 {want}, got {arr.dtype} {arr.shape}")
+        return state, action
+
+    def add_episode(self, images: dict, state, action, task: str) -> int:
+        """Append one episode; returns its episode_index."""
+        state, action = self._validate(images, state, action, task)
+        T = len(state)
+        ep = len(self._episodes)
+        task_index = self._tasks.setdefault(task, len(self._tasks))
+        start = self._n_frames
+        meta = {"episode_index": ep, "tasks": [task], "length": T,
+                "data/chunk_index": 0, "data/file_index": 0,
+                "dataset_from_index": start, "dataset_to_index": start + T,
+                "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+        cols: dict = {}
+        for key in self.image_keys:
+            frames = np.asarray(images[key])
+            if self.use_videos:
+                vw = self._videos.get(key)
+                if vw is None:
+                    path = self._tmp / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
+                    vw = self._videos[key] = VideoWriter(path, self.fps, self.image_size, self.image_size)
+                from_ts = vw.n_frames / self.fps
+                vw.write(frames)
+                meta.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+                             f"videos/{key}/from_timestamp": from_ts,
+                             f"videos/{key}/to_timestamp": vw.n_frames / self.fps})
+            else:
+                cols[key] = [{"bytes": _png(f), "path": f"frame_{start + i:06d}.png"} for i, f in enumerate(frames)]
+        frame_index = np.arange(T, dtype=np.int64)
+        cols.update({
+            "observation.state": _list_array(state), "action": _list_array(action),
+            "timestamp": (frame_index / self.fps).astype(np.float32), "frame_index": frame_index,
+            "episode_index": np.full(T, ep, np.int64), "index": np.arange(start, start + T, dtype=np.int64),
+            "task_index": np.full(T, task_index, np.int64)})
+        if self.instruction_column:
+            cols[self.instruction_column] = [task] * T
+        schema = self._schema()
+        table = pa.table({f.name: cols[f.name] if isinstance(cols[f.name], pa.Array)
+                          else pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
+        if self._parquet is None:
+            path = self._tmp / DATA_PATH.format(chunk_index=0, file_index=0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._parquet = pq.ParquetWriter(str(path), schema)
+        self._parquet.write_table(table)
+        for key, arr in (("observation.state", state), ("action", action)):
+            self._mins[key] = np.minimum(self._mins[key], arr.min(0))
+            self._maxs[key] = np.maximum(self._maxs[key], arr.max(0))
+        self._state_sum += state.sum(0); self._state_sq += (state.astype(np.float64) ** 2).sum(0)
+        self._action_sum += action.sum(0); self._action_sq += (action.astype(np.float64) ** 2).sum(0)
+        self._episodes.append(meta)
+        self._n_frames += T
+        return ep
+
+    def _stats(self) -> dict:
+        out = {}
+        n = max(self._n_frames, 1)
+        for key, s, sq in (("observation.state", self._state_sum, self._state_sq),
+                           ("action", self._action_sum, self._action_sq)):
+            mean = s / n
+            std = np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
+            out[key] = {"mean": mean.tolist(), "std": std.tolist(), "min": self._mins[key].tolist(),
+                        "max": self._maxs[key].tolist(), "count": [self._n_frames]}
+        return out
+
+    def finalize(self) -> Path:
+        """Write metadata, close files and move the finished dataset to `root`."""
+        if self._done:
+            raise RuntimeError("writer already finalized or aborted")
+        if not self._episodes:
+            raise ValueError("no episodes were added; refusing to write an empty dataset")
+        try:
+            for vw in self._videos.values():
+                vw.close()
+            self._parquet.close()
+            meta = self._tmp / "meta"
+            meta.mkdir(parents=True, exist_ok=True)
+            tasks = sorted(self._tasks.items(), key=lambda kv: kv[1])
+            pq.write_table(pa.table({"task_index": pa.array([i for _, i in tasks], pa.int64()),
+                                     "task": pa.array([t for t, _ in tasks], pa.string())}),
+                           meta / "tasks.parquet")
+            ep_path = self._tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
+            ep_path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(self._episodes), ep_path)
+            info = {"codebase_version": "v3.0", "robot_type": self.robot_type,
+                    "total_episodes": len(self._episodes), "total_frames": self._n_frames,
+                    "total_tasks": len(self._tasks), "chunks_size": 1000, "data_files_size_in_mb": 100,
+                    "video_files_size_in_mb": 500, "fps": self.fps, "splits": {"train": f"0:{len(self._episodes)}"},
+                    "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.use_videos else None,
+                    "features": self._features()}
+            (meta / "info.json").write_text(json.dumps(info, indent=4))
+            (meta / "stats.json").write_text(json.dumps(self._stats(), indent=4))
+            self._install()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.root
+
+    def _install(self) -> None:
+        # Rename is atomic on one filesystem; an old dataset is moved aside first and removed last.
+        old = None
+        if self.root.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.old-", dir=self.root.parent))
+            os.replace(self.root, old / "d")
+        os.replace(self._tmp, self.root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Drop everything written so far; `root` is left untouched."""
+        for vw in self._videos.values():
+            try:
+                vw.close()
+            except Exception:
+                pass
+        if self._parquet is not None:
+            try:
+                self._parquet.close()
+            except Exception:
+                pass
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._done = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and not self._done:
+            self.abort()
+        return False
