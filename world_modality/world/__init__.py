@@ -1,0 +1,1 @@
+"""World modality: frozen video encoders, the on-disk latent cache, and the Prophet that predicts future latents."""

@@ -1,0 +1,237 @@
+"""Encode each frame's m-frame window once and keep the latents in a strict, keyed on-disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
+
+from .encoder import WorldEncoder
+
+STD_FLOOR = 1e-6
+CACHE_FORMAT = 1
+# Fields whose mismatch makes a cache belong to another experiment: never reuse it silently.
+IDENTITY_FIELDS = ("encoder_id", "num_frames", "frame_stride", "image_key", "dataset_fingerprint")
+
+
+class LatentCacheMismatch(ValueError):
+    """A cache on disk was built for a different encoder, window, camera or dataset."""
+
+    def __init__(self, path: str | os.PathLike, field_name: str, cached: Any, expected: Any):
+        self.path, self.field, self.cached, self.expected = str(path), field_name, cached, expected
+        super().__init__(
+            f"latent cache {self.path}: {field_name} is {cached!r} in the cache but {expected!r} "
+            f"was expected; delete the cache or point to the matching one (it is never reused)"
+        )
+
+
+@dataclass
+class LatentCache:
+    latents: np.ndarray  # (N, D) float32, row i = latent of frame i's window
+    mean: np.ndarray  # (D,) float32
+    std: np.ndarray  # (D,) float32, floored at STD_FLOOR
+    meta: dict = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.latents.shape[0])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.latents.shape[1])
+
+
+def _past_rows_sha(past_rows: np.ndarray) -> str:
+    rows = np.ascontiguousarray(np.asarray(past_rows, dtype=np.int64))
+    h = hashlib.sha256(str(rows.shape).encode())
+    h.update(rows.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_past_rows(past_rows: np.ndarray, n_frames: int, m: int) -> np.ndarray:
+    rows = np.asarray(past_rows)
+    if rows.ndim != 2 or rows.shape[1] != m:
+        raise ValueError(f"past_rows must have shape (N, m={m}), got {rows.shape}")
+    if not np.issubdtype(rows.dtype, np.integer):
+        raise TypeError(f"past_rows must be integer indices, got {rows.dtype}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_frames):
+        raise IndexError(
+            f"past_rows index range [{rows.min()}, {rows.max()}] outside the {n_frames} frames given"
+        )
+    return rows.astype(np.int64, copy=False)
+
+
+def encode_latents(
+    frames: np.ndarray,
+    past_rows: np.ndarray,
+    encoder: WorldEncoder,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> np.ndarray:
+    """Latent of every row's window: out[i] = encoder.encode(frames[past_rows[i]]); (N, D) float32."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+    rows = _check_past_rows(past_rows, len(frames), encoder.num_frames)
+    out = np.empty((len(rows), encoder.latent_dim), dtype=np.float32)
+    bar = tqdm(total=len(rows), desc=f"encode {encoder.encoder_id}", unit="win", disable=not progress)
+    try:
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start : start + batch_size]
+            windows = frames[idx]  # (b, m, H, W, 3)
+            out[start : start + len(idx)] = encoder.encode(torch.from_numpy(windows)).cpu().numpy()
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    return out
+
+
+def latent_stats(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and floored std (float64 accumulation, float32 result)."""
+    z = np.asarray(latents, dtype=np.float64)
+    mean = z.mean(axis=0)
+    std = np.maximum(z.std(axis=0), STD_FLOOR)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def cache_key(
+    encoder_id: str, num_frames: int, frame_stride: int, image_key: str, dataset_fingerprint: str
+) -> str:
+    """Readable prefix + 16-hex hash of every identity field (the prefix alone is not unique)."""
+    ident = json.dumps(
+        [encoder_id, int(num_frames), int(frame_stride), image_key, dataset_fingerprint, CACHE_FORMAT]
+    )
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    cam = image_key.rsplit(".", 1)[-1]
+    prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{encoder_id.split('-m')[0]}-m{num_frames}-st{frame_stride}-{cam}")
+    return f"{prefix}-{digest}"
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def save_cache(path: str | os.PathLike, latents: np.ndarray, meta: dict) -> LatentCache:
+    """Write <path>.safetensors then <path>.json; the JSON is written last so it marks completion."""
+    st_path, json_path = _paths(path)
+    latents = np.ascontiguousarray(latents, dtype=np.float32)
+    mean, std = latent_stats(latents)
+    meta = {**meta, "n_frames": int(latents.shape[0]), "latent_dim": int(latents.shape[1])}
+    meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    meta.setdefault("format", CACHE_FORMAT)
+    tensors = {"latents": latents, "mean": mean, "std": std}
+    _atomic_write(st_path, lambda tmp: save_file(tensors, tmp))
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+
+    _atomic_write(json_path, write_json)
+    return LatentCache(latents, mean, std, meta, str(st_path.with_suffix("")))
+
+
+def _expect(path: Path, meta: dict, name: str, expected: Any) -> None:
+    if name not in meta:
+        raise LatentCacheMismatch(path, name, "<missing>", expected)
+    # JSON round trip so e.g. a tuple or numpy int compares equal to what JSON stored.
+    if meta[name] != json.loads(json.dumps(expected)):
+        raise LatentCacheMismatch(path, name, meta[name], expected)
+
+
+def load_cache(
+    path: str | os.PathLike,
+    *,
+    encoder_id: str,
+    num_frames: int,
+    frame_stride: int,
+    image_key: str,
+    dataset_fingerprint: str,
+    n_frames: int | None = None,
+    past_rows_sha: str | None = None,
+) -> LatentCache:
+    """Load a cache and verify every identity field; any mismatch raises LatentCacheMismatch."""
+    st_path, json_path = _paths(path)
+    if not (st_path.exists() and json_path.exists()):
+        raise FileNotFoundError(f"latent cache {st_path.with_suffix('')} is incomplete or absent")
+    with open(json_path) as f:
+        meta = json.load(f)
+    expected = {
+        "encoder_id": encoder_id,
+        "num_frames": int(num_frames),
+        "frame_stride": int(frame_stride),
+        "image_key": image_key,
+        "dataset_fingerprint": dataset_fingerprint,
+    }
+    if n_frames is not None:
+        expected["n_frames"] = int(n_frames)
+    if past_rows_sha is not None:
+        expected["past_rows_sha"] = past_rows_sha
+    for name, value in expected.items():
+        _expect(json_path, meta, name, value)
+    tensors = load_file(str(st_path))
+    latents = tensors["latents"]
+    if latents.shape != (meta["n_frames"], meta["latent_dim"]):
+        raise LatentCacheMismatch(st_path, "latents.shape", latents.shape, (meta["n_frames"], meta["latent_dim"]))
+    return LatentCache(latents, tensors["mean"], tensors["std"], meta, str(st_path.with_suffix("")))
+
+
+def load_or_build_cache(
+    cache_dir: str | os.PathLike,
+    *,
+    encoder: WorldEncoder,
+    frames_fn: Callable[[], np.ndarray],
+    past_rows: np.ndarray,
+    frame_stride: int,
+    image_key: str,
+    dataset_fingerprint: str,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> LatentCache:
+    """Return the cache for this (encoder, m, stride, camera, dataset); build it if absent.
+
+    frames_fn (video decoding, expensive) is called only when the cache must be built.
+    """
+    key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint)
+    path = Path(cache_dir) / key
+    rows_sha = _past_rows_sha(past_rows)
+    ident = dict(
+        encoder_id=encoder.encoder_id,
+        num_frames=encoder.num_frames,
+        frame_stride=int(frame_stride),
+        image_key=image_key,
+        dataset_fingerprint=dataset_fingerprint,
+    )
+    st_path, json_path = _paths(path)
+    if st_path.exists() and json_path.exists():
+        return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
+    frames = frames_fn()
+    latents = encode_latents(frames, past_rows, encoder, batch_size=batch_size, progress=progress)
+    return save_cache(path, latents, {**ident, "past_rows_sha": rows_sha})

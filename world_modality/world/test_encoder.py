@@ -1,0 +1,134 @@
+"""Tests for the world encoders: shapes, preprocessing, seeded determinism, identity, checkpoint round trip."""
+
+import numpy as np
+import pytest
+import torch
+
+from world_modality.world.encoder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    WorldEncoder,
+    build_world_encoder,
+)
+
+M = 4
+S = 32
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return build_world_encoder(num_frames=M, image_size=S, seed=0)
+
+
+def _frames(b=3, m=M, h=40, w=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (b, m, h, w, 3), dtype=np.uint8)
+
+
+def test_encode_shape_dtype_and_frozen(enc):
+    z = enc.encode(_frames())
+    assert z.shape == (3, enc.latent_dim)
+    assert z.dtype == torch.float32
+    assert torch.isfinite(z).all()
+    assert enc.latent_dim == enc.model.config.hidden_size
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.training and not enc.model.training
+
+
+def test_preprocess_resizes_and_normalizes(enc):
+    frames = np.zeros((2, M, 48, 48, 3), dtype=np.uint8)
+    frames[..., 0] = 255
+    x = enc.preprocess(frames)
+    assert x.shape == (2, M, 3, S, S)
+    expected = [(1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]] + [
+        -IMAGENET_MEAN[c] / IMAGENET_STD[c] for c in (1, 2)
+    ]
+    for c in range(3):
+        assert torch.allclose(x[:, :, c], torch.full_like(x[:, :, c], expected[c]), atol=1e-5)
+    # A torch tensor input gives the same result as numpy.
+    assert torch.equal(enc.preprocess(torch.from_numpy(frames)), x)
+
+
+def test_preprocess_rejects_bad_input(enc):
+    with pytest.raises(TypeError):
+        enc.preprocess(_frames().astype(np.float32))
+    with pytest.raises(ValueError, match="m=4"):
+        enc.preprocess(_frames(m=2))
+
+
+def test_batch_independence(enc):
+    f = _frames(b=4)
+    z_all = enc.encode(f)
+    z_one = enc.encode(f[2:3])
+    assert torch.allclose(z_all[2:3], z_one, atol=1e-5)
+    assert not torch.allclose(z_all[0], z_all[1])
+
+
+def test_seed_determinism_and_identity(enc):
+    rng_before = torch.get_rng_state()
+    same = build_world_encoder(num_frames=M, image_size=S, seed=0)
+    assert torch.equal(rng_before, torch.get_rng_state()), "building must not touch the global RNG"
+    other = build_world_encoder(num_frames=M, image_size=S, seed=1)
+    f = _frames()
+    assert same.encoder_id == enc.encoder_id
+    assert torch.equal(same.encode(f), enc.encode(f))
+    assert other.encoder_id != enc.encoder_id
+    assert not torch.allclose(other.encode(f), enc.encode(f))
+    assert enc.encoder_id.startswith(f"tiny-vjepa2-m{M}-")
+
+
+def test_id_depends_on_num_frames():
+    a = build_world_encoder(num_frames=2, image_size=S)
+    b = build_world_encoder(num_frames=4, image_size=S)
+    assert a.encoder_id != b.encoder_id
+    assert "-m2-" in a.encoder_id and "-m4-" in b.encoder_id
+
+
+def test_num_frames_must_be_multiple_of_tubelet():
+    with pytest.raises(ValueError, match=r"num_frames=3.*tubelet_size=2"):
+        build_world_encoder(num_frames=3, image_size=S)
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="unknown world encoder"):
+        build_world_encoder(name="nope")
+
+
+def test_checkpoint_round_trip(enc):
+    cfg = enc.config_dict()
+    weights = enc.state_dict_for_checkpoint()
+    assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
+    # Perturb the weights: the rebuilt encoder must take the saved ones, not the seeded init.
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}
+    changed = build_world_encoder(num_frames=M, image_size=S, seed=0)
+    changed.model.load_state_dict(weights, strict=True)
+    cfg_changed = {**cfg, "encoder_id": changed.refresh_id()}
+    rebuilt = WorldEncoder.from_checkpoint(cfg_changed, weights)
+    assert rebuilt.encoder_id == changed.encoder_id != enc.encoder_id
+    f = _frames()
+    assert torch.equal(rebuilt.encode(f), changed.encode(f))
+    # Claiming the original id with perturbed weights is caught.
+    with pytest.raises(ValueError, match="encoder_id"):
+        WorldEncoder.from_checkpoint(cfg, weights)
+    with pytest.raises(RuntimeError):
+        WorldEncoder.from_checkpoint(cfg, {k: v for k, v in list(weights.items())[1:]})
+
+
+def test_pretrained_from_local_dir(enc, tmp_path):
+    enc.model.save_pretrained(tmp_path / "vjepa2-tiny")
+    loaded = build_world_encoder(
+        name="vjepa2", num_frames=M, pretrained_path=str(tmp_path / "vjepa2-tiny")
+    )
+    assert loaded.image_size == S  # taken from the saved crop_size
+    assert loaded.state_dict_for_checkpoint() is None
+    f = _frames()
+    assert torch.allclose(loaded.encode(f), enc.encode(f), atol=1e-5)
+
+
+def test_pretrained_missing_path_is_clear(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded") as e:
+        build_world_encoder(name="vjepa2", pretrained_path=missing)
+    assert missing in str(e.value)
+    with pytest.raises(ValueError, match="pretrained_path"):
+        build_world_encoder(name="vjepa2")

@@ -1,0 +1,170 @@
+"""Tests for latent encoding and the strict on-disk latent cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from world_modality.world.encoder import build_world_encoder
+from world_modality.world.latent_cache import (
+    LatentCacheMismatch,
+    cache_key,
+    encode_latents,
+    load_cache,
+    load_or_build_cache,
+)
+
+M = 2
+N = 10
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return build_world_encoder(num_frames=M, image_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return np.random.default_rng(0).integers(0, 256, (N, 36, 36, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def past_rows():
+    # Clamped at the episode start, as window builders do: [max(i-1,0), i].
+    i = np.arange(N)
+    return np.stack([np.maximum(i - 1, 0), i], axis=1)
+
+
+def _ident(enc, **over):
+    d = dict(frame_stride=1, image_key="observation.images.image", dataset_fingerprint="fp-a")
+    d.update(over)
+    return d
+
+
+def test_encode_latents_matches_encoder(enc, frames, past_rows):
+    z = encode_latents(frames, past_rows, enc, batch_size=3, progress=False)
+    assert z.shape == (N, enc.latent_dim) and z.dtype == np.float32
+    expected = enc.encode(torch.from_numpy(frames[past_rows])).numpy()
+    np.testing.assert_allclose(z, expected, atol=1e-5)
+    # Row order follows past_rows, not frame order.
+    z_rev = encode_latents(frames, past_rows[::-1], enc, batch_size=4, progress=False)
+    np.testing.assert_allclose(z_rev, z[::-1], atol=1e-5)
+
+
+def test_encode_latents_validates(enc, frames, past_rows):
+    with pytest.raises(ValueError, match="m=2"):
+        encode_latents(frames, np.zeros((N, 3), dtype=int), enc, progress=False)
+    with pytest.raises(IndexError):
+        encode_latents(frames, past_rows + N, enc, progress=False)
+
+
+def test_cache_key_readable_and_distinct(enc):
+    k = cache_key(enc.encoder_id, M, 1, "observation.images.image", "fp-a")
+    assert k.startswith("tiny-vjepa2-m2-st1-image-")
+    assert k == cache_key(enc.encoder_id, M, 1, "observation.images.image", "fp-a")
+    others = {
+        cache_key(enc.encoder_id, M, 2, "observation.images.image", "fp-a"),
+        cache_key(enc.encoder_id, M, 1, "observation.images.wrist_image", "fp-a"),
+        cache_key(enc.encoder_id, M, 1, "observation.images.image", "fp-b"),
+        cache_key(enc.encoder_id + "x", M, 1, "observation.images.image", "fp-a"),
+    }
+    assert k not in others and len(others) == 4
+
+
+def test_build_then_hit_round_trip(enc, frames, past_rows, tmp_path):
+    calls = []
+
+    def frames_fn():
+        calls.append(1)
+        return frames
+
+    built = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
+    )
+    assert len(calls) == 1
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".safetensors"]
+    hit = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
+    )
+    assert len(calls) == 1, "frames_fn must not be called on a cache hit"
+    np.testing.assert_array_equal(hit.latents, built.latents)
+    np.testing.assert_allclose(hit.mean, built.latents.mean(0), atol=1e-5)
+    np.testing.assert_allclose(hit.std, built.latents.std(0), atol=1e-5)
+    assert hit.meta["encoder_id"] == enc.encoder_id
+    assert hit.meta["n_frames"] == N and hit.meta["latent_dim"] == enc.latent_dim
+    assert hit.meta["num_frames"] == M and "created" in hit.meta
+    # A different fingerprint is a different key: a fresh build, not a reuse.
+    load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
+        **_ident(enc, dataset_fingerprint="fp-b"),
+    )
+    assert len(calls) == 2
+
+
+def test_std_is_floored(enc, past_rows, tmp_path):
+    constant = np.full((N, 36, 36, 3), 7, dtype=np.uint8)
+    c = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: constant, past_rows=past_rows, progress=False,
+        **_ident(enc),
+    )
+    assert np.all(c.std > 0)
+    assert np.all(np.isfinite((c.latents - c.mean) / c.std))
+
+
+@pytest.mark.parametrize(
+    "field,override",
+    [
+        ("encoder_id", {"encoder_id": "tiny-vjepa2-m2-s32-000000000000"}),
+        ("num_frames", {"num_frames": 4}),
+        ("frame_stride", {"frame_stride": 3}),
+        ("image_key", {"image_key": "observation.images.wrist_image"}),
+        ("dataset_fingerprint", {"dataset_fingerprint": "fp-other"}),
+    ],
+)
+def test_load_cache_mismatch_names_field(enc, frames, past_rows, tmp_path, field, override):
+    c = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        **_ident(enc),
+    )
+    expected = dict(encoder_id=enc.encoder_id, num_frames=M, **_ident(enc))
+    load_cache(c.path, **expected)  # the matching identity loads
+    bad = {**expected, **override}
+    with pytest.raises(LatentCacheMismatch) as e:
+        load_cache(c.path + ".safetensors", **bad)
+    msg = str(e.value)
+    assert e.value.field == field
+    assert field in msg and repr(expected[field]) in msg and repr(bad[field]) in msg
+
+
+def test_tampered_meta_is_caught_on_hit(enc, frames, past_rows, tmp_path):
+    c = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        **_ident(enc),
+    )
+    meta_path = c.path + ".json"
+    meta = json.loads(open(meta_path).read())
+    meta["dataset_fingerprint"] = "someone-else"
+    open(meta_path, "w").write(json.dumps(meta))
+    with pytest.raises(LatentCacheMismatch, match="dataset_fingerprint"):
+        load_or_build_cache(
+            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+            **_ident(enc),
+        )
+
+
+def test_changed_windows_are_caught(enc, frames, past_rows, tmp_path):
+    load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        **_ident(enc),
+    )
+    with pytest.raises(LatentCacheMismatch, match="past_rows_sha"):
+        load_or_build_cache(
+            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows[:, ::-1].copy(),
+            progress=False, **_ident(enc),
+        )
+
+
+def test_missing_cache(tmp_path, enc):
+    with pytest.raises(FileNotFoundError):
+        load_cache(tmp_path / "absent", encoder_id=enc.encoder_id, num_frames=M, **_ident(enc))
