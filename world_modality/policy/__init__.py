@@ -1,0 +1,1 @@
+"""The policy: VLM backbone, prompt, ACT queries, gated cross-attention, action heads, checkpoints."""

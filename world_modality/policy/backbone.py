@@ -1,0 +1,178 @@
+"""The VLM backbone: Qwen2.5-VL (tiny random config by default, real weights from a local path).
+
+It turns camera images + a tokenised prompt into hidden states; the policy reads its ACT query
+positions. Image patchification reproduces Qwen2-VL's image processor so torchvision is not needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Qwen2-VL's normalisation constants (OpenAI CLIP's), as its image processor applies them.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class TinyQwenSize:
+    """Sizes of the embedded default; small enough for a CPU step in tens of milliseconds."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    vision_hidden: int = 64
+    vision_depth: int = 2
+    patch_size: int = 16
+
+
+def tiny_qwen_config(vocab_size: int, token_ids: dict[str, int], size: TinyQwenSize = TinyQwenSize()):
+    from transformers import Qwen2_5_VLConfig
+
+    head_dim = size.hidden_size // size.num_heads
+    # mrope splits head_dim/2 rotary frequencies over (time, height, width) like the real 3:4:4-ish split.
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    mrope = [t, h, half - t - h]
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=size.hidden_size,
+            intermediate_size=size.intermediate_size,
+            num_hidden_layers=size.num_layers,
+            num_attention_heads=size.num_heads,
+            num_key_value_heads=max(1, size.num_heads // 2),
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            bos_token_id=token_ids["<|endoftext|>"],
+            eos_token_id=token_ids["<|im_end|>"],
+            pad_token_id=token_ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=size.vision_depth,
+            hidden_size=size.vision_hidden,
+            intermediate_size=size.vision_hidden * 2,
+            num_heads=4,
+            patch_size=size.patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=size.patch_size * 4,
+            out_hidden_size=size.hidden_size,
+            fullatt_block_indexes=[size.vision_depth - 1],
+        ),
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+class QwenBackbone(nn.Module):
+    """Qwen2.5-VL with a tokenizer; `pretrained` tells the checkpoint whether its weights can be reloaded."""
+
+    family = "qwen2.5-vl"
+
+    def __init__(self, model: nn.Module, tokenizer, pretrained: bool):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer  # a `tokenizers.Tokenizer` or a transformers tokenizer
+        self.pretrained = pretrained
+        cfg = model.config
+        vc = cfg.vision_config
+        self.hidden_size = cfg.text_config.hidden_size
+        self.patch_size = int(vc.patch_size)
+        self.merge_size = int(vc.spatial_merge_size)
+        self.temporal_patch_size = int(vc.temporal_patch_size)
+        self.image_token_id = int(cfg.image_token_id)
+        self.pad_token_id = self.token_id("<|endoftext|>")
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def token_id(self, token: str) -> int:
+        tid = self.tokenizer.token_to_id(token) if hasattr(self.tokenizer, "token_to_id") else self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None:
+            raise ValueError(f"tokenizer has no token {token!r}, which the Qwen prompt format needs.")
+        return int(tid)
+
+    def encode_text(self, text: str) -> list[int]:
+        if hasattr(self.tokenizer, "token_to_id"):
+            return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def tokens_per_image(self, height: int, width: int) -> int:
+        return (height // self.patch_size) * (width // self.patch_size) // (self.merge_size**2)
+
+    def check_image_size(self, size: int) -> None:
+        unit = self.patch_size * self.merge_size
+        if size % unit:
+            raise ValueError(f"image_size {size} must be a multiple of patch_size*merge_size = {unit} for this backbone.")
+
+    # -- images ---------------------------------------------------------------------------------
+    def pixel_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) floats in [0, 1] -> (patches, grid_thw) exactly as Qwen2-VL's image processor
+        lays them out: a still image is repeated over the temporal patch, patches grouped by merge window."""
+        n, c, h, w = images.shape
+        p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
+        x = (images - self.pixel_mean) / self.pixel_std
+        x = x.unsqueeze(1).expand(n, tp, c, h, w)
+        gh, gw = h // p, w // p
+        x = x.reshape(n, 1, tp, c, gh // m, m, p, gw // m, m, p)
+        x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+        patches = x.reshape(n * gh * gw, c * tp * p * p)
+        grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long, device=images.device)
+        return patches, grid
+
+    # -- forward --------------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(self, input_ids, inputs_embeds, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw) -> torch.Tensor:
+        out = self.model.model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm_token_type_ids,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden)
+
+
+def build_tiny_qwen(tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize()) -> QwenBackbone:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .tokenizer import SPECIAL_TOKENS
+
+    ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    cfg = tiny_qwen_config(tokenizer.get_vocab_size(), ids, size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(cfg)
+    return QwenBackbone(model.float(), tokenizer, pretrained=False)
+
+
+def load_qwen(path: str, dtype: torch.dtype = torch.float32) -> QwenBackbone:
+    """Real Qwen2.5-VL from a local folder or the user's hub cache; never downloads."""
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except OSError as e:
+        where = "folder" if Path(path).exists() else "hub-cache id"
+        raise FileNotFoundError(
+            f"could not load Qwen2.5-VL from {where} {path!r} (nothing is downloaded at run time; "
+            f"put the weights there or in your hub cache first): {e}"
+        ) from e
+    return QwenBackbone(model, tokenizer, pretrained=True)

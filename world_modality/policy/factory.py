@@ -1,0 +1,55 @@
+"""Builds a policy (backbone, LoRA, world encoder, heads) from a config; used by training and loading."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ExperimentConfig
+from ..world.encoder import WorldEncoder, build_world_encoder
+from .backbone import QwenBackbone, build_tiny_qwen, load_qwen
+from .lora import apply_lora, set_trainable
+from .model import PolicyShapes, WorldModalityPolicy
+from .preprocess import ObservationPreprocessor
+
+# The world encoder stands in for a frozen pretrained model: one fixed init for every run and seed,
+# so E0/E2 and all seeds share one latent cache.
+WORLD_ENCODER_SEED = 0
+
+
+def world_encoder_from_config(cfg: ExperimentConfig) -> WorldEncoder:
+    w = cfg.world
+    return build_world_encoder(
+        name=w.world_encoder,
+        num_frames=w.num_frames,
+        image_size=w.world_image_size if w.world_encoder == "tiny-vjepa2" else None,
+        seed=WORLD_ENCODER_SEED,
+        pretrained_path=w.world_encoder_path,
+    )
+
+
+def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> QwenBackbone:
+    p = cfg.policy
+    if p.backbone == "tiny-qwen2.5-vl":
+        if tokenizer is None:
+            raise ValueError("the tiny backbone needs the project's tokenizer (built from the dataset or read from a checkpoint).")
+        backbone = build_tiny_qwen(tokenizer, seed=cfg.train.seed)
+    else:
+        backbone = load_qwen(p.backbone_path)
+    if p.use_lora:
+        apply_lora(backbone.model, p.lora_target, p.lora_rank, p.lora_alpha)
+    return backbone
+
+
+def build_policy(cfg: ExperimentConfig, shapes: PolicyShapes, tokenizer=None, world_encoder: WorldEncoder | None = None,
+                 encoder_config: dict[str, Any] | None = None) -> WorldModalityPolicy:
+    backbone = build_backbone(cfg, tokenizer)
+    needs_world = (not cfg.policy.disable_future_injection) or cfg.world.lambda_world > 0
+    if needs_world and world_encoder is None:
+        world_encoder = build_world_encoder(**{k: v for k, v in encoder_config.items() if k != "encoder_id"}) if encoder_config else world_encoder_from_config(cfg)
+    policy = WorldModalityPolicy(cfg, backbone, shapes, world_encoder if needs_world else None)
+    set_trainable(policy, cfg.policy.freeze_backbone)
+    return policy
+
+
+def build_preprocessor(cfg: ExperimentConfig, policy: WorldModalityPolicy) -> ObservationPreprocessor:
+    return ObservationPreprocessor(policy.backbone, cfg.data.image_keys, cfg.data.image_size, cfg.policy.n_act_tokens)

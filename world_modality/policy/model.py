@@ -1,0 +1,144 @@
+"""The assembled policy ("Model F"): backbone + ACT queries + Prophet + gated cross-attention + head.
+
+Leakage guard: the true future latent `z_future` enters only two places, the world loss and the
+explicit `oracle` memory mode. In every other mode the action path sees nothing computed from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..world.prophet import Prophet, world_loss
+from .heads import build_head
+from .xattn import GatedCrossAttention
+
+
+@dataclass(frozen=True)
+class PolicyShapes:
+    """Dimensions the data decides; saved with every checkpoint so the policy rebuilds identically."""
+
+    state_dim: int
+    action_dim: int
+    latent_dim: int
+
+
+class WorldModalityPolicy(nn.Module):
+    def __init__(self, cfg: ExperimentConfig, backbone: nn.Module, shapes: PolicyShapes, world_encoder: nn.Module | None):
+        super().__init__()
+        p, w = cfg.policy, cfg.world
+        self.cfg = cfg
+        self.shapes = shapes
+        self.backbone = backbone
+        hidden = backbone.hidden_size
+        self.n_act = p.n_act_tokens
+        self.use_memory = not p.disable_future_injection
+        self.act_queries = nn.Parameter(torch.randn(p.n_act_tokens, hidden) * 0.02)
+        self.state_proj = nn.Linear(shapes.state_dim, hidden)
+        self.head = build_head(p.action_head, hidden, p.n_act_tokens, p.chunk_size, shapes.action_dim, p.flow_steps, p.flow_time_sampling)
+        # Normalisation statistics live in the module so a checkpoint cannot lose them.
+        self.register_buffer("state_mean", torch.zeros(shapes.state_dim))
+        self.register_buffer("state_std", torch.ones(shapes.state_dim))
+        self.register_buffer("action_mean", torch.zeros(shapes.action_dim))
+        self.register_buffer("action_std", torch.ones(shapes.action_dim))
+        self.needs_world = self.use_memory or w.lambda_world > 0
+        if self.needs_world:
+            self.world_encoder = world_encoder
+            self.prophet = Prophet(shapes.latent_dim, cond_dim=hidden + shapes.state_dim, hidden_dim=w.prophet_hidden,
+                                   delta_prediction=w.delta_prediction)
+        if self.use_memory:
+            self.memory_proj = nn.Linear(shapes.latent_dim, p.n_memory_tokens * hidden)
+            self.memory_pos = nn.Parameter(torch.randn(p.n_memory_tokens, hidden) * 0.02)
+            self.xattn = GatedCrossAttention(hidden)
+
+    # -- statistics -----------------------------------------------------------------------------
+    def set_stats(self, state_mean, state_std, action_mean, action_std, latent_mean=None, latent_std=None, delta_std=None):
+        for name, v in (("state_mean", state_mean), ("state_std", state_std), ("action_mean", action_mean), ("action_std", action_std)):
+            getattr(self, name).copy_(torch.as_tensor(v, dtype=torch.float32))
+        self.state_std.clamp_(min=1e-6)
+        self.action_std.clamp_(min=1e-6)
+        if self.needs_world:
+            self.prophet.set_stats(latent_mean, latent_std, delta_std)
+
+    # -- forward pieces -------------------------------------------------------------------------
+    def _act_hidden(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone pass; returns the ACT hidden states and a detached instruction embedding."""
+        bb = self.backbone
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        embeds = bb.embed(ids)
+        state = (batch["state"] - self.state_mean) / self.state_std
+        n = self.n_act
+        embeds = embeds.clone()
+        embeds[:, -n - 1] = self.state_proj(state).to(embeds.dtype)
+        embeds[:, -n:] = self.act_queries.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
+        images = batch["images"]
+        pixel_values, grid = bb.pixel_inputs(images.flatten(0, 1).to(embeds.dtype))
+        hidden = bb(ids, embeds, mask, batch["mm_token_type_ids"], pixel_values, grid)
+        text = (mask.bool() & (batch["mm_token_type_ids"] == 0))
+        text[:, -n - 1:] = False
+        text_f = text.unsqueeze(-1).to(embeds.dtype)
+        instr = ((embeds * text_f).sum(1) / text_f.sum(1).clamp_min(1.0)).detach()
+        return hidden[:, -n:].float(), torch.cat([instr.float(), state], dim=-1)
+
+    def predict_future(self, z_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.prophet(z_t, cond)
+
+    def memory_latent(self, mode: str, z_pred: torch.Tensor, z_future: torch.Tensor | None, generator=None) -> torch.Tensor:
+        """The latent the action path attends to; only `oracle` reads the true future."""
+        mean, std = self.prophet.latent_mean, self.prophet.latent_std
+        if mode == "predicted":
+            return z_pred
+        if mode == "oracle":
+            if z_future is None:
+                raise ValueError("memory mode 'oracle' needs the true future latent, which this batch lacks.")
+            return z_future
+        if mode == "zero":  # normalised zero: the memory carries no information about this sample
+            return mean.expand_as(z_pred)
+        if mode == "random":
+            noise = torch.randn(z_pred.shape, generator=generator, device=z_pred.device)
+            return mean + std * noise
+        if mode == "shuffle":
+            return z_pred.roll(1, dims=0)
+        raise ValueError(f"unknown memory mode {mode!r}; expected predicted|oracle|zero|random|shuffle.")
+
+    def context(self, batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
+        act_h, cond = self._act_hidden(batch)
+        out = {"act_h": act_h}
+        if self.needs_world:
+            z_pred = self.predict_future(batch["z_t"], cond)
+            out["z_pred"] = z_pred
+            if self.use_memory:
+                mode = memory_mode or self.cfg.policy.memory_mode
+                z_mem = self.memory_latent(mode, z_pred, batch.get("z_future") if mode == "oracle" else None, generator)
+                z_norm = self.prophet.normalize(z_mem)
+                mem = self.memory_proj(z_norm).view(z_mem.shape[0], -1, act_h.shape[-1]) + self.memory_pos
+                out["act_h"] = self.xattn(act_h, mem)
+        return out
+
+    # -- training and acting --------------------------------------------------------------------
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        ctx = self.context(batch)
+        target = (batch["actions"] - self.action_mean) / self.action_std
+        out = {"action_loss": self.head.loss(ctx["act_h"], target, batch["action_mask"])}
+        loss = out["action_loss"]
+        if self.needs_world:
+            out["world_loss"] = world_loss(ctx["z_pred"], batch["z_t"], batch["z_future"], self.prophet)
+            loss = loss + self.cfg.world.lambda_world * out["world_loss"]
+        out["loss"] = loss
+        return out
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        return self.losses(batch)
+
+    @torch.no_grad()
+    def predict_actions(self, batch, memory_mode: str | None = None, generator=None, return_context: bool = False):
+        """-> (B, chunk, action_dim) actions in the dataset's units (and the context, if asked)."""
+        ctx = self.context(batch, memory_mode, generator)
+        actions = self.head.sample(ctx["act_h"], generator=generator) * self.action_std + self.action_mean
+        return (actions, ctx) if return_context else actions
+
+    def gate(self) -> float | None:
+        return float(self.xattn.gate.detach()) if self.use_memory else None

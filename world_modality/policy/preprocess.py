@@ -1,0 +1,84 @@
+"""The one observation preprocessor: raw observation dicts (dataset schema) -> model inputs.
+
+Training batches and closed-loop evaluation both pass through `ObservationPreprocessor.__call__`,
+so image size, camera order, prompt and token layout cannot differ between the two.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .prompt import build_prompt
+
+TASK_KEY = "task"
+STATE_KEY = "observation.state"
+
+
+class ObservationPreprocessor:
+    """Token layout per sample, left-padded to the batch's longest prompt:
+    [pad…][prompt with image tokens][STATE][ACT × n_act]; so STATE and ACT sit at fixed positions
+    from the end and the backbone's hidden states there are read without gathering."""
+
+    def __init__(self, backbone, image_keys: Sequence[str], image_size: int, n_act_tokens: int):
+        backbone.check_image_size(image_size)
+        self.backbone = backbone
+        self.image_keys = tuple(image_keys)
+        self.image_size = image_size
+        self.n_act_tokens = n_act_tokens
+        self.tokens_per_image = backbone.tokens_per_image(image_size, image_size)
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    # -- text -----------------------------------------------------------------------------------
+    def prompt_ids(self, instruction: str) -> list[int]:
+        ids = self._prompt_cache.get(instruction)
+        if ids is None:
+            raw = self.backbone.encode_text(build_prompt(instruction, len(self.image_keys)))
+            img = self.backbone.image_token_id
+            ids = []
+            for t in raw:
+                ids.extend([img] * self.tokens_per_image if t == img else [t])
+            n_img = sum(1 for t in ids if t == img)
+            if n_img != self.tokens_per_image * len(self.image_keys):
+                raise ValueError(f"prompt for {instruction!r} tokenised to {n_img} image tokens, expected "
+                                 f"{self.tokens_per_image * len(self.image_keys)}; the tokenizer splits <|image_pad|>.")
+            self._prompt_cache[instruction] = ids
+        return ids
+
+    def tokens(self, instructions: Sequence[str]) -> dict[str, torch.Tensor]:
+        pad, img = self.backbone.pad_token_id, self.backbone.image_token_id
+        tails = [self.prompt_ids(s) + [pad] * (1 + self.n_act_tokens) for s in instructions]
+        length = max(len(t) for t in tails)
+        ids = torch.full((len(tails), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(tails), length), dtype=torch.long)
+        for i, t in enumerate(tails):
+            ids[i, length - len(t):] = torch.tensor(t)
+            mask[i, length - len(t):] = 1
+        return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == img).int()}
+
+    # -- images ---------------------------------------------------------------------------------
+    def images(self, observations: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """-> (B, n_cams, 3, S, S) float in [0, 1]; images of another size are resized (antialiased)."""
+        per_cam = []
+        for key in self.image_keys:
+            try:
+                arr = np.stack([np.asarray(o[key]) for o in observations])
+            except KeyError:
+                have = sorted(observations[0].keys())
+                raise KeyError(f"observation lacks camera {key!r}; it has {have}.") from None
+            if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+                raise ValueError(f"camera {key!r} must be uint8 (H, W, 3) images, got {arr.dtype} {arr.shape[1:]}.")
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+            if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+            per_cam.append(x)
+        return torch.stack(per_cam, dim=1)
+
+    def __call__(self, observations: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.tokens([o[TASK_KEY] for o in observations])
+        batch["images"] = self.images(observations)
+        batch["state"] = torch.as_tensor(np.stack([np.asarray(o[STATE_KEY], dtype=np.float32) for o in observations]))
+        return batch

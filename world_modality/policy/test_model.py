@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from world_modality.config import build_config
+from world_modality.policy.factory import build_policy, build_preprocessor
+from world_modality.policy.model import PolicyShapes
+from world_modality.policy.tokenizer import build_tokenizer
+
+TASKS = ["move the block to the top left corner", "move the block to the bottom right corner"]
+LATENT = 16
+
+
+def make_policy(preset="E2", **overrides):
+    cfg = build_config({"image_size": 32, "world_image_size": 32, **overrides}, preset=preset)
+    torch.manual_seed(0)
+    policy = build_policy(cfg, PolicyShapes(8, 7, LATENT), tokenizer=build_tokenizer(TASKS))
+    rng = np.random.default_rng(0)
+    stats = dict(state_mean=np.zeros(8), state_std=np.ones(8), action_mean=np.zeros(7), action_std=np.ones(7))
+    if policy.needs_world:
+        stats.update(latent_mean=rng.normal(size=LATENT), latent_std=np.ones(LATENT), delta_std=np.full(LATENT, 0.5))
+    policy.set_stats(**stats)
+    if policy.use_memory:
+        with torch.no_grad():
+            policy.xattn.gate.fill_(0.8)  # an open gate, as after training, so the memory matters
+            for p in policy.prophet.parameters():
+                p.normal_(0, 0.1)
+    return policy.eval()
+
+
+def make_batch(policy, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = [{k: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys} for _ in range(n)]
+    for i, o in enumerate(obs):
+        o["observation.state"] = rng.normal(size=8).astype(np.float32)
+        o["task"] = TASKS[i % 2]
+    batch = build_preprocessor(policy.cfg, policy)(obs)
+    batch["z_t"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)
+    batch["z_future"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)
+    batch["actions"] = torch.as_tensor(rng.normal(size=(n, 8, 7)), dtype=torch.float32)
+    batch["action_mask"] = torch.ones(n, 8, dtype=torch.bool)
+    return batch
+
+
+def test_leakage_guard_true_future_only_reaches_actions_in_oracle_mode():
+    policy = make_policy("E2")
+    batch = make_batch(policy)
+    other = dict(batch, z_future=batch["z_future"] + 5.0 * torch.randn_like(batch["z_future"]))
+    assert torch.equal(policy.predict_actions(batch), policy.predict_actions(other))
+    assert not torch.allclose(policy.predict_actions(batch, "oracle"), policy.predict_actions(other, "oracle"))
+
+
+def test_predicted_memory_depends_on_present_latent():
+    policy = make_policy("E2")
+    batch = make_batch(policy)
+    moved = dict(batch, z_t=batch["z_t"] + 1.0)
+    assert not torch.allclose(policy.predict_actions(batch), policy.predict_actions(moved))
+
+
+@pytest.mark.parametrize("mode", ["zero", "random", "shuffle", "oracle"])
+def test_memory_ablations_change_the_memory(mode):
+    policy = make_policy("E2")
+    batch = make_batch(policy)
+    gen = torch.Generator().manual_seed(0)
+    assert not torch.allclose(policy.predict_actions(batch), policy.predict_actions(batch, mode, generator=gen))
+
+
+def test_e0_has_no_world_branch_and_ignores_latents():
+    policy = make_policy("E0")
+    assert not hasattr(policy, "xattn") and not hasattr(policy, "prophet") and policy.gate() is None
+    batch = make_batch(policy)
+    del batch["z_t"], batch["z_future"]
+    out = policy.losses(batch)
+    assert set(out) == {"action_loss", "loss"}
+
+
+def test_closed_gate_makes_e2_act_like_its_trunk():
+    policy = make_policy("E2")
+    with torch.no_grad():
+        policy.xattn.gate.zero_()
+    batch = make_batch(policy)
+    a = policy.predict_actions(batch, "predicted")
+    b = policy.predict_actions(batch, "random", generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(a, b)
+
+
+def test_losses_backpropagate_into_gate_prophet_and_act_queries():
+    policy = make_policy("E2").train()
+    out = policy.losses(make_batch(policy))
+    out["loss"].backward()
+    for name in ("xattn.gate", "act_queries", "prophet.mlp.0.weight", "memory_proj.weight"):
+        grad = dict(policy.named_parameters())[name].grad
+        assert grad is not None and float(grad.abs().sum()) > 0, name
+    assert float(out["world_loss"].detach()) > 0
