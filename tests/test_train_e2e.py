@@ -1,0 +1,84 @@
+"""End to end on the synthetic fixture: train E0/E2, checkpoints, resume, eval-offline."""
+
+import json
+import math
+
+import pytest
+
+from conftest import tiny_config
+from world_modality.analysis.offline import evaluate_offline
+from world_modality.cli import main as cli_main
+from world_modality.data.lerobot import DatasetError
+from world_modality.policy.checkpoint import load_checkpoint
+from world_modality.train import checkpoints_in, train
+
+pytestmark = pytest.mark.slow
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_wrong_instruction_key_fails_before_training_and_names_task(fixture_dataset, tmp_path):
+    cfg = tiny_config(fixture_dataset, tmp_path / "run", instruction_key="instruction")
+    with pytest.raises(DatasetError, match="task"):
+        train(cfg, progress=False)
+    assert not checkpoints_in(tmp_path / "run")
+
+
+def test_e2_learns_the_world_and_opens_the_gate(trained_e2):
+    run_dir = trained_e2.parent.parent
+    metrics = read_metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert all(k in metrics[-1] for k in ("action_loss", "world_loss", "gate", "gate_tanh"))
+    assert abs(metrics[-1]["gate"]) > 1e-3, "the gate never moved from 0"
+    assert math.isclose(metrics[-1]["gate_tanh"], math.tanh(metrics[-1]["gate"]), rel_tol=1e-9)
+    assert metrics[-1]["action_loss"] < metrics[0]["action_loss"]
+    result = evaluate_offline(trained_e2)
+    assert result["world_mse"] < result["world_mse_copy_last"], result
+    assert set(result["action_mse"]) == {"predicted", "oracle", "zero", "random", "shuffle"}
+    assert (run_dir / "config.json").exists() and (run_dir / "tensorboard").exists() is False
+
+
+def test_eval_offline_cli_writes_json(trained_e2, tmp_path, capsys):
+    out = tmp_path / "off.json"
+    assert cli_main(["eval-offline", "--checkpoint", str(trained_e2.parent.parent), "--memory", "predicted", "zero", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["action_mse"]) == {"predicted", "zero"} and "world_mse_copy_last" in result
+    assert "copy-last" in capsys.readouterr().out
+
+
+def test_resume_continues_to_the_same_result(fixture_dataset, tmp_path):
+    straight = train(tiny_config(fixture_dataset, tmp_path / "a", max_epochs=2, save_every_steps=7), progress=False)
+    train(tiny_config(fixture_dataset, tmp_path / "b", max_epochs=1), progress=False)
+    resumed = train(tiny_config(fixture_dataset, tmp_path / "b", max_epochs=2), progress=False)
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert len(b) == 2 and a[-1]["step"] == b[-1]["step"]
+    for key in ("action_loss", "world_loss", "gate"):
+        assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-6, abs=1e-9), key
+    pa, pb = load_checkpoint(straight), load_checkpoint(resumed)
+    for (name, ta), tb in zip(pa.state_dict().items(), pb.state_dict().values()):
+        assert ta.equal(tb) or ta.allclose(tb, atol=1e-6), name
+
+
+def test_resume_mid_epoch_from_a_step_checkpoint(fixture_dataset, tmp_path):
+    full = train(tiny_config(fixture_dataset, tmp_path / "a", max_epochs=1, preset="E0"), progress=False)
+    run = tmp_path / "b"
+    train(tiny_config(fixture_dataset, run, max_epochs=1, preset="E0", save_every_steps=10), progress=False)
+    # Drop the epoch-end checkpoint: the newest left is mid-epoch (step 20 of 30).
+    ckpts = checkpoints_in(run)
+    import shutil
+    shutil.rmtree(ckpts[-1])
+    assert checkpoints_in(run)[-1].name == "step-00000020"
+    resumed = train(tiny_config(fixture_dataset, run, max_epochs=1, preset="E0", save_every_steps=10), progress=False)
+    pa, pb = load_checkpoint(full), load_checkpoint(resumed)
+    for (name, ta), tb in zip(pa.state_dict().items(), pb.state_dict().values()):
+        assert ta.allclose(tb, atol=1e-6), name
+
+
+def test_resume_refuses_another_experiment(fixture_dataset, tmp_path):
+    from world_modality.config import ConfigError
+
+    train(tiny_config(fixture_dataset, tmp_path / "r", max_epochs=1, preset="E0"), progress=False)
+    with pytest.raises(ConfigError, match="disable_future_injection"):
+        train(tiny_config(fixture_dataset, tmp_path / "r", max_epochs=2, preset="E2"), progress=False)

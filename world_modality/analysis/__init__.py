@@ -1,0 +1,1 @@
+"""Offline metrics, ablations, statistics and reports; reads checkpoints and results files."""

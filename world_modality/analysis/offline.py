@@ -1,0 +1,94 @@
+"""Offline evaluation on held-out episodes: action MSE per memory ablation, and world-prediction
+error against the copy-last baseline (ẑ_{t+k} = z_t).
+
+Offline action loss did not predict closed-loop success in the research notes; these numbers
+explain a policy, they do not rank it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..config import MEMORY_MODES
+from ..pipeline import FrameSamples, make_collate, prepare_data
+from ..policy.checkpoint import load_checkpoint
+from ..policy.factory import build_preprocessor
+from ..world.prophet import world_mse
+
+
+@torch.no_grad()
+def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_size: int = 32,
+                     modes: Sequence[str] = MEMORY_MODES, seed: int = 0, split: str = "val") -> dict:
+    from ..train import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    policy = load_checkpoint(ckpt)
+    cfg = policy.cfg
+    if dataset:
+        cfg.data.dataset = dataset
+    data = prepare_data(cfg, policy.world_encoder if policy.needs_world else None, progress=False)
+    rows = data.val_rows if split == "val" else data.train_rows
+    if len(rows) == 0:
+        raise ValueError(f"no {split} rows to evaluate in {cfg.data.dataset}.")
+    samples = FrameSamples(data, rows, cfg.data.image_keys)
+    collate = make_collate(build_preprocessor(cfg, policy))
+    modes = list(modes) if policy.use_memory else ["none"]
+    sums = {m: {"sq_norm": 0.0, "sq_raw": 0.0, "n": 0.0} for m in modes}
+    world = {"prophet": 0.0, "copy_last": 0.0, "n": 0}
+    for start in range(0, len(samples), batch_size):
+        batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))])
+        mask = batch["action_mask"].float()[..., None]
+        for mode in modes:
+            gen = torch.Generator().manual_seed(seed + start)
+            pred, ctx = policy.predict_actions(batch, memory_mode=None if mode == "none" else mode, generator=gen, return_context=True)
+            err = (pred - batch["actions"]) ** 2
+            err_norm = err / policy.action_std**2
+            s = sums[mode]
+            s["sq_raw"] += float((err * mask).sum())
+            s["sq_norm"] += float((err_norm * mask).sum())
+            s["n"] += float(mask.sum()) * err.shape[-1]
+        if policy.needs_world:
+            z_pred = ctx["z_pred"]  # the Prophet's output does not depend on the memory mode
+            std = policy.prophet.latent_std
+            b = batch["z_t"].shape[0]
+            world["prophet"] += float(world_mse(z_pred, batch["z_future"], std)) * b
+            world["copy_last"] += float(world_mse(batch["z_t"], batch["z_future"], std)) * b
+            world["n"] += b
+    result = {
+        "checkpoint": str(ckpt),
+        "dataset": cfg.data.dataset,
+        "split": split,
+        "n_frames": int(len(rows)),
+        "n_episodes": int(len(np.unique(data.dataset.episode_ids[rows]))),
+        "action_mse": {m: s["sq_norm"] / s["n"] for m, s in sums.items()},
+        "action_mse_raw": {m: s["sq_raw"] / s["n"] for m, s in sums.items()},
+        "gate": policy.gate(),
+    }
+    if world["n"]:
+        result["world_mse"] = world["prophet"] / world["n"]
+        result["world_mse_copy_last"] = world["copy_last"] / world["n"]
+        result["world_skill"] = 1.0 - result["world_mse"] / max(result["world_mse_copy_last"], 1e-12)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"offline evaluation of {result['checkpoint']} on {result['n_episodes']} {result['split']} episodes "
+             f"({result['n_frames']} frames)", "", f"{'memory':<10} {'action MSE (norm.)':>19} {'action MSE (raw)':>17}"]
+    for mode, v in result["action_mse"].items():
+        lines.append(f"{mode:<10} {v:>19.4f} {result['action_mse_raw'][mode]:>17.5f}")
+    if "world_mse" in result:
+        lines += ["", f"world MSE (normalised latents): prophet {result['world_mse']:.4f} | "
+                      f"copy-last {result['world_mse_copy_last']:.4f} | skill {result['world_skill']:+.3f}"]
+    if result.get("gate") is not None:
+        lines.append(f"gate: raw {result['gate']:+.4f}, tanh {np.tanh(result['gate']):+.4f}")
+    return "\n".join(lines)
+
+
+def write_result(result: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,89 @@
+"""`world-modality` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import MEMORY_MODES, add_config_flags, config_from_args
+
+
+def _cmd_train(args) -> int:
+    from .train import train
+
+    final = train(config_from_args(args))
+    print(f"[train] final checkpoint: {final}")
+    return 0
+
+
+def _cmd_encode(args) -> int:
+    from .pipeline import prepare_data
+    from .policy.factory import world_encoder_from_config
+
+    cfg = config_from_args(args)
+    if not cfg.data.dataset:
+        raise SystemExit("encode: --dataset PATH is required.")
+    encoder = world_encoder_from_config(cfg)
+    data = prepare_data(cfg, encoder)
+    c = data.latents
+    print(f"[encode] {c.n_frames} frames -> {c.latent_dim}-d latents with {encoder.encoder_id} "
+          f"(m={cfg.world.num_frames}, stride={cfg.world.frame_stride}); cache: {c.path}")
+    return 0
+
+
+def _cmd_eval_offline(args) -> int:
+    from .analysis.offline import evaluate_offline, format_table, write_result
+
+    result = evaluate_offline(args.checkpoint, dataset=args.dataset, batch_size=args.batch_size,
+                              modes=args.memory, seed=args.seed, split=args.split)
+    print(format_table(result))
+    out = Path(args.out) if args.out else Path(result["checkpoint"]).parent.parent / f"eval_offline_{args.split}.json"
+    write_result(result, out)
+    print(f"[eval-offline] wrote {out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(quick=args.quick, out=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="world-modality", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a policy (presets E0, E2, E4, E0-Flow, E2-Flow)")
+    add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("encode", help="encode a dataset's frames into cached world latents")
+    add_config_flags(p)
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("eval-offline", help="held-out action MSE, memory ablations, world error vs copy-last")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (newest checkpoint)")
+    p.add_argument("--dataset", default=None, help="dataset root (default: the one the policy trained on)")
+    p.add_argument("--memory", nargs="+", default=list(MEMORY_MODES), choices=MEMORY_MODES, help="memory ablations to run")
+    p.add_argument("--split", default="val", choices=("val", "train"))
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON output (default: <run>/eval_offline_<split>.json)")
+    p.set_defaults(func=_cmd_eval_offline)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default (CPU, no downloads)")
+    p.add_argument("--quick", action="store_true", help="smaller budget, to try it out")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""From a LeRobot dataset to model batches: held-out split, windows, cached latents, statistics.
+
+Training and offline evaluation both build their samples here and turn them into tensors with the
+policy's one `ObservationPreprocessor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ExperimentConfig
+from .data.lerobot import LeRobotDataset, load_dataset
+from .data.windows import WindowSpec, action_chunk_rows, future_rows, past_frame_rows
+from .world.latent_cache import LatentCache, load_or_build_cache
+
+# The held-out split depends on this constant, not the training seed, so every seed and every
+# experiment is judged on the same episodes.
+SPLIT_SEED = 20260101
+
+
+def window_spec(cfg: ExperimentConfig) -> WindowSpec:
+    return WindowSpec(
+        num_frames=cfg.world.num_frames,
+        frame_stride=cfg.world.frame_stride,
+        future_offset=cfg.world.future_offset,
+        chunk_size=cfg.policy.chunk_size,
+    )
+
+
+def split_episodes(dataset: LeRobotDataset, val_fraction: float) -> tuple[list[int], list[int]]:
+    """Per task, hold out round(val_fraction * n) episodes (at least one where a task has two or more)."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    by_task: dict[str, list[int]] = {}
+    for ep in dataset.episodes:
+        by_task.setdefault(ep.task, []).append(ep.index)
+    train, val = [], []
+    for task in sorted(by_task):
+        ids = sorted(by_task[task])
+        rng.shuffle(ids)
+        n_val = max(1, round(val_fraction * len(ids))) if len(ids) >= 2 else 0
+        val += ids[:n_val]
+        train += ids[n_val:]
+    if not train:
+        raise ValueError(f"dataset {dataset.root} has too few episodes to train on after holding out {val_fraction:.0%}.")
+    return sorted(train), sorted(val)
+
+
+@dataclass
+class PreparedData:
+    dataset: LeRobotDataset
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    chunk_rows: np.ndarray
+    chunk_mask: np.ndarray
+    future_rows: np.ndarray
+    latents: LatentCache | None
+
+    def latent_stats(self) -> dict[str, np.ndarray]:
+        """Latent mean/std and delta std over the training rows only."""
+        z = self.latents.latents
+        zt, zf = z[self.train_rows], z[self.future_rows[self.train_rows]]
+        return {
+            "latent_mean": zt.mean(0),
+            "latent_std": np.maximum(zt.std(0), 1e-6),
+            "delta_std": np.maximum((zf - zt).std(0), 1e-6),
+        }
+
+    def action_state_stats(self) -> dict[str, np.ndarray]:
+        a, s = self.dataset.action[self.train_rows], self.dataset.state[self.train_rows]
+        return {
+            "action_mean": a.mean(0), "action_std": np.maximum(a.std(0), 1e-6),
+            "state_mean": s.mean(0), "state_std": np.maximum(s.std(0), 1e-6),
+        }
+
+
+def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = True) -> PreparedData:
+    """Load and check the dataset; encode latents (cached) when the experiment uses the world."""
+    d = cfg.data
+    dataset = load_dataset(d.dataset, instruction_key=d.instruction_key, episode_id_key=d.episode_id_key,
+                           state_key=d.state_key, action_key=d.action_key)
+    for key in d.image_keys + ((cfg.world.world_image_key,) if world_encoder is not None else ()):
+        if key not in dataset.image_keys:
+            raise ValueError(f"dataset {dataset.root} has no camera {key!r}; its cameras are {dataset.image_keys}.")
+    spec = window_spec(cfg)
+    train_eps, val_eps = split_episodes(dataset, d.val_fraction)
+    chunk_rows, chunk_mask = action_chunk_rows(dataset.episodes, spec)
+    latents = None
+    if world_encoder is not None:
+        past = past_frame_rows(dataset.episodes, spec)
+        cache_dir = cfg.world.latent_cache_dir or str(Path(dataset.root) / ".cache" / "latents")
+        latents = load_or_build_cache(
+            cache_dir,
+            encoder=world_encoder,
+            frames_fn=lambda: dataset.images(cfg.world.world_image_key),
+            past_rows=past,
+            frame_stride=spec.frame_stride,
+            image_key=cfg.world.world_image_key,
+            dataset_fingerprint=dataset.fingerprint(),
+            progress=progress,
+        )
+    return PreparedData(
+        dataset=dataset,
+        train_rows=dataset.rows_of(train_eps),
+        val_rows=dataset.rows_of(val_eps),
+        chunk_rows=chunk_rows,
+        chunk_mask=chunk_mask,
+        future_rows=future_rows(dataset.episodes, spec),
+        latents=latents,
+    )
+
+
+class FrameSamples(torch.utils.data.Dataset):
+    """One sample per frame row: the observation dict (dataset schema) plus training targets."""
+
+    def __init__(self, data: PreparedData, rows: np.ndarray, image_keys: tuple[str, ...]):
+        self.data, self.rows, self.image_keys = data, np.asarray(rows), image_keys
+        self.images = {k: data.dataset.images(k) for k in image_keys}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = int(self.rows[i])
+        ds = self.data.dataset
+        sample = {k: self.images[k][r] for k in self.image_keys}
+        sample["observation.state"] = ds.state[r]
+        sample["task"] = ds.instructions[r]
+        sample["actions"] = ds.action[self.data.chunk_rows[r]]
+        sample["action_mask"] = self.data.chunk_mask[r]
+        sample["row"] = r
+        if self.data.latents is not None:
+            z = self.data.latents.latents
+            sample["z_t"] = z[r]
+            sample["z_future"] = z[self.data.future_rows[r]]
+        return sample
+
+
+def make_collate(preprocessor):
+    """Observation fields through the shared preprocessor; targets stacked as tensors."""
+
+    def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = preprocessor(samples)
+        batch["actions"] = torch.as_tensor(np.stack([s["actions"] for s in samples]), dtype=torch.float32)
+        batch["action_mask"] = torch.as_tensor(np.stack([s["action_mask"] for s in samples]))
+        batch["row"] = torch.as_tensor([s["row"] for s in samples])
+        if "z_t" in samples[0]:
+            batch["z_t"] = torch.as_tensor(np.stack([s["z_t"] for s in samples]), dtype=torch.float32)
+            batch["z_future"] = torch.as_tensor(np.stack([s["z_future"] for s in samples]), dtype=torch.float32)
+        return batch
+
+    return collate

@@ -1,0 +1,205 @@
+"""Training loop (accelerate): per-epoch metrics to console, JSONL and TensorBoard; atomic
+checkpoints; exact resume from the newest checkpoint.
+
+`python -m world_modality.train --instruction_key task --lambda_world 0.2 --delta_prediction ...`
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
+from .pipeline import FrameSamples, make_collate, prepare_data
+from .policy.checkpoint import is_complete, load_checkpoint, load_training_state, save_checkpoint
+from .policy.factory import build_policy, build_preprocessor, world_encoder_from_config
+from .policy.model import PolicyShapes
+from .policy.tokenizer import build_tokenizer
+
+# Fields that may differ between the run being resumed and the resuming command.
+RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard"}
+
+
+def checkpoints_in(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step-*") if p.is_dir() and is_complete(p)), key=lambda p: p.name)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its newest complete checkpoint)."""
+    p = Path(path)
+    if (p / "policy.json").exists():
+        return p
+    found = checkpoints_in(p)
+    if not found:
+        raise FileNotFoundError(f"{p} is neither a checkpoint folder nor a run folder with complete checkpoints under {p / 'checkpoints'}.")
+    return found[-1]
+
+
+def _check_same_experiment(saved: ExperimentConfig, cfg: ExperimentConfig, where: Path) -> None:
+    a, b = flatten(saved), flatten(cfg)
+    diff = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    if diff:
+        details = ", ".join(f"{k}: saved {a[k]!r} vs now {b[k]!r}" for k in diff[:6])
+        raise ConfigError(f"cannot resume {where}: the run was started with another config ({details}). "
+                          f"Use another --output_dir or --no-resume.")
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class _Logger:
+    """Console + JSONL + TensorBoard, only on the main process."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, record: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
+    """Train to `max_epochs`, resuming from the newest checkpoint in the run folder; returns the final checkpoint."""
+    from accelerate import Accelerator
+
+    t = cfg.train
+    if cfg.policy.lambda_text > 0:
+        raise ConfigError("`lambda_text` > 0 (E4's chain-of-causation text loss) is not implemented yet in this version.")
+    if not cfg.data.dataset:
+        raise ConfigError("`dataset` is required: the root of a LeRobot v3-layout dataset (--dataset PATH).")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    run_dir = Path(t.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    encoder = world_encoder_from_config(cfg) if (not cfg.policy.disable_future_injection or cfg.world.lambda_world > 0) else None
+    data = prepare_data(cfg, encoder, progress=progress and main)
+    ds = data.dataset
+    shapes = PolicyShapes(ds.state.shape[1], ds.action.shape[1], encoder.latent_dim if encoder else 0)
+
+    ckpts = checkpoints_in(run_dir) if t.resume else []
+    if ckpts:
+        policy = load_checkpoint(ckpts[-1])
+        _check_same_experiment(policy.cfg, cfg, ckpts[-1])
+        policy.cfg = cfg
+    else:
+        tokenizer = build_tokenizer(sorted(set(ds.instructions))) if cfg.policy.backbone.startswith("tiny") else None
+        torch.manual_seed(t.seed)
+        policy = build_policy(cfg, shapes, tokenizer=tokenizer, world_encoder=encoder)
+        stats = data.action_state_stats()
+        if data.latents is not None:
+            stats.update(data.latent_stats())
+        policy.set_stats(**stats)
+    if main:
+        cfg.to_json(run_dir / "config.json")
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    step, start_epoch, skip = 0, 0, 0
+    if ckpts:
+        state = load_training_state(ckpts[-1], optimizer)
+        step, start_epoch, skip = state["step"], state["epoch"], state["batches_done_in_epoch"]
+
+    samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
+    collate = make_collate(build_preprocessor(cfg, policy))
+    steps_per_epoch = math.ceil(len(samples) / t.batch_size)
+    logger = _Logger(run_dir, main, t.tensorboard)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    model = accelerator.unwrap_model(policy)
+    if main:
+        n_train = sum(p.numel() for p in params)
+        print(f"[train] {matching_preset(cfg) or 'custom'} | {len(samples)} samples, {steps_per_epoch} steps/epoch, "
+              f"{n_train / 1e6:.2f} M trainable params | run {run_dir}" + (f" | resumed at step {step}" if ckpts else ""))
+
+    def save(epoch: int, done_in_epoch: int) -> None:
+        accelerator.wait_for_everyone()
+        if main:
+            save_checkpoint(run_dir / "checkpoints" / f"step-{step:08d}", model, step=step, epoch=epoch, optimizer=optimizer,
+                            trainer_state={"step": step, "epoch": epoch, "batches_done_in_epoch": done_in_epoch})
+            for old in checkpoints_in(run_dir)[:-t.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    for epoch in range(start_epoch, t.max_epochs):
+        order = _epoch_order(len(samples), t.seed, epoch)
+        batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
+        # Each process takes every n-th batch, so `accelerate launch` splits work without a sampler.
+        mine = list(range(skip + accelerator.process_index, len(batches), accelerator.num_processes))
+        sums: dict[str, float] = {}
+        count, t0 = 0, time.time()
+        policy.train()
+        bar = tqdm(mine, desc=f"epoch {epoch + 1}/{t.max_epochs}", disable=not (progress and main), leave=False, mininterval=0.5)
+        for bi in bar:
+            batch = collate([samples[int(i)] for i in batches[bi]])
+            # Per-step seed: noise and dropout depend only on (seed, step), so a resumed run repeats them.
+            torch.manual_seed(t.seed * 1_000_003 + step * 997 + accelerator.process_index)
+            out = policy(batch)  # forward() is losses(); DDP syncs gradients only through forward
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(out["loss"])
+            if t.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, t.grad_clip)
+            optimizer.step()
+            step += accelerator.num_processes
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            count += 1
+            bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items() if k != "loss"})
+            done = bi + accelerator.num_processes
+            if t.save_every_steps and step % t.save_every_steps == 0 and done < len(batches):
+                save(epoch, done)
+        skip = 0
+        record = {"kind": "train", "epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 2)}
+        record.update({k: v / max(count, 1) for k, v in sums.items()})
+        gate = model.gate()
+        if gate is not None:
+            record.update({"gate": gate, "gate_tanh": math.tanh(gate)})
+        logger.log(record, step)
+        if main:
+            shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "kind")
+            print(f"[train] {shown}")
+        save(epoch + 1, 0)
+    logger.close()
+    final = checkpoints_in(run_dir)[-1]
+    if main:
+        (run_dir / "LATEST").write_text(final.name + "\n")
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_train_args(argv)
+    final = train(cfg)
+    print(f"[train] final checkpoint: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
