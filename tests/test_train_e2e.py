@@ -82,3 +82,21 @@ def test_resume_refuses_another_experiment(fixture_dataset, tmp_path):
     train(tiny_config(fixture_dataset, tmp_path / "r", max_epochs=1, preset="E0"), progress=False)
     with pytest.raises(ConfigError, match="disable_future_injection"):
         train(tiny_config(fixture_dataset, tmp_path / "r", max_epochs=2, preset="E2"), progress=False)
+
+
+def test_two_process_training_with_torchrun(fixture_dataset, tmp_path):
+    """Several processes (gloo on CPU) through torchrun, which accelerate's Accelerator reads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "world_modality.train",
+           "--preset", "E2", "--dataset", str(fixture_dataset), "--image_size", "32", "--world_image_size", "32",
+           "--output_dir", str(tmp_path / "ddp"), "--max_epochs", "1", "--no-tensorboard"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    metrics = read_metrics(tmp_path / "ddp")
+    assert len(metrics) == 1 and math.isfinite(metrics[0]["action_loss"])
+    assert load_checkpoint(checkpoints_in(tmp_path / "ddp")[-1]).gate() is not None

@@ -103,7 +103,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     encoder = world_encoder_from_config(cfg) if (not cfg.policy.disable_future_injection or cfg.world.lambda_world > 0) else None
-    data = prepare_data(cfg, encoder, progress=progress and main)
+    with accelerator.main_process_first():  # one process encodes the latent cache, the others read it
+        data = prepare_data(cfg, encoder, progress=progress and main)
     ds = data.dataset
     shapes = PolicyShapes(ds.state.shape[1], ds.action.shape[1], encoder.latent_dim if encoder else 0)
 
@@ -139,6 +140,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     if main:
         n_train = sum(p.numel() for p in params)
         print(f"[train] {matching_preset(cfg) or 'custom'} | {len(samples)} samples, {steps_per_epoch} steps/epoch, "
+              f"{accelerator.num_processes} process(es) on {accelerator.device}, "
               f"{n_train / 1e6:.2f} M trainable params | run {run_dir}" + (f" | resumed at step {step}" if ckpts else ""))
 
     def save(epoch: int, done_in_epoch: int) -> None:
@@ -152,8 +154,10 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     for epoch in range(start_epoch, t.max_epochs):
         order = _epoch_order(len(samples), t.seed, epoch)
         batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-        # Each process takes every n-th batch, so `accelerate launch` splits work without a sampler.
-        mine = list(range(skip + accelerator.process_index, len(batches), accelerator.num_processes))
+        # Each process takes every n-th batch, so launchers split work without a sampler; every
+        # process gets the same count (a trailing odd batch is dropped), or gradient sync would hang.
+        n_proc = accelerator.num_processes
+        mine = [skip + accelerator.process_index + j * n_proc for j in range((len(batches) - skip) // n_proc)]
         sums: dict[str, float] = {}
         count, t0 = 0, time.time()
         policy.train()
@@ -178,7 +182,9 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                 save(epoch, done)
         skip = 0
         record = {"kind": "train", "epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 2)}
-        record.update({k: v / max(count, 1) for k, v in sums.items()})
+        means = torch.tensor([sums[k] / max(count, 1) for k in sorted(sums)])
+        means = accelerator.reduce(means, reduction="mean") if accelerator.num_processes > 1 else means
+        record.update({k: float(v) for k, v in zip(sorted(sums), means)})
         gate = model.gate()
         if gate is not None:
             record.update({"gate": gate, "gate_tanh": math.tanh(gate)})
@@ -188,6 +194,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             print(f"[train] {shown}")
         save(epoch + 1, 0)
     logger.close()
+    accelerator.wait_for_everyone()
     final = checkpoints_in(run_dir)[-1]
     if main:
         (run_dir / "LATEST").write_text(final.name + "\n")

@@ -37,9 +37,12 @@ class VideoWriter:
         self._stream.time_base = Fraction(1, fps)
         if self.codec == "libx264":
             # A low crf keeps decoded frames close to the originals (models train on decoded pixels).
-            self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+            # One encoder thread: x264's frame threading makes the bytes depend on scheduling, and a
+            # regenerated dataset must keep its fingerprint (and so its latent cache).
+            self._stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         else:
             self._stream.bit_rate = max(2_000_000, height * width * fps * 4)
+            self._stream.thread_count = 1
         self.n_frames = 0
 
     def write(self, frames: np.ndarray) -> None:

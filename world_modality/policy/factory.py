@@ -47,7 +47,7 @@ def build_policy(cfg: ExperimentConfig, shapes: PolicyShapes, tokenizer=None, wo
     if needs_world and world_encoder is None:
         world_encoder = build_world_encoder(**{k: v for k, v in encoder_config.items() if k != "encoder_id"}) if encoder_config else world_encoder_from_config(cfg)
     policy = WorldModalityPolicy(cfg, backbone, shapes, world_encoder if needs_world else None)
-    set_trainable(policy, cfg.policy.freeze_backbone)
+    set_trainable(policy, cfg.policy.freeze_backbone, text_loss=cfg.policy.lambda_text > 0)
     return policy
 
 

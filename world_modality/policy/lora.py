@@ -30,11 +30,12 @@ def is_lora_param(name: str) -> bool:
     return ".lora_" in name
 
 
-def set_trainable(policy: nn.Module, freeze_backbone: bool) -> None:
+def set_trainable(policy: nn.Module, freeze_backbone: bool, text_loss: bool = False) -> None:
     """Frozen backbone: only LoRA adapters train inside it. Everything outside the backbone trains,
-    except the frozen world encoder (it never trains)."""
+    except the frozen world encoder (it never trains) and the language-model head, which only the
+    text loss uses (an unused trainable parameter also breaks DistributedDataParallel)."""
     for name, p in policy.named_parameters():
-        if name.startswith("world_encoder."):
+        if name.startswith("world_encoder.") or (".lm_head." in name and not text_loss):
             p.requires_grad_(False)
         elif name.startswith("backbone."):
             p.requires_grad_(is_lora_param(name) or not freeze_backbone)
