@@ -6,7 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast clean
 
+# Mesa renders the simulator's cameras on the CPU (EGL or OSMesa).
+MESA_PKGS := libosmesa6 libegl1 libgl1-mesa-dri
+
 $(STAMP): pyproject.toml
+	@if ! ldconfig -p | grep -q libOSMesa.so; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MESA_PKGS) >/dev/null; \
+	  else echo "Install Mesa for the simulator first: sudo apt-get install $(MESA_PKGS)"; exit 1; fi; \
+	fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first (a local wheel on CI machines), so nothing below can pull a CUDA build.

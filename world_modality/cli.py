@@ -45,6 +45,39 @@ def _cmd_eval_offline(args) -> int:
     return 0
 
 
+def _parse_ids(text: str) -> list[int]:
+    """'0,1,4' or '0-9' -> task ids."""
+    try:
+        if "-" in text and "," not in text:
+            lo, hi = (int(x) for x in text.split("-"))
+            return list(range(lo, hi + 1))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--tasks must look like '0,1,4' or '0-9', got {text!r}.") from None
+
+
+def _cmd_generate(args) -> int:
+    from .sim.generate import generate
+
+    out = generate(args.suite, _parse_ids(args.tasks), args.episodes_per_task, args.out, image_size=args.image_size,
+                   workers=args.workers, seed=args.seed)
+    print(f"[generate] dataset: {out} (annotations: {out / 'coc.jsonl'})")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .analysis.report import write_report
+
+    result = write_report(args.run_dirs, args.out, compare=tuple(args.compare) if args.compare else None)
+    paired = result.get("paired")
+    if paired:
+        lo, hi = paired["diff_ci"]
+        print(f"[report] {paired['b']} - {paired['a']} over {paired['n_pairs']} paired episodes: "
+              f"{100 * paired['diff']:+.1f} pts (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), exact McNemar p = {paired['mcnemar_p']:.3g}")
+    print(f"[report] {result['report_md']}\n[report] {result['report_html']}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -72,6 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default: <run>/eval_offline_<split>.json)")
     p.set_defaults(func=_cmd_eval_offline)
+
+    p = sub.add_parser("generate", help="scripted-expert demonstrations in LIBERO, written as a LeRobot dataset")
+    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--tasks", default="0,1", help="task ids: '0,1,4' or '0-9'")
+    p.add_argument("--episodes-per-task", dest="episodes_per_task", type=int, default=10)
+    p.add_argument("--out", required=True, help="dataset root to write")
+    p.add_argument("--image-size", dest="image_size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="simulator processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
+
+    from .eval_libero import add_eval_flags, run as run_eval
+
+    p = sub.add_parser("eval", help="closed-loop evaluation in LIBERO (the benchmark's initial states)")
+    add_eval_flags(p)
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("report", help="markdown + HTML report: curves, success with intervals, ablations, paired test")
+    p.add_argument("run_dirs", nargs="+", help="training run folders (with their eval/ results)")
+    p.add_argument("--out", default="runs/report", help="folder for report.md, report.html and the PNGs")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"), help="experiments to pair (default: E0 E2)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (CPU, no downloads)")
     p.add_argument("--quick", action="store_true", help="smaller budget, to try it out")

@@ -58,7 +58,7 @@ class WorldConfig:
     world_image_key: str = "observation.images.image"  # camera the world encoder watches
     world_image_size: int = 64  # encoder input side
     latent_suffix: str = "m4"  # m frames per latent, written "m<m>"
-    frame_stride: int = 1  # dataset frames between the m frames (evaluation uses the same stride)
+    frame_stride: int = 4  # dataset frames between the m frames; = the replanning interval, so evaluation renders nothing extra
     # Prophet
     future_offset: int = 4  # k: predict z_{t+k}, in dataset frames
     delta_prediction: bool = False  # predict δ = z_{t+k} − z_t instead of z_{t+k}

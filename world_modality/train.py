@@ -121,6 +121,9 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         if data.latents is not None:
             stats.update(data.latent_stats())
         policy.set_stats(**stats)
+        # Public LIBERO conversions store every 20 Hz control step (labelled 10 fps): one step per row
+        # unless the dataset says otherwise (generated demos hold each action for 2 steps).
+        policy.data_info = {"fps": ds.fps, "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1))}
     if main:
         cfg.to_json(run_dir / "config.json")
 

@@ -49,8 +49,10 @@ class LeRobotWriter:
                  image_keys=("observation.images.image", "observation.images.wrist_image"),
                  image_size: int = 128, state_dim: int = 8, action_dim: int = 7, robot_type: str = "panda",
                  use_videos: bool = True, state_names=None, action_names=None,
-                 instruction_column: str | None = None, overwrite: bool = False):
+                 instruction_column: str | None = None, overwrite: bool = False,
+                 extra_info: dict | None = None):
         self.root = Path(root)
+        self.extra_info = dict(extra_info or {})  # project fields for info.json (e.g. control_steps_per_frame)
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
             raise FileExistsError(f"{self.root} already exists and is not empty (pass overwrite=True to replace it)")
         if fps <= 0 or image_size <= 0 or state_dim <= 0 or action_dim <= 0:
@@ -228,7 +230,7 @@ class LeRobotWriter:
                     "total_tasks": len(self._tasks), "chunks_size": 1000, "data_files_size_in_mb": 100,
                     "video_files_size_in_mb": 500, "fps": self.fps, "splits": {"train": f"0:{len(self._episodes)}"},
                     "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.use_videos else None,
-                    "features": self._features()}
+                    "features": self._features(), **self.extra_info}
             (meta / "info.json").write_text(json.dumps(info, indent=4))
             (meta / "stats.json").write_text(json.dumps(self._stats(), indent=4))
             self._install()

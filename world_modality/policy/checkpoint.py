@@ -67,6 +67,7 @@ def save_checkpoint(path: str | Path, policy: WorldModalityPolicy, *, step: int 
         "format": FORMAT,
         "shapes": dataclasses.asdict(policy.shapes),
         "world_encoder": enc.config_dict() if enc is not None else None,
+        "data_info": policy.data_info,
         "step": step,
         "epoch": epoch,
     }
@@ -118,6 +119,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> WorldModalityPolic
         enc_cfg = {k: v for k, v in meta["world_encoder"].items() if k != "encoder_id"}
         enc = build_world_encoder(**enc_cfg)
     policy = build_policy(cfg, PolicyShapes(**meta["shapes"]), tokenizer=tokenizer, world_encoder=enc)
+    policy.data_info = dict(meta.get("data_info", policy.data_info))
     tensors = _read_tensors(root / "model.safetensors")
     expected = set(checkpoint_keys(policy))
     missing = sorted(expected - set(tensors))

@@ -32,6 +32,8 @@ class WorldModalityPolicy(nn.Module):
         p, w = cfg.policy, cfg.world
         self.cfg = cfg
         self.shapes = shapes
+        # Dataset timing the policy was trained on (how many 20 Hz control steps one action lasts).
+        self.data_info: dict = {"fps": 10, "control_steps_per_frame": 1}
         self.backbone = backbone
         hidden = backbone.hidden_size
         self.n_act = p.n_act_tokens
@@ -86,22 +88,28 @@ class WorldModalityPolicy(nn.Module):
     def predict_future(self, z_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.prophet(z_t, cond)
 
-    def memory_latent(self, mode: str, z_pred: torch.Tensor, z_future: torch.Tensor | None, generator=None) -> torch.Tensor:
-        """The latent the action path attends to; only `oracle` reads the true future."""
+    def memory_latent(self, mode: str, z_pred: torch.Tensor, batch, generator=None) -> torch.Tensor:
+        """The latent the action path attends to. Only `oracle` reads this sample's true future;
+        `shuffle` reads another sample's (`z_other` when the caller supplies one, as closed-loop
+        evaluation does, else the batch's true futures rolled by one)."""
         mean, std = self.prophet.latent_mean, self.prophet.latent_std
         if mode == "predicted":
             return z_pred
         if mode == "oracle":
-            if z_future is None:
-                raise ValueError("memory mode 'oracle' needs the true future latent, which this batch lacks.")
-            return z_future
+            if batch.get("z_future") is None:
+                raise ValueError("memory mode 'oracle' needs the true future latent `z_future`, which this batch lacks.")
+            return batch["z_future"]
         if mode == "zero":  # normalised zero: the memory carries no information about this sample
             return mean.expand_as(z_pred)
         if mode == "random":
             noise = torch.randn(z_pred.shape, generator=generator, device=z_pred.device)
             return mean + std * noise
         if mode == "shuffle":
-            return z_pred.roll(1, dims=0)
+            if batch.get("z_other") is not None:
+                return batch["z_other"]
+            if batch.get("z_future") is None or z_pred.shape[0] < 2:
+                raise ValueError("memory mode 'shuffle' needs `z_other`, or a batch of >= 2 samples with `z_future`.")
+            return batch["z_future"].roll(1, dims=0)
         raise ValueError(f"unknown memory mode {mode!r}; expected predicted|oracle|zero|random|shuffle.")
 
     def context(self, batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
@@ -112,7 +120,7 @@ class WorldModalityPolicy(nn.Module):
             out["z_pred"] = z_pred
             if self.use_memory:
                 mode = memory_mode or self.cfg.policy.memory_mode
-                z_mem = self.memory_latent(mode, z_pred, batch.get("z_future") if mode == "oracle" else None, generator)
+                z_mem = self.memory_latent(mode, z_pred, batch, generator)
                 z_norm = self.prophet.normalize(z_mem)
                 mem = self.memory_proj(z_norm).view(z_mem.shape[0], -1, act_h.shape[-1]) + self.memory_pos
                 out["act_h"] = self.xattn(act_h, mem)

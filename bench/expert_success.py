@@ -1,0 +1,131 @@
+"""Per-task success of the scripted expert over each task's fixed initial states.
+
+Runs in the dataset regime of `world_modality.sim.record.record_demo`: the expert is queried once
+per saved frame (10 fps) and each action is held for 2 control steps (20 Hz sim). Tasks are spread
+over worker processes (spawn, one env per task per process). Prints a per-task table and, as the
+last line, one JSON object with the figures, which is also written to
+bench/results/expert_success_<suite>.json (or --out).
+
+    .venv/bin/python bench/expert_success.py --suite libero_spatial --workers 2
+    .venv/bin/python bench/expert_success.py --suite libero_object --tasks 0,3 --init-states 0-9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_ids(text: str | None, n: int) -> list[int]:
+    if text is None:
+        return list(range(n))
+    ids: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = (int(x) for x in part.split("-"))
+            ids.extend(range(lo, hi + 1))
+        else:
+            ids.append(int(part))
+    return ids
+
+
+def run_task(job: tuple) -> dict:
+    """Worker: build one env for a task and run the expert from each requested init state."""
+    suite, task_id, init_text, seed, steps_per_frame = job
+    from world_modality.sim.env import LiberoEnv
+    from world_modality.sim.expert import run_episode
+
+    t0 = time.time()
+    with LiberoEnv(suite, task_id, seed=seed) as env:
+        ids = parse_ids(init_text, env.num_init_states)
+        results = []
+        for i in ids:
+            try:
+                r = run_episode(env, i, control_steps_per_frame=steps_per_frame)
+            except Exception as exc:  # noqa: BLE001 - a crash is a failed episode, reported as such
+                r = {"success": False, "steps": 0, "frames": 0, "phase": f"error: {exc!r}"}
+            results.append(r)
+        instruction = env.task
+    ok = sum(r["success"] for r in results)
+    return {
+        "task_id": task_id,
+        "instruction": instruction,
+        "successes": ok,
+        "episodes": len(ids),
+        "success_rate": ok / max(len(ids), 1),
+        "failed_init_states": [i for i, r in zip(ids, results) if not r["success"]],
+        "failed_phases": {str(i): r["phase"] for i, r in zip(ids, results) if not r["success"]},
+        "mean_frames_success": (sum(r["frames"] for r in results if r["success"]) / ok) if ok else None,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['task_id']:>4d}  {r['successes']:>3d}/{r['episodes']:<3d} {100 * r['success_rate']:6.1f}%  "
+            f"{r['seconds']:7.1f}s  failed={r['failed_init_states']}  {r['instruction']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", default="libero_spatial")
+    ap.add_argument("--tasks", default=None, help="e.g. 0,1,2 or 0-9 (default: all)")
+    ap.add_argument("--init-states", default=None, help="e.g. 0-9 (default: all 50)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--control-steps-per-frame", type=int, default=2)
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/expert_success_<suite>.json)")
+    args = ap.parse_args()
+
+    from libero.libero import benchmark
+
+    n_tasks = benchmark.get_benchmark_dict()[args.suite]().n_tasks
+    task_ids = parse_ids(args.tasks, n_tasks)
+    jobs = [(args.suite, t, args.init_states, args.seed, args.control_steps_per_frame) for t in task_ids]
+    t0 = time.time()
+    rows = []
+    print(f"{args.suite}: tasks {task_ids}, init states {args.init_states or '0-49'}, "
+          f"{args.workers} workers, {args.control_steps_per_frame} control steps per frame", flush=True)
+    if args.workers <= 1:
+        for job in jobs:
+            rows.append(run_task(job))
+            print(format_row(rows[-1]), flush=True)
+    else:
+        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+            for r in pool.imap_unordered(run_task, jobs):
+                rows.append(r)
+                print(format_row(r), flush=True)
+    rows.sort(key=lambda r: r["task_id"])
+    ok, n = sum(r["successes"] for r in rows), sum(r["episodes"] for r in rows)
+    print(f"\n{'task':>4}  {'k/n':<7} {'%':>7}  {'seconds':>8}  failed init states / instruction")
+    for r in rows:
+        print(format_row(r))
+    print(f"{args.suite}: {ok}/{n} = {100 * ok / max(n, 1):.1f}%  ({time.time() - t0:.0f}s wall)")
+    summary = {
+        "suite": args.suite,
+        "init_states": args.init_states or "0-49",
+        "seed": args.seed,
+        "control_steps_per_frame": args.control_steps_per_frame,
+        "workers": args.workers,
+        "successes": ok,
+        "episodes": n,
+        "success_rate": ok / max(n, 1),
+        "min_task_success_rate": min((r["success_rate"] for r in rows), default=None),
+        "wall_seconds": round(time.time() - t0, 1),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "tasks": rows,
+    }
+    out = Path(args.out) if args.out else RESULTS_DIR / f"expert_success_{args.suite}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

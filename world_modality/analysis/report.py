@@ -1,0 +1,398 @@
+"""Markdown + HTML report over training runs: curves, closed-loop success, memory ablation, paired A/B test."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .plots import frame_strip, plot_success_bars, plot_training_curves
+from .stats import paired_comparison, summarize_episodes
+
+DEDUP_FIELDS = ("suite", "task_id", "init_index", "memory", "seed")
+OFFLINE_CAVEAT = ("Offline loss does not rank policies: held-out action MSE did not predict closed-loop success in the "
+                  "research notes, so rank experiments by the closed-loop column; the offline columns explain a policy.")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); expected one JSON object.") from e
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """Records and the number of unreadable lines (an interrupted append can leave a torn last line)."""
+    out, bad = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad += 1
+    return out, bad
+
+
+def load_episodes(run_dir: Path) -> dict:
+    """All closed-loop episodes of a run (shards merged), each (suite, task_id, init_index, memory, seed) once."""
+    seen: dict[tuple, dict] = {}
+    dups = conflicts = bad = 0
+    files = sorted((run_dir / "eval").glob("**/episodes*.jsonl"))
+    for f in files:
+        recs, n_bad = _read_jsonl(f)
+        bad += n_bad
+        for r in recs:
+            r = {**r, "memory": r.get("memory") or "none", "_source": f.parent}
+            missing = [k for k in ("suite", "task_id", "init_index", "success") if k not in r]
+            if missing:
+                raise ValueError(f"an episode in {f} lacks {missing}; expected the closed-loop episode fields, got {sorted(r)}.")
+            key = tuple(r.get(k) for k in DEDUP_FIELDS)
+            if key in seen:
+                dups += 1
+                conflicts += bool(seen[key]["success"]) != bool(r["success"])
+                continue  # the first line written is the episode; a resumed evaluator may rewrite it
+            seen[key] = r
+    return {"episodes": list(seen.values()), "files": files, "duplicates": dups, "conflicts": conflicts, "bad_lines": bad}
+
+
+def load_run(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; expected a training run folder with config.json.")
+    cfg = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    metrics = _read_jsonl(run_dir / "metrics.jsonl")[0] if (run_dir / "metrics.jsonl").exists() else []
+    offline_path = run_dir / "eval_offline_val.json"
+    return {"dir": run_dir, "name": cfg.get("preset") or run_dir.name, "config": cfg, "metrics": metrics,
+            "offline": _read_json(offline_path) if offline_path.exists() else None, **load_episodes(run_dir),
+            "videos": sorted((run_dir / "eval").glob("*/videos/*.mp4")),
+            "strips": sorted((run_dir / "eval").glob("*/videos/*.png"))}
+
+
+def _headline_mode(run: dict) -> str | None:
+    """The memory mode the policy runs with when deployed: the config's, else predicted, else none."""
+    modes = Counter(e["memory"] for e in run["episodes"])
+    if not modes:
+        return None
+    configured = run["config"].get("policy", {}).get("memory_mode")
+    for m in (configured, "predicted", "none"):
+        if m in modes:
+            return m
+    return modes.most_common(1)[0][0]
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or np.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]%"
+
+
+def _cell(c: dict) -> str:
+    return f"{c['k']}/{c['n']} = {_pct(c['rate'])} {_ci(c['ci'])}" if c["n"] else "–"
+
+
+def _fmt(x, spec=".4f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _seed_order(e: dict) -> tuple:
+    seed = e.get("seed")
+    return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
+
+
+def _pair_keys(episodes: list[dict]) -> tuple[dict, int]:
+    """(suite, task_id, init_index) -> success; several seeds at one initial state keep the lowest seed."""
+    out, extra = {}, 0
+    for e in sorted(episodes, key=_seed_order):
+        key = (e["suite"], e["task_id"], e["init_index"])
+        if key in out:
+            extra += 1
+            continue
+        out[key] = bool(e["success"])
+    return out, extra
+
+
+def _video_frames(path: Path, n: int = 6) -> tuple[list[np.ndarray], list[str]]:
+    import av
+
+    with av.open(str(path)) as container:
+        decoded = [(f.to_ndarray(format="rgb24"), f.time) for f in container.decode(video=0)]
+    if not decoded:
+        raise ValueError(f"{path} has no video frames.")
+    idx = np.unique(np.linspace(0, len(decoded) - 1, n).round().astype(int))
+    labels = [f"frame {i + 1}/{len(decoded)}" + (f" · {decoded[i][1]:.1f} s" if decoded[i][1] is not None else "") for i in idx]
+    return [decoded[i][0] for i in idx], labels
+
+
+def _video_outcome(path: Path, episodes: list[dict]) -> tuple[bool | None, dict | None]:
+    """Success of the episode a video shows: a record's "video" field, else task/init numbers in the file name
+    (episodes of the same eval folder first), else "ok"/"success"/"fail" in the name; None when nothing matches."""
+    stem = path.stem.lower()
+    task, init = re.search(r"task[_-]?(\d+)", stem), re.search(r"init(?:_index)?[_-]?(\d+)", stem)
+    same = [e for e in episodes if e["_source"] == path.parent.parent]
+    hits = [e for e in same + episodes if e.get("video") and Path(e["video"]).name == path.name]
+    if not hits and task and init:
+        hits = [e for e in same + episodes if e["task_id"] == int(task.group(1)) and e["init_index"] == int(init.group(1))]
+    if hits:
+        return bool(hits[0]["success"]), hits[0]
+    return (False if "fail" in stem else True if "succ" in stem or stem.endswith("_ok") else None), None
+
+
+def _render_md(blocks: list[tuple]) -> str:
+    def one(b: tuple) -> str:
+        if b[0] == "table":
+            rows = [b[1], ["---"] * len(b[1]), *b[2]]
+            return "\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows)
+        return {"h": lambda: "#" * b[1] + " " + b[2], "p": lambda: b[1], "list": lambda: "\n".join(f"- {x}" for x in b[1]),
+                "img": lambda: f"![{b[2]}]({b[1]})"}[b[0]]()
+    return "\n\n".join(one(b) for b in blocks) + "\n"
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
+       "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+       "th{background:#f2f2f2}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #eee;margin:.5em 0}"
+       "h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:1.6em}")
+
+
+def _render_html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+
+    def one(b: tuple) -> str:
+        if b[0] == "table":
+            head = "".join(f"<th>{e(str(c))}</th>" for c in b[1])
+            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return {"h": lambda: f"<h{b[1]}>{e(b[2])}</h{b[1]}>", "p": lambda: f"<p>{e(b[1])}</p>",
+                "list": lambda: "<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>",
+                "img": lambda: f"<figure><img src='{e(b[1])}' alt='{e(b[2])}'><figcaption>{e(b[2])}</figcaption></figure>"}[b[0]]()
+    head = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style></head><body>"
+    return "\n".join([head, *map(one, blocks)]) + "\n</body></html>\n"
+
+
+def _choose_compare(runs: list[dict], compare: tuple[str, str] | None) -> tuple[str, str] | None:
+    with_eval = [r["name"] for r in runs if r["episodes"]]
+    if compare is not None:
+        names = [r["name"] for r in runs]
+        for c in compare:
+            if c not in names:
+                raise ValueError(f"compare names {c!r}, which is not an experiment here; expected one of {names}.")
+        return tuple(compare)
+    if "E0" in with_eval and "E2" in with_eval:
+        return ("E0", "E2")
+    return tuple(with_eval[:2]) if len(with_eval) >= 2 else None
+
+
+def _bar(o: dict) -> dict:
+    return {"rate": o["rate"], "lo": o["ci"][0], "hi": o["ci"][1], "n": o["n"], "k": o["k"]}
+
+
+def _summary_blocks(runs: list[dict], evald: list[dict], pair) -> list[tuple]:
+    suites = sorted({e["suite"] for r in evald for e in r["episodes"]}, key=str)
+    modes = sorted({e["memory"] for r in evald for e in r["episodes"]}, key=str)
+    text = f"This report covers {len(runs)} training run(s) ({', '.join(r['name'] for r in runs)}). "
+    if evald:
+        text += (f"Closed-loop success was measured for {', '.join(r['name'] for r in evald)} on "
+                 f"{sum(len(r['episodes']) for r in evald)} unique episodes in {', '.join(map(str, suites))} "
+                 f"(memory modes: {', '.join(map(str, modes))}). ")
+    else:
+        text += "There are no closed-loop results; only training curves and offline metrics are shown. "
+    if pair:
+        text += f"The paired A/B comparison is {pair[1]} against {pair[0]} over identical (suite, task, initial state) episodes. "
+    text += ("Rates carry 95% Wilson intervals, differences a paired bootstrap interval; the only test is an exact "
+             "McNemar test on episode outcomes (no p-values from step-level losses).")
+    notes = []
+    for r in runs:
+        if r["files"]:
+            notes.append(f"{r['name']}: {len(r['files'])} episode file(s) merged; {r['duplicates']} duplicate episode line(s) "
+                         f"counted once ({r['conflicts']} with a differing outcome; the first line kept)"
+                         + (f"; {r['bad_lines']} unreadable line(s) skipped" if r["bad_lines"] else "") + ".")
+        else:
+            notes.append(f"{r['name']}: no closed-loop results.")
+    rows = [[r["name"], r["dir"].name, len({m.get("epoch") for m in r["metrics"] if m.get("kind", "train") == "train"}),
+             _fmt(next((m.get("action_loss") for m in reversed(r["metrics"]) if m.get("action_loss") is not None), None)),
+             "yes" if r["offline"] else "no"] for r in runs]
+    return [("p", text), ("h", 2, "Runs"),
+            ("table", ["experiment", "run folder", "epochs logged", "final action loss", "offline eval"], rows), ("list", notes)]
+
+
+def _success_blocks(evald: list[dict], out_dir: Path, images: list[Path]) -> list[tuple]:
+    blocks: list[tuple] = [("h", 2, "Closed-loop success")]
+    if not evald:
+        return blocks + [("p", "No closed-loop results.")]
+    rows = []
+    for r in evald:
+        o = r["summary"]["overall"]
+        fails = Counter("exception" if str(e.get("failure")).startswith("exception") else e.get("failure")
+                        for e in r["head"] if not e["success"])
+        rows.append([r["name"], r["mode"], o["n"], o["k"], _pct(o["rate"]), _ci(o["ci"]), fails["timeout"], fails["exception"]])
+    images.append(plot_success_bars({r["name"]: _bar(r["summary"]["overall"]) for r in evald},
+                                    out_dir / "success_overall.png", "Closed-loop success per experiment"))
+    per_task = [r["summary"]["per_task"] for r in evald]
+    tasks = sorted({k for pt in per_task for k in pt}, key=lambda t: (str(t[0]), t[1]))
+    label = {k: pt[k]["task"] for pt in per_task for k in pt}
+    trows = [[s, t, label[(s, t)]] + [_cell(pt[(s, t)]) if (s, t) in pt else "–" for pt in per_task] for s, t in tasks]
+    per_suite = [r["summary"]["per_suite"] for r in evald]
+    for s in sorted({s for ps in per_suite for s in ps}, key=str):
+        trows.append([s, "all", "(suite)"] + [_cell(ps[s]) if s in ps else "–" for ps in per_suite])
+    return blocks + [
+        ("table", ["experiment", "memory", "n", "successes", "success", "95% Wilson", "timeouts", "exceptions"], rows),
+        ("img", "success_overall.png", "Closed-loop success per experiment (95% Wilson intervals)"),
+        ("h", 3, "Per task (k/n = rate [95% Wilson])"), ("table", ["suite", "task", "instruction"] + [r["name"] for r in evald], trows)]
+
+
+def _ablation_blocks(runs: list[dict], evald: list[dict], out_dir: Path, images: list[Path]) -> list[tuple]:
+    blocks: list[tuple] = [("h", 2, "Memory ablation")]
+    if evald:
+        cols = sorted({e["memory"] for r in evald for e in r["episodes"]}, key=str)
+        rows, groups = [], {}
+        for r in evald:
+            row = [r["name"]]
+            for m in cols:
+                eps = [e for e in r["episodes"] if e["memory"] == m]
+                o = summarize_episodes(eps)["overall"] if eps else None
+                row.append(_cell(o) if o else "–")
+                if o:
+                    groups[f"{r['name']} · {m}"] = _bar(o)
+            rows.append(row)
+        blocks += [("p", "Closed-loop success per memory mode (k/n = rate [95% Wilson]):"), ("table", ["experiment"] + cols, rows)]
+        if len(groups) > len(evald):  # only worth a figure when some experiment ran more than one mode
+            images.append(plot_success_bars(groups, out_dir / "success_memory.png", "Closed-loop success per memory mode"))
+            blocks.append(("img", "success_memory.png", "Closed-loop success per memory mode (95% Wilson intervals)"))
+    else:
+        blocks.append(("p", "No closed-loop results."))
+    offl = [r for r in runs if r["offline"]]
+    if not offl:
+        return blocks + [("p", "No offline evaluation (eval_offline_val.json) found.")]
+    cols = sorted({m for r in offl for m in r["offline"].get("action_mse", {})}, key=str)
+    return blocks + [("p", "Held-out (offline) action MSE per memory mode, normalised by the action std:"),
+                     ("table", ["experiment"] + cols,
+                      [[r["name"]] + [_fmt(r["offline"].get("action_mse", {}).get(m)) for m in cols] for r in offl])]
+
+
+def _paired_blocks(runs: list[dict], pair, result: dict) -> list[tuple]:
+    blocks: list[tuple] = [("h", 2, "Paired comparison")]
+    if not pair:
+        return blocks + [("p", "No paired comparison: it needs two experiments with closed-loop results.")]
+    ra, rb = (next(r for r in runs if r["name"] == n) for n in pair)
+    (ka, xa), (kb, xb) = _pair_keys(ra["head"]), _pair_keys(rb["head"])
+    if not set(ka) & set(kb):
+        return blocks + [("p", f"No paired comparison: {pair[0]} and {pair[1]} share no closed-loop "
+                               "(suite, task, initial state) episodes.")]
+    pc = paired_comparison(ka, kb)
+    result["paired"] = {"a": pair[0], "b": pair[1], **pc}
+    lo, hi = pc["diff_ci"]
+    row = [pc["n_pairs"], f"{pc['success_a']} ({_pct(pc['rate_a'])})", f"{pc['success_b']} ({_pct(pc['rate_b'])})",
+           f"{100 * pc['diff']:+.1f} pp", f"[{100 * lo:+.1f}, {100 * hi:+.1f}] pp", pc["b_only"], pc["a_only"], f"{pc['mcnemar_p']:.4g}"]
+    left = (f"Episodes without a partner were left out: {pc['unpaired_keys']['a']} of {pair[0]}, {pc['unpaired_keys']['b']} of "
+            f"{pair[1]}" + (f"; extra seeds at one initial state (lowest seed kept): {xa} of {pair[0]}, {xb} of {pair[1]}."
+                            if xa or xb else "."))
+    return blocks + [
+        ("p", f"{pair[1]} (memory {rb['mode']}) against {pair[0]} (memory {ra['mode']}) on {pc['n_pairs']} identical "
+              f"(suite, task, initial state) episodes. Difference = {pair[1]} − {pair[0]}."),
+        ("table", ["pairs", f"{pair[0]} success", f"{pair[1]} success", "difference", "95% paired bootstrap",
+                   f"{pair[1]} only", f"{pair[0]} only", "exact McNemar p"], [row]), ("p", left)]
+
+
+def _offline_vs_closed_blocks(runs: list[dict]) -> list[tuple]:
+    rows = []
+    for r in runs:
+        off = r["offline"] or {}
+        mse = off.get("action_mse", {})
+        mode = r["mode"] if r["mode"] in mse else next((m for m in ("predicted", "none") if m in mse), next(iter(mse), None))
+        o = r["summary"]["overall"] if r["summary"] else None
+        rows.append([r["name"], f"{_fmt(mse.get(mode))} ({mode})" if mode else "–", _fmt(off.get("world_mse")),
+                     _fmt(off.get("world_skill"), "+.3f"),
+                     f"{_pct(o['rate'])} {_ci(o['ci'])} (n={o['n']})" if o else "no closed-loop results"])
+    return [("h", 2, "Offline metric vs closed-loop success"),
+            ("table", ["experiment", "held-out action MSE (memory)", "world MSE", "world skill vs copy-last",
+                       "closed-loop success"], rows), ("p", OFFLINE_CAVEAT)]
+
+
+def _strip_blocks(runs: list[dict], out_dir: Path, images: list[Path]) -> list[tuple]:
+    blocks: list[tuple] = [("h", 2, "Frame strips")]
+    for r in runs:
+        picked = {}
+        for v in r["videos"]:
+            ok, ep = _video_outcome(v, r["episodes"])
+            if ok is not None and ok not in picked:
+                picked[ok] = (v, ep)
+        for ok in (True, False):
+            if ok not in picked:
+                continue
+            (v, ep), what = picked[ok], "success" if ok else "failure"
+            try:
+                frames, labels = _video_frames(v)
+            except Exception as err:  # a torn or unreadable video should not sink the whole report
+                blocks.append(("p", f"{r['name']}: could not read {v.name} ({type(err).__name__}: {err})."))
+                continue
+            desc = f" — task {ep['task_id']}, init {ep['init_index']}: {ep.get('task', '')}" if ep else ""
+            name = f"strip_{_safe(r['name'])}_{what}.png"
+            images.append(frame_strip(frames, out_dir / name, labels, title=f"{r['name']} first {what}{desc}"))
+            blocks.append(("img", name, f"{r['name']}: first {what} ({v.name})"))
+        for s in r["strips"]:
+            name = f"strip_{_safe(r['name'])}_{_safe(s.parent.parent.name)}_{s.name}"
+            shutil.copyfile(s, out_dir / name)
+            images.append(out_dir / name)
+            blocks.append(("img", name, f"{r['name']}: {s.name}"))
+    return blocks if len(blocks) > 1 else blocks + [("p", "No episode videos or frame strips found.")]
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: tuple[str, str] | None = None) -> dict:
+    """Write report.md, report.html and their PNGs into out_dir; return the paths and headline numbers."""
+    if not run_dirs:
+        raise ValueError("write_report needs at least one run directory; got none.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(d) for d in run_dirs]
+    counts = Counter(r["name"] for r in runs)
+    for r in runs:  # two runs of one preset (e.g. two seeds) stay apart
+        if counts[r["name"]] > 1:
+            r["name"] = f"{r['name']} ({r['dir'].name})"
+    counts, seen = Counter(r["name"] for r in runs), Counter()
+    for r in runs:  # folders of the same name under different parents
+        seen[r["name"]] += 1
+        r["name"] += f" #{seen[r['name']]}" if counts[r["name"]] > 1 else ""
+    images: list[Path] = []
+    result: dict = {"experiments": {}, "paired": None, "duplicates": {}, "images": images}
+    for r in runs:
+        r["mode"] = _headline_mode(r)
+        r["head"] = [e for e in r["episodes"] if e["memory"] == r["mode"]]
+        r["summary"] = summarize_episodes(r["head"]) if r["head"] else None
+        result["duplicates"][r["name"]] = r["duplicates"]
+        if r["summary"]:
+            o = r["summary"]["overall"]
+            result["experiments"][r["name"]] = {"memory": r["mode"], "n": o["n"], "k": o["k"], "rate": o["rate"], "ci": o["ci"]}
+    evald = [r for r in runs if r["episodes"]]
+    pair = _choose_compare(runs, compare)
+
+    blocks: list[tuple] = [("h", 1, "World-modality evaluation report"), *_summary_blocks(runs, evald, pair),
+                           ("h", 2, "Training curves")]
+    if any(r["metrics"] for r in runs):
+        images.append(plot_training_curves({r["name"]: r["metrics"] for r in runs}, out_dir / "training_curves.png"))
+        blocks += [("img", "training_curves.png", "Training curves: action loss, world loss, tanh(gate) per epoch"),
+                   ("p", "Per-epoch training-set means; they describe optimisation, not which policy is better.")]
+    else:
+        blocks.append(("p", "No metrics.jsonl found in any run."))
+    blocks += _success_blocks(evald, out_dir, images)
+    blocks += _ablation_blocks(runs, evald, out_dir, images)
+    blocks += _paired_blocks(runs, pair, result)
+    blocks += _offline_vs_closed_blocks(runs)
+    blocks += _strip_blocks(runs, out_dir, images)
+
+    md, htm = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(_render_md(blocks))
+    htm.write_text(_render_html(blocks, "World-modality evaluation report"))
+    result.update({"report_md": md, "report_html": htm, "compare": pair})
+    return result

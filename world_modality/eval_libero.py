@@ -1,0 +1,70 @@
+"""`python -m world_modality.eval_libero --checkpoint CKPT --suite libero_spatial --n_episodes 10`:
+the research notes' closed-loop evaluation command (same as `world-modality eval`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .evaluate.runner import CLOSED_LOOP_MEMORY
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
+    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--tasks", default=None, help="task ids '0,1' or '0-9' (default: all tasks of the suite)")
+    p.add_argument("--n_episodes", type=int, default=10, help="per task: the benchmark's initial states 0..n-1")
+    p.add_argument("--memory", default="predicted", choices=CLOSED_LOOP_MEMORY,
+                   help="world-memory ablation (oracle is offline-only: the true future depends on actions not yet taken)")
+    p.add_argument("--replan_every", type=int, default=None, help="frames between replans (default: chunk_size // 2)")
+    p.add_argument("--workers", type=int, default=2, help="simulator processes")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--video", type=int, default=0, help="rollouts per task saved as mp4")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th episode starting at i")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval/<suite>-<memory>)")
+    p.add_argument("--max_steps", type=int, default=None, help="control steps per episode (default: the suite's public limit)")
+
+
+def settings_from_args(args):
+    from .cli import _parse_ids
+    from .evaluate.closed_loop import EvalSettings
+
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard must look like 0/4, got {args.shard!r}.") from None
+    return EvalSettings(checkpoint=args.checkpoint, suite=args.suite, tasks=tuple(_parse_ids(args.tasks)) if args.tasks else None,
+                        n_episodes=args.n_episodes, memory=args.memory, replan_every=args.replan_every, workers=args.workers,
+                        seed=args.seed, video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps)
+
+
+def run(args) -> int:
+    from .analysis.stats import summarize_episodes
+    from .evaluate.closed_loop import evaluate, read_episodes
+
+    path = evaluate(settings_from_args(args))
+    summary = summarize_episodes(read_episodes(path))
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for suite, s in summary["per_suite"].items():
+        lo, hi = s["ci"]
+        lines.append(f"{suite}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f})")
+    for (suite, task_id), s in sorted(summary["per_task"].items()):
+        lo, hi = s["ci"]
+        lines.append(f"  task {task_id:2d}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})  {s.get('task', '')}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="world_modality.eval_libero", description=__doc__)
+    add_eval_flags(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

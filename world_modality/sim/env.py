@@ -1,0 +1,149 @@
+"""LIBERO env wrapper: dataset-schema observations, public protocol, render-on-demand cameras."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from world_modality.sim.gl import select_gl
+from world_modality.sim.suites import CONTROL_FREQ, NOOP_ACTION, SETTLE_STEPS, load_task, step_limit
+from world_modality.sim.transforms import flip_image, state8
+
+IMAGE_KEY = "observation.images.image"
+WRIST_KEY = "observation.images.wrist_image"
+STATE_KEY = "observation.state"
+CAMERAS = {IMAGE_KEY: "agentview", WRIST_KEY: "robot0_eye_in_hand"}
+
+Observation = dict[str, Any]
+
+
+class LiberoEnv:
+    """One LIBERO task; actions are 7-D delta EEF [dx dy dz droll dpitch dyaw gripper].
+
+    Gripper convention (same as the env and the public LeRobot LIBERO data): -1 = open, +1 = close.
+    """
+
+    def __init__(
+        self,
+        suite: str,
+        task_id: int,
+        image_size: int = 128,
+        seed: int = 0,
+        render_mode: str = "auto",
+        max_steps: int | None = None,
+        settle_steps: int = SETTLE_STEPS,
+        shadows: bool = True,
+    ):
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}.")
+        self.gl_backend = select_gl(render_mode)  # must precede the first robosuite import
+        from libero.libero.envs import OffScreenRenderEnv
+
+        self.suite, self.task_id, self.image_size, self.seed = suite, task_id, image_size, seed
+        task, self._init_states, bddl = load_task(suite, task_id)
+        self.task = task.language  # the instruction string the public data stores under `task`
+        self.task_name = task.name
+        self.max_steps = step_limit(suite) if max_steps is None else max_steps
+        self.settle_steps = settle_steps
+        # Shadows/reflections on match the public frames; off saves ~40% of render time (notes).
+        self.shadows = shadows
+        # use_camera_obs=False: robosuite would otherwise render both cameras on every control step.
+        self._env = OffScreenRenderEnv(
+            bddl_file_name=str(bddl),
+            camera_heights=image_size,
+            camera_widths=image_size,
+            use_camera_obs=False,
+            control_freq=CONTROL_FREQ,
+        )
+        self._raw: dict[str, np.ndarray] | None = None
+        self.t = 0
+        self.done = True
+
+    # --- protocol -------------------------------------------------------------------------------
+    @property
+    def num_init_states(self) -> int:
+        return len(self._init_states)
+
+    def reset(self, init_state_index: int = 0, render: bool = True) -> Observation | None:
+        """Restore a fixed initial state, run the settle no-ops, return the first observation."""
+        if not 0 <= init_state_index < self.num_init_states:
+            raise ValueError(
+                f"init_state_index must be in [0, {self.num_init_states - 1}] for "
+                f"{self.suite} task {self.task_id}, got {init_state_index}."
+            )
+        # Seeding per reset keeps an episode reproducible whatever ran before it in this process.
+        self._env.seed(self.seed + init_state_index)
+        self._env.reset()
+        self._raw = self._env.set_init_state(self._init_states[init_state_index])
+        self._configure_renderer()  # hard reset rebuilt the render context
+        for _ in range(self.settle_steps):
+            self._raw, _, _, _ = self._env.step(list(NOOP_ACTION))
+        self.t, self.done = 0, False
+        return self.observe() if render else None
+
+    def step(self, action, render: bool = False) -> tuple[Observation | None, bool, bool, dict]:
+        """Apply one 7-D action; returns (obs if render else None, done, success, info)."""
+        if self.done:
+            raise RuntimeError("step() called on a finished episode; call reset() first.")
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (7,):
+            raise ValueError(f"action must have 7 values [dx dy dz droll dpitch dyaw gripper], got {action.shape}.")
+        self._raw, _, env_done, _ = self._env.step(action)
+        self.t += 1
+        success = bool(env_done)  # LIBERO's step sets done = _check_success() (BDDL goal)
+        self.done = success or self.t >= self.max_steps
+        info = {"t": self.t, "timeout": not success and self.done}
+        return (self.observe() if render else None), self.done, success, info
+
+    def check_success(self) -> bool:
+        return bool(self._env.check_success())
+
+    # --- observations ---------------------------------------------------------------------------
+    def state(self) -> np.ndarray:
+        """8-D `observation.state` without rendering anything."""
+        r = self._raw
+        return state8(r["robot0_eef_pos"], r["robot0_eef_quat"], r["robot0_gripper_qpos"])
+
+    def render(self, key: str = IMAGE_KEY) -> np.ndarray:
+        """One camera frame (H, W, 3) uint8, rotated 180 degrees like the public data."""
+        raw = self._env.sim.render(camera_name=CAMERAS[key], width=self.image_size, height=self.image_size)
+        return flip_image(raw)
+
+    def observe(self) -> Observation:
+        """Full observation in the dataset schema (renders both cameras)."""
+        return {
+            IMAGE_KEY: self.render(IMAGE_KEY),
+            WRIST_KEY: self.render(WRIST_KEY),
+            STATE_KEY: self.state(),
+            "task": self.task,
+        }
+
+    # --- privileged access (scripted expert, annotations) ---------------------------------------
+    @property
+    def sim_env(self):
+        """The underlying LIBERO/robosuite env (privileged: object poses, goal predicates)."""
+        return self._env.env
+
+    @property
+    def raw_obs(self) -> dict[str, np.ndarray]:
+        """Last low-dimensional robosuite observation (no images)."""
+        return self._raw
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __enter__(self) -> "LiberoEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _configure_renderer(self) -> None:
+        import mujoco
+
+        ctx = self._env.sim._render_context_offscreen
+        if ctx is not None:
+            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(self.shadows)
+            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(self.shadows)

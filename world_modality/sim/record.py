@@ -1,0 +1,76 @@
+"""One expert demonstration in LIBERO, recorded at the dataset frame rate with its phase per frame.
+
+The simulator runs at 20 Hz; the dataset is written at 10 fps (the public LIBERO sets' rate), so each
+recorded action is held for `control_steps_per_frame` = 2 control steps. Evaluation replays policy
+actions the same way, so the recorded action is exactly what the arm executed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .env import IMAGE_KEY, STATE_KEY, WRIST_KEY, LiberoEnv
+from .suites import CONTROL_FREQ
+
+DATASET_FPS = 10
+CONTROL_STEPS_PER_FRAME = CONTROL_FREQ // DATASET_FPS
+
+
+@dataclass
+class Demo:
+    task: str
+    task_id: int
+    init_index: int
+    success: bool
+    steps: int  # control steps
+    images: dict[str, list[np.ndarray]] = field(default_factory=lambda: {IMAGE_KEY: [], WRIST_KEY: []})
+    states: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    phases: list[str] = field(default_factory=list)
+    scene: dict = field(default_factory=dict)  # privileged facts for annotations (names, positions)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            IMAGE_KEY: np.stack(self.images[IMAGE_KEY]),
+            WRIST_KEY: np.stack(self.images[WRIST_KEY]),
+            STATE_KEY: np.stack(self.states).astype(np.float32),
+            "action": np.stack(self.actions).astype(np.float32),
+        }
+
+
+def record_demo(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0.0,
+                control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME) -> Demo:
+    """Roll out the expert once from a fixed initial state, rendering only the frames that are saved."""
+    from .expert import PickPlaceExpert
+
+    obs = env.reset(init_index, render=True)
+    expert = PickPlaceExpert(env, noise=noise, rng=np.random.default_rng([seed, env.task_id, init_index]))
+    demo = Demo(task=env.task, task_id=env.task_id, init_index=init_index, success=False, steps=0,
+                scene=scene_facts(env, expert))
+    done = success = False
+    while not done:
+        phase = expert.phase  # the phase that produces this action (act() may move to the next one)
+        action = expert.act()
+        demo.images[IMAGE_KEY].append(obs[IMAGE_KEY])
+        demo.images[WRIST_KEY].append(obs[WRIST_KEY])
+        demo.states.append(obs[STATE_KEY])
+        demo.actions.append(action.astype(np.float32))
+        demo.phases.append(phase)
+        for _ in range(control_steps_per_frame):
+            _, done, success, info = env.step(action)
+            if done:
+                break
+        if not done:
+            obs = env.observe()
+    demo.success, demo.steps = success, info["t"]
+    return demo
+
+
+def scene_facts(env: LiberoEnv, expert) -> dict:
+    """Names and start positions of the object to move and its target, for annotations."""
+    plan = expert.plan
+    states = env.sim_env.object_states_dict
+    pos = {n: np.asarray(states[n].get_geom_state()["pos"], dtype=float).round(3).tolist() for n in (plan.obj, plan.target)}
+    return {"object": plan.obj, "target": plan.target, "relation": plan.relation, "positions": pos}
