@@ -69,7 +69,7 @@ def _cmd_report(args) -> int:
     from .analysis.report import write_report
 
     result = write_report(args.run_dirs, args.out, compare=tuple(args.compare) if args.compare else None)
-    paired = result.get("paired")
+    paired = result.get("paired") or result.get("paired_pooled")
     if paired:
         lo, hi = paired["diff_ci"]
         print(f"[report] {paired['b']} - {paired['a']} over {paired['n_pairs']} paired episodes: "

@@ -59,6 +59,8 @@ class PreparedData:
     chunk_mask: np.ndarray
     future_rows: np.ndarray
     latents: LatentCache | None
+    texts: list[str | None] | None = None  # chain-of-causation text per frame (E4)
+    texts_missing: int = 0  # frames the annotation file has no text for
 
     def latent_stats(self) -> dict[str, np.ndarray]:
         """Latent mean/std and delta std over the training rows only."""
@@ -103,7 +105,17 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
             dataset_fingerprint=dataset.fingerprint(),
             progress=progress,
         )
+    texts, missing = None, 0
+    if d.coc_jsonl:
+        from .data.coc import join_annotations, read_annotations
+
+        texts, missing = join_annotations(dataset, read_annotations(d.coc_jsonl))
+        if missing == len(texts):
+            raise ValueError(f"no frame of {dataset.root} has an annotation in {d.coc_jsonl}: check that its "
+                             f"episode_index/frame_index refer to this dataset.")
     return PreparedData(
+        texts=texts,
+        texts_missing=missing,
         dataset=dataset,
         train_rows=dataset.rows_of(train_eps),
         val_rows=dataset.rows_of(val_eps),
@@ -133,6 +145,8 @@ class FrameSamples(torch.utils.data.Dataset):
         sample["actions"] = ds.action[self.data.chunk_rows[r]]
         sample["action_mask"] = self.data.chunk_mask[r]
         sample["row"] = r
+        if self.data.texts is not None:
+            sample["coc_text"] = self.data.texts[r]
         if self.data.latents is not None:
             z = self.data.latents.latents
             sample["z_t"] = z[r]
@@ -147,7 +161,7 @@ def make_collate(preprocessor):
         batch = preprocessor(samples)
         batch["actions"] = torch.as_tensor(np.stack([s["actions"] for s in samples]), dtype=torch.float32)
         batch["action_mask"] = torch.as_tensor(np.stack([s["action_mask"] for s in samples]))
-        batch["row"] = torch.as_tensor([s["row"] for s in samples])
+        batch["row"] = torch.as_tensor([s["row"] for s in samples])  # for debugging; the model ignores it
         if "z_t" in samples[0]:
             batch["z_t"] = torch.as_tensor(np.stack([s["z_t"] for s in samples]), dtype=torch.float32)
             batch["z_future"] = torch.as_tensor(np.stack([s["z_future"] for s in samples]), dtype=torch.float32)

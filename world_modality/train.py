@@ -93,8 +93,6 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     from accelerate import Accelerator
 
     t = cfg.train
-    if cfg.policy.lambda_text > 0:
-        raise ConfigError("`lambda_text` > 0 (E4's chain-of-causation text loss) is not implemented yet in this version.")
     if not cfg.data.dataset:
         raise ConfigError("`dataset` is required: the root of a LeRobot v3-layout dataset (--dataset PATH).")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -114,7 +112,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         _check_same_experiment(policy.cfg, cfg, ckpts[-1])
         policy.cfg = cfg
     else:
-        tokenizer = build_tokenizer(sorted(set(ds.instructions))) if cfg.policy.backbone.startswith("tiny") else None
+        corpus = sorted(set(ds.instructions) | set(t for t in (data.texts or []) if t))
+        tokenizer = build_tokenizer(corpus) if cfg.policy.backbone.startswith("tiny") else None
         torch.manual_seed(t.seed)
         policy = build_policy(cfg, shapes, tokenizer=tokenizer, world_encoder=encoder)
         stats = data.action_state_stats()
@@ -126,6 +125,10 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         policy.data_info = {"fps": ds.fps, "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1))}
     if main:
         cfg.to_json(run_dir / "config.json")
+        if data.texts is not None:
+            n = len(data.texts)
+            print(f"[train] chain-of-causation annotations: {n - data.texts_missing}/{n} frames annotated, "
+                  f"{data.texts_missing} missing (left out of the text loss)")
 
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)

@@ -73,7 +73,8 @@ def plot_training_curves(runs: Mapping[str, Sequence[dict]], path: str | Path) -
 def plot_success_bars(groups: Mapping[str, Mapping], path: str | Path, title: str) -> Path:
     """Bars of closed-loop success rate with Wilson error bars and "k/n" labels.
 
-    groups: name -> {"rate", "lo", "hi", "n"} (rates in [0, 1]; "k" optional, else round(rate * n)).
+    groups: name -> {"rate", "lo", "hi", "n"} (rates in [0, 1]; "k" optional, else round(rate * n)); an optional
+    "points" {label: rate} draws each rate as a dot on the bar (e.g. per-seed rates), one marker per label.
     """
     if not groups:
         raise ValueError(f"plot_success_bars ({title!r}) needs at least one group; got an empty mapping.")
@@ -92,16 +93,23 @@ def plot_success_bars(groups: Mapping[str, Mapping], path: str | Path, title: st
     ax.bar(x, rate, width=0.65, color="#4C72B0", alpha=0.85, label="success rate")
     ax.errorbar(x, rate, yerr=[rate - lo, hi - rate], fmt="none", ecolor="black", capsize=4, lw=1.2,
                 label="95% Wilson interval")
+    labels = list(dict.fromkeys(lab for n in names for lab in groups[n].get("points", {})))
+    for j, lab in enumerate(labels):  # dots spread across the bar so that equal rates stay visible
+        off = 0.0 if len(labels) == 1 else (j / (len(labels) - 1) - 0.5) * 0.36
+        pts = [(xi + off, 100 * groups[n]["points"][lab]) for xi, n in zip(x, names) if lab in groups[n].get("points", {})]
+        ax.scatter(*zip(*pts), s=30, marker="osD^vP*X"[j % 8], color="#DD8452", edgecolor="black", lw=0.6, zorder=3,
+                   label=lab)
     for xi, hi_i, k, name in zip(x, hi, ks, names):
+        hi_i = max([hi_i, *(100 * v + 2 for v in groups[name].get("points", {}).values())])  # label above the dots
         ax.text(xi, min(hi_i + 2, 103), f"{k}/{groups[name]['n']}", ha="center", va="bottom", fontsize=9)
     ax.set_xticks(x)
     ax.set_xticklabels([str(n) for n in names], rotation=30 if long_names else 0, ha="right" if long_names else "center")
-    ax.set_ylim(0, 112)
+    ax.set_ylim(0, 118 if labels else 112)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("closed-loop success rate (%)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
+    ax.legend(loc="upper left", fontsize=8, ncol=2 + (len(labels) > 0) + (len(labels) > 3), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from .plots import frame_strip, plot_success_bars, plot_training_curves
+from .pooling import (_ci, _pair_keys, _pct, assign_seeds, choose_pooled_pair, pool_runs, pooled_blocks,
+                      pooled_paired, pooled_paired_blocks)
 from .stats import paired_comparison, summarize_episodes
 
 DEDUP_FIELDS = ("suite", "task_id", "init_index", "memory", "seed")
@@ -69,7 +71,8 @@ def load_run(run_dir: str | Path) -> dict:
     cfg = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     metrics = _read_jsonl(run_dir / "metrics.jsonl")[0] if (run_dir / "metrics.jsonl").exists() else []
     offline_path = run_dir / "eval_offline_val.json"
-    return {"dir": run_dir, "name": cfg.get("preset") or run_dir.name, "config": cfg, "metrics": metrics,
+    return {"dir": run_dir, "name": cfg.get("preset") or run_dir.name, "preset": cfg.get("preset") or run_dir.name,
+            "config": cfg, "metrics": metrics,
             "offline": _read_json(offline_path) if offline_path.exists() else None, **load_episodes(run_dir),
             "videos": sorted((run_dir / "eval").glob("*/videos/*.mp4")),
             "strips": sorted((run_dir / "eval").glob("*/videos/*.png"))}
@@ -87,14 +90,6 @@ def _headline_mode(run: dict) -> str | None:
     return modes.most_common(1)[0][0]
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or np.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _ci(ci) -> str:
-    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]%"
-
-
 def _cell(c: dict) -> str:
     return f"{c['k']}/{c['n']} = {_pct(c['rate'])} {_ci(c['ci'])}" if c["n"] else "–"
 
@@ -105,23 +100,6 @@ def _fmt(x, spec=".4f") -> str:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _seed_order(e: dict) -> tuple:
-    seed = e.get("seed")
-    return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
-
-
-def _pair_keys(episodes: list[dict]) -> tuple[dict, int]:
-    """(suite, task_id, init_index) -> success; several seeds at one initial state keep the lowest seed."""
-    out, extra = {}, 0
-    for e in sorted(episodes, key=_seed_order):
-        key = (e["suite"], e["task_id"], e["init_index"])
-        if key in out:
-            extra += 1
-            continue
-        out[key] = bool(e["success"])
-    return out, extra
 
 
 def _video_frames(path: Path, n: int = 6) -> tuple[list[np.ndarray], list[str]]:
@@ -181,14 +159,18 @@ def _render_html(blocks: list[tuple], title: str) -> str:
     return "\n".join([head, *map(one, blocks)]) + "\n</body></html>\n"
 
 
-def _choose_compare(runs: list[dict], compare: tuple[str, str] | None) -> tuple[str, str] | None:
+def _choose_compare(runs: list[dict], compare: tuple[str, str] | None, multi: bool) -> tuple[str, str] | None:
+    """The two runs of the per-run comparison; None where compare names multi-seed presets or, by default, in a sweep."""
     with_eval = [r["name"] for r in runs if r["episodes"]]
     if compare is not None:
         names = [r["name"] for r in runs]
+        valid = list(dict.fromkeys([*names, *(r["preset"] for r in runs)]))
         for c in compare:
-            if c not in names:
-                raise ValueError(f"compare names {c!r}, which is not an experiment here; expected one of {names}.")
-        return tuple(compare)
+            if c not in valid:
+                raise ValueError(f"compare names {c!r}, which is not an experiment here; expected one of {valid}.")
+        return tuple(compare) if all(c in names for c in compare) else None
+    if multi:  # several seeds per preset: the comparison pooled over seeds replaces the per-run one
+        return None
     if "E0" in with_eval and "E2" in with_eval:
         return ("E0", "E2")
     return tuple(with_eval[:2]) if len(with_eval) >= 2 else None
@@ -198,7 +180,7 @@ def _bar(o: dict) -> dict:
     return {"rate": o["rate"], "lo": o["ci"][0], "hi": o["ci"][1], "n": o["n"], "k": o["k"]}
 
 
-def _summary_blocks(runs: list[dict], evald: list[dict], pair) -> list[tuple]:
+def _summary_blocks(runs: list[dict], evald: list[dict], pair, pooled_pair=None) -> list[tuple]:
     suites = sorted({e["suite"] for r in evald for e in r["episodes"]}, key=str)
     modes = sorted({e["memory"] for r in evald for e in r["episodes"]}, key=str)
     text = f"This report covers {len(runs)} training run(s) ({', '.join(r['name'] for r in runs)}). "
@@ -210,6 +192,9 @@ def _summary_blocks(runs: list[dict], evald: list[dict], pair) -> list[tuple]:
         text += "There are no closed-loop results; only training curves and offline metrics are shown. "
     if pair:
         text += f"The paired A/B comparison is {pair[1]} against {pair[0]} over identical (suite, task, initial state) episodes. "
+    if pooled_pair:
+        text += (f"Runs sharing a preset are training seeds; {pooled_pair[1]} is compared with {pooled_pair[0]} pooled over "
+                 "seeds, on (training seed, suite, task, initial state) pairs. ")
     text += ("Rates carry 95% Wilson intervals, differences a paired bootstrap interval; the only test is an exact "
              "McNemar test on episode outcomes (no p-values from step-level losses).")
     notes = []
@@ -281,10 +266,10 @@ def _ablation_blocks(runs: list[dict], evald: list[dict], out_dir: Path, images:
                       [[r["name"]] + [_fmt(r["offline"].get("action_mse", {}).get(m)) for m in cols] for r in offl])]
 
 
-def _paired_blocks(runs: list[dict], pair, result: dict) -> list[tuple]:
+def _paired_blocks(runs: list[dict], pair, result: dict, multi: bool = False) -> list[tuple]:
     blocks: list[tuple] = [("h", 2, "Paired comparison")]
     if not pair:
-        return blocks + [("p", "No paired comparison: it needs two experiments with closed-loop results.")]
+        return [] if multi else blocks + [("p", "No paired comparison: it needs two experiments with closed-loop results.")]
     ra, rb = (next(r for r in runs if r["name"] == n) for n in pair)
     (ka, xa), (kb, xb) = _pair_keys(ra["head"]), _pair_keys(rb["head"])
     if not set(ka) & set(kb):
@@ -356,6 +341,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(d) for d in run_dirs]
+    multi = assign_seeds(runs)  # some preset has several runs (training seeds)
     counts = Counter(r["name"] for r in runs)
     for r in runs:  # two runs of one preset (e.g. two seeds) stay apart
         if counts[r["name"]] > 1:
@@ -365,7 +351,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
         seen[r["name"]] += 1
         r["name"] += f" #{seen[r['name']]}" if counts[r["name"]] > 1 else ""
     images: list[Path] = []
-    result: dict = {"experiments": {}, "paired": None, "duplicates": {}, "images": images}
+    result: dict = {"experiments": {}, "paired": None, "duplicates": {}, "images": images, "pooled": {}, "paired_pooled": None}
     for r in runs:
         r["mode"] = _headline_mode(r)
         r["head"] = [e for e in r["episodes"] if e["memory"] == r["mode"]]
@@ -375,9 +361,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
             o = r["summary"]["overall"]
             result["experiments"][r["name"]] = {"memory": r["mode"], "n": o["n"], "k": o["k"], "rate": o["rate"], "ci": o["ci"]}
     evald = [r for r in runs if r["episodes"]]
-    pair = _choose_compare(runs, compare)
+    pair = _choose_compare(runs, compare, multi)
+    result["pooled"], ppair = pool_runs(runs), choose_pooled_pair(runs, compare)
+    result["paired_pooled"] = pooled_paired(runs, ppair) if ppair else None
 
-    blocks: list[tuple] = [("h", 1, "World-modality evaluation report"), *_summary_blocks(runs, evald, pair),
+    blocks: list[tuple] = [("h", 1, "World-modality evaluation report"), *_summary_blocks(runs, evald, pair, ppair if multi else None),
                            ("h", 2, "Training curves")]
     if any(r["metrics"] for r in runs):
         images.append(plot_training_curves({r["name"]: r["metrics"] for r in runs}, out_dir / "training_curves.png"))
@@ -386,13 +374,17 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
     else:
         blocks.append(("p", "No metrics.jsonl found in any run."))
     blocks += _success_blocks(evald, out_dir, images)
+    if multi:
+        blocks += pooled_blocks(runs, result["pooled"], out_dir, images)
     blocks += _ablation_blocks(runs, evald, out_dir, images)
-    blocks += _paired_blocks(runs, pair, result)
+    blocks += _paired_blocks(runs, pair, result, multi)
+    if multi:
+        blocks += pooled_paired_blocks(ppair, result["paired_pooled"])
     blocks += _offline_vs_closed_blocks(runs)
     blocks += _strip_blocks(runs, out_dir, images)
 
     md, htm = out_dir / "report.md", out_dir / "report.html"
     md.write_text(_render_md(blocks))
     htm.write_text(_render_html(blocks, "World-modality evaluation report"))
-    result.update({"report_md": md, "report_html": htm, "compare": pair})
+    result.update({"report_md": md, "report_html": htm, "compare": pair, "compare_pooled": ppair})
     return result

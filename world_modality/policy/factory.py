@@ -52,4 +52,5 @@ def build_policy(cfg: ExperimentConfig, shapes: PolicyShapes, tokenizer=None, wo
 
 
 def build_preprocessor(cfg: ExperimentConfig, policy: WorldModalityPolicy) -> ObservationPreprocessor:
-    return ObservationPreprocessor(policy.backbone, cfg.data.image_keys, cfg.data.image_size, cfg.policy.n_act_tokens)
+    return ObservationPreprocessor(policy.backbone, cfg.data.image_keys, cfg.data.image_size, cfg.policy.n_act_tokens,
+                                   cfg.policy.max_text_tokens)

@@ -66,24 +66,32 @@ class WorldModalityPolicy(nn.Module):
             self.prophet.set_stats(latent_mean, latent_std, delta_std)
 
     # -- forward pieces -------------------------------------------------------------------------
-    def _act_hidden(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone pass; returns the ACT hidden states and a detached instruction embedding."""
+    def _backbone_pass(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone pass; returns all hidden states and the Prophet's conditioning (a detached
+        instruction embedding and the normalised state)."""
         bb = self.backbone
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        embeds = bb.embed(ids)
+        end, n = int(batch["act_end"]), self.n_act  # ACT slots are [end-n, end), STATE sits just before
+        embeds = bb.embed(ids).clone()
         state = (batch["state"] - self.state_mean) / self.state_std
-        n = self.n_act
-        embeds = embeds.clone()
-        embeds[:, -n - 1] = self.state_proj(state).to(embeds.dtype)
-        embeds[:, -n:] = self.act_queries.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
-        images = batch["images"]
-        pixel_values, grid = bb.pixel_inputs(images.flatten(0, 1).to(embeds.dtype))
+        embeds[:, end - n - 1] = self.state_proj(state).to(embeds.dtype)
+        embeds[:, end - n:end] = self.act_queries.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
+        pixel_values, grid = bb.pixel_inputs(batch["images"].flatten(0, 1).to(embeds.dtype))
         hidden = bb(ids, embeds, mask, batch["mm_token_type_ids"], pixel_values, grid)
-        text = (mask.bool() & (batch["mm_token_type_ids"] == 0))
-        text[:, -n - 1:] = False
+        text = mask.bool() & (batch["mm_token_type_ids"] == 0)
+        text[:, end - n - 1:] = False
         text_f = text.unsqueeze(-1).to(embeds.dtype)
         instr = ((embeds * text_f).sum(1) / text_f.sum(1).clamp_min(1.0)).detach()
-        return hidden[:, -n:].float(), torch.cat([instr.float(), state], dim=-1)
+        return hidden, torch.cat([instr.float(), state], dim=-1)
+
+    def text_loss(self, hidden: torch.Tensor, batch) -> torch.Tensor:
+        """Next-token loss on the chain-of-causation tokens placed after the ACT slots; causal
+        attention keeps them invisible to the action path."""
+        end, targets, tmask = int(batch["act_end"]), batch["text_ids"], batch["text_mask"]
+        logits = self.backbone.lm_logits(hidden[:, end - 1:end - 1 + targets.shape[1]]).float()
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        m = tmask.to(ce.dtype)
+        return (ce * m).sum() / m.sum().clamp_min(1.0)
 
     def predict_future(self, z_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.prophet(z_t, cond)
@@ -113,8 +121,10 @@ class WorldModalityPolicy(nn.Module):
         raise ValueError(f"unknown memory mode {mode!r}; expected predicted|oracle|zero|random|shuffle.")
 
     def context(self, batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
-        act_h, cond = self._act_hidden(batch)
-        out = {"act_h": act_h}
+        hidden, cond = self._backbone_pass(batch)
+        end = int(batch["act_end"])
+        act_h = hidden[:, end - self.n_act:end].float()
+        out = {"act_h": act_h, "hidden": hidden}
         if self.needs_world:
             z_pred = self.predict_future(batch["z_t"], cond)
             out["z_pred"] = z_pred
@@ -135,6 +145,11 @@ class WorldModalityPolicy(nn.Module):
         if self.needs_world:
             out["world_loss"] = world_loss(ctx["z_pred"], batch["z_t"], batch["z_future"], self.prophet)
             loss = loss + self.cfg.world.lambda_world * out["world_loss"]
+        if self.cfg.policy.lambda_text > 0:
+            if "text_ids" not in batch:
+                raise ValueError("lambda_text > 0 but the batch has no chain-of-causation tokens (`text_ids`).")
+            out["text_loss"] = self.text_loss(ctx["hidden"], batch)
+            loss = loss + self.cfg.policy.lambda_text * out["text_loss"]
         out["loss"] = loss
         return out
 

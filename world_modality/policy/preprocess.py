@@ -16,19 +16,22 @@ from .prompt import build_prompt
 
 TASK_KEY = "task"
 STATE_KEY = "observation.state"
+TEXT_KEY = "coc_text"  # training only: the chain-of-causation annotation of the frame
 
 
 class ObservationPreprocessor:
     """Token layout per sample, left-padded to the batch's longest prompt:
-    [pad…][prompt with image tokens][STATE][ACT × n_act]; so STATE and ACT sit at fixed positions
-    from the end and the backbone's hidden states there are read without gathering."""
+    [pad…][prompt with image tokens][STATE][ACT × n_act] (+ [chain-of-causation text][pad…] in E4
+    training); STATE and ACT sit at the same positions in every row, so the backbone's hidden
+    states there are read without gathering."""
 
-    def __init__(self, backbone, image_keys: Sequence[str], image_size: int, n_act_tokens: int):
+    def __init__(self, backbone, image_keys: Sequence[str], image_size: int, n_act_tokens: int, max_text_tokens: int = 48):
         backbone.check_image_size(image_size)
         self.backbone = backbone
         self.image_keys = tuple(image_keys)
         self.image_size = image_size
         self.n_act_tokens = n_act_tokens
+        self.max_text_tokens = max_text_tokens
         self.tokens_per_image = backbone.tokens_per_image(image_size, image_size)
         self._prompt_cache: dict[str, list[int]] = {}
 
@@ -48,16 +51,33 @@ class ObservationPreprocessor:
             self._prompt_cache[instruction] = ids
         return ids
 
-    def tokens(self, instructions: Sequence[str]) -> dict[str, torch.Tensor]:
+    def tokens(self, instructions: Sequence[str], texts: Sequence[str | None] | None = None) -> dict[str, torch.Tensor]:
+        """Prompt block left-padded to a common end (`act_end`); optional chain-of-causation texts
+        follow it, right-padded, as next-token targets (`text_ids`, `text_mask`)."""
         pad, img = self.backbone.pad_token_id, self.backbone.image_token_id
         tails = [self.prompt_ids(s) + [pad] * (1 + self.n_act_tokens) for s in instructions]
         length = max(len(t) for t in tails)
-        ids = torch.full((len(tails), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(tails), length), dtype=torch.long)
+        text_ids = [self.text_ids(t) if t else [] for t in texts] if texts is not None else []
+        extra = max((len(t) for t in text_ids), default=0)
+        ids = torch.full((len(tails), length + extra), pad, dtype=torch.long)
+        mask = torch.zeros((len(tails), length + extra), dtype=torch.long)
         for i, t in enumerate(tails):
-            ids[i, length - len(t):] = torch.tensor(t)
-            mask[i, length - len(t):] = 1
-        return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == img).int()}
+            ids[i, length - len(t):length] = torch.tensor(t)
+            mask[i, length - len(t):length] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "act_end": torch.tensor(length)}
+        if texts is not None:
+            tmask = torch.zeros((len(tails), extra), dtype=torch.bool)
+            for i, t in enumerate(text_ids):
+                ids[i, length:length + len(t)] = torch.tensor(t, dtype=torch.long)
+                mask[i, length:length + len(t)] = 1
+                tmask[i, :len(t)] = True
+            out["text_ids"], out["text_mask"] = ids[:, length:].clone(), tmask
+        out["mm_token_type_ids"] = (ids == img).int()
+        return out
+
+    def text_ids(self, text: str) -> list[int]:
+        end = self.backbone.token_id("<|im_end|>")
+        return self.backbone.encode_text(text.strip())[: self.max_text_tokens - 1] + [end]
 
     # -- images ---------------------------------------------------------------------------------
     def images(self, observations: Sequence[dict[str, Any]]) -> torch.Tensor:
@@ -78,7 +98,8 @@ class ObservationPreprocessor:
         return torch.stack(per_cam, dim=1)
 
     def __call__(self, observations: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.tokens([o[TASK_KEY] for o in observations])
+        texts = [o.get(TEXT_KEY) for o in observations] if any(TEXT_KEY in o for o in observations) else None
+        batch = self.tokens([o[TASK_KEY] for o in observations], texts)
         batch["images"] = self.images(observations)
         batch["state"] = torch.as_tensor(np.stack([np.asarray(o[STATE_KEY], dtype=np.float32) for o in observations]))
         return batch

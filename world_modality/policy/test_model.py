@@ -92,3 +92,17 @@ def test_losses_backpropagate_into_gate_prophet_and_act_queries():
         grad = dict(policy.named_parameters())[name].grad
         assert grad is not None and float(grad.abs().sum()) > 0, name
     assert float(out["world_loss"].detach()) > 0
+
+
+def test_chain_of_causation_text_is_invisible_to_the_action_path():
+    policy = make_policy("E4", coc_jsonl="unused.jsonl")
+    batch = make_batch(policy)
+    pre = build_preprocessor(policy.cfg, policy)
+    obs = [{"task": t} for t in TASKS * 2]
+    with_text = dict(batch, **pre.tokens([o["task"] for o in obs], ["the block is left; move right", None, "grasp it", "done"]))
+    a = policy.predict_actions(batch)
+    b = policy.predict_actions(with_text)
+    assert torch.allclose(a, b, atol=1e-5)
+    loss = policy.losses(with_text)
+    assert float(loss["text_loss"].detach()) > 0
+    assert with_text["text_mask"][1].sum() == 0  # a frame without annotation adds nothing to the loss
