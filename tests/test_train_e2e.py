@@ -100,3 +100,21 @@ def test_two_process_training_with_torchrun(fixture_dataset, tmp_path):
     metrics = read_metrics(tmp_path / "ddp")
     assert len(metrics) == 1 and math.isfinite(metrics[0]["action_loss"])
     assert load_checkpoint(checkpoints_in(tmp_path / "ddp")[-1]).gate() is not None
+
+
+def test_e4_trains_with_annotations_and_counts_the_missing(fixture_dataset, tmp_path, capsys):
+    from world_modality.data.lerobot import load_dataset
+
+    ds = load_dataset(fixture_dataset)
+    ann = tmp_path / "coc.jsonl"
+    with ann.open("w") as f:
+        for ep in ds.episodes:
+            for frame in range(0, ep.length, 2):  # every other frame annotated
+                f.write(json.dumps({"episode_index": ep.index, "frame_index": frame, "text": f"the block heads to {ep.task[18:]}"}) + "\n")
+    ckpt = train(tiny_config(fixture_dataset, tmp_path / "e4", preset="E4", coc_jsonl=str(ann), max_epochs=1), progress=False)
+    out = capsys.readouterr().out
+    assert f"{len(ds) // 2}/{len(ds)} frames annotated, {len(ds) // 2} missing" in out
+    metrics = read_metrics(tmp_path / "e4")
+    assert metrics[-1]["text_loss"] > 0 and "world_loss" in metrics[-1]
+    policy = load_checkpoint(ckpt)
+    assert policy.backbone.model.lm_head.weight.requires_grad
