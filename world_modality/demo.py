@@ -19,7 +19,7 @@ class DemoBudget:
     tasks: tuple[int, ...] = (0, 1)
     episodes_per_task: int = 20  # demonstrations
     eval_episodes: int = 10  # closed-loop episodes per task (initial states 0..n-1)
-    max_epochs: int = 12
+    max_epochs: int = 20
     batch_size: int = 16
     image_size: int = 128
     workers: int = 2

@@ -168,3 +168,20 @@ def make_collate(preprocessor):
         return batch
 
     return collate
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training augmentation: each image shifted by up to `pad` pixels (edge-replicated border),
+    the random-shift augmentation of image-based behaviour cloning. (B, C, 3, H, W) -> same shape."""
+    if pad <= 0:
+        return images
+    b, c, ch, h, w = images.shape
+    flat = images.reshape(b * c, ch, h, w)
+    padded = torch.nn.functional.pad(flat, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b * c,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b * c,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).clamp(max=h + 2 * pad - 1)
+    cols = (dx[:, None] + torch.arange(w)[None]).clamp(max=w + 2 * pad - 1)
+    idx = torch.arange(b * c)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return out.reshape(b, c, ch, h, w)

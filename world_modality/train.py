@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
-from .pipeline import FrameSamples, make_collate, prepare_data
+from .pipeline import FrameSamples, make_collate, prepare_data, random_shift
 from .policy.checkpoint import is_complete, load_checkpoint, load_training_state, save_checkpoint
 from .policy.factory import build_policy, build_preprocessor, world_encoder_from_config
 from .policy.model import PolicyShapes
@@ -122,7 +122,10 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         policy.set_stats(**stats)
         # Public LIBERO conversions store every 20 Hz control step (labelled 10 fps): one step per row
         # unless the dataset says otherwise (generated demos hold each action for 2 steps).
-        policy.data_info = {"fps": ds.fps, "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1))}
+        policy.data_info = {"fps": ds.fps, "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1)),
+                            # LIBERO's gripper command is binary (-1 open, +1 close) in the data: acting
+                            # snaps the regressed value back to it rather than half-closing the fingers.
+                            "binary_gripper": bool(np.isin(ds.action[:, -1], (-1.0, 1.0)).all())}
     if main:
         cfg.to_json(run_dir / "config.json")
         if data.texts is not None:
@@ -172,6 +175,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             batch = collate([samples[int(i)] for i in batches[bi]])
             # Per-step seed: noise and dropout depend only on (seed, step), so a resumed run repeats them.
             torch.manual_seed(t.seed * 1_000_003 + step * 997 + accelerator.process_index)
+            batch["images"] = random_shift(batch["images"], t.augment_shift)
             out = policy(batch)  # forward() is losses(); DDP syncs gradients only through forward
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(out["loss"])

@@ -35,6 +35,7 @@ class PolicyRunner:
         self.image_keys = cfg.data.image_keys
         self.chunk_size = cfg.policy.chunk_size
         self.control_steps_per_frame = int(self.policy.data_info.get("control_steps_per_frame", 1))
+        self.binary_gripper = bool(self.policy.data_info.get("binary_gripper", False))
         self.generator = torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         self._bank = self._shuffle_bank() if memory_mode == "shuffle" else None
@@ -61,5 +62,7 @@ class PolicyRunner:
             batch["z_t"] = self.policy.world_encoder.encode(np.asarray(world_frames)[None])
             if self._bank is not None:
                 batch["z_other"] = torch.as_tensor(self._bank[self._rng.integers(len(self._bank))][None])
-        actions = self.policy.predict_actions(batch, memory_mode=self.memory_mode, generator=self.generator)
-        return actions[0].numpy()
+        actions = self.policy.predict_actions(batch, memory_mode=self.memory_mode, generator=self.generator)[0].numpy()
+        if self.binary_gripper:
+            actions[:, -1] = np.where(actions[:, -1] >= 0, 1.0, -1.0)
+        return actions

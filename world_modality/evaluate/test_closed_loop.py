@@ -1,6 +1,5 @@
 """Closed-loop evaluation in the real simulator: episodes file, resume after a kill, shards, video."""
 
-import json
 import os
 import signal
 import subprocess
