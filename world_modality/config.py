@@ -148,6 +148,7 @@ class TrainConfig:
     save_every_steps: int = 0  # extra mid-epoch checkpoints; 0 = only at epoch ends
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     resume: bool = True  # continue from the newest checkpoint in output_dir
+    num_threads: int = 0  # CPU threads for torch; 0 = half the cores (OpenMP stalls badly when oversubscribed)
     augment_shift: int = 8  # random image shift in pixels (training only; 0 = off): small-data BC overfits without it
     tensorboard: bool = True
 
@@ -156,6 +157,7 @@ class TrainConfig:
         _check(self.max_epochs >= 1, f"`max_epochs` must be >= 1, got {self.max_epochs}.")
         _check(self.lr > 0, f"`lr` must be positive, got {self.lr}.")
         _check(self.keep_checkpoints >= 1, f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}.")
+        _check(self.num_threads >= 0, f"`num_threads` must be >= 0, got {self.num_threads}.")
         _check(self.augment_shift >= 0, f"`augment_shift` must be >= 0 pixels, got {self.augment_shift}.")
 
 

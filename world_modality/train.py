@@ -96,6 +96,11 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     if not cfg.data.dataset:
         raise ConfigError("`dataset` is required: the root of a LeRobot v3-layout dataset (--dataset PATH).")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.device.type == "cpu":
+        import os
+
+        # Measured on 2 cores: 2 threads beside one busy simulator took 6 s/step, 1 thread 0.13 s/step.
+        torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 2) // 2))
     main = accelerator.is_main_process
     run_dir = Path(t.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
