@@ -57,3 +57,11 @@ def test_gripper_convention_and_state(env):
 
 def test_expert_solves_task0_init0(env):
     assert run_episode(env, 0)["success"]
+
+
+def test_expert_solves_object_task_init0():
+    # libero_object is a floor scene (objects at z~0.04, target: the basket's region): travel
+    # heights must come from the scene, not from the table scenes' constants.
+    with LiberoEnv("libero_object", 1, image_size=64, seed=0) as obj_env:
+        result = run_episode(obj_env, 0, control_steps_per_frame=2)
+    assert result["success"], result
