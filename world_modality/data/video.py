@@ -37,9 +37,10 @@ class VideoWriter:
         self._stream.time_base = Fraction(1, fps)
         if self.codec == "libx264":
             # A low crf keeps decoded frames close to the originals (models train on decoded pixels).
-            # One encoder thread: x264's frame threading makes the bytes depend on scheduling, and a
-            # regenerated dataset must keep its fingerprint (and so its latent cache).
-            self._stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+            # A regenerated dataset must keep its fingerprint (and so its latent cache), so the bytes
+            # must not vary: one thread (frame threading depends on scheduling), and no mbtree, whose
+            # lookahead reads uninitialised stack memory (valgrind) and so varied with call history.
+            self._stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
         else:
             self._stream.bit_rate = max(2_000_000, height * width * fps * 4)
             self._stream.thread_count = 1
