@@ -33,13 +33,63 @@ def _stage(msg: str, t0: float) -> None:
     print(f"\n[demo {(time.time() - t0) / 60:5.1f} min] {msg}", flush=True)
 
 
-def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
+def _train_and_score(cfg) -> str:
+    """Child process: train one experiment (its console output to the run's train.log), then score it offline."""
+    import contextlib
+
     from .analysis.offline import evaluate_offline, write_result
+    from .train import train
+
+    run = Path(cfg.train.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / "train.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        train(cfg, progress=False)
+        write_result(evaluate_offline(run), run / "eval_offline_val.json")
+    return str(run)
+
+
+def _epochs_logged(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == "train"]
+
+
+def _train_side_by_side(cfgs: dict) -> dict[str, Path]:
+    """Train each config in its own process (training takes one core each: see train.py), showing
+    one progress bar over all their epochs and each epoch's losses as it ends."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    runs = {name: Path(c.train.output_dir) for name, c in cfgs.items()}
+    seen = {name: len(_epochs_logged(run)) for name, run in runs.items()}
+    total = sum(c.train.max_epochs for c in cfgs.values())
+    with ProcessPoolExecutor(max_workers=len(cfgs), mp_context=mp.get_context("spawn")) as pool, \
+            tqdm(total=total, initial=min(total, sum(seen.values())), desc="epochs (all runs)", unit="epoch") as bar:
+        futures = {pool.submit(_train_and_score, c): name for name, c in cfgs.items()}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_EXCEPTION)
+            for f in done:
+                f.result()  # a failed run stops the demo with its own error
+            for name, run in runs.items():
+                records = _epochs_logged(run)
+                for r in records[seen[name]:]:
+                    losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss") or k == "gate_tanh")
+                    bar.write(f"[{name}] epoch {r['epoch']}/{cfgs[name].train.max_epochs} {losses} ({r['seconds']:.0f} s)")
+                    bar.update(1)
+                seen[name] = len(records)
+    return runs
+
+
+def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     from .analysis.report import write_report
     from .config import build_config
     from .evaluate.closed_loop import EvalSettings, evaluate
     from .sim.generate import generate
-    from .train import train
 
     b = QUICK if quick else FULL
     out = Path(out) / ("quick" if quick else "full")
@@ -49,14 +99,13 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     _stage(f"1/5 demonstrations: {b.episodes_per_task} per task, {b.suite} tasks {tasks} -> {data}", t0)
     generate(b.suite, b.tasks, b.episodes_per_task, data, image_size=b.image_size, workers=b.workers, seed=0)
 
-    runs = {}
-    for i, preset in enumerate(("E0", "E2")):
-        cfg = build_config({"dataset": str(data), "image_size": b.image_size, "max_epochs": b.max_epochs,
-                            "batch_size": b.batch_size, "seed": 0, "output_dir": str(out / preset.lower())}, preset=preset)
-        _stage(f"{2 + i}/5 train {preset} ({b.max_epochs} epochs, seed 0; E2 encodes its world latents first)", t0)
-        runs[preset] = train(cfg).parent.parent
-        write_result(evaluate_offline(runs[preset]), runs[preset] / "eval_offline_val.json")
-
+    cfgs = {preset: build_config({"dataset": str(data), "image_size": b.image_size, "max_epochs": b.max_epochs,
+                                  "batch_size": b.batch_size, "seed": 0, "output_dir": str(out / preset.lower())},
+                                 preset=preset)
+            for preset in ("E0", "E2")}
+    _stage(f"2-3/5 train E0 and E2 side by side, one core each ({b.max_epochs} epochs, seed 0; "
+           f"E2 encodes its world latents first; logs in each run's train.log)", t0)
+    runs = _train_side_by_side(cfgs)
     _stage(f"4/5 closed-loop evaluation: {b.eval_episodes} initial states x {len(b.tasks)} tasks, same for E0 and E2", t0)
     for preset, run in runs.items():
         evaluate(EvalSettings(checkpoint=str(run), suite=b.suite, tasks=b.tasks, n_episodes=b.eval_episodes,

@@ -1,0 +1,25 @@
+"""The demo trains E0 and E2 side by side in two processes and scores both offline."""
+import json
+
+import pytest
+
+from conftest import tiny_config
+from world_modality.demo import _epochs_logged, _train_side_by_side
+
+
+@pytest.mark.slow
+def test_side_by_side_training_matches_presets_and_scores_both(fixture_dataset, tmp_path, capsys):
+    cfgs = {p: tiny_config(fixture_dataset, tmp_path / p.lower(), preset=p, max_epochs=2) for p in ("E0", "E2")}
+    runs = _train_side_by_side(cfgs)
+    assert set(runs) == {"E0", "E2"}
+    for name, run in runs.items():
+        assert [r["epoch"] for r in _epochs_logged(run)] == [1, 2]
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["policy"]["disable_future_injection"] is (name == "E0")
+        assert json.loads((run / "eval_offline_val.json").read_text())
+        assert "[train]" in (run / "train.log").read_text()  # the child's console went to its log
+    shown = capsys.readouterr()
+    assert "[E2] epoch 2/2" in shown.out + shown.err  # each epoch is reported as it ends
+    # A rerun finds both runs finished: nothing trains again, no epoch is logged twice.
+    _train_side_by_side(cfgs)
+    assert all(len(_epochs_logged(run)) == 2 for run in runs.values())
