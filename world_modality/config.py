@@ -55,6 +55,7 @@ class WorldConfig:
     # World encoder (frozen)
     world_encoder: str = "tiny-vjepa2"  # tiny-vjepa2 (random init, embedded default) | vjepa2
     world_encoder_path: str | None = None  # local path or hub-cache id of a VJEPA2Model
+    world_encoder_dtype: str = "auto"  # auto (bfloat16 for vjepa2 on CUDA, else float32) | float32 | bfloat16 | float16
     world_image_key: str = "observation.images.image"  # camera the world encoder watches
     world_image_size: int = 64  # encoder input side
     latent_suffix: str = "m4"  # m frames per latent, written "m<m>"
@@ -81,6 +82,10 @@ class WorldConfig:
         _check(
             self.world_encoder in ("tiny-vjepa2", "vjepa2"),
             f"`world_encoder` must be 'tiny-vjepa2' or 'vjepa2', got {self.world_encoder!r}.",
+        )
+        _check(
+            self.world_encoder_dtype in ("auto", "float32", "bfloat16", "float16"),
+            f"`world_encoder_dtype` must be auto, float32, bfloat16 or float16, got {self.world_encoder_dtype!r}.",
         )
         _check(
             self.world_encoder != "vjepa2" or bool(self.world_encoder_path),

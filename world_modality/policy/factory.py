@@ -24,6 +24,7 @@ def world_encoder_from_config(cfg: ExperimentConfig) -> WorldEncoder:
         image_size=w.world_image_size if w.world_encoder == "tiny-vjepa2" else None,
         seed=WORLD_ENCODER_SEED,
         pretrained_path=w.world_encoder_path,
+        dtype=w.world_encoder_dtype,
     )
 
 

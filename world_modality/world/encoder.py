@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,11 @@ from torch import nn
 # Same constants as transformers' IMAGENET_DEFAULT_MEAN/STD, used by VJEPA2VideoProcessor.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# VJEPA2VideoProcessor (transformers 5.x) resizes the shortest edge to int(crop_size * 256 / 224)
+# whatever its config's "size" says, then center-crops crop_size.
+RESIZE_RATIO = 256 / 224
+PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 
 TINY_NAME = "tiny-vjepa2"
 PRETRAINED_NAME = "vjepa2"
@@ -45,6 +52,96 @@ def weights_sha256(module: nn.Module) -> str:
         # View as raw bytes so bfloat16 (which numpy lacks) hashes too.
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class VJEPA2Processing:
+    """The video processor's steps for a pretrained checkpoint: resize, center crop, normalize."""
+
+    crop_size: int
+    shortest_edge: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def for_crop(cls, crop_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "VJEPA2Processing":
+        return cls(int(crop_size), int(crop_size * RESIZE_RATIO), tuple(map(float, mean)), tuple(map(float, std)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"crop_size": self.crop_size, "shortest_edge": self.shortest_edge,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def _processor_config(pretrained_path: str) -> tuple[str, dict] | None:
+    """The checkpoint's video processor config (local folder or hub cache), if it has one."""
+    for fname in PROCESSOR_FILES:
+        if os.path.isdir(pretrained_path):
+            f = os.path.join(pretrained_path, fname)
+            found = f if os.path.isfile(f) else None
+        else:
+            from transformers.utils import cached_file
+
+            found = cached_file(pretrained_path, fname, local_files_only=True,
+                                _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+        if found:
+            with open(found) as fh:
+                return found, json.load(fh)
+    return None
+
+
+def read_processing(pretrained_path: str, model_crop_size: int) -> VJEPA2Processing:
+    """What VJEPA2VideoProcessor.from_pretrained(pretrained_path) would do, without torchvision.
+
+    crop_size, mean and std come from the processor config when the checkpoint has one, else the
+    processor's defaults with the model's crop_size; the resize target always follows crop_size.
+    """
+    found = _processor_config(pretrained_path)
+    if found is None:
+        return VJEPA2Processing.for_crop(model_crop_size)
+    where, cfg = found
+    crop = cfg.get("crop_size", model_crop_size)
+    if isinstance(crop, dict):
+        if crop.get("height") != crop.get("width", crop.get("height")):
+            raise ValueError(f"{where}: crop_size {crop} is not square; the world encoder expects a square crop")
+        crop = crop["height"]
+    for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+        if cfg.get(flag, True) is not True:
+            raise ValueError(f"{where}: {flag}={cfg[flag]!r} is not supported (expected true)")
+    resample = cfg.get("resample", 2)
+    if resample != 2:  # PIL BILINEAR
+        raise ValueError(f"{where}: resample={resample!r} is not supported (expected 2, bilinear)")
+    rescale = float(cfg.get("rescale_factor", 1 / 255))
+    if abs(rescale - 1 / 255) > 1e-9:
+        raise ValueError(f"{where}: rescale_factor={rescale} is not supported (expected 1/255)")
+    return VJEPA2Processing.for_crop(int(crop), cfg.get("image_mean", IMAGENET_MEAN), cfg.get("image_std", IMAGENET_STD))
+
+
+def resize_output_size(h: int, w: int, shortest_edge: int) -> tuple[int, int]:
+    """(height, width) after resizing the shorter side to shortest_edge (transformers' rounding: int())."""
+    if w <= h:
+        return int(shortest_edge * h / w), shortest_edge
+    return shortest_edge, int(shortest_edge * w / h)
+
+
+def vjepa2_resize_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, crop, crop) in 0..255, as the video processor does it:
+    antialiased bilinear resize of the shortest edge, then a center crop.
+
+    The resize runs on uint8 on the CPU, where the processor runs by default: torchvision then
+    takes torch's uint8 kernel (on AVX2/AVX512 machines), which rounds like PIL. A float resize
+    rounded afterwards differs by one level on about a fifth of the pixels.
+    """
+    h, w = x.shape[-2:]
+    size = resize_output_size(h, w, shortest_edge)
+    device = x.device
+    if size != (h, w):
+        x = F.interpolate(x.cpu(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    h, w = size
+    if crop > h or crop > w:
+        raise ValueError(f"resized frames {h}x{w} are smaller than the crop {crop}")
+    top, left = int((h - crop) / 2.0), int((w - crop) / 2.0)
+    return x[..., top : top + crop, left : left + crop].to(device).float()
 
 
 def tiny_vjepa2_config(num_frames: int, image_size: int):
@@ -85,14 +182,18 @@ class WorldEncoder(nn.Module):
         image_size: int,
         seed: int | None,
         pretrained_path: str | None,
+        processing: VJEPA2Processing | None = None,
     ):
         super().__init__()
         cfg = model.config
         if num_frames < 1 or num_frames % cfg.tubelet_size != 0:
             raise ValueError(
-                f"num_frames={num_frames} must be a positive multiple of the encoder's "
-                f"tubelet_size={cfg.tubelet_size}"
+                f"num_frames={num_frames} (latent_suffix m{num_frames}) must be a positive multiple of "
+                f"the encoder's tubelet_size={cfg.tubelet_size}: its frames are embedded "
+                f"{cfg.tubelet_size} at a time"
             )
+        if processing is not None and processing.crop_size != image_size:
+            raise ValueError(f"image_size={image_size} differs from the processor's crop_size={processing.crop_size}")
         if image_size % cfg.patch_size != 0:
             raise ValueError(
                 f"image_size={image_size} must be a multiple of patch_size={cfg.patch_size}"
@@ -104,8 +205,11 @@ class WorldEncoder(nn.Module):
         self.latent_dim = int(cfg.hidden_size)
         self.seed = seed
         self.pretrained_path = pretrained_path
-        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
+        self.processing = processing
+        mean = processing.mean if processing else IMAGENET_MEAN
+        std = processing.std if processing else IMAGENET_STD
+        self.register_buffer("_mean", torch.tensor(mean).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(std).view(1, 1, 3, 1, 1), persistent=False)
         self._freeze()
         self.refresh_id()
 
@@ -121,7 +225,11 @@ class WorldEncoder(nn.Module):
 
     def refresh_id(self) -> str:
         """Recompute encoder_id from the current weights (call after loading new weights)."""
-        short = weights_sha256(self.model)[:12]
+        digest = weights_sha256(self.model)
+        if self.processing is not None:
+            # Another preprocessing gives other latents: it is part of the identity.
+            digest = hashlib.sha256((digest + json.dumps(self.processing.to_dict())).encode()).hexdigest()
+        short = digest[:12]
         self.encoder_id = f"{self.name}-m{self.num_frames}-s{self.image_size}-{short}"
         return self.encoder_id
 
@@ -135,7 +243,11 @@ class WorldEncoder(nn.Module):
 
     # -- inference --------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (B, m, H, W, 3) -> normalized float (B, m, 3, S, S) on the encoder's device."""
+        """uint8 (B, m, H, W, 3) -> normalized float (B, m, 3, S, S) on the encoder's device.
+
+        Pretrained encoders see exactly what their own video processor would give them
+        (see vjepa2_preprocess); the tiny default resizes straight to S.
+        """
         x = torch.as_tensor(frames) if isinstance(frames, np.ndarray) else frames
         if x.dtype != torch.uint8:
             raise TypeError(f"frames must be uint8 (0..255), got {x.dtype}")
@@ -146,11 +258,15 @@ class WorldEncoder(nn.Module):
                 f"window has {x.shape[1]} frames but encoder {self.encoder_id} expects m={self.num_frames}"
             )
         b, m, h, w, _ = x.shape
-        x = x.to(self.device).permute(0, 1, 4, 2, 3).reshape(b * m, 3, h, w).float().div_(255.0)
+        x = x.to(self.device).permute(0, 1, 4, 2, 3).reshape(b * m, 3, h, w)
         s = self.image_size
-        if (h, w) != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=False)
-        x = x.reshape(b, m, 3, s, s)
+        if self.processing is not None:
+            x = vjepa2_resize_crop(x, self.processing.shortest_edge, s)
+        else:
+            x = x.float()
+            if (h, w) != (s, s):
+                x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=False)
+        x = x.div_(255.0).reshape(b, m, 3, s, s)
         return (x - self._mean) / self._std
 
     @torch.no_grad()
@@ -217,22 +333,37 @@ def _load_pretrained(pretrained_path: str, dtype: torch.dtype):
         ) from e
 
 
+def resolve_placement(name: str, dtype: torch.dtype | str, device: str | torch.device) -> tuple[torch.dtype, torch.device]:
+    """"auto" device: CUDA for pretrained encoders when present (a ViT-L on CPU is far too slow for a
+    dataset), else CPU. "auto" dtype: bfloat16 for pretrained encoders on CUDA, else float32 (the
+    tiny encoder stays float32 everywhere so its identity does not depend on the machine)."""
+    if str(device) == "auto":
+        device = "cuda" if name == PRETRAINED_NAME and torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if str(dtype) == "auto":
+        dtype = torch.bfloat16 if name == PRETRAINED_NAME and device.type == "cuda" else torch.float32
+    return _dtype_from(dtype), device
+
+
 def build_world_encoder(
     name: str = TINY_NAME,
     num_frames: int = 4,
     image_size: int | None = None,
     seed: int | None = 0,
     pretrained_path: str | None = None,
-    dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device = "auto",
 ) -> WorldEncoder:
     """Build a frozen world encoder.
 
     name="tiny-vjepa2": random VJEPA2Model from tiny_vjepa2_config, seeded (global RNG untouched);
-    image_size defaults to 64. name="vjepa2": VJEPA2Model.from_pretrained(pretrained_path,
-    local_files_only=True); image_size defaults to the checkpoint's crop_size.
+    image_size defaults to 64, frames are resized straight to it. name="vjepa2":
+    VJEPA2Model.from_pretrained(pretrained_path, local_files_only=True) (never a download); frames
+    go through the checkpoint's own video processing (read_processing), image_size is its crop.
+    dtype/device "auto": see resolve_placement.
     """
-    torch_dtype = _dtype_from(dtype)
+    torch_dtype, torch_device = resolve_placement(name, dtype, device)
+    processing = None
     if name == TINY_NAME:
         if pretrained_path is not None:
             raise ValueError(f"{TINY_NAME!r} is randomly initialised; use name={PRETRAINED_NAME!r} for weights")
@@ -255,7 +386,13 @@ def build_world_encoder(
         if not pretrained_path:
             raise ValueError(f"name={PRETRAINED_NAME!r} needs pretrained_path (a local path or hub-cache id)")
         model = _load_pretrained(str(pretrained_path), torch_dtype)
-        image_size = int(model.config.crop_size) if image_size is None else image_size
+        processing = read_processing(str(pretrained_path), int(model.config.crop_size))
+        if image_size is not None and int(image_size) != processing.crop_size:
+            raise ValueError(
+                f"image_size={image_size} but the pretrained encoder at {pretrained_path!r} takes "
+                f"{processing.crop_size}x{processing.crop_size} crops; leave image_size unset"
+            )
+        image_size = processing.crop_size
         seed = None
     else:
         raise ValueError(f"unknown world encoder {name!r}; known: {', '.join(KNOWN_NAMES)}")
@@ -266,5 +403,6 @@ def build_world_encoder(
         image_size=int(image_size),
         seed=seed,
         pretrained_path=None if pretrained_path is None else str(pretrained_path),
+        processing=processing,
     )
-    return enc.to(device)
+    return enc.to(torch_device)

@@ -121,8 +121,13 @@ def test_pretrained_from_local_dir(enc, tmp_path):
     )
     assert loaded.image_size == S  # taken from the saved crop_size
     assert loaded.state_dict_for_checkpoint() is None
-    f = _frames()
-    assert torch.allclose(loaded.encode(f), enc.encode(f), atol=1e-5)
+    # Same weights; the pretrained path preprocesses as its video processor does (resize + crop).
+    x = enc.preprocess(_frames())
+    with torch.no_grad():
+        a = loaded.model(pixel_values_videos=x, skip_predictor=True).last_hidden_state
+        b = enc.model(pixel_values_videos=x, skip_predictor=True).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-5)
+    assert loaded.preprocess(_frames()).shape == x.shape and not torch.allclose(loaded.preprocess(_frames()), x)
 
 
 def test_pretrained_missing_path_is_clear(tmp_path):
