@@ -56,6 +56,17 @@ def _check_same_experiment(saved: ExperimentConfig, cfg: ExperimentConfig, where
                           f"Use another --output_dir or --no-resume.")
 
 
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """A run killed between logging an epoch and checkpointing it logs that epoch again on resume:
+    keep only the records the resumed checkpoint had reached."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -140,10 +151,13 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    step, start_epoch, skip = 0, 0, 0
+    step, start_epoch, skip, partial = 0, 0, 0, {}
     if ckpts:
         state = load_training_state(ckpts[-1], optimizer)
         step, start_epoch, skip = state["step"], state["epoch"], state["batches_done_in_epoch"]
+        partial = state.get("epoch_partial") or {}
+        if main:
+            _drop_metrics_after(run_dir / "metrics.jsonl", step)
 
     samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
     collate = make_collate(build_preprocessor(cfg, policy))
@@ -157,11 +171,20 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
               f"{accelerator.num_processes} process(es) on {accelerator.device}, "
               f"{n_train / 1e6:.2f} M trainable params | run {run_dir}" + (f" | resumed at step {step}" if ckpts else ""))
 
-    def save(epoch: int, done_in_epoch: int) -> None:
+    def save(epoch: int, done_in_epoch: int, sums: dict[str, float] | None = None, count: int = 0) -> None:
+        # A mid-epoch checkpoint keeps each process's running sums, so the resumed epoch logs the
+        # means of all its batches, not only of those after the resume.
+        epoch_partial = {}
+        if sums:
+            keys = sorted(sums)
+            local = torch.tensor([[sums[k] for k in keys] + [float(count)]], dtype=torch.float64, device=accelerator.device)
+            rows = accelerator.gather(local) if accelerator.num_processes > 1 else local
+            epoch_partial = {"keys": keys, "per_process": rows.cpu().tolist()}
         accelerator.wait_for_everyone()
         if main:
             save_checkpoint(run_dir / "checkpoints" / f"step-{step:08d}", model, step=step, epoch=epoch, optimizer=optimizer,
-                            trainer_state={"step": step, "epoch": epoch, "batches_done_in_epoch": done_in_epoch})
+                            trainer_state={"step": step, "epoch": epoch, "batches_done_in_epoch": done_in_epoch,
+                                           "epoch_partial": epoch_partial})
             for old in checkpoints_in(run_dir)[:-t.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
 
@@ -174,6 +197,10 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         mine = [skip + accelerator.process_index + j * n_proc for j in range((len(batches) - skip) // n_proc)]
         sums: dict[str, float] = {}
         count, t0 = 0, time.time()
+        saved_rows = partial.get("per_process", [])
+        if skip and len(saved_rows) == n_proc:
+            sums = dict(zip(partial["keys"], saved_rows[accelerator.process_index][:-1]))
+            count = int(saved_rows[accelerator.process_index][-1])
         policy.train()
         bar = tqdm(mine, desc=f"epoch {epoch + 1}/{t.max_epochs}", disable=not (progress and main), leave=False, mininterval=0.5)
         for bi in bar:
@@ -194,8 +221,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items() if k != "loss"})
             done = bi + accelerator.num_processes
             if t.save_every_steps and step % t.save_every_steps == 0 and done < len(batches):
-                save(epoch, done)
-        skip = 0
+                save(epoch, done, sums, count)
+        skip, partial = 0, {}
         record = {"kind": "train", "epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 2)}
         means = torch.tensor([sums[k] / max(count, 1) for k in sorted(sums)])
         means = accelerator.reduce(means, reduction="mean") if accelerator.num_processes > 1 else means

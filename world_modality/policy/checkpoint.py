@@ -45,7 +45,31 @@ def checkpoint_keys(policy: WorldModalityPolicy) -> list[str]:
     return keys
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_partial_checkpoints(folder: str | Path) -> list[Path]:
+    """Delete temporary folders left by writers that were killed mid-write (their process is gone);
+    they are never loaded, only wasted space. A writer still running on this machine keeps its folder."""
+    removed = []
+    for tmp in Path(folder).glob(".tmp-*-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def _atomic_dir(final: Path):
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(final.parent)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
