@@ -70,3 +70,17 @@ def test_generation_resumes_after_a_kill(tmp_path):
     assert len(set(inits)) == 2
     if first[0]["success"]:  # the episode finished before the kill is reused, not re-simulated
         assert first[0]["init_index"] in inits
+
+
+def test_e4_trains_on_generated_data_with_its_annotations(generated, tmp_path, capsys):
+    from conftest import tiny_config
+    from world_modality.train import train
+
+    cfg = tiny_config(generated, tmp_path / "e4", preset="E4", coc_jsonl=str(generated / "coc.jsonl"),
+                      image_size=64, world_image_size=64, max_epochs=1, val_fraction=0.5)
+    ckpt = train(cfg, progress=False)
+    out = capsys.readouterr().out
+    n = len(load_dataset(generated))
+    assert f"{n}/{n} frames annotated, 0 missing" in out
+    record = json.loads((ckpt.parent.parent / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["text_loss"] > 0  # the chain-of-causation tokens were trained on
