@@ -17,6 +17,14 @@ from typing import Any, Sequence
 MEMORY_MODES = ("predicted", "oracle", "zero", "random", "shuffle")
 ACTION_HEADS = ("mse", "flow")
 FLOW_TIME_SAMPLING = ("uniform", "beta")
+# VLM backbones: a `tiny-` variant (random init, embedded default and tests) and the real family.
+BACKBONES = ("tiny-qwen2.5-vl", "qwen2.5-vl", "tiny-smolvlm", "smolvlm")
+BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
+# LoRA on each family's language-model attention projections (module names differ per family).
+DEFAULT_LORA_TARGETS = {
+    "qwen2.5-vl": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)$",
+    "smolvlm": r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)$",
+}
 
 
 class ConfigError(ValueError):
@@ -96,14 +104,15 @@ class WorldConfig:
 @dataclass
 class PolicyConfig:
     # Backbone
-    backbone: str = "tiny-qwen2.5-vl"  # tiny-qwen2.5-vl (embedded default) | qwen2.5-vl
+    backbone: str = "tiny-qwen2.5-vl"  # tiny-qwen2.5-vl (embedded default) | qwen2.5-vl | tiny-smolvlm | smolvlm
     backbone_path: str | None = None  # local path or hub-cache id of the VLM
+    backbone_dtype: str = "float32"  # float32 | bfloat16 | float16 (weights of the VLM; bfloat16 for GPUs)
     # Finetuning settings
     freeze_backbone: bool = False  # freeze every backbone weight (LoRA adapters still train)
     use_lora: bool = False  # add LoRA adapters to the language model's attention projections
     lora_rank: int = 8
     lora_alpha: int = 16
-    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)$"  # regex on module names
+    lora_target: str | None = None  # regex on module names; default: the family's language-model attention
     # Action path
     n_act_tokens: int = 4  # learned ACT query tokens read out after the prompt
     chunk_size: int = 8  # actions predicted per call
@@ -119,14 +128,13 @@ class PolicyConfig:
     max_text_tokens: int = 48
 
     def __post_init__(self) -> None:
+        _check(self.backbone in BACKBONES, f"`backbone` must be one of {BACKBONES}, got {self.backbone!r}.")
         _check(
-            self.backbone in ("tiny-qwen2.5-vl", "qwen2.5-vl"),
-            f"`backbone` must be 'tiny-qwen2.5-vl' or 'qwen2.5-vl', got {self.backbone!r}.",
-        )
-        _check(
-            self.backbone == "tiny-qwen2.5-vl" or bool(self.backbone_path),
+            self.backbone.startswith("tiny-") or bool(self.backbone_path),
             f"`backbone` {self.backbone!r} needs `backbone_path` (a local path or hub-cache id).",
         )
+        _check(self.backbone_dtype in BACKBONE_DTYPES,
+               f"`backbone_dtype` must be one of {BACKBONE_DTYPES}, got {self.backbone_dtype!r}.")
         _check(self.action_head in ACTION_HEADS, f"`action_head` must be one of {ACTION_HEADS}, got {self.action_head!r}.")
         _check(self.memory_mode in MEMORY_MODES, f"`memory_mode` must be one of {MEMORY_MODES}, got {self.memory_mode!r}.")
         _check(
@@ -139,6 +147,14 @@ class PolicyConfig:
         _check(self.flow_steps >= 1, f"`flow_steps` must be >= 1, got {self.flow_steps}.")
         _check(self.lora_rank >= 1, f"`lora_rank` must be >= 1, got {self.lora_rank}.")
         _check(self.lambda_text >= 0, f"`lambda_text` must be >= 0, got {self.lambda_text}.")
+
+    @property
+    def backbone_family(self) -> str:
+        """The model family (chat format, module names) shared by a tiny variant and the real one."""
+        return self.backbone.removeprefix("tiny-")
+
+    def resolved_lora_target(self) -> str:
+        return self.lora_target or DEFAULT_LORA_TARGETS[self.backbone_family]
 
 
 @dataclass

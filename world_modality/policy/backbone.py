@@ -1,7 +1,8 @@
-"""The VLM backbone: Qwen2.5-VL (tiny random config by default, real weights from a local path).
+"""VLM backbones: the shared interface, and Qwen2.5-VL (tiny random config, or real weights from a path).
 
-It turns camera images + a tokenised prompt into hidden states; the policy reads its ACT query
-positions. Image patchification reproduces Qwen2-VL's image processor so torchvision is not needed.
+A backbone turns camera images + a tokenised prompt into hidden states; the policy reads its ACT
+query positions. Each family supplies its own prompt tokens, image token block and pixel inputs
+(Qwen's patchification is reproduced here, so torchvision is not needed); SmolVLM is in smolvlm.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 # Qwen2-VL's normalisation constants (OpenAI CLIP's), as its image processor applies them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -73,38 +75,74 @@ def tiny_qwen_config(vocab_size: int, token_ids: dict[str, int], size: TinyQwenS
     )
 
 
-class QwenBackbone(nn.Module):
-    """Qwen2.5-VL with a tokenizer; `pretrained` tells the checkpoint whether its weights can be reloaded."""
+class VLMBackbone(nn.Module):
+    """A VLM with its tokenizer. Subclasses name their family's tokens and implement the image side
+    (`image_block`, `tokens_per_image`, `check_image_size`, `pixel_inputs`, `forward`), so the one
+    preprocessor and the one prompt builder serve every family. `pretrained` tells the checkpoint
+    whether the base weights reload from a path."""
 
-    family = "qwen2.5-vl"
+    family: str
+    image_token: str  # the prompt's per-image placeholder
+    pad_token: str  # fills left padding (masked out)
+    text_end_token: str  # closes a turn: ends chain-of-causation targets
 
-    def __init__(self, model: nn.Module, tokenizer, pretrained: bool):
+    def __init__(self, model: nn.Module, tokenizer, pretrained: bool, image_token_id: int):
         super().__init__()
         self.model = model
-        self.tokenizer = tokenizer  # a `tokenizers.Tokenizer` or a transformers tokenizer
+        self.tokenizer = tokenizer  # a `tokenizers.Tokenizer` (tiny) or a transformers tokenizer
         self.pretrained = pretrained
-        cfg = model.config
-        vc = cfg.vision_config
-        self.hidden_size = cfg.text_config.hidden_size
-        self.patch_size = int(vc.patch_size)
-        self.merge_size = int(vc.spatial_merge_size)
-        self.temporal_patch_size = int(vc.temporal_patch_size)
-        self.image_token_id = int(cfg.image_token_id)
-        self.pad_token_id = self.token_id("<|endoftext|>")
-        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.hidden_size = model.config.text_config.hidden_size
+        self.image_token_id = int(image_token_id)
+        if self.token_id(self.image_token) != self.image_token_id:
+            raise ValueError(f"tokenizer maps {self.image_token!r} to {self.token_id(self.image_token)}, but the model "
+                             f"config's image token id is {self.image_token_id}: tokenizer and weights do not belong together.")
+        self.pad_token_id = self.token_id(self.pad_token)
+        self.text_end_id = self.token_id(self.text_end_token)
 
     # -- tokens ---------------------------------------------------------------------------------
     def token_id(self, token: str) -> int:
-        tid = self.tokenizer.token_to_id(token) if hasattr(self.tokenizer, "token_to_id") else self.tokenizer.convert_tokens_to_ids(token)
-        if tid is None:
-            raise ValueError(f"tokenizer has no token {token!r}, which the Qwen prompt format needs.")
+        tok = self.tokenizer
+        tid = tok.token_to_id(token) if hasattr(tok, "token_to_id") else tok.convert_tokens_to_ids(token)
+        if tid is None or (getattr(tok, "unk_token_id", None) is not None and tid == tok.unk_token_id):
+            raise ValueError(f"tokenizer has no token {token!r}, which the {self.family} prompt format needs.")
         return int(tid)
 
     def encode_text(self, text: str) -> list[int]:
         if hasattr(self.tokenizer, "token_to_id"):
             return self.tokenizer.encode(text, add_special_tokens=False).ids
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def image_block(self, tokens_per_image: int) -> list[int]:
+        """What one image placeholder of the prompt expands to, as the family's processor expands it."""
+        return [self.image_token_id] * tokens_per_image
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden)
+
+
+class QwenBackbone(VLMBackbone):
+    """Qwen2.5-VL: `<|image_pad|>` repeated once per merged patch, between vision start/end tokens."""
+
+    family = "qwen2.5-vl"
+    image_token = "<|image_pad|>"
+    pad_token = "<|endoftext|>"
+    text_end_token = "<|im_end|>"
+
+    def __init__(self, model: nn.Module, tokenizer, pretrained: bool):
+        super().__init__(model, tokenizer, pretrained, model.config.image_token_id)
+        vc = model.config.vision_config
+        self.patch_size = int(vc.patch_size)
+        self.merge_size = int(vc.spatial_merge_size)
+        self.temporal_patch_size = int(vc.temporal_patch_size)
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def tokens_per_image(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size) // (self.merge_size**2)
@@ -130,26 +168,22 @@ class QwenBackbone(nn.Module):
         return patches, grid
 
     # -- forward --------------------------------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(input_ids)
-
-    def forward(self, input_ids, inputs_embeds, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw) -> torch.Tensor:
+    def forward(self, input_ids, inputs_embeds, attention_mask, mm_token_type_ids, images) -> torch.Tensor:
+        """images: (B, n_cams, 3, H, W) in [0, 1], in the prompt's camera order -> last hidden states."""
+        pixel_values, grid = self.pixel_inputs(images.flatten(0, 1).to(inputs_embeds.dtype))
         out = self.model.model(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             mm_token_type_ids=mm_token_type_ids,
             pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
+            image_grid_thw=grid,
             use_cache=False,
         )
         return out.last_hidden_state
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(hidden)
 
-
-def build_tiny_qwen(tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize()) -> QwenBackbone:
+def build_tiny_qwen(tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize(), dtype: str = "float32") -> QwenBackbone:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from .tokenizer import SPECIAL_TOKENS
@@ -159,20 +193,33 @@ def build_tiny_qwen(tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(cfg)
-    return QwenBackbone(model.float(), tokenizer, pretrained=False)
+    return QwenBackbone(model.to(DTYPES[dtype]), tokenizer, pretrained=False)
 
 
-def load_qwen(path: str, dtype: torch.dtype = torch.float32) -> QwenBackbone:
-    """Real Qwen2.5-VL from a local folder or the user's hub cache; never downloads."""
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+def load_local(path: str, classes: dict[str, str], dtype: str = "float32"):
+    """(model, tokenizer) from a local folder or the user's hub cache; never downloads and never
+    runs code from the folder. `classes` maps the accepted config `model_type`s to transformers
+    class names, so a folder holding another model is refused before any weight is read."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
+    where = "folder" if Path(path).exists() else "hub-cache id"
     try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=dtype)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        if config.model_type not in classes:
+            raise ValueError(f"{where} {path!r} holds a {config.model_type!r} model "
+                             f"({getattr(config, 'architectures', None)}); expected model_type one of {sorted(classes)}.")
+        model = getattr(transformers, classes[config.model_type]).from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except OSError as e:
-        where = "folder" if Path(path).exists() else "hub-cache id"
         raise FileNotFoundError(
-            f"could not load Qwen2.5-VL from {where} {path!r} (nothing is downloaded at run time; "
+            f"could not load a VLM from {where} {path!r} (nothing is downloaded at run time; "
             f"put the weights there or in your hub cache first): {e}"
         ) from e
+    return model, tokenizer
+
+
+def load_qwen(path: str, dtype: str = "float32") -> QwenBackbone:
+    """Real Qwen2.5-VL (3B, 7B, ...) from a local folder or the user's hub cache."""
+    model, tokenizer = load_local(path, {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}, dtype)
     return QwenBackbone(model, tokenizer, pretrained=True)

@@ -67,6 +67,18 @@ def remove_partial_checkpoints(folder: str | Path) -> list[Path]:
     return removed
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied input/output embeddings of a fully trained
+    backbone): the second name of a shared storage gets its own copy."""
+    seen: set[int] = set()
+    out = {}
+    for k, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if ptr in seen and t.numel() else t
+        seen.add(ptr)
+    return out
+
+
 def _atomic_dir(final: Path):
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_partial_checkpoints(final.parent)
@@ -83,7 +95,7 @@ def save_checkpoint(path: str | Path, policy: WorldModalityPolicy, *, step: int 
     final = Path(path)
     tmp = _atomic_dir(final)
     state = policy.state_dict()
-    tensors = {k: state[k].detach().cpu().contiguous() for k in checkpoint_keys(policy)}
+    tensors = _unshared({k: state[k].detach().cpu().contiguous() for k in checkpoint_keys(policy)})
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
     policy.cfg.to_json(tmp / "config.json")
     enc = getattr(policy, "world_encoder", None)

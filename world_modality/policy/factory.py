@@ -6,10 +6,11 @@ from typing import Any
 
 from ..config import ExperimentConfig
 from ..world.encoder import WorldEncoder, build_world_encoder
-from .backbone import QwenBackbone, build_tiny_qwen, load_qwen
+from .backbone import VLMBackbone, build_tiny_qwen, load_qwen
 from .lora import apply_lora, set_trainable
 from .model import PolicyShapes, WorldModalityPolicy
 from .preprocess import ObservationPreprocessor
+from .smolvlm import build_tiny_smolvlm, load_smolvlm
 
 # The world encoder stands in for a frozen pretrained model: one fixed init for every run and seed,
 # so E0/E2 and all seeds share one latent cache.
@@ -28,16 +29,23 @@ def world_encoder_from_config(cfg: ExperimentConfig) -> WorldEncoder:
     )
 
 
-def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> QwenBackbone:
+def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> VLMBackbone:
     p = cfg.policy
+    if p.backbone.startswith("tiny-") and tokenizer is None:
+        raise ValueError(f"the tiny backbone {p.backbone!r} needs the project's tokenizer (built from the dataset or read "
+                         f"from a checkpoint).")
     if p.backbone == "tiny-qwen2.5-vl":
-        if tokenizer is None:
-            raise ValueError("the tiny backbone needs the project's tokenizer (built from the dataset or read from a checkpoint).")
-        backbone = build_tiny_qwen(tokenizer, seed=cfg.train.seed)
+        backbone = build_tiny_qwen(tokenizer, seed=cfg.train.seed, dtype=p.backbone_dtype)
+    elif p.backbone == "tiny-smolvlm":
+        backbone = build_tiny_smolvlm(tokenizer, cfg.data.image_size, seed=cfg.train.seed, dtype=p.backbone_dtype)
+    elif p.backbone == "qwen2.5-vl":
+        backbone = load_qwen(p.backbone_path, dtype=p.backbone_dtype)
+    elif p.backbone == "smolvlm":
+        backbone = load_smolvlm(p.backbone_path, dtype=p.backbone_dtype)
     else:
-        backbone = load_qwen(p.backbone_path)
+        raise ValueError(f"unknown backbone {p.backbone!r}.")
     if p.use_lora:
-        apply_lora(backbone.model, p.lora_target, p.lora_rank, p.lora_alpha)
+        apply_lora(backbone.model, p.resolved_lora_target(), p.lora_rank, p.lora_alpha)
     return backbone
 
 

@@ -76,8 +76,7 @@ class WorldModalityPolicy(nn.Module):
         state = (batch["state"] - self.state_mean) / self.state_std
         embeds[:, end - n - 1] = self.state_proj(state).to(embeds.dtype)
         embeds[:, end - n:end] = self.act_queries.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
-        pixel_values, grid = bb.pixel_inputs(batch["images"].flatten(0, 1).to(embeds.dtype))
-        hidden = bb(ids, embeds, mask, batch["mm_token_type_ids"], pixel_values, grid)
+        hidden = bb(ids, embeds, mask, batch["mm_token_type_ids"], batch["images"])
         text = mask.bool() & (batch["mm_token_type_ids"] == 0)
         text[:, end - n - 1:] = False
         text_f = text.unsqueeze(-1).to(embeds.dtype)

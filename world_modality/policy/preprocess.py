@@ -39,15 +39,16 @@ class ObservationPreprocessor:
     def prompt_ids(self, instruction: str) -> list[int]:
         ids = self._prompt_cache.get(instruction)
         if ids is None:
-            raw = self.backbone.encode_text(build_prompt(instruction, len(self.image_keys)))
-            img = self.backbone.image_token_id
+            bb = self.backbone
+            raw = bb.encode_text(build_prompt(instruction, len(self.image_keys), bb.family))
+            img, block = bb.image_token_id, bb.image_block(self.tokens_per_image)
+            n_placeholders = sum(1 for t in raw if t == img)
+            if n_placeholders != len(self.image_keys):
+                raise ValueError(f"prompt for {instruction!r} tokenised to {n_placeholders} image placeholders, expected "
+                                 f"{len(self.image_keys)}; the tokenizer splits {bb.image_token!r}.")
             ids = []
             for t in raw:
-                ids.extend([img] * self.tokens_per_image if t == img else [t])
-            n_img = sum(1 for t in ids if t == img)
-            if n_img != self.tokens_per_image * len(self.image_keys):
-                raise ValueError(f"prompt for {instruction!r} tokenised to {n_img} image tokens, expected "
-                                 f"{self.tokens_per_image * len(self.image_keys)}; the tokenizer splits <|image_pad|>.")
+                ids.extend(block if t == img else [t])
             self._prompt_cache[instruction] = ids
         return ids
 
@@ -76,8 +77,7 @@ class ObservationPreprocessor:
         return out
 
     def text_ids(self, text: str) -> list[int]:
-        end = self.backbone.token_id("<|im_end|>")
-        return self.backbone.encode_text(text.strip())[: self.max_text_tokens - 1] + [end]
+        return self.backbone.encode_text(text.strip())[: self.max_text_tokens - 1] + [self.backbone.text_end_id]
 
     # -- images ---------------------------------------------------------------------------------
     def images(self, observations: Sequence[dict[str, Any]]) -> torch.Tensor:
