@@ -263,3 +263,16 @@ def test_tied_embeddings_of_a_trained_backbone_are_saved(tmp_path):
     m.lm_head.weight = m.model.text_model.embed_tokens.weight  # as checkpoints with tie_word_embeddings have it
     back = load_checkpoint(save_checkpoint(tmp_path / "ck", policy))
     torch.testing.assert_close(back.backbone.model.lm_head.weight, m.lm_head.weight)
+
+
+@pytest.mark.slow
+def test_training_loop_runs_tiny_smolvlm(fixture_dataset, tmp_path):
+    from conftest import tiny_config
+    from world_modality.analysis.offline import evaluate_offline
+    from world_modality.train import train
+
+    cfg = tiny_config(fixture_dataset, tmp_path / "run", max_epochs=1, backbone="tiny-smolvlm", freeze_backbone=True, use_lora=True)
+    ckpt = train(cfg, progress=False)
+    policy = load_checkpoint(ckpt)
+    assert policy.backbone.family == "smolvlm" and any(".lora_A." in k for k in checkpoint_keys(policy))
+    assert np.isfinite(evaluate_offline(ckpt)["action_mse"]["predicted"])
