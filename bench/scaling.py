@@ -56,6 +56,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for s in STAGES:
         ax.plot(x, [r[s] for r in rows], marker="o", label=s)
+    ax.plot(x, [rows[0]["generate"] * v / x[0] for v in x], "k--", alpha=0.4, label="linear in size")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(x, [str(v) for v in x])
