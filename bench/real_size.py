@@ -1,0 +1,297 @@
+"""Inference latency and peak GPU memory of the real-size policy: Qwen2.5-VL-3B + V-JEPA 2 ViT-L in
+bfloat16, random weights built from their real configurations (nothing is downloaded), one policy
+step split into world encoder / Prophet / backbone / head.
+
+    python bench/real_size.py                 # real size, needs a CUDA GPU; writes bench/results/real_size.json
+    python bench/real_size.py --tiny          # the same code on the embedded default's tiny configs, on CPU
+    python bench/real_size.py --qwen-config DIR --vjepa2-config DIR   # configs from local folders instead
+
+Without a GPU (and without --tiny) it says so and exits 0. The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/real_size.py` from a clone without an install
+    sys.path.insert(0, str(ROOT))
+RESULT_PATH = ROOT / "bench" / "results" / "real_size.json"
+INSTRUCTION = "put the black bowl on the plate"
+
+# Qwen/Qwen2.5-VL-3B-Instruct config.json (token ids are taken from the tokenizer in use).
+QWEN25_VL_3B_TEXT = dict(
+    vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+    num_key_value_heads=2, hidden_act="silu", max_position_embeddings=128000, rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    tie_word_embeddings=True,
+)
+QWEN25_VL_3B_VISION = dict(
+    depth=32, hidden_act="silu", hidden_size=1280, intermediate_size=3420, num_heads=16, in_chans=3,
+    out_hidden_size=2048, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+)
+# facebook/vjepa2-vitl-fpc64-256 (the encoder part is what the policy runs; the predictor is skipped).
+VJEPA2_VITL_256 = dict(
+    crop_size=256, patch_size=16, frames_per_clip=64, tubelet_size=2, hidden_size=1024, num_hidden_layers=24,
+    num_attention_heads=16, mlp_ratio=4.0, pred_hidden_size=384, pred_num_hidden_layers=12,
+    pred_num_attention_heads=12, pred_num_mask_tokens=10,
+)
+PARTS = ("preprocess", "world_encoder", "backbone", "prophet", "head", "step")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny configs on CPU (tests this script)")
+    ap.add_argument("--qwen-config", default=None, help="local folder with a Qwen2.5-VL config.json (and tokenizer)")
+    ap.add_argument("--vjepa2-config", default=None, help="local folder with a V-JEPA 2 config.json")
+    ap.add_argument("--n", type=int, default=None, help="timed calls (default 50; 5 with --tiny)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5; 1 with --tiny)")
+    ap.add_argument("--batch", type=int, default=1, help="observations per policy call")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="side of the policy's camera images (default 224, a multiple of Qwen's 28; 64 with --tiny)")
+    ap.add_argument("--frames", type=int, default=4, help="m: frames per world latent")
+    ap.add_argument("--action-head", choices=("mse", "flow"), default="mse")
+    ap.add_argument("--out", default=None, help=f"results file in real mode (default {RESULT_PATH.relative_to(ROOT)})")
+    args = ap.parse_args(argv)
+    args.n = args.n or (5 if args.tiny else 50)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 5)
+    args.image_size = args.image_size or (64 if args.tiny else 224)
+    if args.n < 1 or args.warmup < 0 or args.batch < 1:
+        ap.error(f"need --n >= 1, --warmup >= 0, --batch >= 1; got {args.n}, {args.warmup}, {args.batch}")
+    return args
+
+
+def _local_config(path: str, what: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except OSError as e:
+        raise SystemExit(f"--{what}: no readable config.json in {path!r} (local files only): {e}") from e
+
+
+def qwen_config(args, token_ids: dict[str, int]):
+    from transformers import Qwen2_5_VLConfig
+
+    if args.qwen_config:
+        cfg = _local_config(args.qwen_config, "qwen-config")
+        if cfg.model_type != "qwen2_5_vl":
+            raise SystemExit(f"--qwen-config {args.qwen_config!r} holds a {cfg.model_type!r} config, expected qwen2_5_vl")
+    else:
+        cfg = Qwen2_5_VLConfig(text_config=dict(QWEN25_VL_3B_TEXT), vision_config=dict(QWEN25_VL_3B_VISION))
+    # The prompt's special tokens must be the ids the model treats as image/vision tokens.
+    cfg.image_token_id, cfg.video_token_id = token_ids["<|image_pad|>"], token_ids["<|video_pad|>"]
+    cfg.vision_start_token_id, cfg.vision_end_token_id = token_ids["<|vision_start|>"], token_ids["<|vision_end|>"]
+    return cfg
+
+
+def vjepa2_config(args):
+    from transformers import VJEPA2Config
+
+    if args.vjepa2_config:
+        cfg = _local_config(args.vjepa2_config, "vjepa2-config")
+        if cfg.model_type != "vjepa2":
+            raise SystemExit(f"--vjepa2-config {args.vjepa2_config!r} holds a {cfg.model_type!r} config, expected vjepa2")
+        return cfg
+    return VJEPA2Config(**VJEPA2_VITL_256)
+
+
+def tokenizer_for(args):
+    """The real tokenizer when --qwen-config has one, else the project's byte-level BPE with Qwen's
+    special tokens (prompt text then tokenises differently; the image tokens, the bulk, do not)."""
+    from world_modality.policy.tokenizer import SPECIAL_TOKENS, build_tokenizer
+
+    if args.qwen_config and not args.tiny:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(args.qwen_config, local_files_only=True)
+            return tok, {t: int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}, "qwen"
+        except (OSError, ValueError):
+            pass
+    tok = build_tokenizer([INSTRUCTION])
+    return tok, {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}, "project-bpe"
+
+
+def build(args, device: torch.device):
+    """(policy, preprocessor, info): the assembled policy as evaluation runs it, on `device`."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, VJEPA2Model
+
+    from world_modality.config import build_config
+    from world_modality.policy.backbone import QwenBackbone, build_tiny_qwen
+    from world_modality.policy.factory import build_preprocessor
+    from world_modality.policy.model import PolicyShapes, WorldModalityPolicy
+    from world_modality.world.encoder import VJEPA2Processing, WorldEncoder, build_world_encoder
+
+    tokenizer, token_ids, tok_kind = tokenizer_for(args)
+    overrides = {"image_size": args.image_size, "latent_suffix": f"m{args.frames}", "action_head": args.action_head}
+    if args.tiny:
+        cfg = build_config({**overrides, "world_image_size": 64}, preset="E2")
+        backbone = build_tiny_qwen(tokenizer)
+        encoder = build_world_encoder(num_frames=args.frames, image_size=64, device=device)
+    else:
+        dtype = torch.bfloat16
+        cfg = build_config({**overrides, "backbone": "qwen2.5-vl", "backbone_path": "random-init",
+                            "backbone_dtype": "bfloat16", "world_encoder": "vjepa2",
+                            "world_encoder_path": "random-init"}, preset="E2")
+        # Random init straight on the GPU: a 3B model initialised on the CPU takes minutes.
+        with torch.device(device):
+            qwen = Qwen2_5_VLForConditionalGeneration._from_config(qwen_config(args, token_ids), dtype=dtype)
+            vjepa = VJEPA2Model._from_config(vjepa2_config(args), dtype=dtype)
+        backbone = QwenBackbone(qwen.eval(), tokenizer, pretrained=True)
+        crop = int(vjepa.config.crop_size)
+        encoder = WorldEncoder(vjepa, name="vjepa2", num_frames=args.frames, image_size=crop, seed=None,
+                               pretrained_path="random-init", processing=VJEPA2Processing.for_crop(crop))
+    shapes = PolicyShapes(state_dim=8, action_dim=7, latent_dim=encoder.latent_dim)
+    policy = WorldModalityPolicy(cfg, backbone, shapes, encoder).to(device).eval()
+    preprocess = build_preprocessor(cfg, policy)
+
+    def millions(m) -> float:
+        return round(sum(p.numel() for p in m.parameters()) / 1e6, 3)
+
+    head_params = sum(millions(getattr(policy, n)) for n in ("memory_proj", "xattn", "head", "state_proj"))
+    info = {"tokenizer": tok_kind, "backbone_dtype": str(backbone.dtype).removeprefix("torch."),
+            "world_dtype": str(encoder.dtype).removeprefix("torch."), "world_image_size": encoder.image_size,
+            "latent_dim": encoder.latent_dim,
+            "params_m": {"world_encoder": millions(encoder), "backbone": millions(backbone),
+                         "prophet": millions(policy.prophet), "head": round(head_params, 3)}}
+    return policy, preprocess, info
+
+
+def inputs(args, world_size: int, seed: int = 0):
+    """Observations in the dataset schema (LIBERO's 256x256 cameras) and the world encoder's m frames."""
+    rng = np.random.default_rng(seed)
+    obs = [{"observation.images.image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
+            "observation.images.wrist_image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
+            "observation.state": rng.normal(size=8).astype(np.float32), "task": INSTRUCTION}
+           for _ in range(args.batch)]
+    frames = rng.integers(0, 256, (args.batch, args.frames, 256, 256, 3), dtype=np.uint8)
+    return obs, frames
+
+
+class Timer:
+    """Wall time of named sections; synchronises the GPU so each section owns its kernels."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, {p: [] for p in PARTS}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **k):
+            self.sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            self.sync()
+            self._last[name] = time.perf_counter() - t0
+            return out
+        return timed
+
+    def start_step(self) -> None:
+        self._last = {}
+
+
+@torch.no_grad()
+def run_steps(policy, preprocess, obs, frames, device: torch.device, n: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds per part over n policy steps after `warmup` untimed ones. A step is what
+    closed-loop evaluation does per replanning: preprocess, encode the world window, predict actions
+    (backbone, Prophet, then the memory, cross-attention and action head, timed as `head`). `step` is
+    the wall time of the whole step, its parts' synchronisation included."""
+    timer = Timer(device)
+    # Time the policy's own pieces in place, so the step runs exactly the evaluation code path.
+    policy._backbone_pass = timer.wrap("backbone", policy._backbone_pass)
+    policy.predict_future = timer.wrap("prophet", policy.predict_future)
+    preprocess_t = timer.wrap("preprocess", lambda: {k: v.to(device) if torch.is_tensor(v) else v
+                                                     for k, v in preprocess(obs).items()})
+    encode_t = timer.wrap("world_encoder", policy.world_encoder.encode)
+    predict_t = timer.wrap("predict", policy.predict_actions)
+    def step():
+        batch = preprocess_t()
+        batch["z_t"] = encode_t(frames)
+        return predict_t(batch)
+
+    step_t = timer.wrap("step", step)
+    try:
+        for i in range(warmup + n):
+            timer.start_step()
+            actions = step_t()
+            if not torch.isfinite(actions).all():
+                raise RuntimeError("the policy produced non-finite actions")
+            if i < warmup:
+                continue
+            last = timer._last
+            last["head"] = last.pop("predict") - last["backbone"] - last["prophet"]
+            for k in PARTS:
+                timer.times[k].append(last[k])
+    finally:
+        del policy._backbone_pass, policy.predict_future  # drop the instance overrides
+    return {k: round(1000 * statistics.median(v), 3) for k, v in timer.times.items()}
+
+
+def table(ms: dict[str, float], info: dict, mem: dict | None) -> str:
+    rows = [f"{'part':<15}{'median ms':>12}{'params (M)':>14}"]
+    for k in PARTS:
+        params = info["params_m"].get(k)
+        rows.append(f"{k:<15}{ms[k]:>12.2f}{'' if params is None else f'{params:>14.1f}'}")
+    if mem:
+        rows.append(f"peak GPU memory {mem['peak_gpu_mem_gib']:.2f} GiB (weights {mem['weights_gib']:.2f} GiB)")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    if args.tiny:
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        print("real_size: no CUDA GPU found; the real-size benchmark needs one (--tiny runs the same code "
+              "on CPU with the tiny configs). Nothing measured.")
+        print(json.dumps({"gpu": False, "mode": "real", "measured": False, "reason": "no CUDA GPU"}))
+        return 0
+    else:
+        device = torch.device("cuda")
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    policy, preprocess, info = build(args, device)
+    build_s = time.perf_counter() - t0
+    obs, frames = inputs(args, policy.world_encoder.image_size)
+    mem = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        weights = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    ms = run_steps(policy, preprocess, obs, frames, device, args.n, args.warmup)
+    if device.type == "cuda":
+        mem = {"weights_gib": round(weights / 2**30, 3),
+               "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+    prompt_tokens = int(preprocess(obs[:1])["input_ids"].shape[1])
+    result = {"gpu": device.type == "cuda", "mode": "tiny" if args.tiny else "real", "measured": True,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "models": "tiny Qwen2.5-VL + tiny VJEPA2" if args.tiny else
+              f"Qwen2.5-VL ({args.qwen_config or '3B config'}) + V-JEPA 2 ({args.vjepa2_config or 'ViT-L 256 config'})",
+              "weights": "random init", "batch": args.batch, "image_size": args.image_size, "frames": args.frames,
+              "action_head": args.action_head, "n": args.n, "warmup": args.warmup, "prompt_tokens": prompt_tokens,
+              "build_s": round(build_s, 2), "median_ms": ms, **info, **(mem or {}),
+              "torch": torch.__version__}
+    print(table(ms, info, mem))
+    if not args.tiny:
+        out = Path(args.out) if args.out else RESULT_PATH
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
