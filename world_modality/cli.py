@@ -7,7 +7,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import MEMORY_MODES, add_config_flags, config_from_args
+from .config import MEMORY_MODES, ConfigError, add_config_flags, config_from_args
+
+# Bad input, not a bug: every input check in the package raises a ValueError subclass (ConfigError,
+# DatasetError, AnnotationError, CheckpointError, LatentCacheMismatch) or FileNotFoundError.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def run_reporting_errors(prog: str, func, *args) -> int:
+    """Run a command; a bad input prints one line `prog: error: message` and exits 2, as argparse does."""
+    try:
+        return func(*args)
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _cmd_train(args) -> int:
@@ -24,7 +37,7 @@ def _cmd_encode(args) -> int:
 
     cfg = config_from_args(args)
     if not cfg.data.dataset:
-        raise SystemExit("encode: --dataset PATH is required.")
+        raise ConfigError("--dataset PATH is required: the root of a LeRobot v3-layout dataset.")
     encoder = world_encoder_from_config(cfg)
     data = prepare_data(cfg, encoder)
     c = data.latents
@@ -53,7 +66,7 @@ def _parse_ids(text: str) -> list[int]:
             return list(range(lo, hi + 1))
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"--tasks must look like '0,1,4' or '0-9', got {text!r}.") from None
+        raise ConfigError(f"--tasks must look like '0,1,4' or '0-9', got {text!r}.") from None
 
 
 def _cmd_generate(args) -> int:
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_reporting_errors(f"world-modality {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args):
     from .cli import _parse_ids
+    from .config import ConfigError
     from .evaluate.closed_loop import EvalSettings
 
     try:
         i, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
-        raise SystemExit(f"--shard must look like 0/4, got {args.shard!r}.") from None
+        raise ConfigError(f"--shard must look like i/n with 0 <= i < n (e.g. 0/4), got {args.shard!r}.") from None
     return EvalSettings(checkpoint=args.checkpoint, suite=args.suite, tasks=tuple(_parse_ids(args.tasks)) if args.tasks else None,
                         n_episodes=args.n_episodes, memory=args.memory, replan_every=args.replan_every, workers=args.workers,
                         seed=args.seed, video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps)
@@ -63,7 +64,9 @@ def format_summary(summary: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="world_modality.eval_libero", description=__doc__)
     add_eval_flags(p)
-    return run(p.parse_args(argv))
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors(p.prog, run, p.parse_args(argv))
 
 
 if __name__ == "__main__":

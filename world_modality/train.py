@@ -244,10 +244,14 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_train_args(argv)
-    final = train(cfg)
-    print(f"[train] final checkpoint: {final}")
-    return 0
+    from .cli import run_reporting_errors
+
+    def run() -> int:
+        final = train(parse_train_args(argv))
+        print(f"[train] final checkpoint: {final}")
+        return 0
+
+    return run_reporting_errors("world_modality.train", run)
 
 
 if __name__ == "__main__":

@@ -280,6 +280,9 @@ class LeRobotDataset:
                 raise DatasetError(f"episode {ep_index} has no video entry for {key!r} in meta/episodes")
             path = self.root / template.format(video_key=key, chunk_index=int(m[f"videos/{key}/chunk_index"]),
                                                file_index=int(m[f"videos/{key}/file_index"]))
+            if not path.is_file():
+                raise DatasetError(f"video file {path} of {key!r} (episode {ep_index}) is missing; expected the file "
+                                   f"that meta/episodes and meta/info.json video_path name")
             if path not in decoded:
                 # Many episodes share one file; decode each file once, resized, then index by time.
                 decoded.clear()

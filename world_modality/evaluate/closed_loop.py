@@ -31,6 +31,27 @@ class EvalSettings:
     out: str | None = None
     max_steps: int | None = None  # control steps per episode; default: the suite's public limit
 
+    def __post_init__(self) -> None:
+        # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
+        from ..config import ConfigError
+        from ..sim.suites import base_suite
+        from .runner import CLOSED_LOOP_MEMORY
+
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}.")
+        if self.n_episodes < 1:
+            raise ConfigError(f"n_episodes must be >= 1, got {self.n_episodes}.")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}.")
+        if self.memory not in CLOSED_LOOP_MEMORY:
+            why = " (oracle is offline-only: the true future depends on actions not yet taken)" if self.memory == "oracle" else ""
+            raise ConfigError(f"closed-loop memory mode must be one of {CLOSED_LOOP_MEMORY}, got {self.memory!r}{why}.")
+        try:
+            base_suite(self.suite)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
 
 def episode_key(rec: dict) -> tuple:
     return (rec["suite"], rec["task_id"], rec["init_index"], rec["memory"], rec["seed"])
@@ -114,10 +135,6 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
     if not 1 <= replan <= cfg.policy.chunk_size:
         raise ValueError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")
     i, n = settings.shard
-    if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}.")
-    if settings.n_episodes < 1:
-        raise ValueError(f"n_episodes must be >= 1, got {settings.n_episodes}.")
     tasks = list(settings.tasks) if settings.tasks is not None else list(range(num_tasks(settings.suite)))
     n_init = {t: len(load_task(settings.suite, t)[1]) for t in tasks}
     for t in tasks:

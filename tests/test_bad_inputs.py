@@ -1,0 +1,130 @@
+"""Bad inputs stop with an error that names the bad value and what was expected (docs/BAD_INPUTS.md).
+
+Rows of the table that older tests already cover point at those tests; this file holds the rest,
+and the command-line contract: one line `prog: error: message` on stderr, exit status 2.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+from world_modality.cli import main as cli_main
+from world_modality.config import ConfigError
+from world_modality.data.lerobot import DatasetError, load_dataset
+from world_modality.evaluate.closed_loop import EvalSettings
+from world_modality.pipeline import prepare_data
+from world_modality.policy.checkpoint import CheckpointError, load_checkpoint
+
+
+def cli_error(argv, capsys):
+    """Run the CLI; return its one-line error after checking the exit status and the absence of a traceback."""
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    prog, _, message = err.partition(": error: ")
+    assert prog == f"world-modality {argv[0]}", err
+    return message
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["train", "--dataset", "{tmp}/nowhere", "--output_dir", "{tmp}/run"], ["{tmp}/nowhere does not exist", "meta/info.json"]),
+    (["train", "--dataset", "{data}", "--batch_size", "-1"], ["`batch_size` must be >= 1, got -1"]),
+    (["train", "--dataset", "{data}", "--image_size", "8"], ["`image_size` must be in [16, 1024], got 8"]),
+    (["train", "--dataset", "{data}", "--memory_mode", "future"], ["`memory_mode` must be one of", "'future'"]),
+    (["train", "--dataset", "{data}", "--instruction_key", "instruction", "--output_dir", "{tmp}/run", "--no-tensorboard"],
+     ["instruction_key 'instruction' was not found", "keys that hold instructions: ['task']"]),
+    (["encode", "--dataset", "{data}", "--latent_suffix", "m0"], ["`latent_suffix` must look like 'm4'", "got 'm0'"]),
+    (["encode"], ["--dataset PATH is required"]),
+    (["eval-offline", "--checkpoint", "{tmp}"], ["is neither a checkpoint folder nor a run folder"]),
+    (["eval", "--checkpoint", "{tmp}", "--shard", "3/2"], ["shard must be i/n with 0 <= i < n, got 3/2"]),
+    (["eval", "--checkpoint", "{tmp}", "--shard", "a/b"], ["--shard must look like i/n", "'a/b'"]),
+    (["eval", "--checkpoint", "{tmp}", "--suite", "libero_spatail"], ["Unknown LIBERO suite 'libero_spatail'", "'libero_spatial'"]),
+    (["eval", "--checkpoint", "{tmp}", "--tasks", "0,x"], ["--tasks must look like '0,1,4' or '0-9', got '0,x'"]),
+    (["eval", "--checkpoint", "{tmp}", "--n_episodes", "0"], ["n_episodes must be >= 1, got 0"]),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, needles, fixture_dataset, tmp_path, capsys):
+    fill = {"tmp": str(tmp_path), "data": str(fixture_dataset)}
+    message = cli_error([a.format(**fill) for a in argv], capsys)
+    for needle in needles:
+        assert needle.format(**fill) in message, message
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--preset", "E9"], "invalid choice: 'E9'"),
+    (["eval", "--checkpoint", "x", "--memory", "oracle"], "invalid choice: 'oracle'"),
+])
+def test_cli_choices_are_checked_by_argparse(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_train_module_reports_a_bad_flag_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "world_modality.train", "--dataset", str(tmp_path), "--lambda_world", "-1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "world_modality.train: error: `lambda_world` must be >= 0, got -1.0."
+
+
+@pytest.mark.parametrize("settings,needle", [
+    ({"shard": (3, 2)}, "got 3/2"),
+    ({"memory": "oracle"}, "oracle is offline-only"),
+    ({"suite": "libero_spatail"}, "Unknown LIBERO suite 'libero_spatail'"),
+    ({"n_episodes": 0}, "n_episodes must be >= 1"),
+    ({"workers": 0}, "workers must be >= 1"),
+])
+def test_evaluation_settings_fail_before_anything_loads(settings, needle):
+    # The checkpoint does not exist: the settings must be refused before anything reads it.
+    with pytest.raises(ConfigError, match=needle):
+        EvalSettings(checkpoint="/nonexistent", **settings)
+
+
+def test_missing_video_file_is_named(tmp_path):
+    from world_modality.data.fixture import make_fixture_dataset
+
+    root = make_fixture_dataset(tmp_path / "v", n_episodes=2, length=6, image_size=16, use_videos=True)
+    victim = next((root / "videos" / "observation.images.image").rglob("*.mp4"))
+    victim.unlink()
+    ds = load_dataset(root)
+    with pytest.raises(DatasetError, match=r"video file .*file-000\.mp4 of 'observation.images.image' \(episode 0\) is missing"):
+        ds.images("observation.images.image")
+
+
+def test_checkpoint_folder_without_config(tmp_path):
+    (tmp_path / "policy.json").write_text(json.dumps({"format": "world-modality-checkpoint/1"}))
+    with pytest.raises(CheckpointError, match="expected policy.json and config.json"):
+        load_checkpoint(tmp_path)
+
+
+def test_unknown_camera_names_the_cameras_there_are(fixture_dataset, tmp_path):
+    cfg = tiny_config(fixture_dataset, tmp_path, preset="E0", image_keys=("observation.images.side",))
+    with pytest.raises(ValueError, match=r"no camera 'observation.images.side'; its cameras are \['observation.images.image'"):
+        prepare_data(cfg, None, progress=False)
+
+
+def test_annotations_of_another_dataset(fixture_dataset, tmp_path):
+    ann = tmp_path / "coc.jsonl"
+    ann.write_text(json.dumps({"episode_index": 999, "frame_index": 0, "text": "the block moves"}) + "\n")
+    cfg = tiny_config(fixture_dataset, tmp_path, preset="E4", coc_jsonl=str(ann))
+    with pytest.raises(ValueError, match="no frame of .* has an annotation in .*coc.jsonl"):
+        prepare_data(cfg, None, progress=False)
+
+
+@pytest.mark.slow
+def test_image_size_the_backbone_cannot_patch(fixture_dataset, tmp_path):
+    from world_modality.train import train
+
+    cfg = tiny_config(fixture_dataset, tmp_path / "run", preset="E0", image_size=30, max_epochs=1)
+    with pytest.raises(ValueError, match="image_size 30 must be a multiple of"):
+        train(cfg, progress=False)
+
+
+def test_dataset_copy_without_its_data_files(fixture_dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(fixture_dataset / "meta", root / "meta")
+    with pytest.raises(DatasetError, match="no parquet files under .*data; expected data/chunk-"):
+        load_dataset(root)
