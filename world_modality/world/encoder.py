@@ -125,7 +125,7 @@ def resize_output_size(h: int, w: int, shortest_edge: int) -> tuple[int, int]:
 
 
 def vjepa2_resize_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float (N, 3, crop, crop) in 0..255, as the video processor does it:
+    """uint8 (N, 3, H, W) -> uint8 (N, 3, crop, crop) on the CPU, as the video processor does it:
     antialiased bilinear resize of the shortest edge, then a center crop.
 
     The resize runs on uint8 on the CPU, where the processor runs by default: torchvision then
@@ -134,14 +134,14 @@ def vjepa2_resize_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.
     """
     h, w = x.shape[-2:]
     size = resize_output_size(h, w, shortest_edge)
-    device = x.device
+    x = x.cpu()
     if size != (h, w):
-        x = F.interpolate(x.cpu(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     h, w = size
     if crop > h or crop > w:
         raise ValueError(f"resized frames {h}x{w} are smaller than the crop {crop}")
     top, left = int((h - crop) / 2.0), int((w - crop) / 2.0)
-    return x[..., top : top + crop, left : left + crop].to(device).float()
+    return x[..., top : top + crop, left : left + crop]
 
 
 def tiny_vjepa2_config(num_frames: int, image_size: int):
@@ -258,12 +258,12 @@ class WorldEncoder(nn.Module):
                 f"window has {x.shape[1]} frames but encoder {self.encoder_id} expects m={self.num_frames}"
             )
         b, m, h, w, _ = x.shape
-        x = x.to(self.device).permute(0, 1, 4, 2, 3).reshape(b * m, 3, h, w)
+        x = x.permute(0, 1, 4, 2, 3).reshape(b * m, 3, h, w)
         s = self.image_size
         if self.processing is not None:
-            x = vjepa2_resize_crop(x, self.processing.shortest_edge, s)
+            x = vjepa2_resize_crop(x, self.processing.shortest_edge, s).to(self.device).float()
         else:
-            x = x.float()
+            x = x.to(self.device).float()
             if (h, w) != (s, s):
                 x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=False)
         x = x.div_(255.0).reshape(b, m, 3, s, s)

@@ -83,6 +83,22 @@ def test_preprocess_matches_pil_reference(model_dir, hw):
     assert (err > 0.5).mean() < 0.05, (err > 0.5).mean()
 
 
+@pytest.mark.parametrize("crop", [256, 384])
+def test_libero_frames_through_the_real_checkpoints_processing(crop):
+    """LIBERO's 256x256 frames as the ViT-L/ViT-g 256 (resize 292, crop 256) and ViT-g 384 (resize
+    438, crop 384) checkpoints' processors prepare them."""
+    from world_modality.world.encoder import vjepa2_resize_crop
+
+    p = VJEPA2Processing.for_crop(crop)
+    rng = np.random.default_rng(crop)
+    frames = rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    x = vjepa2_resize_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), p.shortest_edge, crop)
+    assert x.dtype == torch.uint8 and x.shape == (3, 3, crop, crop)
+    ref = np.stack([_reference(f, p.shortest_edge, crop, (0, 0, 0), (1 / 255,) * 3) for f in frames])
+    diff = np.abs(x.numpy().astype(np.float64) - ref)
+    assert diff.max() <= 1.0 + 1e-9 and (diff > 0.5).mean() < 0.05
+
+
 def test_preprocess_differs_from_plain_resize(model_dir):
     """The pretrained encoder crops the center; a plain resize would keep the borders."""
     enc = build_world_encoder(name="vjepa2", num_frames=4, pretrained_path=model_dir)
