@@ -128,3 +128,21 @@ def test_dataset_copy_without_its_data_files(fixture_dataset, tmp_path):
     shutil.copytree(fixture_dataset / "meta", root / "meta")
     with pytest.raises(DatasetError, match="no parquet files under .*data; expected data/chunk-"):
         load_dataset(root)
+
+
+@pytest.mark.slow
+def test_offline_evaluation_on_a_dataset_of_another_action_dimension(trained_e2, tmp_path, capsys):
+    import numpy as np
+
+    from world_modality.data.fixture import render
+    from world_modality.data.writer import LeRobotWriter
+
+    writer = LeRobotWriter(tmp_path / "six", fps=10, image_size=32, action_dim=6, use_videos=False)
+    with writer:
+        for ep in range(3):
+            pos = np.random.default_rng(ep).uniform(0.3, 0.6, (8, 2))
+            images = {"observation.images.image": render(pos, 32), "observation.images.wrist_image": render(pos, 32)}
+            writer.add_episode(images, np.zeros((8, 8), np.float32), np.zeros((8, 6), np.float32), "pick up the block")
+        root = writer.finalize()
+    message = cli_error(["eval-offline", "--checkpoint", str(trained_e2), "--dataset", str(root)], capsys)
+    assert "has 8-D states and 6-D actions" in message and "trained on 8-D states and 7-D actions" in message

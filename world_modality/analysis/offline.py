@@ -32,6 +32,10 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
     if dataset:
         cfg.data.dataset = dataset
     data = prepare_data(cfg, policy.world_encoder if policy.needs_world else None, progress=False)
+    ds, shapes = data.dataset, policy.shapes
+    if (ds.state.shape[1], ds.action.shape[1]) != (shapes.state_dim, shapes.action_dim):
+        raise ValueError(f"dataset {ds.root} has {ds.state.shape[1]}-D states and {ds.action.shape[1]}-D actions; the "
+                         f"checkpoint {ckpt} was trained on {shapes.state_dim}-D states and {shapes.action_dim}-D actions.")
     rows = data.val_rows if split == "val" else data.train_rows
     if len(rows) == 0:
         raise ValueError(f"no {split} rows to evaluate in {cfg.data.dataset}.")
