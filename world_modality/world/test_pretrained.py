@@ -205,3 +205,26 @@ def test_real_path_cache_and_checkpoint_round_trip(fixture_dataset, model_dir, t
             load_checkpoint(ckpt)
     finally:
         _save_tiny(model_dir, seed=0)
+
+
+def test_hub_cache_id_loads_offline_with_its_processor_config(tmp_path):
+    """A hub-cache id resolves in the user's cache (here a fresh one), processor config included;
+    nothing is fetched (the process runs offline)."""
+    import os
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--vjepa2-tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = _save_tiny(repo / "snapshots" / commit, crop=48)
+    (repo / "snapshots" / commit / "video_preprocessor_config.json").write_text(json.dumps({"crop_size": 48}))
+    code = ("from world_modality.world.encoder import build_world_encoder as b; "
+            "e = b(name='vjepa2', num_frames=2, pretrained_path='acme/vjepa2-tiny'); "
+            "print(e.image_size, e.processing.shortest_edge, e.latent_dim)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["48", "54", "64"]
+    assert snap.endswith(commit)
