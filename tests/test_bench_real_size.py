@@ -26,6 +26,7 @@ def test_tiny_mode_times_every_part(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["mode"] == "tiny" and result["measured"] is True and result["n"] == 2
+    assert result["finite_actions"] is True
     assert set(result["median_ms"]) == set(rs.PARTS)
     assert all(v > 0 for k, v in result["median_ms"].items() if k != "head")
     parts = sum(result["median_ms"][k] for k in ("preprocess", "world_encoder", "backbone", "prophet"))
