@@ -45,7 +45,9 @@ def cli_error(argv, capsys):
     (["eval", "--checkpoint", "{tmp}", "--suite", "libero_spatail"], ["Unknown LIBERO suite 'libero_spatail'", "'libero_spatial'"]),
     (["eval", "--checkpoint", "{tmp}", "--tasks", "0,x"], ["--tasks must look like '0,1,4' or '0-9', got '0,x'"]),
     (["eval", "--checkpoint", "{tmp}", "--n_episodes", "0"], ["n_episodes must be >= 1, got 0"]),
-])
+], ids=["no-dataset-dir", "negative-batch", "image-size-8", "memory-mode", "instruction-key", "latent-suffix",
+        "encode-without-dataset", "no-checkpoint", "shard-3-of-2", "shard-not-i-n", "misspelt-suite", "bad-tasks",
+        "zero-episodes"])
 def test_cli_bad_input_is_one_line_and_exit_2(argv, needles, fixture_dataset, tmp_path, capsys):
     fill = {"tmp": str(tmp_path), "data": str(fixture_dataset)}
     message = cli_error([a.format(**fill) for a in argv], capsys)
@@ -56,7 +58,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, needles, fixture_dataset, tm
 @pytest.mark.parametrize("argv,needle", [
     (["train", "--preset", "E9"], "invalid choice: 'E9'"),
     (["eval", "--checkpoint", "x", "--memory", "oracle"], "invalid choice: 'oracle'"),
-])
+], ids=["unknown-preset", "oracle-closed-loop"])
 def test_cli_choices_are_checked_by_argparse(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(argv)
@@ -76,7 +78,7 @@ def test_train_module_reports_a_bad_flag_in_one_line(tmp_path):
     ({"suite": "libero_spatail"}, "Unknown LIBERO suite 'libero_spatail'"),
     ({"n_episodes": 0}, "n_episodes must be >= 1"),
     ({"workers": 0}, "workers must be >= 1"),
-])
+], ids=["shard-3-of-2", "oracle", "misspelt-suite", "zero-episodes", "zero-workers"])
 def test_evaluation_settings_fail_before_anything_loads(settings, needle):
     # The checkpoint does not exist: the settings must be refused before anything reads it.
     with pytest.raises(ConfigError, match=needle):
@@ -146,3 +148,17 @@ def test_offline_evaluation_on_a_dataset_of_another_action_dimension(trained_e2,
         root = writer.finalize()
     message = cli_error(["eval-offline", "--checkpoint", str(trained_e2), "--dataset", str(root)], capsys)
     assert "has 8-D states and 6-D actions" in message and "trained on 8-D states and 7-D actions" in message
+
+
+def test_every_test_the_table_names_exists():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    named, path = [], None
+    for ref in re.findall(r"`([\w/]+\.py)?::(\w+)", (root / "docs" / "BAD_INPUTS.md").read_text()):
+        path = ref[0] or path
+        named.append((path, ref[1]))
+    assert len(named) >= 40
+    missing = [f"{p}::{name}" for p, name in named if f"def {name}(" not in (root / p).read_text()]
+    assert not missing, f"docs/BAD_INPUTS.md names tests that do not exist: {missing}"
