@@ -12,6 +12,7 @@ world_modality/evaluate/test_closed_loop.py::test_killed_evaluation_resumes_with
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -127,3 +128,18 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(fixture_dataset,
     assert "resumed at step 40" in out
     assert not list(folder.glob(".tmp-*")), "the dead writer's temporary folder was left behind"
     assert_same_run(run, reference)
+
+
+def test_kill_between_logging_an_epoch_and_checkpointing_it(fixture_dataset, tmp_path):
+    """The epoch's metrics line is written before its checkpoint: a kill in between leaves a line
+    the resumed run would log again. Removing the epoch-end checkpoint recreates that state."""
+    from conftest import tiny_config
+    from world_modality.train import train
+
+    cfg = dict(preset="E0", max_epochs=1, save_every_steps=SAVE_EVERY, num_threads=1)
+    final = train(tiny_config(fixture_dataset, tmp_path / "r", **cfg), progress=False)
+    logged = metrics(tmp_path / "r")
+    shutil.rmtree(final)
+    assert checkpoints_in(tmp_path / "r")[-1].name == f"step-{STEPS_PER_EPOCH - SAVE_EVERY:08d}"
+    train(tiny_config(fixture_dataset, tmp_path / "r", **cfg), progress=False)
+    assert metrics(tmp_path / "r") == logged

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
 from .pipeline import FrameSamples, make_collate, prepare_data, random_shift
-from .policy.checkpoint import is_complete, load_checkpoint, load_training_state, save_checkpoint
+from .policy.checkpoint import DONE_MARKER, is_complete, load_checkpoint, load_training_state, save_checkpoint
 from .policy.factory import build_policy, build_preprocessor, world_encoder_from_config
 from .policy.model import PolicyShapes
 from .policy.tokenizer import build_tokenizer
@@ -186,6 +186,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                             trainer_state={"step": step, "epoch": epoch, "batches_done_in_epoch": done_in_epoch,
                                            "epoch_partial": epoch_partial})
             for old in checkpoints_in(run_dir)[:-t.keep_checkpoints]:
+                # Marker first: a kill mid-delete must not leave a "complete" folder missing files.
+                (old / DONE_MARKER).unlink(missing_ok=True)
                 shutil.rmtree(old, ignore_errors=True)
 
     for epoch in range(start_epoch, t.max_epochs):
