@@ -162,3 +162,9 @@ def test_every_test_the_table_names_exists():
     assert len(named) >= 40
     missing = [f"{p}::{name}" for p, name in named if f"def {name}(" not in (root / p).read_text()]
     assert not missing, f"docs/BAD_INPUTS.md names tests that do not exist: {missing}"
+
+
+def test_traceback_variable_shows_where_the_error_was_raised(monkeypatch):
+    monkeypatch.setenv("WORLD_MODALITY_TRACEBACK", "1")
+    with pytest.raises(ConfigError, match="--dataset PATH is required"):
+        cli_main(["encode"])

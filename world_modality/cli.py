@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,9 @@ def run_reporting_errors(prog: str, func, *args) -> int:
     try:
         return func(*args)
     except USER_ERRORS as e:
+        # A ValueError from deep inside a library can be a bug rather than bad input: keep the trace one variable away.
+        if os.environ.get("WORLD_MODALITY_TRACEBACK"):
+            raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
