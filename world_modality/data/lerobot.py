@@ -6,6 +6,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .video import decode_video_with_times
+from . import frame_cache
+from .video import iter_video_frames
 
 
 class DatasetError(ValueError):
@@ -84,8 +86,12 @@ class LeRobotDataset:
     """Frame arrays of a LeRobot v3 dataset sorted by (episode, frame_index); images decoded on demand."""
 
     def __init__(self, root, instruction_key: str = "task", episode_id_key: str = "episode_index",
-                 state_key: str = "observation.state", action_key: str = "action"):
+                 state_key: str = "observation.state", action_key: str = "action",
+                 frame_cache_dir: str | Path | None = None, progress: bool = True):
         self.root = Path(root)
+        # None: <root>/.cache/frames, or the user's cache folder when the dataset is read-only.
+        self.frame_cache_dir, self.progress = frame_cache_dir, progress
+        self._fingerprint: str | None = None
         self.instruction_key, self.episode_id_key = instruction_key, episode_id_key
         self.state_key, self.action_key = state_key, action_key
         if not self.root.is_dir():
@@ -225,39 +231,39 @@ class LeRobotDataset:
         return col.to_numpy()[self._order]
 
     def images(self, key: str, size: int | None = None) -> np.ndarray:
-        """(N,H,W,3) uint8 frames of an image/video feature, in row order; decoded once and memoised."""
+        """(N,S,S,3) uint8 frames of an image/video feature in row order, resized to size×size (native size
+        when None), as a read-only np.memmap of the on-disk frame cache (built on first use, by streaming
+        decode; see data/frame_cache.py); memoised per process."""
         if key not in self.image_keys:
             raise DatasetError(f"image key {key!r} not in {self.root}; image keys: {self.image_keys}")
         if (key, size) not in self._images:
-            if self.features[key]["dtype"] == "image":
-                self._images[(key, size)] = self._inline_images(key, size)
-            else:
-                self._images[(key, size)] = self._video_images(key, size)
+            # Frames are read after load; rows read now must still line up with the arrays read then.
+            if self._file_stamps() != self._stamps:
+                raise DatasetError(f"data files under {self.root / 'data'} changed since the dataset was loaded; "
+                                   f"reload it")
+            if self._fingerprint is None:
+                self._fingerprint = self.fingerprint()
+            inline = self.features[key]["dtype"] == "image"
+            stream = (lambda: self._inline_frames(key)) if inline else (lambda: self._video_frames(key))
+            name = frame_cache.cache_name(self._fingerprint, key, size, self._order)
+            dirs = [Path(self.frame_cache_dir)] if self.frame_cache_dir else frame_cache.default_dirs(self.root)
+            self._images[(key, size)] = frame_cache.open_or_build(
+                name, dirs, len(self), size, stream, desc=f"decode {key}", progress=self.progress)
         return self._images[(key, size)]
 
-    @staticmethod
-    def _resize(img: np.ndarray, size: int | None) -> np.ndarray:
-        if size is None or img.shape[:2] == (size, size):
-            return img
-        return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
-
-    def _inline_images(self, key: str, size: int | None) -> np.ndarray:
-        # Images are read after load; rows read now must still line up with the arrays read then.
-        if self._file_stamps() != self._stamps:
-            raise DatasetError(f"data files under {self.root / 'data'} changed since the dataset was loaded; "
-                               f"reload it")
-        values = _read_tables(self._data_files, [key]).column(key).to_pylist()
-        out = None
-        for row, src in enumerate(self._order):
-            v = values[src]
-            data = v.get("bytes") if isinstance(v, dict) else v
-            if data is None and isinstance(v, dict) and v.get("path"):
-                data = (self.root / v["path"]).read_bytes()
-            img = self._resize(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), size)
-            if out is None:
-                out = np.empty((len(self),) + img.shape, np.uint8)
-            out[row] = img
-        return out
+    def _inline_frames(self, key: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row, image) for every row, read one parquet batch at a time."""
+        row_of_source = np.empty_like(self._order)
+        row_of_source[self._order] = np.arange(len(self._order))
+        src = 0
+        for f in self._data_files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=[key]):
+                for v in batch.column(0).to_pylist():
+                    data = v.get("bytes") if isinstance(v, dict) else v
+                    if data is None and isinstance(v, dict) and v.get("path"):
+                        data = (self.root / v["path"]).read_bytes()
+                    yield row_of_source[src:src + 1], np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                    src += 1
 
     def _episode_meta(self) -> dict[int, dict]:
         files = sorted((self.root / "meta" / "episodes").glob("**/*.parquet"))
@@ -266,13 +272,15 @@ class LeRobotDataset:
                                f"expected meta/episodes/chunk-*/file-*.parquet for video features")
         return {int(r["episode_index"]): r for r in _read_tables(files).to_pylist()}
 
-    def _video_images(self, key: str, size: int | None) -> np.ndarray:
+    def _video_queries(self, key: str) -> dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per video file (in row order): the rows it holds, their times in the file, their episodes;
+        sorted by time."""
         if self._episode_index is None:
             raise DatasetError(f"video feature {key!r} needs an 'episode_index' data column to find its files")
         metas = self._episode_meta()
         template = self.info.get("video_path") or \
             "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-        out, decoded = None, {}
+        parts: dict[Path, list] = {}
         for ep in self.episodes:
             ep_index = int(self._episode_index[ep.start])
             m = metas.get(ep_index)
@@ -283,26 +291,52 @@ class LeRobotDataset:
             if not path.is_file():
                 raise DatasetError(f"video file {path} of {key!r} (episode {ep_index}) is missing; expected the file "
                                    f"that meta/episodes and meta/info.json video_path name")
-            if path not in decoded:
-                # Many episodes share one file; decode each file once, resized, then index by time.
-                decoded.clear()
-                frames, times = decode_video_with_times(path)
-                decoded[path] = (np.stack([self._resize(f, size) for f in frames]), times)
-            frames, times = decoded[path]
             query = float(m[f"videos/{key}/from_timestamp"]) + self.timestamp[ep.start:ep.end]
-            # Nearest decoded frame to each row's time, as LeRobot itself matches rows to video frames.
-            pos = np.clip(np.searchsorted(times, query), 1, max(len(times) - 1, 1))
-            left = np.clip(pos - 1, 0, len(times) - 1)
-            right = np.clip(pos, 0, len(times) - 1)
-            nearest = np.where(np.abs(times[left] - query) <= np.abs(times[right] - query), left, right)
-            gap = np.abs(times[nearest] - query)
-            if (gap > 0.5 / self.fps).any():
-                raise DatasetError(f"video {path} has no frame near t={query[np.argmax(gap)]:.3f}s for episode "
-                                   f"{ep_index}; expected one frame per data row at {self.fps} fps")
-            if out is None:
-                out = np.empty((len(self),) + frames.shape[1:], np.uint8)
-            out[ep.start:ep.end] = frames[nearest]
+            parts.setdefault(path, []).append((np.arange(ep.start, ep.end), query, np.full(ep.length, ep_index)))
+        out = {}
+        for path, p in parts.items():
+            rows, query, eps = (np.concatenate(x) for x in zip(*p))
+            order = np.argsort(query, kind="stable")
+            out[path] = rows[order], query[order], eps[order]
         return out
+
+    def _video_frames(self, key: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, frame): each decoded frame with the rows whose time it is nearest to, as LeRobot itself
+        matches rows to video frames (ties go to the earlier frame). One file is open at a time and only
+        two decoded frames are held, so memory does not grow with the file or the camera."""
+        for path, (rows, query, eps) in self._video_queries(key).items():
+            i, prev, prev_rows = 0, None, []
+            for t, frame in iter_video_frames(path):
+                # Queries up to t lie between the previous frame and this one: each takes the nearer.
+                j = int(np.searchsorted(query, t, side="right"))
+                if j > i:
+                    q = query[i:j]
+                    t_prev = prev[0] if prev is not None else -np.inf  # before the first frame: take it
+                    take_prev = q - t_prev <= t - q
+                    self._check_gap(path, np.where(take_prev, q - t_prev, t - q), q, eps[i:j])
+                    prev_rows.append(rows[i:j][take_prev])
+                    cur_rows = [rows[i:j][~take_prev]]
+                    i = j
+                else:
+                    cur_rows = []
+                if prev is not None:
+                    yield np.concatenate(prev_rows) if prev_rows else np.empty(0, np.int64), prev[1]
+                prev, prev_rows = (t, frame), cur_rows
+                if i == len(query):
+                    break
+            if prev is None:
+                raise DatasetError(f"video {path} of {key!r} has no frames; expected one frame per data row")
+            if i < len(query):  # rows after the last frame take the last frame
+                q = query[i:]
+                self._check_gap(path, q - prev[0], q, eps[i:])
+                prev_rows.append(rows[i:])
+            yield np.concatenate(prev_rows) if prev_rows else np.empty(0, np.int64), prev[1]
+
+    def _check_gap(self, path: Path, gap: np.ndarray, query: np.ndarray, eps: np.ndarray) -> None:
+        if (gap > 0.5 / self.fps).any():
+            k = int(np.argmax(gap))
+            raise DatasetError(f"video {path} has no frame near t={query[k]:.3f}s for episode "
+                               f"{eps[k]}; expected one frame per data row at {self.fps} fps")
 
     def fingerprint(self) -> str:
         """Content hash (16 hex chars) of metadata, tabular data and video (path, size) listings."""
@@ -319,7 +353,9 @@ class LeRobotDataset:
 
 
 def load_dataset(root, instruction_key: str = "task", episode_id_key: str = "episode_index",
-                 state_key: str = "observation.state", action_key: str = "action") -> LeRobotDataset:
+                 state_key: str = "observation.state", action_key: str = "action",
+                 frame_cache_dir: str | Path | None = None, progress: bool = True) -> LeRobotDataset:
     """Load a LeRobot v3 dataset from a local directory; raises DatasetError on unusable input."""
     return LeRobotDataset(root, instruction_key=instruction_key, episode_id_key=episode_id_key,
-                          state_key=state_key, action_key=action_key)
+                          state_key=state_key, action_key=action_key, frame_cache_dir=frame_cache_dir,
+                          progress=progress)

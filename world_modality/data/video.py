@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -81,6 +82,22 @@ def encode_video(frames: np.ndarray, path: str | Path, fps: int = 10, crf: int =
     return Path(path)
 
 
+def iter_video_frames(path: str | Path, from_ts: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode an mp4 one frame at a time: (time in seconds, (H,W,3) uint8), in presentation order,
+    starting at or before from_ts. Only the current frame is held, whatever the file's length."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if from_ts is not None and from_ts > 0 and stream.time_base is not None:
+            # Seeking lands on the keyframe at or before from_ts; callers drop the frames before it.
+            container.seek(int(max(0.0, from_ts - 1.0) / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            t = float(frame.pts * frame.time_base) if frame.pts is not None else float(frame.time)
+            yield t, frame.to_ndarray(format="rgb24")
+
+
 def decode_video_with_times(path: str | Path, from_ts: float | None = None,
                             to_ts: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode frames with time in [from_ts, to_ts); returns (frames (T,H,W,3) uint8, times (T,) seconds)."""
@@ -92,19 +109,13 @@ def decode_video_with_times(path: str | Path, from_ts: float | None = None,
     lo = -np.inf if from_ts is None else from_ts - eps
     hi = np.inf if to_ts is None else to_ts - eps
     frames, times = [], []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if from_ts is not None and from_ts > 0 and stream.time_base is not None:
-            # Seeking lands on the keyframe at or before from_ts; frames before it are dropped below.
-            container.seek(int(max(0.0, from_ts - 1.0) / stream.time_base), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            t = float(frame.pts * frame.time_base) if frame.pts is not None else float(frame.time)
-            if t < lo:
-                continue
-            if t >= hi:
-                break
-            frames.append(frame.to_ndarray(format="rgb24"))
-            times.append(t)
+    for t, img in iter_video_frames(path, from_ts):
+        if t < lo:
+            continue
+        if t >= hi:
+            break
+        frames.append(img)
+        times.append(t)
     if not frames:
         raise ValueError(f"no frames in {path} within [{from_ts}, {to_ts})")
     return np.stack(frames), np.asarray(times, dtype=np.float64)
