@@ -86,7 +86,10 @@ def main() -> None:
         args.sizes, args.eval_steps = "1,2", 16
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
-    # One-time imports (transformers, the encoder class) would otherwise land on the first size's encode.
+    # One-time imports (transformers, the encoder class, the video decoder) would otherwise land on
+    # the first size's encode.
+    import av  # noqa: F401
+
     from world_modality.policy.factory import world_encoder_from_config
     from world_modality.train import train  # noqa: F401
 
