@@ -61,6 +61,8 @@ class PreparedData:
     latents: LatentCache | None
     texts: list[str | None] | None = None  # chain-of-causation text per frame (E4)
     texts_missing: int = 0  # frames the annotation file has no text for
+    # Side of the camera frames read from the dataset: the size the simulator renders at in evaluation.
+    image_size: int | None = None
 
     def latent_stats(self) -> dict[str, np.ndarray]:
         """Latent mean/std and delta std over the training rows only."""
@@ -85,6 +87,7 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
     d = cfg.data
     dataset = load_dataset(d.dataset, instruction_key=d.instruction_key, episode_id_key=d.episode_id_key,
                            state_key=d.state_key, action_key=d.action_key)
+    dataset.progress = progress
     for key in d.image_keys + ((cfg.world.world_image_key,) if world_encoder is not None else ()):
         if key not in dataset.image_keys:
             raise ValueError(f"dataset {dataset.root} has no camera {key!r}; its cameras are {dataset.image_keys}.")
@@ -98,7 +101,9 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
         latents = load_or_build_cache(
             cache_dir,
             encoder=world_encoder,
-            frames_fn=lambda: dataset.images(cfg.world.world_image_key),
+            # Closed-loop evaluation feeds the encoder frames rendered at image_size: train on those.
+            frames_fn=lambda: dataset.images(cfg.world.world_image_key, d.image_size),
+            frame_size=d.image_size,
             past_rows=past,
             frame_stride=spec.frame_stride,
             image_key=cfg.world.world_image_key,
@@ -123,6 +128,7 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
         chunk_mask=chunk_mask,
         future_rows=future_rows(dataset.episodes, spec),
         latents=latents,
+        image_size=d.image_size,
     )
 
 
@@ -131,7 +137,9 @@ class FrameSamples(torch.utils.data.Dataset):
 
     def __init__(self, data: PreparedData, rows: np.ndarray, image_keys: tuple[str, ...]):
         self.data, self.rows, self.image_keys = data, np.asarray(rows), image_keys
-        self.images = {k: data.dataset.images(k) for k in image_keys}
+        # Read at the policy's image size (the simulator's render size), so the preprocessor's
+        # resize is a no-op here and the cache holds S×S frames, not the dataset's native ones.
+        self.images = {k: data.dataset.images(k, data.image_size) for k in image_keys}
 
     def __len__(self) -> int:
         return len(self.rows)

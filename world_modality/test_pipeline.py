@@ -20,3 +20,59 @@ def test_random_shift_is_seeded():
     a = random_shift(img, 2, torch.Generator().manual_seed(1))
     b = random_shift(img, 2, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, img)
+
+
+def test_cameras_are_read_at_the_size_evaluation_renders(tmp_path):
+    """Policy and world cameras come from the frame cache at cfg.data.image_size, the size the simulator
+    renders at in closed-loop evaluation; against resizing the native frames in float (the path before
+    the cache), the policy's input differs by uint8 rounding only."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from conftest import tiny_config
+    from world_modality.data.fixture import make_fixture_dataset
+    from world_modality.data.windows import past_frame_rows
+    from world_modality.pipeline import FrameSamples, prepare_data, window_spec
+    from world_modality.policy.backbone import build_tiny_qwen
+    from world_modality.policy.factory import world_encoder_from_config
+    from world_modality.policy.preprocess import ObservationPreprocessor
+    from world_modality.policy.tokenizer import build_tokenizer
+
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=4, length=12, image_size=64, use_videos=True)
+    cfg = tiny_config(root, tmp_path / "run")
+    assert cfg.data.image_size == 32
+    enc = world_encoder_from_config(cfg)
+    data = prepare_data(cfg, enc, progress=False)
+    samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
+    assert all(samples[0][k].shape == (32, 32, 3) for k in cfg.data.image_keys)
+
+    world = data.dataset.images(cfg.world.world_image_key, 32)
+    past = past_frame_rows(data.dataset.episodes, window_spec(cfg))[:5]
+    assert data.latents.meta["frame_size"] == 32
+    np.testing.assert_allclose(enc.encode(world[past]).numpy(), data.latents.latents[:5], atol=1e-5)
+
+    pre = ObservationPreprocessor(build_tiny_qwen(build_tokenizer(sorted(set(data.dataset.instructions)))),
+                                  cfg.data.image_keys, 32, n_act_tokens=2)
+    batch = [samples[i] for i in range(8)]
+    new = pre(batch)["images"]
+    rows = [s["row"] for s in batch]
+    old = torch.stack([F.interpolate(torch.from_numpy(np.array(data.dataset.images(k)[rows])).permute(0, 3, 1, 2)
+                                     .float() / 255, size=(32, 32), mode="bilinear", antialias=True,
+                                     align_corners=False) for k in cfg.data.image_keys], dim=1)
+    diff = (new - old).abs()
+    assert 0 < diff.max() <= 0.5 / 255 + 1e-6, diff.max()
+
+
+def test_frames_already_at_the_image_size_are_read_unchanged(tmp_path):
+    import numpy as np
+
+    from conftest import tiny_config
+    from world_modality.data.fixture import make_fixture_dataset
+    from world_modality.pipeline import FrameSamples, prepare_data
+
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=3, length=6, image_size=32)
+    cfg = tiny_config(root, tmp_path / "run", preset="E0")
+    data = prepare_data(cfg, None, progress=False)
+    samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
+    for k in cfg.data.image_keys:
+        np.testing.assert_array_equal(samples.images[k], data.dataset.images(k))

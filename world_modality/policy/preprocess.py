@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..data.frames import resize_frames
 from .prompt import build_prompt
 
 TASK_KEY = "task"
@@ -81,7 +81,8 @@ class ObservationPreprocessor:
 
     # -- images ---------------------------------------------------------------------------------
     def images(self, observations: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """-> (B, n_cams, 3, S, S) float in [0, 1]; images of another size are resized (antialiased)."""
+        """-> (B, n_cams, 3, S, S) float in [0, 1]. Images of another size go through the one uint8
+        resize (data/frames.py) that also made the training frames, so every path sees the same op."""
         per_cam = []
         for key in self.image_keys:
             try:
@@ -91,10 +92,8 @@ class ObservationPreprocessor:
                 raise KeyError(f"observation lacks camera {key!r}; it has {have}.") from None
             if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
                 raise ValueError(f"camera {key!r} must be uint8 (H, W, 3) images, got {arr.dtype} {arr.shape[1:]}.")
-            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-            if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
-            per_cam.append(x)
+            arr = resize_frames(arr, self.image_size)
+            per_cam.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0))
         return torch.stack(per_cam, dim=1)
 
     def __call__(self, observations: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

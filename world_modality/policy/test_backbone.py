@@ -68,3 +68,16 @@ def test_lora_targets_language_attention_only():
     assert "head.weight" in trainable
     assert all(".lora_" in n for n in trainable if n.startswith("backbone."))
     assert sum(".lora_" in n for n in trainable) == 2 * len(names)
+
+
+def test_preprocessor_resizes_with_the_shared_uint8_op(backbone):
+    """Observations of another size go through data/frames.py's resize, the one that made the training frames."""
+    from world_modality.data.frames import resize_frames
+
+    pre = ObservationPreprocessor(backbone, ("cam",), 32, n_act_tokens=2)
+    img = np.random.default_rng(0).integers(0, 256, (2, 56, 72, 3), dtype=np.uint8)
+    obs = [{"cam": im, "observation.state": np.zeros(8), "task": t} for im, t in zip(img, TASKS)]
+    want = torch.from_numpy(resize_frames(img, 32)).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(pre(obs)["images"][:, 0], want)
+    same = [{**o, "cam": resize_frames(o["cam"], 32)} for o in obs]
+    assert torch.equal(pre(same)["images"], pre(obs)["images"])

@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 from .encoder import WorldEncoder
 
 STD_FLOOR = 1e-6
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: frame_size joined the identity
 # Fields whose mismatch makes a cache belong to another experiment: never reuse it silently.
-IDENTITY_FIELDS = ("encoder_id", "num_frames", "frame_stride", "image_key", "dataset_fingerprint")
+# frame_size is the side the camera frames were read at (None: the dataset's own size).
+IDENTITY_FIELDS = ("encoder_id", "num_frames", "frame_stride", "image_key", "dataset_fingerprint", "frame_size")
 
 
 class LatentCacheMismatch(ValueError):
@@ -80,8 +81,10 @@ def encode_latents(
     batch_size: int = 32,
     progress: bool = True,
 ) -> np.ndarray:
-    """Latent of every row's window: out[i] = encoder.encode(frames[past_rows[i]]); (N, D) float32."""
-    frames = np.asarray(frames)
+    """Latent of every row's window: out[i] = encoder.encode(frames[past_rows[i]]); (N, D) float32.
+
+    frames may be a memory map (the frame cache): it is read one batch of windows at a time."""
+    frames = np.asarray(frames)  # a view for a memmap, never a copy
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
     rows = _check_past_rows(past_rows, len(frames), encoder.num_frames)
@@ -107,11 +110,13 @@ def latent_stats(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cache_key(
-    encoder_id: str, num_frames: int, frame_stride: int, image_key: str, dataset_fingerprint: str
+    encoder_id: str, num_frames: int, frame_stride: int, image_key: str, dataset_fingerprint: str,
+    frame_size: int | None = None,
 ) -> str:
     """Readable prefix + 16-hex hash of every identity field (the prefix alone is not unique)."""
+    size = None if frame_size is None else int(frame_size)
     ident = json.dumps(
-        [encoder_id, int(num_frames), int(frame_stride), image_key, dataset_fingerprint, CACHE_FORMAT]
+        [encoder_id, int(num_frames), int(frame_stride), image_key, dataset_fingerprint, size, CACHE_FORMAT]
     )
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     cam = image_key.rsplit(".", 1)[-1]
@@ -174,6 +179,7 @@ def load_cache(
     frame_stride: int,
     image_key: str,
     dataset_fingerprint: str,
+    frame_size: int | None = None,
     n_frames: int | None = None,
     past_rows_sha: str | None = None,
 ) -> LatentCache:
@@ -189,6 +195,7 @@ def load_cache(
         "frame_stride": int(frame_stride),
         "image_key": image_key,
         "dataset_fingerprint": dataset_fingerprint,
+        "frame_size": None if frame_size is None else int(frame_size),
     }
     if n_frames is not None:
         expected["n_frames"] = int(n_frames)
@@ -212,14 +219,16 @@ def load_or_build_cache(
     frame_stride: int,
     image_key: str,
     dataset_fingerprint: str,
+    frame_size: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> LatentCache:
-    """Return the cache for this (encoder, m, stride, camera, dataset); build it if absent.
+    """Return the cache for this (encoder, m, stride, camera, dataset, frame size); build it if absent.
 
-    frames_fn (video decoding, expensive) is called only when the cache must be built.
+    frames_fn (video decoding, expensive) is called only when the cache must be built; it returns
+    frames at frame_size×frame_size (any size when frame_size is None), e.g. the frame cache's memmap.
     """
-    key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint)
+    key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size)
     path = Path(cache_dir) / key
     rows_sha = _past_rows_sha(past_rows)
     ident = dict(
@@ -228,10 +237,14 @@ def load_or_build_cache(
         frame_stride=int(frame_stride),
         image_key=image_key,
         dataset_fingerprint=dataset_fingerprint,
+        frame_size=None if frame_size is None else int(frame_size),
     )
     st_path, json_path = _paths(path)
     if st_path.exists() and json_path.exists():
         return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
     frames = frames_fn()
+    if frame_size is not None and tuple(np.shape(frames)[1:3]) != (frame_size, frame_size):
+        raise ValueError(f"frames_fn gave frames of shape {np.shape(frames)}, expected "
+                         f"(N, {frame_size}, {frame_size}, 3) for frame_size={frame_size}")
     latents = encode_latents(frames, past_rows, encoder, batch_size=batch_size, progress=progress)
     return save_cache(path, latents, {**ident, "past_rows_sha": rows_sha})

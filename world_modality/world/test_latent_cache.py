@@ -168,3 +168,46 @@ def test_changed_windows_are_caught(enc, frames, past_rows, tmp_path):
 def test_missing_cache(tmp_path, enc):
     with pytest.raises(FileNotFoundError):
         load_cache(tmp_path / "absent", encoder_id=enc.encoder_id, num_frames=M, **_ident(enc))
+
+
+def test_frame_size_is_part_of_the_identity(enc, frames, past_rows, tmp_path):
+    small = frames[:, :32, :32]
+    calls = []
+
+    def frames_fn():
+        calls.append(1)
+        return small
+
+    a = load_or_build_cache(tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
+                            frame_size=32, **_ident(enc))
+    assert a.meta["frame_size"] == 32 and len(calls) == 1
+    # Native-size frames give other latents: another cache, never this one.
+    load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                        **_ident(enc))
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    with pytest.raises(LatentCacheMismatch, match="frame_size"):
+        load_cache(a.path, encoder_id=enc.encoder_id, num_frames=M, frame_size=64, **_ident(enc))
+    with pytest.raises(ValueError, match="frame_size=24"):
+        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                            frame_size=24, **_ident(enc))
+
+
+def test_memmap_frames_are_read_a_batch_at_a_time(enc, tmp_path):
+    """The frame cache's memmap goes in as it is: encoding reads one batch of windows at a time."""
+    import tracemalloc
+
+    n, side = 600, 96
+    frames = np.lib.format.open_memmap(tmp_path / "frames.npy", mode="w+", dtype=np.uint8, shape=(n, side, side, 3))
+    frames[:] = np.random.default_rng(1).integers(0, 256, frames.shape, dtype=np.uint8)
+    frames.flush()
+    mapped = np.load(tmp_path / "frames.npy", mmap_mode="r", allow_pickle=False)
+    i = np.arange(n)
+    rows = np.stack([np.maximum(i - 1, 0), i], axis=1)
+    tracemalloc.start()
+    try:
+        z = encode_latents(mapped, rows, enc, batch_size=8, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(z, encode_latents(np.array(frames), rows, enc, batch_size=8, progress=False), atol=1e-6)
+    assert peak < mapped.nbytes / 10, (peak, mapped.nbytes)
