@@ -3,6 +3,7 @@ built once by streaming decoded frames into it and then opened as a read-only me
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -133,8 +134,11 @@ class _NpyWriter:
             # Reserve the space now: a full disk fails here, with the size named, not half-way through.
             os.posix_fallocate(self.f.fileno(), 0, total)
         except OSError as e:
-            self.f.close()
-            raise FrameCacheError(f"cannot reserve {total / 2**30:.2f} GiB for the frame cache {path}: {e}") from e
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                self.f.close()
+                raise FrameCacheError(f"cannot reserve {total / 2**30:.2f} GiB for the frame cache {path}: {e}; "
+                                      f"free that much space there") from e
+            # A file system without preallocation: the writes below still fail cleanly if space runs out.
 
     def write(self, row: int, frame: np.ndarray) -> None:
         os.pwrite(self.f.fileno(), np.ascontiguousarray(frame).data, self.offset + row * self.row_bytes)

@@ -246,3 +246,15 @@ def test_resize_is_the_shared_uint8_op():
         resize_frames(img.astype(np.float32), 16)
     with pytest.raises(ValueError, match="positive"):
         resize_frames(img, 0)
+
+
+def test_a_full_disk_is_named_before_decoding_starts(tmp_path, monkeypatch):
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4, image_size=16)
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(frame_cache.FrameCacheError, match=r"cannot reserve .* GiB for the frame cache .*No space"):
+        load_dataset(root).images(KEY)
+    assert not list((root / ".cache" / "frames").glob("*.npy")) and not list((root / ".cache" / "frames").glob("*.tmp"))
