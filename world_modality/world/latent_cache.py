@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -26,7 +27,11 @@ CACHE_FORMAT = 2  # 2: frame_size joined the identity
 IDENTITY_FIELDS = ("encoder_id", "num_frames", "frame_stride", "image_key", "dataset_fingerprint", "frame_size")
 
 
-class LatentCacheMismatch(ValueError):
+class LatentCacheError(ValueError):
+    """A cache file on disk cannot be read (truncated, corrupt, incomplete)."""
+
+
+class LatentCacheMismatch(LatentCacheError):
     """A cache on disk was built for a different encoder, window, camera or dataset."""
 
     def __init__(self, path: str | os.PathLike, field_name: str, cached: Any, expected: Any):
@@ -203,7 +208,14 @@ def load_cache(
         expected["past_rows_sha"] = past_rows_sha
     for name, value in expected.items():
         _expect(json_path, meta, name, value)
-    tensors = load_file(str(st_path))
+    try:
+        tensors = load_file(str(st_path))
+    except (SafetensorError, OSError) as e:
+        raise LatentCacheError(f"latent cache {st_path} is unreadable (truncated or corrupt: {e}); "
+                               f"delete it and it is rebuilt") from e
+    missing = sorted({"latents", "mean", "std"} - set(tensors))
+    if missing:
+        raise LatentCacheError(f"latent cache {st_path} lacks tensors {missing}; delete it and it is rebuilt")
     latents = tensors["latents"]
     if latents.shape != (meta["n_frames"], meta["latent_dim"]):
         raise LatentCacheMismatch(st_path, "latents.shape", latents.shape, (meta["n_frames"], meta["latent_dim"]))

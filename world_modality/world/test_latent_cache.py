@@ -8,6 +8,7 @@ import torch
 
 from world_modality.world.encoder import build_world_encoder
 from world_modality.world.latent_cache import (
+    LatentCacheError,
     LatentCacheMismatch,
     cache_key,
     encode_latents,
@@ -147,6 +148,21 @@ def test_tampered_meta_is_caught_on_hit(enc, frames, past_rows, tmp_path):
     meta["dataset_fingerprint"] = "someone-else"
     open(meta_path, "w").write(json.dumps(meta))
     with pytest.raises(LatentCacheMismatch, match="dataset_fingerprint"):
+        load_or_build_cache(
+            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+            **_ident(enc),
+        )
+
+
+def test_truncated_cache_file_is_named(enc, frames, past_rows, tmp_path):
+    c = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        **_ident(enc),
+    )
+    st = c.path + ".safetensors"
+    data = open(st, "rb").read()
+    open(st, "wb").write(data[: len(data) // 2])
+    with pytest.raises(LatentCacheError, match="unreadable.*delete it"):
         load_or_build_cache(
             tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
             **_ident(enc),
