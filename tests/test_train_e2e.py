@@ -84,15 +84,18 @@ def test_resume_refuses_another_experiment(fixture_dataset, tmp_path):
         train(tiny_config(fixture_dataset, tmp_path / "r", max_epochs=2, preset="E2"), progress=False)
 
 
-def test_two_process_training_with_torchrun(fixture_dataset, tmp_path):
-    """Several processes (gloo on CPU) through torchrun, which accelerate's Accelerator reads."""
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_training(launcher, fixture_dataset, tmp_path):
+    """Several processes (gloo on CPU) through torchrun or `accelerate launch`; Accelerator reads either."""
     import subprocess
     import sys
     from pathlib import Path
 
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "world_modality.train",
-           "--preset", "E2", "--dataset", str(fixture_dataset), "--image_size", "32", "--world_image_size", "32",
+    exe = str(Path(sys.executable).with_name(launcher))
+    # accelerate's --cpu flag starts one process without MPI; --multi_gpu runs torch's launcher, gloo on CPU.
+    start = ([exe, "--nproc_per_node", "2", "--master_port", "29517"] if launcher == "torchrun" else
+             [exe, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29518"])
+    cmd = start + ["-m", "world_modality.train", "--preset", "E2", "--dataset", str(fixture_dataset), "--image_size", "32", "--world_image_size", "32",
            "--output_dir", str(tmp_path / "ddp"), "--max_epochs", "1", "--no-tensorboard"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
