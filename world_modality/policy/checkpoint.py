@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_tag() -> str:
+    # The host is part of a writer's temporary folder name: a process id means nothing on another
+    # machine sharing the run folder (a requeued job on another node, another container).
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
 def remove_partial_checkpoints(folder: str | Path) -> list[Path]:
-    """Delete temporary folders left by writers that were killed mid-write (their process is gone);
-    they are never loaded, only wasted space. A writer still running on this machine keeps its folder."""
+    """Delete temporary folders left by writers on this machine that were killed mid-write (their
+    process is gone); they are never loaded, only wasted space. A live writer's folder, and any
+    folder written from another machine, is left alone."""
+    host = _writer_tag().rsplit("-", 1)[0]
     removed = []
-    for tmp in Path(folder).glob(".tmp-*-*"):
+    for tmp in Path(folder).glob(f".tmp-*-{host}-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -82,7 +92,7 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _atomic_dir(final: Path):
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_partial_checkpoints(final.parent)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    tmp = final.parent / f".tmp-{final.name}-{_writer_tag()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

@@ -60,3 +60,21 @@ def test_checkpoint_of_another_preset_does_not_load_silently(tmp_path):
     (e0 / "model.safetensors").write_bytes((e2 / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="unexpected tensors"):
         load_checkpoint(e0)
+
+
+def test_only_this_machines_dead_writers_are_cleaned(tmp_path):
+    import subprocess
+    import sys
+
+    from world_modality.policy.checkpoint import _writer_tag, remove_partial_checkpoints
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    host = _writer_tag().rsplit("-", 1)[0]
+    mine_dead = tmp_path / f".tmp-step-00000002-{host}-{dead_pid}"
+    mine_alive = tmp_path / f".tmp-step-00000003-{_writer_tag()}"
+    other_host = tmp_path / f".tmp-step-00000004-otherhost{host}-{dead_pid}"
+    for d in (mine_dead, mine_alive, other_host):
+        d.mkdir()
+    assert remove_partial_checkpoints(tmp_path) == [mine_dead]
+    assert mine_alive.exists() and other_host.exists()
