@@ -23,3 +23,18 @@ def test_side_by_side_training_matches_presets_and_scores_both(fixture_dataset, 
     # A rerun finds both runs finished: nothing trains again, no epoch is logged twice.
     _train_side_by_side(cfgs)
     assert all(len(_epochs_logged(run)) == 2 for run in runs.values())
+
+
+@pytest.mark.slow
+def test_a_failed_run_stops_the_other_at_once(fixture_dataset, tmp_path):
+    long = tiny_config(fixture_dataset, tmp_path / "e2", preset="E2", max_epochs=200)
+    broken = tiny_config(tmp_path / "no-such-dataset", tmp_path / "e0", preset="E0")
+    with pytest.raises(Exception, match="no-such-dataset"):
+        _train_side_by_side({"E0": broken, "E2": long})
+    # The other run was stopped, not waited for; it resumes from its checkpoint next time.
+    assert len(_epochs_logged(tmp_path / "e2")) < 200
+
+
+def test_a_torn_metrics_line_is_skipped(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "epoch": 1}\n{"kind": "tr')
+    assert [r["epoch"] for r in _epochs_logged(tmp_path)] == [1]

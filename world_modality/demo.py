@@ -52,7 +52,12 @@ def _epochs_logged(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the line a training process is writing right now
     return [r for r in records if r.get("kind") == "train"]
 
 
@@ -60,29 +65,44 @@ def _train_side_by_side(cfgs: dict) -> dict[str, Path]:
     """Train each config in its own process (training takes one core each: see train.py), showing
     one progress bar over all their epochs and each epoch's losses as it ends."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm.auto import tqdm
 
     runs = {name: Path(c.train.output_dir) for name, c in cfgs.items()}
     seen = {name: len(_epochs_logged(run)) for name, run in runs.items()}
     total = sum(c.train.max_epochs for c in cfgs.values())
-    with ProcessPoolExecutor(max_workers=len(cfgs), mp_context=mp.get_context("spawn")) as pool, \
-            tqdm(total=total, initial=min(total, sum(seen.values())), desc="epochs (all runs)", unit="epoch") as bar:
-        futures = {pool.submit(_train_and_score, c): name for name, c in cfgs.items()}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=2.0, return_when=FIRST_EXCEPTION)
-            for f in done:
-                f.result()  # a failed run stops the demo with its own error
-            for name, run in runs.items():
-                records = _epochs_logged(run)
-                for r in records[seen[name]:]:
-                    losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss") or k == "gate_tanh")
-                    bar.write(f"[{name}] epoch {r['epoch']}/{cfgs[name].train.max_epochs} {losses} ({r['seconds']:.0f} s)")
-                    bar.update(1)
-                seen[name] = len(records)
+    pool = ProcessPoolExecutor(max_workers=len(cfgs), mp_context=mp.get_context("spawn"))
+    try:
+        with tqdm(total=total, initial=min(total, sum(seen.values())), desc="epochs (all runs)", unit="epoch") as bar:
+            _follow(pool, cfgs, runs, seen, bar)
+    except BaseException:
+        # A failed run (or Ctrl-C) stops the demo now, not after the other run's remaining epochs;
+        # both runs resume from their checkpoints on the next `make demo`.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return runs
+
+
+def _follow(pool, cfgs: dict, runs: dict[str, Path], seen: dict[str, int], bar) -> None:
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
+    futures = {pool.submit(_train_and_score, c): name for name, c in cfgs.items()}
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=2.0, return_when=FIRST_EXCEPTION)
+        for f in done:
+            f.result()  # a failed run stops the demo with its own error
+        for name, run in runs.items():
+            records = _epochs_logged(run)
+            for r in records[seen[name]:]:
+                losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss") or k == "gate_tanh")
+                bar.write(f"[{name}] epoch {r['epoch']}/{cfgs[name].train.max_epochs} {losses} ({r['seconds']:.0f} s)")
+                bar.update(1)
+            seen[name] = len(records)
 
 
 def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
