@@ -18,6 +18,9 @@ from . import frame_cache
 from .video import iter_video_frames
 
 
+_FINGERPRINT_SPAN = 1 << 20  # bytes read from each end of a video for the dataset fingerprint
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be used as asked; raised at load time with the bad input named."""
 
@@ -339,16 +342,23 @@ class LeRobotDataset:
                                f"{eps[k]}; expected one frame per data row at {self.fps} fps")
 
     def fingerprint(self) -> str:
-        """Content hash (16 hex chars) of metadata, tabular data and video (path, size) listings."""
+        """Content hash (16 hex chars) of metadata, tabular data, and each video's path, size and
+        first and last MiB."""
         h = hashlib.sha256()
         files = sorted(set((self.root / "meta").glob("*.json")) | set((self.root / "meta").glob("**/*.parquet"))
                        | set(self._data_files))
         for f in files:
             h.update(f.relative_to(self.root).as_posix().encode() + b"\0")
             h.update(f.read_bytes())
-        # Videos are large; their size stands in for their content (re-encoding changes the size).
+        # Videos are large: their size, first and last MiB stand in for their content. The last MiB
+        # holds the mp4 index (every frame's size), so a re-encode of the same total size still shows.
         for f in sorted((self.root / "videos").glob("**/*.mp4")):
-            h.update(f"{f.relative_to(self.root).as_posix()}\0{f.stat().st_size}\0".encode())
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(self.root).as_posix()}\0{size}\0".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(_FINGERPRINT_SPAN))
+                fh.seek(max(0, size - _FINGERPRINT_SPAN))
+                h.update(fh.read(_FINGERPRINT_SPAN))
         return h.hexdigest()[:16]
 
 

@@ -155,14 +155,21 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4, use_videos=True)
     fp = load_dataset(root).fingerprint()
     assert len(fp) == 16 and fp == load_dataset(root).fingerprint()
-    # Same content at another path hashes the same (inline images: x264 output was seen to vary
-    # by a few bytes between runs under load, so re-encoded videos are not compared here).
+    # Same content at another path hashes the same, videos included (their encoding is deterministic).
     a = make_fixture_dataset(tmp_path / "a", n_episodes=2, length=4)
     b = make_fixture_dataset(tmp_path / "b", n_episodes=2, length=4)
     assert load_dataset(a).fingerprint() == load_dataset(b).fingerprint() != fp
+    c = make_fixture_dataset(tmp_path / "c", n_episodes=2, length=4, use_videos=True)
+    assert load_dataset(c).fingerprint() == fp
     rewrite(root / DATA, lambda t: set_column(t, "action", [[x + 1e-3 for x in r] for r in t.column("action").to_pylist()]))
     fp2 = load_dataset(root).fingerprint()
     assert fp2 != fp
-    with open(root / "videos" / KEYS[0] / "chunk-000/file-000.mp4", "ab") as f:
+    video = root / "videos" / KEYS[0] / "chunk-000/file-000.mp4"
+    data = bytearray(video.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    video.write_bytes(bytes(data))
+    fp3 = load_dataset(root).fingerprint()
+    assert fp3 != fp2
+    with open(video, "ab") as f:
         f.write(b"\0")
-    assert load_dataset(root).fingerprint() != fp2
+    assert load_dataset(root).fingerprint() != fp3
