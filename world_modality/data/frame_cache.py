@@ -141,7 +141,11 @@ class _NpyWriter:
             # A file system without preallocation: the writes below still fail cleanly if space runs out.
 
     def write(self, row: int, frame: np.ndarray) -> None:
-        os.pwrite(self.f.fileno(), np.ascontiguousarray(frame).data, self.offset + row * self.row_bytes)
+        data = memoryview(np.ascontiguousarray(frame)).cast("B")
+        at = self.offset + row * self.row_bytes
+        while data:  # pwrite may write less than asked (signals, some network file systems)
+            n = os.pwrite(self.f.fileno(), data, at)
+            data, at = data[n:], at + n
 
     def close(self) -> None:
         self.f.flush()

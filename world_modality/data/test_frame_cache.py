@@ -88,6 +88,13 @@ def test_bytes_equal_direct_decode_and_resize(public_root):
     np.testing.assert_array_equal(ds.images(WRIST, 32), reference_video_frames(ds, WRIST, 32))
 
 
+def test_short_writes_are_completed(public_root, monkeypatch):
+    real = os.pwrite
+    monkeypatch.setattr(frame_cache.os, "pwrite", lambda fd, data, at: real(fd, bytes(data)[:1000], at))
+    ds = load_dataset(public_root)
+    np.testing.assert_array_equal(ds.images(KEY, 40), reference_video_frames(ds, KEY, 40))
+
+
 def test_inline_images_equal_direct_decode_and_resize(tmp_path):
     root = make_fixture_dataset(tmp_path / "ds", n_episodes=3, length=6, image_size=32)
     # Shuffle the file's rows: the cache is in the reader's sorted row order, not the file's.
