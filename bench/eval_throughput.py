@@ -66,9 +66,10 @@ def run_paired(ckpt, suite, task, inits, replan, max_steps) -> tuple[list[dict],
     from world_modality.sim.env import LiberoEnv
 
     t0 = time.perf_counter()
-    runner = PolicyRunner(ckpt, "predicted", seed=ENV_SEED)
+    runner = PolicyRunner(ckpt, "predicted", seed=ENV_SEED, device="cpu")  # CPU in every arm, as measured
     proj, naive = [], []
-    with LiberoEnv(suite, task, image_size=runner.cfg.data.image_size, seed=ENV_SEED, max_steps=max_steps) as env:
+    with LiberoEnv(suite, task, image_size=runner.cfg.data.image_size, seed=ENV_SEED, max_steps=max_steps,
+                   camera_sizes=runner.render_sizes) as env:
         setup = time.perf_counter() - t0
         for k in inits:
             seed = ENV_SEED * 100_003 + task * 1_000 + k  # the evaluation's per-episode seed
@@ -82,7 +83,7 @@ def run_project(ckpt, suite, task, n, max_steps, workers, out_dir) -> tuple[list
 
     t0 = time.perf_counter()
     path = evaluate(EvalSettings(checkpoint=str(ckpt), suite=suite, tasks=(task,), n_episodes=n, workers=workers,
-                                 seed=ENV_SEED, max_steps=max_steps, out=str(out_dir)), progress=False)
+                                 seed=ENV_SEED, max_steps=max_steps, out=str(out_dir), device="cpu"), progress=False)
     wall = time.perf_counter() - t0
     return sorted(read_episodes(path), key=lambda r: r["init_index"]), wall
 

@@ -38,9 +38,9 @@ def part_times(runner, obs, frames) -> dict[str, float]:
     pol = runner.policy
     t = {}
     with torch.no_grad():
-        batch, t["preprocess"] = timed(lambda: runner.preprocess([obs]))
+        batch, t["preprocess"] = timed(lambda: runner.inputs(obs, frames if runner.uses_world else None))
         if runner.uses_world:
-            batch["z_t"], t["world_encoder"] = timed(lambda: pol.world_encoder.encode(frames[None]))
+            batch["z_t"], t["world_encoder"] = timed(lambda: pol.world_encoder.encode(batch.pop("world_frames")))
         (hidden, cond), t["backbone"] = timed(lambda: pol._backbone_pass(batch))
         end = int(batch["act_end"])
         act_h = hidden[:, end - pol.n_act:end].float()
@@ -69,7 +69,8 @@ def main() -> None:
     from world_modality.evaluate.runner import PolicyRunner
 
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {p: PolicyRunner(tiny_checkpoint(Path(tmp), p)) for p in ("E0", "E2")}
+        # On the CPU whatever the machine has: this measures one core.
+        runners = {p: PolicyRunner(tiny_checkpoint(Path(tmp), p), device="cpu") for p in ("E0", "E2")}
     rng = np.random.default_rng(0)
     r2 = runners["E2"]
     size, m = r2.cfg.data.image_size, r2.num_frames

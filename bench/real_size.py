@@ -207,17 +207,21 @@ def run_steps(policy, preprocess, obs, frames, device: torch.device, n: int, war
     closed-loop evaluation does per replanning: preprocess, encode the world window, predict actions
     (backbone, Prophet, then the memory, cross-attention and action head, timed as `head`). `step` is
     the wall time of the whole step, its parts' synchronisation included."""
+    from world_modality.evaluate.runner import model_inputs
+    from world_modality.policy.device import batch_to
+
     timer = Timer(device)
-    # Time the policy's own pieces in place, so the step runs exactly the evaluation code path.
+    # Time the policy's own pieces in place, so the step runs exactly the evaluation code path
+    # (PolicyRunner.act): camera and world frames resized as in training, the batch moved to the device.
     policy._backbone_pass = timer.wrap("backbone", policy._backbone_pass)
     policy.predict_future = timer.wrap("prophet", policy.predict_future)
-    preprocess_t = timer.wrap("preprocess", lambda: {k: v.to(device) if torch.is_tensor(v) else v
-                                                     for k, v in preprocess(obs).items()})
+    world_size = policy.cfg.data.image_size  # the world camera's training size (pipeline.py)
+    preprocess_t = timer.wrap("preprocess", lambda: batch_to(model_inputs(preprocess, obs, frames, world_size), device))
     encode_t = timer.wrap("world_encoder", policy.world_encoder.encode)
     predict_t = timer.wrap("predict", policy.predict_actions)
     def step():
         batch = preprocess_t()
-        batch["z_t"] = encode_t(frames)
+        batch["z_t"] = encode_t(batch.pop("world_frames"))
         return predict_t(batch)
 
     step_t = timer.wrap("step", step)

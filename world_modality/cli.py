@@ -54,7 +54,7 @@ def _cmd_eval_offline(args) -> int:
     from .analysis.offline import evaluate_offline, format_table, write_result
 
     result = evaluate_offline(args.checkpoint, dataset=args.dataset, batch_size=args.batch_size,
-                              modes=args.memory, seed=args.seed, split=args.split)
+                              modes=args.memory, seed=args.seed, split=args.split, device=args.device)
     print(format_table(result))
     out = Path(args.out) if args.out else Path(result["checkpoint"]).parent.parent / f"eval_offline_{args.split}.json"
     write_result(result, out)
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default: <run>/eval_offline_<split>.json)")
+    p.add_argument("--device", default="auto", help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.set_defaults(func=_cmd_eval_offline)
 
     p = sub.add_parser("generate", help="scripted-expert demonstrations in LIBERO, written as a LeRobot dataset")

@@ -24,6 +24,7 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th episode starting at i")
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval/<suite>-<memory>)")
     p.add_argument("--max_steps", type=int, default=None, help="control steps per episode (default: the suite's public limit)")
+    p.add_argument("--device", default="auto", help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
 
 
 def settings_from_args(args):
@@ -37,7 +38,8 @@ def settings_from_args(args):
         raise ConfigError(f"--shard must look like i/n with 0 <= i < n (e.g. 0/4), got {args.shard!r}.") from None
     return EvalSettings(checkpoint=args.checkpoint, suite=args.suite, tasks=tuple(_parse_ids(args.tasks)) if args.tasks else None,
                         n_episodes=args.n_episodes, memory=args.memory, replan_every=args.replan_every, workers=args.workers,
-                        seed=args.seed, video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps)
+                        seed=args.seed, video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps,
+                        device=args.device)
 
 
 def run(args) -> int:

@@ -61,7 +61,7 @@ class PreparedData:
     latents: LatentCache | None
     texts: list[str | None] | None = None  # chain-of-causation text per frame (E4)
     texts_missing: int = 0  # frames the annotation file has no text for
-    # Side of the camera frames read from the dataset: the size the simulator renders at in evaluation.
+    # Side of the camera frames read from the dataset; evaluation resizes rendered frames to it (evaluate/runner.py).
     image_size: int | None = None
 
     def latent_stats(self) -> dict[str, np.ndarray]:
@@ -101,7 +101,7 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
         latents = load_or_build_cache(
             cache_dir,
             encoder=world_encoder,
-            # Closed-loop evaluation feeds the encoder frames rendered at image_size: train on those.
+            # Read at image_size, as closed-loop evaluation resizes the world camera before encoding (evaluate/runner.py).
             frames_fn=lambda: dataset.images(cfg.world.world_image_key, d.image_size),
             frame_size=d.image_size,
             past_rows=past,
@@ -137,8 +137,8 @@ class FrameSamples(torch.utils.data.Dataset):
 
     def __init__(self, data: PreparedData, rows: np.ndarray, image_keys: tuple[str, ...]):
         self.data, self.rows, self.image_keys = data, np.asarray(rows), image_keys
-        # Read at the policy's image size (the simulator's render size), so the preprocessor's
-        # resize is a no-op here and the cache holds S×S frames, not the dataset's native ones.
+        # Read at the policy's image size, so the preprocessor's resize is a no-op here and the
+        # cache holds S×S frames, not the dataset's native ones (evaluation applies the same resize).
         self.images = {k: data.dataset.images(k, data.image_size) for k in image_keys}
 
     def __len__(self) -> int:

@@ -136,12 +136,17 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         if data.latents is not None:
             stats.update(data.latent_stats())
         policy.set_stats(**stats)
+        from .data.frames import native_frame_sizes
+
         # Public LIBERO conversions store every 20 Hz control step (labelled 10 fps): one step per row
         # unless the dataset says otherwise (generated demos hold each action for 2 steps).
         policy.data_info = {"fps": ds.fps, "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1)),
                             # LIBERO's gripper command is binary (-1 open, +1 close) in the data: acting
                             # snaps the regressed value back to it rather than half-closing the fingers.
-                            "binary_gripper": bool(np.isin(ds.action[:, -1], (-1.0, 1.0)).all())}
+                            "binary_gripper": bool(np.isin(ds.action[:, -1], (-1.0, 1.0)).all()),
+                            # The cameras' recorded size: evaluation renders at it, then resizes as the frame cache did.
+                            "frame_size": native_frame_sizes(ds.features, tuple(cfg.data.image_keys) + (
+                                (cfg.world.world_image_key,) if encoder is not None else ()))}
     if main:
         cfg.to_json(run_dir / "config.json")
         if data.texts is not None:

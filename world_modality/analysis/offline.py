@@ -17,17 +17,20 @@ import torch
 from ..config import MEMORY_MODES
 from ..pipeline import FrameSamples, make_collate, prepare_data
 from ..policy.checkpoint import load_checkpoint
+from ..policy.device import batch_to, resolve_device
 from ..policy.factory import build_preprocessor
 from ..world.prophet import world_mse
 
 
 @torch.no_grad()
 def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_size: int = 32,
-                     modes: Sequence[str] = MEMORY_MODES, seed: int = 0, split: str = "val") -> dict:
+                     modes: Sequence[str] = MEMORY_MODES, seed: int = 0, split: str = "val",
+                     device: str = "auto") -> dict:
     from ..train import resolve_checkpoint
 
+    device = resolve_device(device)
     ckpt = resolve_checkpoint(checkpoint)
-    policy = load_checkpoint(ckpt)
+    policy = load_checkpoint(ckpt, device)
     cfg = policy.cfg
     if dataset:
         cfg.data.dataset = dataset
@@ -45,10 +48,10 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
     sums = {m: {"sq_norm": 0.0, "sq_raw": 0.0, "n": 0.0} for m in modes}
     world = {"prophet": 0.0, "copy_last": 0.0, "n": 0}
     for start in range(0, len(samples), batch_size):
-        batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))])
+        batch = batch_to(collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))]), device)
         mask = batch["action_mask"].float()[..., None]
         for mode in modes:
-            gen = torch.Generator().manual_seed(seed + start)
+            gen = torch.Generator(device=device).manual_seed(seed + start)
             pred, ctx = policy.predict_actions(batch, memory_mode=None if mode == "none" else mode, generator=gen, return_context=True)
             err = (pred - batch["actions"]) ** 2
             err_norm = err / policy.action_std**2

@@ -120,3 +120,5 @@ def test_short_e2_training_runs_on_the_public_schema(public_root, tmp_path):
     # No control_steps_per_frame in the public info.json: each row is one control step.
     assert policy.data_info["control_steps_per_frame"] == 1 and policy.data_info["fps"] == 10
     assert policy.data_info["binary_gripper"] is True
+    # The public cameras' 256 px, which closed-loop evaluation renders at before resizing to image_size.
+    assert policy.data_info["frame_size"] == 256 and policy.cfg.data.image_size == 32

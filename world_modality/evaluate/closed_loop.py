@@ -30,10 +30,12 @@ class EvalSettings:
     shard: tuple[int, int] = (0, 1)
     out: str | None = None
     max_steps: int | None = None  # control steps per episode; default: the suite's public limit
+    device: str = "auto"  # where each worker's policy runs: auto (CUDA when present), cpu, cuda, cuda:N
 
     def __post_init__(self) -> None:
         # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
         from ..config import ConfigError
+        from ..policy.device import resolve_device
         from ..sim.suites import base_suite
         from .runner import CLOSED_LOOP_MEMORY
 
@@ -51,6 +53,7 @@ class EvalSettings:
             base_suite(self.suite)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        resolve_device(self.device)
 
 
 def episode_key(rec: dict) -> tuple:
@@ -82,10 +85,12 @@ _STATE: dict = {}
 def _worker_init(settings: dict) -> None:
     import torch
 
-    torch.set_num_threads(1)  # one core per simulator process; threads would only contend
+    from ..policy.device import resolve_device
     from .runner import PolicyRunner
 
-    _STATE["runner"] = PolicyRunner(settings["checkpoint"], settings["memory"], seed=settings["seed"])
+    if resolve_device(settings["device"]).type == "cpu":
+        torch.set_num_threads(1)  # one core per simulator process; threads would only contend
+    _STATE["runner"] = PolicyRunner(settings["checkpoint"], settings["memory"], seed=settings["seed"], device=settings["device"])
     _STATE["settings"] = settings
 
 
@@ -100,7 +105,7 @@ def _run_job(task_id: int, init_index: int, record_video: bool) -> dict:
             if env is not None:
                 env.close()
             env = _STATE["env"] = LiberoEnv(st["suite"], task_id, image_size=runner.cfg.data.image_size, seed=st["seed"],
-                                            max_steps=st["max_steps"])
+                                            max_steps=st["max_steps"], camera_sizes=runner.render_sizes)
         result = run_episode(env, runner, init_index, st["replan_every"], seed=st["seed"] * 100_003 + task_id * 1_000 + init_index,
                              record_video=record_video)
         task = env.task
@@ -154,7 +159,8 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
         print(f"[eval] {experiment} {settings.suite} memory={settings.memory}: {len(jobs)} episodes in this shard, "
               f"{len(jobs) - len(todo)} already done, {len(todo)} to run on {settings.workers} worker(s) -> {path}")
     worker_settings = {"checkpoint": str(ckpt), "memory": settings.memory, "seed": settings.seed,
-                       "suite": settings.suite, "replan_every": replan, "max_steps": settings.max_steps}
+                       "suite": settings.suite, "replan_every": replan, "max_steps": settings.max_steps,
+                       "device": settings.device}
     video_dir = out / "videos"
     videos_left = {t: settings.video for t in tasks}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep", disable=not progress)

@@ -56,7 +56,8 @@ def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path)
 def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):
     out = tmp_path / "eval"
     paths = [evaluate(EvalSettings(checkpoint=str(checkpoint), suite="libero_spatial", tasks=(0,), n_episodes=2, workers=1,
-                                   max_steps=16, video=1, shard=(i, 2), out=str(out)), progress=False) for i in range(2)]
+                                   max_steps=16, video=1, shard=(i, 2), out=str(out), device="cpu"), progress=False)
+             for i in range(2)]
     recs = [read_episodes(p) for p in paths]
     assert [len(r) for r in recs] == [1, 1]
     assert {r[0]["init_index"] for r in recs} == {0, 1}
@@ -69,3 +70,24 @@ def test_oracle_memory_is_refused_in_closed_loop(checkpoint):
 
     with pytest.raises(ValueError, match="offline"):
         PolicyRunner(checkpoint, "oracle")
+
+
+def test_cameras_render_at_the_recorded_size_and_the_policy_acts(tmp_path):
+    """A policy trained at 32 px on frames recorded at 48 px: the simulator renders at 48 and the
+    runner resizes as the frame cache did (pixel equality: test_runner.py)."""
+    from conftest import tiny_config
+    from world_modality.data.fixture import make_fixture_dataset
+    from world_modality.evaluate.rollout import run_episode
+    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.sim.env import IMAGE_KEY, WRIST_KEY, LiberoEnv
+    from world_modality.train import train
+
+    data = make_fixture_dataset(tmp_path / "data", n_episodes=4, length=12, image_size=48, seed=1)
+    ckpt = train(tiny_config(data, tmp_path / "run", max_epochs=1), progress=False)
+    runner = PolicyRunner(ckpt, device="cpu")
+    with LiberoEnv("libero_spatial", 0, image_size=runner.cfg.data.image_size, camera_sizes=runner.render_sizes,
+                   max_steps=8) as env:
+        obs = env.reset(0)
+        assert obs[IMAGE_KEY].shape == obs[WRIST_KEY].shape == (48, 48, 3) and runner.cfg.data.image_size == 32
+        result = run_episode(env, runner, 0, replan_every=4)
+    assert result["failure"] in (None, "timeout") and 0 < result["steps"] <= 8

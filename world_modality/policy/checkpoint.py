@@ -145,12 +145,17 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated: {e}") from e
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> WorldModalityPolicy:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> WorldModalityPolicy:
     """Rebuild the policy from its config and load every tensor; a missing or unexpected tensor
-    is an error naming it (checkpoints without LoRA or ACT weights once acted at random)."""
+    is an error naming it (checkpoints without LoRA or ACT weights once acted at random).
+    `device`: see policy/device.py (`auto` is CUDA when present); everything, the world encoder
+    included, ends up there."""
     from ..world.encoder import build_world_encoder
+    from .device import resolve_device
     from .factory import build_policy
     from .tokenizer import tokenizer_from_json
+
+    device = resolve_device(device)
 
     root = Path(path)
     if not (root / "policy.json").exists() or not (root / "config.json").exists():
@@ -163,7 +168,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> WorldModalityPolic
     enc = None
     if meta.get("world_encoder"):
         enc_cfg = {k: v for k, v in meta["world_encoder"].items() if k != "encoder_id"}
-        enc = build_world_encoder(**enc_cfg)
+        # Built where the policy will run (the encoder's own "auto" would load pretrained weights
+        # onto the GPU even for a CPU load).
+        enc = build_world_encoder(**enc_cfg, device=device)
     policy = build_policy(cfg, PolicyShapes(**meta["shapes"]), tokenizer=tokenizer, world_encoder=enc)
     policy.data_info = dict(meta.get("data_info", policy.data_info))
     tensors = _read_tensors(root / "model.safetensors")

@@ -1,7 +1,7 @@
 """LIBERO env wrapper: dataset-schema observations, public protocol, render-on-demand cameras."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -33,9 +33,16 @@ class LiberoEnv:
         max_steps: int | None = None,
         settle_steps: int = SETTLE_STEPS,
         shadows: bool = True,
+        camera_sizes: Mapping[str, tuple[int, int]] | None = None,
     ):
+        """camera_sizes: (height, width) per camera key, overriding image_size; a policy trained on
+        frames recorded at another size sees them rendered at that size, then resized as in training."""
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}.")
+        self.camera_sizes = {k: (int(h), int(w)) for k, (h, w) in (camera_sizes or {}).items()}
+        bad = {k: v for k, v in self.camera_sizes.items() if k not in CAMERAS or min(v) <= 0}
+        if bad:
+            raise ValueError(f"camera_sizes must map cameras {sorted(CAMERAS)} to positive (height, width), got {bad}.")
         self.gl_backend = select_gl(render_mode)  # must precede the first robosuite import
         from libero.libero.envs import OffScreenRenderEnv
 
@@ -106,7 +113,8 @@ class LiberoEnv:
 
     def render(self, key: str = IMAGE_KEY) -> np.ndarray:
         """One camera frame (H, W, 3) uint8, rotated 180 degrees like the public data."""
-        raw = self._env.sim.render(camera_name=CAMERAS[key], width=self.image_size, height=self.image_size)
+        h, w = self.camera_sizes.get(key, (self.image_size, self.image_size))
+        raw = self._env.sim.render(camera_name=CAMERAS[key], width=w, height=h)
         return flip_image(raw)
 
     def observe(self) -> Observation:

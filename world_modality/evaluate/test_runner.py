@@ -1,0 +1,161 @@
+"""The evaluation side of a checkpoint without the simulator: device choice, and that a frame rendered at
+the dataset's recorded size reaches the model as exactly the pixels training read from the frame cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from world_modality.config import ConfigError
+from world_modality.data.fixture import make_fixture_dataset
+from world_modality.data.frames import native_frame_sizes, render_size
+from world_modality.evaluate.runner import PolicyRunner
+from world_modality.policy.device import resolve_device
+
+NATIVE, SIZE = 48, 32  # the dataset's recorded frame side; the policy's image_size
+WORLD = "observation.images.image"
+CAMERAS = ("observation.images.image", "observation.images.wrist_image")
+
+
+@pytest.fixture(scope="module")
+def native_run(tmp_path_factory):
+    """A tiny E2 trained at 32 px on a dataset recorded at 48 px (as the public 256-px data is read at 128)."""
+    from conftest import tiny_config
+    from world_modality.train import train
+
+    root = tmp_path_factory.mktemp("native")
+    data = make_fixture_dataset(root / "data", n_episodes=4, length=12, image_size=NATIVE, seed=1)
+    cfg = tiny_config(data, root / "run", max_epochs=1, image_size=SIZE, world_image_size=SIZE)
+    return cfg, train(cfg, progress=False)
+
+
+def test_device_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("tpu", "cuda:x", "gpu"):
+        with pytest.raises(ConfigError, match=rf"'{bad}'.*auto, cpu, cuda, cuda:N|auto, cpu, cuda, cuda:N.*'{bad}'"):
+            resolve_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="no CUDA GPU.*--device cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--checkpoint", "CKPT", "--device", "tpu"],
+    ["eval-offline", "--checkpoint", "CKPT", "--device", "tpu"],
+])
+def test_unknown_device_on_the_command_line_exits_2(argv, tmp_path, capsys):
+    from world_modality.cli import main
+
+    argv = [str(tmp_path / "missing") if a == "CKPT" else a for a in argv]
+    assert main(argv) == 2  # before the (missing) checkpoint is even looked at
+    err = capsys.readouterr().err
+    assert "'tpu'" in err and "auto, cpu, cuda, cuda:N" in err and "error:" in err
+
+
+def test_unknown_device_for_eval_libero_exits_2(tmp_path, capsys):
+    from world_modality.eval_libero import main
+
+    assert main(["--checkpoint", str(tmp_path), "--device", "tpu"]) == 2
+    assert "'tpu'" in capsys.readouterr().err
+
+
+def test_checkpoint_records_the_native_frame_size(native_run):
+    _, ckpt = native_run
+    info = json.loads((ckpt / "policy.json").read_text())["data_info"]
+    assert info["frame_size"] == NATIVE
+    runner = PolicyRunner(ckpt, device="cpu")
+    assert runner.render_sizes == {k: (NATIVE, NATIVE) for k in CAMERAS}
+    assert runner.world_frame_size == SIZE
+
+
+def test_rendered_native_frames_reach_the_model_as_training_pixels(native_run):
+    """Evaluation inputs from frames at the recorded size == training inputs read from the frame cache."""
+    from world_modality.data.windows import past_frame_rows
+    from world_modality.pipeline import FrameSamples, make_collate, prepare_data, window_spec
+
+    cfg, ckpt = native_run
+    runner = PolicyRunner(ckpt, device="cpu")
+    data = prepare_data(cfg, runner.policy.world_encoder, progress=False)
+    ds = data.dataset
+    rows = np.array([0, 7, len(ds) - 1])
+    train_batch = make_collate(runner.preprocess)([FrameSamples(data, rows, cfg.data.image_keys)[i] for i in range(len(rows))])
+    past = past_frame_rows(ds.episodes, window_spec(cfg))
+    cached_world = ds.images(WORLD, SIZE)  # what the latent cache encoded
+    native = {k: ds.images(k, None) for k in CAMERAS}  # decoded frames, as the simulator renders them
+    assert native[WORLD].shape[1:3] == (NATIVE, NATIVE)
+    for i, r in enumerate(rows):
+        obs = {k: np.array(native[k][r]) for k in CAMERAS}
+        obs.update({"observation.state": ds.state[r], "task": ds.instructions[r]})
+        batch = runner.inputs(obs, np.array(native[WORLD][past[r]]))
+        assert torch.equal(batch["images"][0], train_batch["images"][i])
+        assert np.array_equal(batch["world_frames"][0], cached_world[past[r]])
+        with torch.no_grad():
+            z = runner.policy.world_encoder.encode(batch["world_frames"])[0].numpy()
+        np.testing.assert_allclose(z, data.latents.latents[r], rtol=1e-4, atol=1e-5)
+        # Without the resize the encoder would see other pixels: the check above is not vacuous.
+        with torch.no_grad():
+            z_raw = runner.policy.world_encoder.encode(np.array(native[WORLD][past[r]])[None])[0].numpy()
+        assert not np.allclose(z_raw, data.latents.latents[r], atol=1e-5)
+    assert runner.act(obs, np.array(native[WORLD][past[r]])).shape == (cfg.policy.chunk_size, 7)
+
+
+def test_checkpoint_without_frame_size_renders_at_image_size(native_run, tmp_path):
+    import shutil
+
+    _, ckpt = native_run
+    old = shutil.copytree(ckpt, tmp_path / "old")
+    meta = json.loads((old / "policy.json").read_text())
+    del meta["data_info"]["frame_size"]
+    (old / "policy.json").write_text(json.dumps(meta))
+    runner = PolicyRunner(old, device="cpu")
+    assert runner.render_sizes == {k: (SIZE, SIZE) for k in CAMERAS}
+    rng = np.random.default_rng(0)
+    obs = {k: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for k in CAMERAS}
+    obs.update({"observation.state": np.zeros(8, np.float32), "task": "move the block"})
+    actions = runner.act(obs, rng.integers(0, 256, (runner.num_frames, SIZE, SIZE, 3), dtype=np.uint8))
+    assert isinstance(actions, np.ndarray) and actions.dtype == np.float32 and np.isfinite(actions).all()
+
+
+def test_native_frame_sizes_from_features():
+    hwc = {"shape": [256, 256, 3], "names": ["height", "width", "rgb"]}
+    assert native_frame_sizes({"a": hwc, "b": hwc}, ["a", "b"]) == 256
+    chw = {"shape": [3, 128, 160], "names": ["channels", "height", "width"]}
+    sizes = native_frame_sizes({"a": hwc, "b": chw}, ["a", "b", "a"])
+    assert sizes == {"a": [256, 256], "b": [128, 160]}
+    assert render_size(sizes, "b", 64) == (128, 160) and render_size(256, "b", 64) == (256, 256)
+    assert render_size(None, "b", 64) == (64, 64)
+    with pytest.raises(ValueError, match="'c'"):
+        render_size(sizes, "c", 64)
+    with pytest.raises(ValueError, match=r"camera 'a'.*\[height, width, 3\]"):
+        native_frame_sizes({"a": {"shape": [256, 256]}}, ["a"])
+
+
+def test_offline_evaluation_runs_on_the_cpu_device(native_run, tmp_path):
+    from world_modality.cli import main
+
+    _, ckpt = native_run
+    out = tmp_path / "offline.json"
+    assert main(["eval-offline", "--checkpoint", str(ckpt), "--device", "cpu", "--memory", "predicted", "zero",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["action_mse"]) == {"predicted", "zero"} and np.isfinite(result["action_mse"]["predicted"])
+    assert np.isfinite(result["world_mse"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_runner_on_the_gpu_acts_like_the_cpu_one(native_run):
+    _, ckpt = native_run
+    gpu, cpu = PolicyRunner(ckpt, device="auto"), PolicyRunner(ckpt, device="cpu")
+    assert gpu.device.type == "cuda" and gpu.policy.world_encoder.device.type == "cuda"
+    rng = np.random.default_rng(0)
+    obs = {k: rng.integers(0, 256, (NATIVE, NATIVE, 3), dtype=np.uint8) for k in CAMERAS}
+    obs.update({"observation.state": np.zeros(8, np.float32), "task": "move the block"})
+    frames = rng.integers(0, 256, (gpu.num_frames, NATIVE, NATIVE, 3), dtype=np.uint8)
+    a_gpu, a_cpu = gpu.act(obs, frames), cpu.act(obs, frames)
+    assert isinstance(a_gpu, np.ndarray) and a_gpu.dtype == np.float32
+    np.testing.assert_allclose(a_gpu, a_cpu, rtol=1e-2, atol=1e-2)  # TF32 convolutions on the GPU
