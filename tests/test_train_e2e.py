@@ -86,23 +86,48 @@ def test_resume_refuses_another_experiment(fixture_dataset, tmp_path):
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_process_training(launcher, fixture_dataset, tmp_path):
-    """Several processes (gloo on CPU) through torchrun or `accelerate launch`; Accelerator reads either."""
+    """Several processes (gloo on CPU) through torchrun or `accelerate launch`; Accelerator reads either.
+
+    240 training frames in batches of 16 make 15 batches: 7 rounds of 2, the odd batch dropped. A
+    checkpoint every 2 steps asks for one in each round; in the last round the two processes stand
+    at different batch indices, and both must agree on whether to save, or one waits in the
+    checkpoint's gather while the other is in the epoch's reduce."""
     import subprocess
     import sys
     from pathlib import Path
+
+    import psutil
 
     exe = str(Path(sys.executable).with_name(launcher))
     # accelerate's --cpu flag starts one process without MPI; --multi_gpu runs torch's launcher, gloo on CPU.
     start = ([exe, "--nproc_per_node", "2", "--master_port", "29517"] if launcher == "torchrun" else
              [exe, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29518"])
     cmd = start + ["-m", "world_modality.train", "--preset", "E2", "--dataset", str(fixture_dataset), "--image_size", "32", "--world_image_size", "32",
-           "--output_dir", str(tmp_path / "ddp"), "--max_epochs", "1", "--no-tensorboard"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es)" in proc.stdout
+           "--output_dir", str(tmp_path / "ddp"), "--max_epochs", "1", "--no-tensorboard", "--batch_size", "16",
+           "--save_every_steps", "2"]
+    # Output to files, not pipes: workers of a hung run outlive a killed launcher and would hold a pipe open.
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as fo, err.open("w") as fe:
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            # The launchers start their workers in sessions of their own: end them one by one.
+            for child in [*psutil.Process(proc.pid).children(recursive=True), proc]:
+                child.kill()
+            proc.wait()
+            pytest.fail(f"two-process training hung (killed after 300 s): {err.read_text()[-3000:]}")
+    stdout, stderr = out.read_text(), err.read_text()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2 process(es)" in stdout
     metrics = read_metrics(tmp_path / "ddp")
-    assert len(metrics) == 1 and math.isfinite(metrics[0]["action_loss"])
-    assert load_checkpoint(checkpoints_in(tmp_path / "ddp")[-1]).gate() is not None
+    assert len(metrics) == 1 and math.isfinite(metrics[0]["action_loss"]) and metrics[0]["step"] == 14
+    ckpts = checkpoints_in(tmp_path / "ddp")
+    # Mid-epoch checkpoints at steps 2..12; none in the last round, whose state the epoch end saves.
+    assert [c.name for c in ckpts] == ["step-00000012", "step-00000014"]
+    state = json.loads((ckpts[0] / "trainer_state.json").read_text())
+    assert state["batches_done_in_epoch"] == 12 and len(state["epoch_partial"]["per_process"]) == 2
+    assert load_checkpoint(ckpts[-1]).gate() is not None
 
 
 def test_e4_trains_with_annotations_and_counts_the_missing(fixture_dataset, tmp_path, capsys):

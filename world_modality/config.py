@@ -172,6 +172,9 @@ class TrainConfig:
     num_threads: int = 0  # CPU threads for torch; 0 = half the cores (OpenMP stalls badly when oversubscribed)
     augment_shift: int = 8  # random image shift in pixels (training only; 0 = off): small-data BC overfits without it
     tensorboard: bool = True
+    # Collective timeout of several processes: the others wait this long while the main one builds
+    # the caches (V-JEPA 2 on the public LIBERO sets takes hours; `world-modality encode` first avoids it).
+    dist_timeout_minutes: int = 360
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}.")
@@ -180,6 +183,7 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}.")
         _check(self.num_threads >= 0, f"`num_threads` must be >= 0, got {self.num_threads}.")
         _check(self.augment_shift >= 0, f"`augment_shift` must be >= 0 pixels, got {self.augment_shift}.")
+        _check(self.dist_timeout_minutes >= 1, f"`dist_timeout_minutes` must be >= 1, got {self.dist_timeout_minutes}.")
 
 
 @dataclass

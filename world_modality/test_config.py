@@ -56,6 +56,7 @@ def test_config_json_round_trip(tmp_path):
     ({"batch_size": 0}, "batch_size"),
     ({"lambda_text": 0.1}, "coc_jsonl"),
     ({"backbone": "qwen2.5-vl"}, "backbone_path"),
+    ({"dist_timeout_minutes": 0}, r"`dist_timeout_minutes` must be >= 1, got 0"),
 ])
 def test_bad_values_name_the_field(overrides, needle):
     with pytest.raises(ConfigError, match=needle):

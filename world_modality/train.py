@@ -11,6 +11,7 @@ import math
 import shutil
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -21,12 +22,12 @@ from tqdm.auto import tqdm
 from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
 from .pipeline import FrameSamples, make_collate, prepare_data, random_shift
 from .policy.checkpoint import DONE_MARKER, is_complete, load_checkpoint, load_training_state, save_checkpoint
-from .policy.factory import build_policy, build_preprocessor, world_encoder_from_config
+from .policy.factory import build_policy, build_preprocessor, check_image_size, world_encoder_from_config
 from .policy.model import PolicyShapes
 from .policy.tokenizer import build_tokenizer
 
 # Fields that may differ between the run being resumed and the resuming command.
-RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard"}
+RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard", "dist_timeout_minutes"}
 
 
 def checkpoints_in(run_dir: str | Path) -> list[Path]:
@@ -61,10 +62,22 @@ def _drop_metrics_after(path: Path, step: int) -> None:
     keep only the records the resumed checkpoint had reached."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
+    text = path.read_text()
+    lines = text.splitlines()
+    kept = [line for line in lines if (record := _parse_record(line)) is not None and record.get("step", 0) <= step]
+    # Rewritten also when the last line lacks its newline, so the next record starts a line of its own.
+    if len(kept) != len(lines) or not text.endswith("\n"):
         path.write_text("".join(line + "\n" for line in kept))
+
+
+def _parse_record(line: str) -> dict | None:
+    """A metrics line, or None for one that does not parse: the torn tail of a run killed (or out
+    of disk) mid-write, whose checkpoint was therefore never written."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -102,11 +115,17 @@ class _Logger:
 def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Train to `max_epochs`, resuming from the newest checkpoint in the run folder; returns the final checkpoint."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     t = cfg.train
     if not cfg.data.dataset:
         raise ConfigError("`dataset` is required: the root of a LeRobot v3-layout dataset (--dataset PATH).")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Backbones that cannot patch `image_size` fail now, not after hours of frame and latent caching.
+    check_image_size(cfg)
+    # The other processes wait in a barrier while the main one builds the frame and latent caches
+    # (hours for V-JEPA 2 on the public LIBERO sets): NCCL's 10-minute default would kill them.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
+        InitProcessGroupKwargs(timeout=timedelta(minutes=t.dist_timeout_minutes))])
     if accelerator.device.type == "cpu":
         import os
 
@@ -161,8 +180,9 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         state = load_training_state(ckpts[-1], optimizer)
         step, start_epoch, skip = state["step"], state["epoch"], state["batches_done_in_epoch"]
         partial = state.get("epoch_partial") or {}
-        if main:
-            _drop_metrics_after(run_dir / "metrics.jsonl", step)
+    if main and t.resume:
+        # Without a checkpoint the run starts at step 0: lines an earlier attempt logged go too.
+        _drop_metrics_after(run_dir / "metrics.jsonl", step)
 
     samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
     collate = make_collate(build_preprocessor(cfg, policy))
@@ -226,8 +246,11 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             count += 1
             bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items() if k != "loss"})
-            done = bi + accelerator.num_processes
-            if t.save_every_steps and step % t.save_every_steps == 0 and done < len(batches):
+            # Batches all processes have done after this round: the same on every process (`bi` is
+            # not), so all of them take the same branch; one alone in save() would wait forever in
+            # its gather. The last round is left to the epoch-end save.
+            done = bi - accelerator.process_index + n_proc
+            if t.save_every_steps and step % t.save_every_steps == 0 and done + n_proc <= len(batches):
                 save(epoch, done, sums, count)
         skip, partial = 0, {}
         record = {"kind": "train", "epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 2)}

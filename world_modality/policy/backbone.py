@@ -30,6 +30,7 @@ class TinyQwenSize:
     vision_hidden: int = 64
     vision_depth: int = 2
     patch_size: int = 16
+    merge_size: int = 2
 
 
 def tiny_qwen_config(vocab_size: int, token_ids: dict[str, int], size: TinyQwenSize = TinyQwenSize()):
@@ -61,7 +62,7 @@ def tiny_qwen_config(vocab_size: int, token_ids: dict[str, int], size: TinyQwenS
             intermediate_size=size.vision_hidden * 2,
             num_heads=4,
             patch_size=size.patch_size,
-            spatial_merge_size=2,
+            spatial_merge_size=size.merge_size,
             temporal_patch_size=2,
             window_size=size.patch_size * 4,
             out_hidden_size=size.hidden_size,
@@ -201,14 +202,11 @@ def load_local(path: str, classes: dict[str, str], dtype: str = "float32"):
     runs code from the folder. `classes` maps the accepted config `model_type`s to transformers
     class names, so a folder holding another model is refused before any weight is read."""
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    config = local_config(path, classes)
     where = "folder" if Path(path).exists() else "hub-cache id"
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-        if config.model_type not in classes:
-            raise ValueError(f"{where} {path!r} holds a {config.model_type!r} model "
-                             f"({getattr(config, 'architectures', None)}); expected model_type one of {sorted(classes)}.")
         model = getattr(transformers, classes[config.model_type]).from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except OSError as e:
@@ -219,7 +217,29 @@ def load_local(path: str, classes: dict[str, str], dtype: str = "float32"):
     return model, tokenizer
 
 
+def local_config(path: str, classes: dict[str, str]):
+    """The model config of a local folder or hub-cache id (config.json only: no weights, no code
+    from the folder), refused unless its `model_type` is one of `classes`."""
+    from transformers import AutoConfig
+
+    where = "folder" if Path(path).exists() else "hub-cache id"
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"could not load a VLM from {where} {path!r} (nothing is downloaded at run time; "
+            f"put the weights there or in your hub cache first): {e}"
+        ) from e
+    if config.model_type not in classes:
+        raise ValueError(f"{where} {path!r} holds a {config.model_type!r} model "
+                         f"({getattr(config, 'architectures', None)}); expected model_type one of {sorted(classes)}.")
+    return config
+
+
+QWEN_CLASSES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+
 def load_qwen(path: str, dtype: str = "float32") -> QwenBackbone:
     """Real Qwen2.5-VL (3B, 7B, ...) from a local folder or the user's hub cache."""
-    model, tokenizer = load_local(path, {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}, dtype)
+    model, tokenizer = load_local(path, QWEN_CLASSES, dtype)
     return QwenBackbone(model, tokenizer, pretrained=True)

@@ -6,11 +6,12 @@ from typing import Any
 
 from ..config import ExperimentConfig
 from ..world.encoder import WorldEncoder, build_world_encoder
-from .backbone import VLMBackbone, build_tiny_qwen, load_qwen
+from .backbone import QWEN_CLASSES, TinyQwenSize, VLMBackbone, build_tiny_qwen, load_qwen, local_config
 from .lora import apply_lora, set_trainable
 from .model import PolicyShapes, WorldModalityPolicy
 from .preprocess import ObservationPreprocessor
-from .smolvlm import build_tiny_smolvlm, load_smolvlm
+from .smolvlm import MODEL_CLASSES as SMOLVLM_CLASSES
+from .smolvlm import TinySmolVLMSize, build_tiny_smolvlm, load_smolvlm
 
 # The world encoder stands in for a frozen pretrained model: one fixed init for every run and seed,
 # so E0/E2 and all seeds share one latent cache.
@@ -27,6 +28,31 @@ def world_encoder_from_config(cfg: ExperimentConfig) -> WorldEncoder:
         pretrained_path=w.world_encoder_path,
         dtype=w.world_encoder_dtype,
     )
+
+
+def check_image_size(cfg: ExperimentConfig) -> None:
+    """Refuse an `image_size` the backbone cannot take, reading at most the model's config.json:
+    training calls this before it decodes frames, encodes latents or loads any weights. Qwen2.5-VL
+    needs a multiple of patch_size × spatial_merge_size; SmolVLM resizes every image to its vision
+    encoder's input, so any size goes (only the folder's model type is checked)."""
+    p, size = cfg.policy, cfg.data.image_size
+    if p.backbone == "tiny-qwen2.5-vl":
+        tiny = TinyQwenSize()
+        unit, what = tiny.patch_size * tiny.merge_size, "patch_size*merge_size"
+    elif p.backbone == "tiny-smolvlm":
+        tiny = TinySmolVLMSize()
+        unit, what = tiny.patch_size * tiny.scale_factor, "patch_size*scale_factor"
+    elif p.backbone == "qwen2.5-vl":
+        vc = local_config(p.backbone_path, QWEN_CLASSES).vision_config
+        unit, what = int(vc.patch_size) * int(vc.spatial_merge_size), "patch_size*merge_size"
+    else:
+        local_config(p.backbone_path, SMOLVLM_CLASSES)
+        return
+    if size % unit:
+        lower = max(unit, size - size % unit)
+        raise ValueError(f"image_size {size} must be a multiple of {what} = {unit} for {p.backbone}"
+                         + (f" at {p.backbone_path}" if p.backbone_path else "")
+                         + f" (e.g. {lower} or {lower + unit}).")
 
 
 def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> VLMBackbone:

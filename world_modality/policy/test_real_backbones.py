@@ -276,3 +276,19 @@ def test_training_loop_runs_tiny_smolvlm(fixture_dataset, tmp_path):
     policy = load_checkpoint(ckpt)
     assert policy.backbone.family == "smolvlm" and any(".lora_A." in k for k in checkpoint_keys(policy))
     assert np.isfinite(evaluate_offline(ckpt)["action_mse"]["predicted"])
+
+
+@pytest.mark.slow
+def test_image_size_a_saved_qwen_cannot_patch_fails_before_any_cache(qwen_dir, tmp_path, monkeypatch):
+    from conftest import tiny_config
+    from world_modality.data.fixture import make_fixture_dataset
+    from world_modality.train import train
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    data = make_fixture_dataset(tmp_path / "data", n_episodes=3, length=8, image_size=32, n_tasks=2, seed=0)
+    cfg = tiny_config(data, tmp_path / "run", image_size=48, backbone="qwen2.5-vl", backbone_path=str(qwen_dir))
+    with pytest.raises(ValueError, match=r"image_size 48 must be a multiple of patch_size\*merge_size = 32 for qwen2.5-vl"):
+        train(cfg, progress=False)
+    # Nothing decoded or encoded: no frame cache, no latent cache, in either place caches go.
+    assert not (data / ".cache").exists() and not (tmp_path / "user-cache").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
