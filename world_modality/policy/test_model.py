@@ -28,12 +28,14 @@ def make_policy(preset="E2", **overrides):
     return policy.eval()
 
 
-def make_batch(policy, n=4, seed=0):
+def make_batch(policy, n=4, seed=0, tasks=TASKS):
+    """A random batch through the policy's own preprocessor, with latents and actions for the losses."""
     rng = np.random.default_rng(seed)
-    obs = [{k: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys} for _ in range(n)]
+    size = policy.cfg.data.image_size
+    obs = [{k: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys} for _ in range(n)]
     for i, o in enumerate(obs):
         o["observation.state"] = rng.normal(size=8).astype(np.float32)
-        o["task"] = TASKS[i % 2]
+        o["task"] = tasks[i % len(tasks)]
     batch = build_preprocessor(policy.cfg, policy)(obs)
     batch["z_t"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)
     batch["z_future"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)

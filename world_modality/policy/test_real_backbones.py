@@ -16,6 +16,7 @@ from world_modality.policy.model import PolicyShapes
 from world_modality.policy.preprocess import ObservationPreprocessor
 from world_modality.policy.prompt import build_prompt, question
 from world_modality.policy.smolvlm import SMOLVLM_SPECIAL_TOKENS, build_tiny_smolvlm
+from world_modality.policy.test_model import make_batch as model_batch
 from world_modality.policy.tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 TASKS = ["pick up the black bowl and place it on the plate", "open the top drawer"]
@@ -84,18 +85,7 @@ def make_policy(image_size=32, preset="E2", **overrides):
 
 
 def make_batch(policy, n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    size = policy.cfg.data.image_size
-    obs = [{k: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys} for _ in range(n)]
-    for i, o in enumerate(obs):
-        o["observation.state"] = rng.normal(size=8).astype(np.float32)
-        o["task"] = TASKS[i % 2]
-    batch = build_preprocessor(policy.cfg, policy)(obs)
-    batch["z_t"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)
-    batch["z_future"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)
-    batch["actions"] = torch.as_tensor(rng.normal(size=(n, 8, 7)), dtype=torch.float32)
-    batch["action_mask"] = torch.ones(n, 8, dtype=torch.bool)
-    return batch
+    return model_batch(policy, n=n, seed=seed, tasks=TASKS)
 
 
 def train_step(policy, batch):
