@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -105,6 +106,24 @@ def _image_stats(frames: np.ndarray) -> dict[str, list]:
             "count": [len(frames)]}
 
 
+@contextmanager
+def _scheduling_kept():
+    """Undo SVT-AV1's switch of the calling thread to real-time scheduling (it does so when run as root).
+
+    Left in place, every thread and process started afterwards inherits SCHED_FIFO priority 99: spawned
+    simulator workers then ran 8x slower on two cores and could starve each other into a hang.
+    """
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 class _Video:
     """One camera's mp4 for one file index; episodes are appended back to back, pts counting frames."""
 
@@ -123,14 +142,19 @@ class _Video:
         for img in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts, frame.time_base = self.n, Fraction(1, FPS)
-            for packet in self._s.encode(frame):
+            with _scheduling_kept():
+                packets = self._s.encode(frame)
+            for packet in packets:
                 self._c.mux(packet)
             self.n += 1
 
     def close(self) -> None:
-        for packet in self._s.encode():
+        with _scheduling_kept():
+            packets = self._s.encode()
+        for packet in packets:
             self._c.mux(packet)
-        self._c.close()
+        with _scheduling_kept():
+            self._c.close()
 
 
 def _tasks_table(tasks: list[str]) -> pa.Table:

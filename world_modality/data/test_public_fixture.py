@@ -1,6 +1,11 @@
 """The public LIBERO schema (HuggingFaceVLA/libero, LeRobot v3) loads unchanged: metadata, rows,
 instructions through task_index, AV1 videos across several files, windows, and a short E2 run."""
 import json
+import os
+import subprocess
+import sys
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -122,3 +127,19 @@ def test_short_e2_training_runs_on_the_public_schema(public_root, tmp_path):
     assert policy.data_info["binary_gripper"] is True
     # The public cameras' 256 px, which closed-loop evaluation renders at before resizing to image_size.
     assert policy.data_info["frame_size"] == 256 and policy.cfg.data.image_size == 32
+
+
+def _policies() -> set[int]:
+    return {int(line.split(":")[1]) for f in Path("/proc/self/task").glob("*/sched")
+            for line in f.read_text().splitlines() if line.startswith("policy")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux /proc scheduling state")
+def test_writing_av1_leaves_every_thread_and_later_process_at_normal_scheduling(tmp_path):
+    # SVT-AV1 run as root switches its caller to SCHED_FIFO 99; simulator workers spawned later inherited it.
+    before = os.sched_getscheduler(0)
+    make_public_fixture(tmp_path / "p", n_episodes=1, length=4, n_files=1, image_size=32, seed=0)
+    assert os.sched_getscheduler(0) == before and _policies() == {before}
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                           capture_output=True, text=True, check=True, timeout=60)
+    assert int(child.stdout) == before
