@@ -78,7 +78,8 @@ def test_train_module_reports_a_bad_flag_in_one_line(tmp_path):
     ({"suite": "libero_spatail"}, "Unknown LIBERO suite 'libero_spatail'"),
     ({"n_episodes": 0}, "n_episodes must be >= 1"),
     ({"workers": 0}, "workers must be >= 1"),
-], ids=["shard-3-of-2", "oracle", "misspelt-suite", "zero-episodes", "zero-workers"])
+    ({"episode_timeout_s": 0}, "episode_timeout_s must be positive seconds or None"),
+], ids=["shard-3-of-2", "oracle", "misspelt-suite", "zero-episodes", "zero-workers", "zero-timeout"])
 def test_evaluation_settings_fail_before_anything_loads(settings, needle):
     # The checkpoint does not exist: the settings must be refused before anything reads it.
     with pytest.raises(ConfigError, match=needle):

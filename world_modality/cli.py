@@ -77,7 +77,7 @@ def _cmd_generate(args) -> int:
     from .sim.generate import generate
 
     out = generate(args.suite, _parse_ids(args.tasks), args.episodes_per_task, args.out, image_size=args.image_size,
-                   workers=args.workers, seed=args.seed)
+                   workers=args.workers, seed=args.seed, job_timeout_s=args.job_timeout or None)
     print(f"[generate] dataset: {out} (annotations: {out / 'coc.jsonl'})")
     return 0
 
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", dest="image_size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="simulator processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--job-timeout", dest="job_timeout", type=float, default=900,
+                   help="seconds one episode may take before its worker is killed and the episode retried once, "
+                        "then skipped as failed (0: no limit)")
     p.set_defaults(func=_cmd_generate)
 
     from .eval_libero import add_eval_flags, run as run_eval

@@ -25,6 +25,8 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval/<suite>-<memory>)")
     p.add_argument("--max_steps", type=int, default=None, help="control steps per episode (default: the suite's public limit)")
     p.add_argument("--device", default="auto", help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--episode_timeout", type=float, default=1800,
+                   help="seconds one episode may take before its worker is killed and the episode retried once (0: no limit)")
 
 
 def settings_from_args(args):
@@ -39,7 +41,7 @@ def settings_from_args(args):
     return EvalSettings(checkpoint=args.checkpoint, suite=args.suite, tasks=tuple(_parse_ids(args.tasks)) if args.tasks else None,
                         n_episodes=args.n_episodes, memory=args.memory, replan_every=args.replan_every, workers=args.workers,
                         seed=args.seed, video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps,
-                        device=args.device)
+                        device=args.device, episode_timeout_s=args.episode_timeout or None)
 
 
 def run(args) -> int:

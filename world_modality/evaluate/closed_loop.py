@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..workers import JobTimedOut, WorkerPool
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class EvalSettings:
     out: str | None = None
     max_steps: int | None = None  # control steps per episode; default: the suite's public limit
     device: str = "auto"  # where each worker's policy runs: auto (CUDA when present), cpu, cuda, cuda:N
+    episode_timeout_s: float | None = 1800  # a hung worker is killed and its episode retried once; None: no limit
 
     def __post_init__(self) -> None:
         # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
@@ -46,6 +48,8 @@ class EvalSettings:
             raise ConfigError(f"n_episodes must be >= 1, got {self.n_episodes}.")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}.")
+        if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
+            raise ConfigError(f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}.")
         if self.memory not in CLOSED_LOOP_MEMORY:
             why = " (oracle is offline-only: the true future depends on actions not yet taken)" if self.memory == "oracle" else ""
             raise ConfigError(f"closed-loop memory mode must be one of {CLOSED_LOOP_MEMORY}, got {self.memory!r}{why}.")
@@ -165,38 +169,42 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
     videos_left = {t: settings.video for t in tasks}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep", disable=not progress)
     wins = sum(1 for r in read_episodes(path) if r.get("success") and episode_key(r) in done)
+    timed_out = []
     if todo:
-        import multiprocessing
-
         workers = max(1, min(settings.workers, len(todo)))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(worker_settings,)) as pool, path.open("a") as f:
-            queue, running = list(todo), {}
+        with WorkerPool(workers, timeout_s=settings.episode_timeout_s, initializer=_worker_init,
+                        initargs=(worker_settings,)) as pool, path.open("a") as f:
+            queue = list(todo)
 
             def submit():
-                while queue and len(running) < workers:
+                while queue and pool.free > 0:
                     t, k = queue.pop(0)
                     rec_video = videos_left[t] > 0 and k < settings.video
-                    running[pool.submit(_run_job, t, k, rec_video)] = (t, k)
+                    pool.submit((t, k), _run_job, t, k, rec_video)
 
             submit()
-            while running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    running.pop(fut)
-                    rec = fut.result()
-                    frames = rec.pop("video_frames", None)
-                    record = {**base, **rec, "experiment": experiment, "checkpoint": str(ckpt), "shard": f"{i}/{n}"}
-                    if frames is not None:
-                        record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                    wins += int(record["success"])
-                    bar.update(1)
-                    bar.set_postfix(success=f"{wins}/{bar.n}")
+            while len(pool):
+                (t, k), rec = pool.next_finished()
+                if isinstance(rec, JobTimedOut):  # not the policy's failure: left out, so a rerun tries it again
+                    timed_out.append(f"task {t} init {k} ({rec})")
+                    submit()
+                    continue
+                frames = rec.pop("video_frames", None)
+                record = {**base, **rec, "experiment": experiment, "checkpoint": str(ckpt), "shard": f"{i}/{n}"}
+                if frames is not None:
+                    record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                wins += int(record["success"])
+                bar.update(1)
+                bar.set_postfix(success=f"{wins}/{bar.n}")
                 submit()
     bar.close()
+    if timed_out:
+        raise RuntimeError(f"{len(timed_out)} episode(s) hung and were not recorded: {'; '.join(timed_out)}. "
+                           f"The {bar.n} finished episodes are saved in {path}; run the same command again to retry "
+                           "the rest (a larger --episode_timeout, or 0 for none, if they are merely slow).")
     return path
 
 

@@ -3,19 +3,20 @@ written as a LeRobot v3 dataset with chain-of-causation annotations beside it.
 
 Resumable: every finished attempt is kept in `<out>.partial/` (one .npz per successful episode,
 one JSON line per attempt), and the dataset at `<out>` is written only once all episodes exist.
+An attempt that runs past `job_timeout_s` (a hung simulator) is killed, retried once, then logged as failed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..workers import JobTimedOut, WorkerPool
 from .record import CONTROL_STEPS_PER_FRAME, DATASET_FPS
 
 IMAGE_KEYS = ("observation.images.image", "observation.images.wrist_image")
@@ -74,7 +75,7 @@ def _num_init_states(suite: str, task_id: int) -> int:
 
 
 def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str | Path, image_size: int = 128,
-             workers: int = 2, seed: int = 0, progress: bool = True) -> Path:
+             workers: int = 2, seed: int = 0, progress: bool = True, job_timeout_s: float | None = 900) -> Path:
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -100,32 +101,30 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
     bar = tqdm(total=episodes_per_task * len(tasks), initial=sum(min(len(w), episodes_per_task) for w in wins.values()),
                desc=f"generate {suite}", unit="ep", disable=not progress)
     failures = sum(1 for r in done if not r["success"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) as pool, log_path.open("a") as log:
-        running: dict = {}
+    with WorkerPool(workers, timeout_s=job_timeout_s) as pool, log_path.open("a") as log:
 
         def submit_more() -> None:
             for t in tasks:
-                in_flight = sum(1 for j in running.values() if j.task_id == t)
-                while len(running) < workers and len(wins[t]) + in_flight < episodes_per_task and queues[t]:
+                in_flight = sum(1 for j in pool.keys() if j.task_id == t)
+                while pool.free > 0 and len(wins[t]) + in_flight < episodes_per_task and queues[t]:
                     job = Job(suite, t, queues[t].pop(0), image_size, seed)
-                    running[pool.submit(_run_job, job, str(staging))] = job
+                    pool.submit(job, _run_job, job, str(staging))
                     in_flight += 1
 
         submit_more()
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                job = running.pop(fut)
-                rec = fut.result()
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                if rec["success"]:
-                    wins[job.task_id].append(job.init_index)
-                    if len(wins[job.task_id]) <= episodes_per_task:
-                        bar.update(1)
-                else:
-                    failures += 1
-                bar.set_postfix(failed=failures)
+        while len(pool):
+            job, rec = pool.next_finished()
+            if isinstance(rec, JobTimedOut):  # a hung simulator: this initial state is skipped, the run goes on
+                rec = {"task_id": job.task_id, "init_index": job.init_index, "success": False, "reason": str(rec)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if rec["success"]:
+                wins[job.task_id].append(job.init_index)
+                if len(wins[job.task_id]) <= episodes_per_task:
+                    bar.update(1)
+            else:
+                failures += 1
+            bar.set_postfix(failed=failures)
             submit_more()
     bar.close()
     short = {t: len(w) for t, w in wins.items() if len(w) < episodes_per_task}
@@ -160,10 +159,3 @@ def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, 
 
     shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def _spawn():
-    import multiprocessing
-
-    # Fresh interpreters: MuJoCo's GL context and robosuite's globals must not be forked.
-    return multiprocessing.get_context("spawn")

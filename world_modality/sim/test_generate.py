@@ -22,7 +22,8 @@ def generated(tmp_path_factory):
     from world_modality.sim.generate import generate
 
     out = tmp_path_factory.mktemp("gen") / "spatial"
-    return generate("libero_spatial", [0], 2, out, image_size=64, workers=2, seed=0, progress=False)
+    return generate("libero_spatial", [0], 2, out, image_size=64, workers=2, seed=0, progress=False,
+                    job_timeout_s=300)
 
 
 def test_generated_dataset_reads_back_in_the_public_schema(generated):
