@@ -134,12 +134,12 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
     from ..config import matching_preset
-    from ..policy.checkpoint import load_checkpoint
+    from ..policy.checkpoint import read_checkpoint_config
     from ..sim.suites import load_task, step_limit
     from ..train import resolve_checkpoint
 
     ckpt = resolve_checkpoint(settings.checkpoint)
-    cfg = load_checkpoint(ckpt).cfg
+    cfg = read_checkpoint_config(ckpt)  # the workers load the policy; here only its settings are needed
     replan = settings.replan_every or max(1, cfg.policy.chunk_size // 2)
     if not 1 <= replan <= cfg.policy.chunk_size:
         raise ValueError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")

@@ -1,13 +1,14 @@
 """Checkpoints: safetensors + JSON, written atomically, loaded strictly.
 
 A checkpoint folder holds config.json (the resolved experiment), policy.json (shapes, world
-encoder identity, step), model.safetensors (every tensor the policy needs to act), tokenizer.json
+encoder identity, the fingerprint of a frozen pretrained backbone it does not store, step), model.safetensors (every tensor the policy needs to act), tokenizer.json
 (embedded default) and, for resuming, optimizer.safetensors + trainer_state.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ class CheckpointError(ValueError):
 def checkpoint_keys(policy: WorldModalityPolicy) -> list[str]:
     """Exactly the tensors a checkpoint stores: all of them, except weights that reload from a
     pretrained path and never change (a frozen real backbone's base weights, a pretrained encoder)."""
-    skip_backbone = policy.backbone.pretrained and policy.cfg.policy.freeze_backbone
+    skip_backbone = _skips_backbone(policy)
     enc = getattr(policy, "world_encoder", None)
     skip_encoder = enc is not None and enc.pretrained_path is not None
     keys = []
@@ -44,6 +45,32 @@ def checkpoint_keys(policy: WorldModalityPolicy) -> list[str]:
             continue
         keys.append(k)
     return keys
+
+
+def _skips_backbone(policy: WorldModalityPolicy) -> bool:
+    return bool(policy.backbone.pretrained and policy.cfg.policy.freeze_backbone)
+
+
+def frozen_backbone_fingerprint(policy: WorldModalityPolicy, sample: int = 4096) -> str | None:
+    """Identity of the pretrained backbone weights a checkpoint leaves out (they reload from
+    `backbone_path`): names, shapes, dtypes and `sample` evenly strided values of every tensor.
+    Enough to tell another model revision in the hub cache, and seconds even at 7B, where hashing
+    every byte would add minutes to each save and load. None when the checkpoint stores the backbone."""
+    if not _skips_backbone(policy):
+        return None
+    cached = getattr(policy.backbone, "_frozen_fingerprint", None)
+    if cached is not None:  # frozen: the weights cannot have changed since it was computed
+        return cached
+    h = hashlib.sha256()
+    for key, tensor in sorted(policy.backbone.state_dict().items()):
+        if ".lora_" in key:
+            continue
+        flat = tensor.detach().reshape(-1)
+        values = flat[:: max(1, flat.numel() // sample)][:sample].to("cpu").contiguous()
+        h.update(f"{key}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        h.update(values.view(torch.uint8).numpy().tobytes())
+    policy.backbone._frozen_fingerprint = h.hexdigest()[:16]
+    return policy.backbone._frozen_fingerprint
 
 
 def _pid_alive(pid: int) -> bool:
@@ -113,6 +140,7 @@ def save_checkpoint(path: str | Path, policy: WorldModalityPolicy, *, step: int 
         "format": FORMAT,
         "shapes": dataclasses.asdict(policy.shapes),
         "world_encoder": enc.config_dict() if enc is not None else None,
+        "frozen_backbone_fingerprint": frozen_backbone_fingerprint(policy),
         "data_info": policy.data_info,
         "step": step,
         "epoch": epoch,
@@ -145,6 +173,33 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated: {e}") from e
 
 
+def _read_meta(root: Path) -> dict:
+    if not (root / "policy.json").exists() or not (root / "config.json").exists():
+        raise CheckpointError(f"{root} is not a checkpoint folder: expected policy.json and config.json in it.")
+    meta = json.loads((root / "policy.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{root}: checkpoint format {meta.get('format')!r}, expected {FORMAT!r}.")
+    return meta
+
+
+def read_checkpoint_config(path: str | Path) -> ExperimentConfig:
+    """The experiment config of a checkpoint, after checking its files are there and its tensor file's
+    header is whole; builds nothing and reads no tensor (evaluation's parent process needs only this)."""
+    from safetensors import safe_open
+
+    root = Path(path)
+    _read_meta(root)
+    weights = root / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"checkpoint file {weights} is missing.")
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint file {weights} is corrupt or truncated: {e}") from e
+    return ExperimentConfig.from_json(root / "config.json")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> WorldModalityPolicy:
     """Rebuild the policy from its config and load every tensor; a missing or unexpected tensor
     is an error naming it (checkpoints without LoRA or ACT weights once acted at random).
@@ -158,11 +213,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Wor
     device = resolve_device(device)
 
     root = Path(path)
-    if not (root / "policy.json").exists() or not (root / "config.json").exists():
-        raise CheckpointError(f"{root} is not a checkpoint folder: expected policy.json and config.json in it.")
-    meta = json.loads((root / "policy.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{root}: checkpoint format {meta.get('format')!r}, expected {FORMAT!r}.")
+    meta = _read_meta(root)
     cfg = ExperimentConfig.from_json(root / "config.json")
     tokenizer = tokenizer_from_json((root / "tokenizer.json").read_text()) if (root / "tokenizer.json").exists() else None
     enc = None
@@ -187,6 +238,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Wor
         policy.load_state_dict(tensors, strict=False)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {root}: tensor shapes do not match the policy: {e}") from e
+    saved_fp, loaded_fp = meta.get("frozen_backbone_fingerprint"), frozen_backbone_fingerprint(policy)
+    if saved_fp and loaded_fp != saved_fp:
+        raise CheckpointError(
+            f"checkpoint {root}: the frozen backbone loaded from {cfg.policy.backbone_path!r} has weights fingerprint "
+            f"{loaded_fp!r}, but the checkpoint was trained on {saved_fp!r}. The checkpoint stores only the trained "
+            "weights (LoRA, heads); point backbone_path at the model revision it was trained with.")
     if enc is not None:
         enc.refresh_id()
         saved_id = meta["world_encoder"].get("encoder_id")

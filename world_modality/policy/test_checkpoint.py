@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from world_modality.policy.checkpoint import CheckpointError, checkpoint_keys, load_checkpoint, save_checkpoint
+from world_modality.policy.checkpoint import (CheckpointError, checkpoint_keys, load_checkpoint, read_checkpoint_config,
+                                             save_checkpoint)
 from world_modality.policy.test_model import make_batch, make_policy
 
 
@@ -52,6 +53,8 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):  # evaluation's parent, before any worker starts
+        read_checkpoint_config(path)
 
 
 def test_checkpoint_of_another_preset_does_not_load_silently(tmp_path):

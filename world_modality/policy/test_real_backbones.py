@@ -1,15 +1,19 @@
 """The real-backbone path (`backbone_path`) exercised on tiny random models saved the way hub
 checkpoints are (config.json + safetensors + tokenizer with its chat template), and tiny-smolvlm."""
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from world_modality.config import ConfigError, build_config
 from world_modality.policy.backbone import build_tiny_qwen
-from world_modality.policy.checkpoint import checkpoint_keys, load_checkpoint, save_checkpoint
+from world_modality.policy.checkpoint import CheckpointError, checkpoint_keys, load_checkpoint, save_checkpoint
 from world_modality.policy.factory import build_policy, build_preprocessor
 from world_modality.policy.lora import matching_modules
 from world_modality.policy.model import PolicyShapes
@@ -179,6 +183,23 @@ def test_backbone_path_lora_train_and_checkpoint_round_trip(tmp_path, family, im
     back = load_checkpoint(path)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert torch.equal(policy.predict_actions(batch, generator=g1), back.predict_actions(batch, generator=g2))
+
+
+def test_frozen_backbone_of_another_revision_is_refused_at_load(tmp_path, qwen_dir):
+    policy = make_policy(32, backbone="qwen2.5-vl", backbone_path=str(qwen_dir), freeze_backbone=True, use_lora=True)
+    path = save_checkpoint(tmp_path / "ck", policy, step=1)
+    assert json.loads((path / "policy.json").read_text())["frozen_backbone_fingerprint"]
+    # Same architecture and tokenizer, one tensor nudged: what another revision in a hub cache looks like.
+    other = Path(shutil.copytree(qwen_dir, tmp_path / "other"))
+    weights = load_file(str(other / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 0.01
+    save_file(weights, str(other / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["policy"]["backbone_path"] = str(other)
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="frozen backbone loaded from .*other.* has weights fingerprint"):
+        load_checkpoint(path)
 
 
 def test_smolvlm2_class_loads_too(tmp_path):
