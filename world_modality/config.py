@@ -73,7 +73,7 @@ class WorldConfig:
     delta_prediction: bool = False  # predict δ = z_{t+k} − z_t instead of z_{t+k}
     lambda_world: float = 0.0  # weight of the world loss
     prophet_hidden: int = 256  # Prophet MLP width
-    latent_cache_dir: str | None = None  # default: <dataset>/.cache/latents
+    latent_cache_dir: str | None = None  # default: <dataset>/.cache/latents, else (read-only dataset) the user's cache
 
     @property
     def num_frames(self) -> int:

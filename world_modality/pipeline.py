@@ -7,12 +7,12 @@ policy's one `ObservationPreprocessor`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .cache_dirs import default_dirs
 from .config import ExperimentConfig
 from .data.lerobot import LeRobotDataset, load_dataset
 from .data.windows import WindowSpec, action_chunk_rows, future_rows, past_frame_rows
@@ -97,9 +97,8 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
     latents = None
     if world_encoder is not None:
         past = past_frame_rows(dataset.episodes, spec)
-        cache_dir = cfg.world.latent_cache_dir or str(Path(dataset.root) / ".cache" / "latents")
         latents = load_or_build_cache(
-            cache_dir,
+            [cfg.world.latent_cache_dir] if cfg.world.latent_cache_dir else default_dirs(dataset.root, "latents"),
             encoder=world_encoder,
             # Read at image_size, as closed-loop evaluation resizes the world camera before encoding (evaluate/runner.py).
             frames_fn=lambda: dataset.images(cfg.world.world_image_key, d.image_size),

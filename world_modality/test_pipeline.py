@@ -76,3 +76,19 @@ def test_frames_already_at_the_image_size_are_read_unchanged(tmp_path):
     samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
     for k in cfg.data.image_keys:
         np.testing.assert_array_equal(samples.images[k], data.dataset.images(k))
+
+
+def test_a_dataset_folder_that_cannot_be_written_keeps_both_caches_in_the_user_cache(tmp_path, monkeypatch):
+    from conftest import tiny_config
+    from world_modality.data.fixture import make_fixture_dataset
+    from world_modality.pipeline import prepare_data
+    from world_modality.policy.factory import world_encoder_from_config
+
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=3, length=6, image_size=32)
+    (root / ".cache").write_text("a file where the cache folder would go")  # mkdir fails, as on a read-only copy
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    cfg = tiny_config(root, tmp_path / "run")
+    data = prepare_data(cfg, world_encoder_from_config(cfg), progress=False)
+    user = tmp_path / "user" / "world_modality"
+    assert data.latents.path.startswith(str(user / "latents"))
+    assert str(data.dataset.images(cfg.world.world_image_key, 32).filename).startswith(str(user / "frames"))

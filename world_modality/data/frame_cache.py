@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..cache_dirs import writable
 from .frames import resize_frames
 
 # Bump when the bytes a given (dataset, camera, size) maps to change (decoder matching, resize op).
@@ -35,15 +36,6 @@ def cache_name(fingerprint: str, key: str, size: int | None, row_order: np.ndarr
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     cam = re.sub(r"[^A-Za-z0-9_-]+", "_", key.rsplit(".", 1)[-1])
     return f"{cam}-{'native' if size is None else f's{size}'}-{digest}"
-
-
-def user_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "world_modality" / "frames"
-
-
-def default_dirs(dataset_root: str | os.PathLike) -> list[Path]:
-    """Where caches live, first choice first: beside the dataset, else (read-only dataset) the user's cache."""
-    return [Path(dataset_root) / ".cache" / "frames", user_cache_dir()]
 
 
 def _open(path: Path, n_rows: int, size: int | None) -> np.memmap:
@@ -71,16 +63,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _writable(folder: Path, name: str) -> bool:
-    """Whether files can be made in `folder` (tried, not inferred: a read-only mount passes permission bits)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f".{name}.lock").touch()
-    except OSError:
-        return False
-    return True
-
-
 def open_or_build(name: str, dirs: list[Path], n_rows: int, size: int | None, stream: FrameStream,
                   desc: str = "frames", progress: bool = True) -> np.memmap:
     """The cache `name` from the first of `dirs` that has it; else built in the first writable one.
@@ -92,7 +74,7 @@ def open_or_build(name: str, dirs: list[Path], n_rows: int, size: int | None, st
         path = folder / f"{name}.npy"
         if path.is_file():
             return _open(path, n_rows, size)
-    folder = next((d for d in dirs if _writable(d, name)), None)
+    folder = next((d for d in dirs if writable(d)), None)
     if folder is None:
         raise FrameCacheError(f"no writable folder for the frame cache {name}; tried {[str(d) for d in dirs]}")
     path = folder / f"{name}.npy"

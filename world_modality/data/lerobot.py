@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ..cache_dirs import default_dirs
 from . import frame_cache
 from .video import iter_video_frames
 
@@ -249,7 +250,7 @@ class LeRobotDataset:
             inline = self.features[key]["dtype"] == "image"
             stream = (lambda: self._inline_frames(key)) if inline else (lambda: self._video_frames(key))
             name = frame_cache.cache_name(self._fingerprint, key, size, self._order)
-            dirs = [Path(self.frame_cache_dir)] if self.frame_cache_dir else frame_cache.default_dirs(self.root)
+            dirs = [Path(self.frame_cache_dir)] if self.frame_cache_dir else default_dirs(self.root, "frames")
             self._images[(key, size)] = frame_cache.open_or_build(
                 name, dirs, len(self), size, stream, desc=f"decode {key}", progress=self.progress)
         return self._images[(key, size)]

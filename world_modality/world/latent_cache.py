@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..cache_dirs import writable
 from .encoder import WorldEncoder
 
 STD_FLOOR = 1e-6
@@ -223,7 +224,7 @@ def load_cache(
 
 
 def load_or_build_cache(
-    cache_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | list[str | os.PathLike],
     *,
     encoder: WorldEncoder,
     frames_fn: Callable[[], np.ndarray],
@@ -237,11 +238,23 @@ def load_or_build_cache(
 ) -> LatentCache:
     """Return the cache for this (encoder, m, stride, camera, dataset, frame size); build it if absent.
 
-    frames_fn (video decoding, expensive) is called only when the cache must be built; it returns
-    frames at frame_size×frame_size (any size when frame_size is None), e.g. the frame cache's memmap.
+    `cache_dir` may be a list of folders, first choice first: the cache is read from the first that
+    holds it, else built in the first writable one (a read-only dataset folder falls through to the
+    user's cache). frames_fn (video decoding, expensive) is called only when the cache must be built;
+    it returns frames at frame_size×frame_size (any size when frame_size is None), e.g. the frame
+    cache's memmap.
     """
     key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size)
-    path = Path(cache_dir) / key
+    dirs = [Path(d) for d in cache_dir] if isinstance(cache_dir, (list, tuple)) else [Path(cache_dir)]
+    found = [Path(d) / key for d in dirs if all(p.exists() for p in _paths(Path(d) / key))]
+    if found:
+        path = found[0]
+    else:
+        folder = next((d for d in dirs if writable(d)), None)
+        if folder is None:
+            raise LatentCacheError(f"no writable folder for the latent cache {key}; tried {[str(d) for d in dirs]}. "
+                                   "Set latent_cache_dir to a writable folder.")
+        path = folder / key
     rows_sha = _past_rows_sha(past_rows)
     ident = dict(
         encoder_id=encoder.encoder_id,

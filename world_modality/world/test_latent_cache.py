@@ -103,6 +103,26 @@ def test_build_then_hit_round_trip(enc, frames, past_rows, tmp_path):
     assert len(calls) == 2
 
 
+def test_an_unwritable_first_folder_falls_through_to_the_next(enc, frames, past_rows, tmp_path):
+    blocked = tmp_path / "dataset" / ".cache"
+    blocked.parent.mkdir()
+    blocked.write_text("a file where the cache folder would go")  # mkdir fails, as on a read-only dataset
+    dirs = [blocked / "latents", tmp_path / "user"]
+    calls = []
+
+    def frames_fn():
+        calls.append(1)
+        return frames
+
+    built = load_or_build_cache(dirs, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc))
+    assert built.path.startswith(str(tmp_path / "user")) and len(calls) == 1
+    hit = load_or_build_cache(dirs, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc))
+    assert hit.path == built.path and len(calls) == 1  # found there by the next reader, not rebuilt
+    with pytest.raises(LatentCacheError, match=r"no writable folder for the latent cache .*latent_cache_dir"):
+        load_or_build_cache([blocked / "latents"], encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
+                            **_ident(enc))
+
+
 def test_std_is_floored(enc, past_rows, tmp_path):
     constant = np.full((N, 36, 36, 3), 7, dtype=np.uint8)
     c = load_or_build_cache(
