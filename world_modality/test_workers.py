@@ -1,11 +1,13 @@
-"""Worker pool: results as jobs finish, a stuck job killed, retried and reported, its neighbours rerun."""
+"""Worker pool: results as jobs finish; stuck jobs and dead workers restarted, retried and reported;
+errors (a job's or the initializer's) raised with their own type."""
 
 import os
+import signal
 import time
 
 import pytest
 
-from world_modality.workers import JobTimedOut, WorkerPool
+from world_modality.workers import DIED, JobLost, WorkerPool, WorkersKeepDying
 
 
 def _square(x):
@@ -23,6 +25,22 @@ def _fail(message):
 
 def _pid(_):
     return os.getpid()
+
+
+def _die(_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _bad_init(message):
+    raise FileNotFoundError(message)
+
+
+def _dying_init():
+    os._exit(3)
+
+
+def _drain(pool):
+    return dict(pool.next_finished() for _ in range(len(pool)))
 
 
 def test_results_come_back_for_every_job():
@@ -43,10 +61,30 @@ def test_a_stuck_job_is_retried_then_reported_and_its_neighbour_still_finishes()
         pool.submit("stuck", _sleep_then, 3600, "never")
         time.sleep(4)
         pool.submit("slow", _sleep_then, 1.5, "done")  # still running when the first restart kills it at 6 s
-        results = dict(pool.next_finished() for _ in range(2))
+        results = _drain(pool)
     assert results["slow"] == "done"
-    assert isinstance(results["stuck"], JobTimedOut) and results["stuck"].attempts == 2
+    assert isinstance(results["stuck"], JobLost) and results["stuck"].attempts == 2
+    assert "timed out after 6 s" in str(results["stuck"])
     assert pool.restarts == 2 and time.monotonic() - start < 60
+
+
+def test_jobs_stuck_together_are_charged_together():
+    # Three hung jobs cost two restarts (first attempt, retry), not two per job.
+    with WorkerPool(3, timeout_s=3, retries=1) as pool:
+        for k in range(3):
+            pool.submit(k, _sleep_then, 3600, k)
+        results = _drain(pool)
+    assert all(isinstance(r, JobLost) and r.attempts == 2 for r in results.values())
+    assert pool.restarts == 2
+
+
+def test_a_dead_worker_is_replaced_and_its_job_retried_then_reported():
+    with WorkerPool(1, timeout_s=60, retries=1) as pool:
+        pool.submit("dies", _die, 0)
+        key, lost = pool.next_finished()
+        pool.submit("after", _square, 3)
+        assert pool.next_finished() == ("after", 9)
+    assert key == "dies" and isinstance(lost, JobLost) and lost.attempts == 2 and lost.reason == DIED
 
 
 def test_a_job_error_is_raised_to_the_caller():
@@ -56,9 +94,24 @@ def test_a_job_error_is_raised_to_the_caller():
             pool.next_finished()
 
 
+def test_an_initializer_error_is_raised_with_its_own_type_not_as_a_broken_pool():
+    with pytest.raises(FileNotFoundError, match="no checkpoint at /nowhere"):
+        with WorkerPool(1, timeout_s=60, initializer=_bad_init, initargs=("no checkpoint at /nowhere",)) as pool:
+            pool.submit("x", _square, 2)
+            pool.next_finished()
+
+
+def test_workers_that_die_at_start_end_the_run_instead_of_retrying_forever():
+    with pytest.raises(WorkersKeepDying, match="died 3 times in a row"):
+        with WorkerPool(1, timeout_s=60, retries=10, initializer=_dying_init) as pool:
+            pool.submit("x", _square, 2)
+            pool.next_finished()
+
+
 def test_workers_are_separate_processes_and_submitting_past_capacity_is_refused():
     with WorkerPool(1) as pool:
         pool.submit("a", _pid, 0)
+        assert pool.keys() == ["a"]
         with pytest.raises(RuntimeError, match="busy"):
             pool.submit("b", _pid, 0)
         assert pool.next_finished()[1] != os.getpid()

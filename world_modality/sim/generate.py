@@ -3,7 +3,8 @@ written as a LeRobot v3 dataset with chain-of-causation annotations beside it.
 
 Resumable: every finished attempt is kept in `<out>.partial/` (one .npz per successful episode,
 one JSON line per attempt), and the dataset at `<out>` is written only once all episodes exist.
-An attempt that runs past `job_timeout_s` (a hung simulator) is killed, retried once, then logged as failed.
+An attempt that runs past `job_timeout_s` (a hung simulator) or whose worker dies is retried once, then
+logged as failed with its reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..workers import JobTimedOut, WorkerPool
+from ..workers import JobLost, WorkerPool
 from .record import CONTROL_STEPS_PER_FRAME, DATASET_FPS
 
 IMAGE_KEYS = ("observation.images.image", "observation.images.wrist_image")
@@ -114,7 +115,7 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
         submit_more()
         while len(pool):
             job, rec = pool.next_finished()
-            if isinstance(rec, JobTimedOut):  # a hung simulator: this initial state is skipped, the run goes on
+            if isinstance(rec, JobLost):  # a hung or crashed simulator: this initial state is skipped, the run goes on
                 rec = {"task_id": job.task_id, "init_index": job.init_index, "success": False, "reason": str(rec)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
