@@ -121,3 +121,19 @@ def test_workers_are_separate_processes_and_submitting_past_capacity_is_refused(
 def test_bad_settings_name_the_value(kwargs, word):
     with pytest.raises(ValueError, match=word):
         WorkerPool(**kwargs)
+
+
+def _policy(_):
+    return os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler") or os.geteuid() != 0, reason="needs Linux and root to go real-time")
+def test_workers_of_a_real_time_parent_run_at_normal_scheduling():
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    with WorkerPool(1, timeout_s=60) as pool:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        try:
+            pool.submit("p", _policy, 0)  # the worker process starts here and inherits the parent's policy
+        finally:
+            os.sched_setscheduler(0, *before)
+        assert pool.next_finished() == ("p", os.SCHED_OTHER)

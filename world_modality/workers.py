@@ -9,6 +9,7 @@ attempt comes back as `JobLost` while the others go on.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -60,8 +61,18 @@ def _portable(e: Exception) -> Exception:
     return (ValueError if isinstance(e, ValueError) else RuntimeError)(f"{type(e).__name__}: {message}")
 
 
-def _initialize(fn: Callable, args: tuple) -> None:
+def _normal_scheduling() -> None:
+    """Leave real-time scheduling inherited from the parent (SVT-AV1 switches its caller to SCHED_FIFO
+    99 when run as root): real-time simulator workers on few cores starve each other, up to a hang."""
+    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def _initialize(fn: Callable | None, args: tuple) -> None:
     global _INIT_ERROR
+    _normal_scheduling()
+    if fn is None:
+        return
     try:
         fn(*args)
     except Exception as e:
@@ -103,10 +114,9 @@ class WorkerPool:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        init, args = self._init
         # Fresh interpreters: MuJoCo's GL context and robosuite's globals must not be forked.
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_initialize if init else None, initargs=(init, args) if init else ())
+                                   initializer=_initialize, initargs=self._init)
 
     @property
     def free(self) -> int:
