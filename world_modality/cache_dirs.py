@@ -2,9 +2,11 @@
 dataset folder is read-only (a shared or hub-cache copy), in the user's cache folder."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 def user_cache_dir(kind: str) -> Path:
@@ -26,3 +28,17 @@ def writable(folder: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on `path`, so processes started together (one per GPU, one per evaluation
+    worker) build a cache once instead of each building it."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

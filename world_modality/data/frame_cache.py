@@ -2,19 +2,18 @@
 built once by streaming decoded frames into it and then opened as a read-only memory map."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cache_dirs import writable
+from ..cache_dirs import locked, writable
 from .frames import resize_frames
 
 # Bump when the bytes a given (dataset, camera, size) maps to change (decoder matching, resize op).
@@ -50,19 +49,6 @@ def _open(path: Path, n_rows: int, size: int | None) -> np.memmap:
     return frames
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock, so processes started together (one per GPU) build a cache once, not each."""
-    import fcntl
-
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def open_or_build(name: str, dirs: list[Path], n_rows: int, size: int | None, stream: FrameStream,
                   desc: str = "frames", progress: bool = True) -> np.memmap:
     """The cache `name` from the first of `dirs` that has it; else built in the first writable one.
@@ -78,7 +64,7 @@ def open_or_build(name: str, dirs: list[Path], n_rows: int, size: int | None, st
     if folder is None:
         raise FrameCacheError(f"no writable folder for the frame cache {name}; tried {[str(d) for d in dirs]}")
     path = folder / f"{name}.npy"
-    with _locked(folder / f".{name}.lock"):
+    with locked(folder / f".{name}.lock"):
         if path.is_file():  # built by another process while this one waited for the lock
             return _open(path, n_rows, size)
         # Under the lock no live builder owns a temporary file: any left is from a killed build.

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..cache_dirs import writable
+from ..cache_dirs import locked, writable
 from .encoder import WorldEncoder
 
 STD_FLOOR = 1e-6
@@ -267,9 +267,12 @@ def load_or_build_cache(
     st_path, json_path = _paths(path)
     if st_path.exists() and json_path.exists():
         return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
-    frames = frames_fn()
-    if frame_size is not None and tuple(np.shape(frames)[1:3]) != (frame_size, frame_size):
-        raise ValueError(f"frames_fn gave frames of shape {np.shape(frames)}, expected "
-                         f"(N, {frame_size}, {frame_size}, 3) for frame_size={frame_size}")
-    latents = encode_latents(frames, past_rows, encoder, batch_size=batch_size, progress=progress)
-    return save_cache(path, latents, {**ident, "past_rows_sha": rows_sha})
+    with locked(path.parent / f".{key}.lock"):
+        if st_path.exists() and json_path.exists():  # built by another process while this one waited
+            return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
+        frames = frames_fn()
+        if frame_size is not None and tuple(np.shape(frames)[1:3]) != (frame_size, frame_size):
+            raise ValueError(f"frames_fn gave frames of shape {np.shape(frames)}, expected "
+                             f"(N, {frame_size}, {frame_size}, 3) for frame_size={frame_size}")
+        latents = encode_latents(frames, past_rows, encoder, batch_size=batch_size, progress=progress)
+        return save_cache(path, latents, {**ident, "past_rows_sha": rows_sha})

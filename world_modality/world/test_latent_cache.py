@@ -1,6 +1,11 @@
 """Tests for latent encoding and the strict on-disk latent cache."""
 
 import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +89,7 @@ def test_build_then_hit_round_trip(enc, frames, past_rows, tmp_path):
         tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
     )
     assert len(calls) == 1
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".safetensors"]
+    assert sorted(p.suffix for p in tmp_path.iterdir() if not p.name.startswith(".")) == [".json", ".safetensors"]  # + its lock
     hit = load_or_build_cache(
         tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
     )
@@ -247,3 +252,33 @@ def test_memmap_frames_are_read_a_batch_at_a_time(enc, tmp_path):
         tracemalloc.stop()
     np.testing.assert_allclose(z, encode_latents(np.array(frames), rows, enc, batch_size=8, progress=False), atol=1e-6)
     assert peak < mapped.nbytes / 10, (peak, mapped.nbytes)
+
+
+def _build_when_both_are_ready(cache_dir, scratch):
+    """One of two processes: wait until both are up, then load or build the same cache."""
+    scratch = Path(scratch)
+    (scratch / f"ready-{os.getpid()}").touch()
+    while len(list(scratch.glob("ready-*"))) < 2:
+        time.sleep(0.05)
+    enc = build_world_encoder(num_frames=M, image_size=32, seed=0)
+    frames = np.random.default_rng(0).integers(0, 256, (N, 36, 36, 3), dtype=np.uint8)
+    i = np.arange(N)
+
+    def frames_fn():
+        with open(scratch / "builds", "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # the other process reaches the cache while this one is still building
+        return frames
+
+    cache = load_or_build_cache(cache_dir, encoder=enc, frames_fn=frames_fn, past_rows=np.stack([np.maximum(i - 1, 0), i], 1),
+                                progress=False, **_ident(enc))
+    return cache.path, cache.latents
+
+
+def test_processes_started_together_build_the_cache_once(tmp_path):
+    # As evaluation workers (shuffle memory) or one training process per GPU would on a fresh dataset.
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_build_when_both_are_ready, [tmp_path / "cache"] * 2, [tmp_path] * 2))
+    assert len((tmp_path / "builds").read_text().splitlines()) == 1
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
