@@ -173,7 +173,7 @@ def test_real_path_cache_and_checkpoint_round_trip(fixture_dataset, model_dir, t
     assert enc.name == "vjepa2" and enc.image_size == CROP and enc.latent_dim == 64
     data = prepare_data(cfg, enc, progress=False)
     assert data.latents.latents.shape == (len(data.dataset.state), 64)
-    cache_files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    cache_files = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))  # not its lock
     assert len(cache_files) == 2 and cache_files[0].startswith("vjepa2-m4-")
     meta = json.loads((tmp_path / "cache" / cache_files[0]).read_text())
     assert meta["encoder_id"] == enc.encoder_id
