@@ -187,18 +187,17 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
                 (t, k), rec = pool.next_finished()
                 if isinstance(rec, JobLost):  # not the policy's failure: left out, so a rerun tries it again
                     lost.append(f"task {t} init {k} ({rec})")
-                    submit()
-                    continue
-                frames = rec.pop("video_frames", None)
-                record = {**base, **rec, "experiment": experiment, "checkpoint": str(ckpt), "shard": f"{i}/{n}"}
-                if frames is not None:
-                    record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                wins += int(record["success"])
-                bar.update(1)
-                bar.set_postfix(success=f"{wins}/{bar.n}")
+                else:
+                    frames = rec.pop("video_frames", None)
+                    record = {**base, **rec, "experiment": experiment, "checkpoint": str(ckpt), "shard": f"{i}/{n}"}
+                    if frames is not None:
+                        record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                    wins += int(record["success"])
+                    bar.update(1)
+                    bar.set_postfix(success=f"{wins}/{bar.n}")
                 submit()
     bar.close()
     if lost:

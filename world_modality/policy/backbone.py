@@ -197,6 +197,11 @@ def build_tiny_qwen(tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize(
     return QwenBackbone(model.to(DTYPES[dtype]), tokenizer, pretrained=False)
 
 
+def _not_found(where: str, path: str, e: OSError) -> FileNotFoundError:
+    return FileNotFoundError(f"could not load a VLM from {where} {path!r} (nothing is downloaded at run time; "
+                             f"put the weights there or in your hub cache first): {e}")
+
+
 def load_local(path: str, classes: dict[str, str], dtype: str = "float32"):
     """(model, tokenizer) from a local folder or the user's hub cache; never downloads and never
     runs code from the folder. `classes` maps the accepted config `model_type`s to transformers
@@ -210,10 +215,7 @@ def load_local(path: str, classes: dict[str, str], dtype: str = "float32"):
         model = getattr(transformers, classes[config.model_type]).from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except OSError as e:
-        raise FileNotFoundError(
-            f"could not load a VLM from {where} {path!r} (nothing is downloaded at run time; "
-            f"put the weights there or in your hub cache first): {e}"
-        ) from e
+        raise _not_found(where, path, e) from e
     return model, tokenizer
 
 
@@ -226,10 +228,7 @@ def local_config(path: str, classes: dict[str, str]):
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except OSError as e:
-        raise FileNotFoundError(
-            f"could not load a VLM from {where} {path!r} (nothing is downloaded at run time; "
-            f"put the weights there or in your hub cache first): {e}"
-        ) from e
+        raise _not_found(where, path, e) from e
     if config.model_type not in classes:
         raise ValueError(f"{where} {path!r} holds a {config.model_type!r} model "
                          f"({getattr(config, 'architectures', None)}); expected model_type one of {sorted(classes)}.")

@@ -59,9 +59,6 @@ def frozen_backbone_fingerprint(policy: WorldModalityPolicy, sample: int = 4096)
     load. None when the checkpoint stores the backbone."""
     if not _skips_backbone(policy):
         return None
-    cached = getattr(policy.backbone, "_frozen_fingerprint", None)
-    if cached is not None:  # frozen: the weights cannot have changed since it was computed
-        return cached
     h = hashlib.sha256()
     for key, tensor in sorted(policy.backbone.state_dict().items()):
         if ".lora_" in key:
@@ -70,8 +67,7 @@ def frozen_backbone_fingerprint(policy: WorldModalityPolicy, sample: int = 4096)
         values = flat[:: max(1, flat.numel() // sample)][:sample].to("cpu").contiguous()
         h.update(f"{key}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
         h.update(values.view(torch.uint8).numpy().tobytes())
-    policy.backbone._frozen_fingerprint = h.hexdigest()[:16]
-    return policy.backbone._frozen_fingerprint
+    return h.hexdigest()[:16]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -165,10 +161,17 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / DONE_MARKER).exists()
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_tensors(path: Path, header_only: bool = False) -> dict[str, torch.Tensor] | None:
+    """Every tensor of a safetensors file, or with `header_only` just a check that its header is whole
+    (safetensors checks the header against the file's length)."""
+    from safetensors import safe_open
+
     if not path.exists():
         raise CheckpointError(f"checkpoint file {path} is missing.")
     try:
+        if header_only:
+            with safe_open(str(path), framework="pt"):
+                return None
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated: {e}") from e
@@ -186,18 +189,9 @@ def _read_meta(root: Path) -> dict:
 def read_checkpoint_config(path: str | Path) -> ExperimentConfig:
     """The experiment config of a checkpoint, after checking its files are there and its tensor file's
     header is whole; builds nothing and reads no tensor (evaluation's parent process needs only this)."""
-    from safetensors import safe_open
-
     root = Path(path)
     _read_meta(root)
-    weights = root / "model.safetensors"
-    if not weights.exists():
-        raise CheckpointError(f"checkpoint file {weights} is missing.")
-    try:
-        with safe_open(str(weights), framework="pt"):
-            pass
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint file {weights} is corrupt or truncated: {e}") from e
+    _read_tensors(root / "model.safetensors", header_only=True)
     return ExperimentConfig.from_json(root / "config.json")
 
 

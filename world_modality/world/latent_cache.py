@@ -245,16 +245,6 @@ def load_or_build_cache(
     cache's memmap.
     """
     key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size)
-    dirs = [Path(d) for d in cache_dir] if isinstance(cache_dir, (list, tuple)) else [Path(cache_dir)]
-    found = [Path(d) / key for d in dirs if all(p.exists() for p in _paths(Path(d) / key))]
-    if found:
-        path = found[0]
-    else:
-        folder = next((d for d in dirs if writable(d)), None)
-        if folder is None:
-            raise LatentCacheError(f"no writable folder for the latent cache {key}; tried {[str(d) for d in dirs]}. "
-                                   "Set latent_cache_dir to a writable folder.")
-        path = folder / key
     rows_sha = _past_rows_sha(past_rows)
     ident = dict(
         encoder_id=encoder.encoder_id,
@@ -264,11 +254,21 @@ def load_or_build_cache(
         dataset_fingerprint=dataset_fingerprint,
         frame_size=None if frame_size is None else int(frame_size),
     )
-    st_path, json_path = _paths(path)
-    if st_path.exists() and json_path.exists():
-        return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
-    with locked(path.parent / f".{key}.lock"):
-        if st_path.exists() and json_path.exists():  # built by another process while this one waited
+    dirs = [Path(d) for d in cache_dir] if isinstance(cache_dir, (list, tuple)) else [Path(cache_dir)]
+
+    def built(path: Path) -> bool:
+        return all(p.exists() for p in _paths(path))
+
+    for folder in dirs:
+        if built(folder / key):
+            return load_cache(folder / key, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
+    folder = next((d for d in dirs if writable(d)), None)
+    if folder is None:
+        raise LatentCacheError(f"no writable folder for the latent cache {key}; tried {[str(d) for d in dirs]}. "
+                               "Set latent_cache_dir to a writable folder.")
+    path = folder / key
+    with locked(folder / f".{key}.lock"):
+        if built(path):  # built by another process while this one waited
             return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
         frames = frames_fn()
         if frame_size is not None and tuple(np.shape(frames)[1:3]) != (frame_size, frame_size):
