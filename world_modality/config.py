@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+# Memory ablations of offline evaluation (`eval-offline --memory`); closed loop takes all but
+# `oracle` (evaluate/runner.py). Training knows only `predicted`: any other mode would feed the
+# action path the true future, or a control, while it learns.
 MEMORY_MODES = ("predicted", "oracle", "zero", "random", "shuffle")
+TRAIN_MEMORY_MODES = ("predicted",)
 ACTION_HEADS = ("mse", "flow")
 FLOW_TIME_SAMPLING = ("uniform", "beta")
 # VLM backbones: a `tiny-` variant (random init, embedded default and tests) and the real family.
@@ -122,7 +126,7 @@ class PolicyConfig:
     # World modality
     disable_future_injection: bool = False  # remove the cross-attention branch (E0)
     n_memory_tokens: int = 4  # tokens the future latent is projected to
-    memory_mode: str = "predicted"  # what the action path sees: predicted|oracle|zero|random|shuffle
+    memory_mode: str = "predicted"  # what the action path sees in training: predicted only (ablations: eval flags)
     # Text head (E4)
     lambda_text: float = 0.0  # weight of the chain-of-causation text loss
     max_text_tokens: int = 48
@@ -136,7 +140,10 @@ class PolicyConfig:
         _check(self.backbone_dtype in BACKBONE_DTYPES,
                f"`backbone_dtype` must be one of {BACKBONE_DTYPES}, got {self.backbone_dtype!r}.")
         _check(self.action_head in ACTION_HEADS, f"`action_head` must be one of {ACTION_HEADS}, got {self.action_head!r}.")
-        _check(self.memory_mode in MEMORY_MODES, f"`memory_mode` must be one of {MEMORY_MODES}, got {self.memory_mode!r}.")
+        _check(self.memory_mode in TRAIN_MEMORY_MODES,
+               f"`memory_mode` must be 'predicted' in training (the Prophet's prediction), got {self.memory_mode!r}; "
+               f"{', '.join(m for m in MEMORY_MODES if m != 'predicted')} are evaluation ablations "
+               f"(eval-offline --memory, eval --memory).")
         _check(
             self.flow_time_sampling in FLOW_TIME_SAMPLING,
             f"`flow_time_sampling` must be one of {FLOW_TIME_SAMPLING}, got {self.flow_time_sampling!r}.",
@@ -199,10 +206,6 @@ class ExperimentConfig:
             self.policy.lambda_text == 0 or bool(self.data.coc_jsonl),
             f"`lambda_text` {self.policy.lambda_text} > 0 needs `coc_jsonl` (the annotation file).",
         )
-        _check(
-            not (self.policy.disable_future_injection and self.policy.memory_mode != "predicted"),
-            f"`memory_mode` {self.policy.memory_mode!r} has no effect with `disable_future_injection`.",
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,7 +226,12 @@ class ExperimentConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ExperimentConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A saved config; a value no longer accepted (a run trained with `memory_mode` oracle or
+        shuffle, say) is an error naming the file, not a policy rebuilt with another setting."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
 
 _SECTIONS = {"data": DataConfig, "world": WorldConfig, "policy": PolicyConfig, "train": TrainConfig}

@@ -131,11 +131,48 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
     )
 
 
-class FrameSamples(torch.utils.data.Dataset):
-    """One sample per frame row: the observation dict (dataset schema) plus training targets."""
+def shuffle_memory_rows(dataset: LeRobotDataset, rows: np.ndarray, pool: np.ndarray, seed: int) -> np.ndarray:
+    """For each of `rows`, a row of `pool` drawn (seeded) from another episode, of another task
+    wherever the pool holds one: the `shuffle` ablation gives a sample that row's memory.
 
-    def __init__(self, data: PreparedData, rows: np.ndarray, image_keys: tuple[str, ...]):
+    A neighbouring row of the same episode has almost the sample's own future, so the ablation
+    would measure nothing; another task's memory is the one that is surely wrong for this sample.
+    A dataset of one task falls back to other episodes of that task."""
+    rows, pool = np.asarray(rows, dtype=np.int64), np.asarray(pool, dtype=np.int64)
+    # Task of each row by episode (an episode's first instruction, as the split groups them), so
+    # rows of another task are always rows of another episode.
+    _, codes = np.unique([ep.task for ep in dataset.episodes], return_inverse=True)
+    task_of_row = np.repeat(codes, [ep.length for ep in dataset.episodes])
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(rows), dtype=np.int64)
+    for task in np.unique(task_of_row[rows]):
+        mine = np.flatnonzero(task_of_row[rows] == task)
+        others = pool[task_of_row[pool] != task]
+        if len(others):
+            out[mine] = rng.choice(others, size=len(mine))
+            continue
+        for ep in np.unique(dataset.episode_ids[rows[mine]]):
+            here = mine[dataset.episode_ids[rows[mine]] == ep]
+            others = pool[dataset.episode_ids[pool] != ep]
+            if not len(others):
+                raise ValueError(f"memory mode 'shuffle' needs rows of another episode than episode {ep} of "
+                                 f"{dataset.root}; the pool has none.")
+            out[here] = rng.choice(others, size=len(here))
+    return out
+
+
+class FrameSamples(torch.utils.data.Dataset):
+    """One sample per frame row: the observation dict (dataset schema) plus training targets.
+    With `memory_rows` (one per row, see `shuffle_memory_rows`), each sample also carries
+    `z_other`, the true future latent of that row: the `shuffle` ablation's memory."""
+
+    def __init__(self, data: PreparedData, rows: np.ndarray, image_keys: tuple[str, ...],
+                 memory_rows: np.ndarray | None = None):
         self.data, self.rows, self.image_keys = data, np.asarray(rows), image_keys
+        if memory_rows is not None and len(memory_rows) != len(self.rows):
+            raise ValueError(f"memory_rows has {len(memory_rows)} entries for {len(self.rows)} rows; "
+                             f"expected one per row.")
+        self.memory_rows = None if memory_rows is None else np.asarray(memory_rows)
         # Read at the policy's image size, so the preprocessor's resize is a no-op here and the
         # cache holds S×S frames, not the dataset's native ones (evaluation applies the same resize).
         self.images = {k: data.dataset.images(k, data.image_size) for k in image_keys}
@@ -158,6 +195,8 @@ class FrameSamples(torch.utils.data.Dataset):
             z = self.data.latents.latents
             sample["z_t"] = z[r]
             sample["z_future"] = z[self.data.future_rows[r]]
+            if self.memory_rows is not None:
+                sample["z_other"] = z[self.data.future_rows[self.memory_rows[i]]]
         return sample
 
 
@@ -172,6 +211,8 @@ def make_collate(preprocessor):
         if "z_t" in samples[0]:
             batch["z_t"] = torch.as_tensor(np.stack([s["z_t"] for s in samples]), dtype=torch.float32)
             batch["z_future"] = torch.as_tensor(np.stack([s["z_future"] for s in samples]), dtype=torch.float32)
+        if "z_other" in samples[0]:
+            batch["z_other"] = torch.as_tensor(np.stack([s["z_other"] for s in samples]), dtype=torch.float32)
         return batch
 
     return collate

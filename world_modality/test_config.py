@@ -72,3 +72,21 @@ def test_unknown_field_in_saved_config(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"world": {"lambda_wrld": 0.2}}))
     with pytest.raises(ConfigError, match="lambda_wrld"):
         ExperimentConfig.from_json(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("mode", ["oracle", "shuffle", "zero", "random", "future"])
+def test_training_memory_mode_is_predicted_only(mode):
+    """Training with `oracle` (or `shuffle`) fed the action path the true future while it learned, and closed-loop
+    evaluation then ran the policy on its predictions: the ablations are evaluation flags, not training settings."""
+    needle = rf"`memory_mode` must be 'predicted' in training .*got '{mode}'.*eval-offline"
+    with pytest.raises(ConfigError, match=needle):
+        build_config({"memory_mode": mode}, preset="E2")
+    assert build_config({"memory_mode": "predicted"}, preset="E2").policy.memory_mode == "predicted"
+
+
+def test_saved_config_trained_with_another_memory_mode_names_the_file(tmp_path):
+    saved = build_config({}, preset="E2").to_dict()
+    saved["policy"]["memory_mode"] = "shuffle"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"config\.json: `memory_mode` must be 'predicted' in training.*'shuffle'"):
+        ExperimentConfig.from_json(tmp_path / "config.json")

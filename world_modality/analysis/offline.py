@@ -1,6 +1,10 @@
 """Offline evaluation on held-out episodes: action MSE per memory ablation, and world-prediction
 error against the copy-last baseline (ẑ_{t+k} = z_t).
 
+Memory ablations: `predicted`, `oracle` (the sample's own true future), `zero`, `random`, and
+`shuffle` (the true future of a training frame of another episode, of another task where the
+dataset has one; `pipeline.shuffle_memory_rows`, seeded by `seed`).
+
 Offline action loss did not predict closed-loop success in the research notes; these numbers
 explain a policy, they do not rank it.
 """
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 
 from ..config import MEMORY_MODES
-from ..pipeline import FrameSamples, make_collate, prepare_data
+from ..pipeline import FrameSamples, make_collate, prepare_data, shuffle_memory_rows
 from ..policy.checkpoint import load_checkpoint
 from ..policy.device import batch_to, resolve_device
 from ..policy.factory import build_preprocessor
@@ -42,9 +46,12 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
     rows = data.val_rows if split == "val" else data.train_rows
     if len(rows) == 0:
         raise ValueError(f"no {split} rows to evaluate in {cfg.data.dataset}.")
-    samples = FrameSamples(data, rows, cfg.data.image_keys)
-    collate = make_collate(build_preprocessor(cfg, policy))
     modes = list(modes) if policy.use_memory else ["none"]
+    # `shuffle`: each sample gets the true future of a training frame of another episode (another
+    # task where there is one), never a neighbour's from its own batch (almost its own future).
+    memory_rows = shuffle_memory_rows(ds, rows, data.train_rows, seed) if "shuffle" in modes else None
+    samples = FrameSamples(data, rows, cfg.data.image_keys, memory_rows=memory_rows)
+    collate = make_collate(build_preprocessor(cfg, policy))
     sums = {m: {"sq_norm": 0.0, "sq_raw": 0.0, "n": 0.0} for m in modes}
     world = {"prophet": 0.0, "copy_last": 0.0, "n": 0}
     for start in range(0, len(samples), batch_size):

@@ -8,6 +8,8 @@ size the dataset recorded them (`render_sizes`) and go through the training fram
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import torch
 
@@ -17,6 +19,11 @@ from ..policy.device import batch_to, resolve_device
 from ..policy.factory import build_preprocessor
 
 CLOSED_LOOP_MEMORY = ("predicted", "zero", "random", "shuffle")
+
+
+def _norm(instruction: str) -> str:
+    """An instruction as compared between the dataset and the simulator: case and spacing ignored."""
+    return " ".join(str(instruction).lower().split())
 
 
 def model_inputs(preprocess, observations: list[dict], world_frames: np.ndarray | None, world_frame_size: int) -> dict:
@@ -31,6 +38,10 @@ def model_inputs(preprocess, observations: list[dict], world_frames: np.ndarray 
 
 
 class PolicyRunner:
+    """A checkpoint acting in closed loop with one memory mode (`CLOSED_LOOP_MEMORY`). Memory
+    `shuffle` replaces the policy's predicted future with the true future latent of a training
+    frame whose instruction is not the evaluated task's (`reset(seed, instructions)`)."""
+
     def __init__(self, checkpoint, memory_mode: str = "predicted", seed: int = 0, device: str = "auto"):
         from ..train import resolve_checkpoint
 
@@ -62,19 +73,39 @@ class PolicyRunner:
         # On the policy's device: sampling noise (flow head, `random` memory) is drawn where it is used.
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._rng = np.random.default_rng(seed)
-        self._bank = self._shuffle_bank() if memory_mode == "shuffle" else None
+        self._bank: np.ndarray | None = None  # (N, latent_dim) memories `shuffle` draws from
+        self._bank_task = np.zeros(0, np.int64)  # per bank entry: its instruction, an index into _bank_names
+        self._bank_names: list[str] = []
+        if memory_mode == "shuffle":
+            self._bank, self._bank_task, self._bank_names = self._shuffle_bank()
+        self._eligible = np.arange(0 if self._bank is None else len(self._bank))
 
-    def _shuffle_bank(self) -> np.ndarray:
-        """True future latents of the training frames: `shuffle` gives the policy one of them,
-        the memory of another sample, in place of its own prediction."""
+    def _shuffle_bank(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """True future latents of the training frames, with each frame's instruction (as codes
+        into a list of normalised instructions): `shuffle` gives the policy one of them, the
+        memory of a sample of another task, in place of its own prediction."""
         from ..pipeline import prepare_data
 
         data = prepare_data(self.cfg, self.policy.world_encoder, progress=False)
-        return data.latents.latents[data.future_rows[data.train_rows]]
+        rows = data.train_rows
+        names, codes = np.unique([_norm(data.dataset.instructions[r]) for r in rows], return_inverse=True)
+        return data.latents.latents[data.future_rows[rows]], codes.astype(np.int64), [str(n) for n in names]
 
-    def reset(self, seed: int) -> None:
+    def reset(self, seed: int, instructions: Iterable[str] = ()) -> None:
+        """Start an episode: reseed, and (memory `shuffle`) name the instructions of the task being
+        evaluated, so that `act` draws only memories of training frames of other instructions.
+        Where the bank holds no other instruction (a dataset of one task, or none given, the
+        default) every entry stays eligible: the memory then comes from any training frame,
+        possibly of this very task. Instructions match after lower-casing and collapsing spaces."""
         self.generator.manual_seed(seed)
         self._rng = np.random.default_rng(seed)
+        if self._bank is not None:
+            if isinstance(instructions, str):  # one instruction, not its characters
+                instructions = (instructions,)
+            own = {_norm(t) for t in instructions if t}
+            own_codes = [i for i, name in enumerate(self._bank_names) if name in own]
+            others = np.flatnonzero(~np.isin(self._bank_task, own_codes))
+            self._eligible = others if len(others) else np.arange(len(self._bank))
 
     def inputs(self, observation: dict, world_frames: np.ndarray | None = None) -> dict:
         """`model_inputs` of one observation and its (m, H, W, 3) world window."""
@@ -92,7 +123,8 @@ class PolicyRunner:
             # where it ran in training, then moves the frames to the encoder's device.
             batch["z_t"] = self.policy.world_encoder.encode(batch.pop("world_frames"))
             if self._bank is not None:
-                batch["z_other"] = torch.as_tensor(self._bank[self._rng.integers(len(self._bank))][None], device=self.device)
+                pick = self._eligible[self._rng.integers(len(self._eligible))]
+                batch["z_other"] = torch.as_tensor(self._bank[pick][None], dtype=torch.float32, device=self.device)
         actions = self.policy.predict_actions(batch, memory_mode=self.memory_mode, generator=self.generator)[0]
         actions = actions.float().cpu().numpy()
         if self.binary_gripper:

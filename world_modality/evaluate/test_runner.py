@@ -159,3 +159,67 @@ def test_runner_on_the_gpu_acts_like_the_cpu_one(native_run):
     a_gpu, a_cpu = gpu.act(obs, frames), cpu.act(obs, frames)
     assert isinstance(a_gpu, np.ndarray) and a_gpu.dtype == np.float32
     np.testing.assert_allclose(a_gpu, a_cpu, rtol=1e-2, atol=1e-2)  # TF32 convolutions on the GPU
+
+
+def test_closed_loop_shuffle_draws_memories_of_other_instructions_only(native_run):
+    """`shuffle` in closed loop: each memory is the true future of a training frame whose instruction is not
+    the evaluated task's (the instructions `reset` names); with no other instruction left, any frame's."""
+    from world_modality.pipeline import prepare_data
+
+    cfg, ckpt = native_run
+    runner = PolicyRunner(ckpt, memory_mode="shuffle", device="cpu")
+    data = prepare_data(cfg, runner.policy.world_encoder, progress=False)
+    ds = data.dataset
+    futures = data.latents.latents[data.future_rows]
+    tasks = sorted(set(ds.instructions))
+    assert len(tasks) == 2 and len({ds.instructions[r] for r in data.train_rows}) == 2
+    seen = []
+    real = runner.policy.memory_latent
+
+    def spy(mode, z_pred, batch, generator=None):
+        z = real(mode, z_pred, batch, generator)
+        seen.append(z[0].numpy().copy())
+        return z
+
+    runner.policy.memory_latent = spy
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (runner.num_frames, NATIVE, NATIVE, 3), dtype=np.uint8)
+
+    def sources_of_draws(task, n=8):
+        """The instructions of the training frames whose true futures `act` handed out in n calls."""
+        seen.clear()
+        obs = {k: rng.integers(0, 256, (NATIVE, NATIVE, 3), dtype=np.uint8) for k in CAMERAS}
+        obs.update({"observation.state": np.zeros(8, np.float32), "task": task})
+        for _ in range(n):
+            runner.act(obs, frames)
+        found = []
+        for z in seen:
+            rows = np.flatnonzero((futures == z).all(axis=1))
+            assert rows.size and np.isin(rows, data.train_rows).all(), "a memory that is no training frame's future"
+            found.append({ds.instructions[r] for r in rows})
+        return set().union(*found)
+
+    for own in tasks:
+        # As rollout names them: the simulator's instruction and its base form (here: unknown to the data).
+        runner.reset(0, instructions=(f"  {own.upper()} ", "an instruction the dataset does not have"))
+        assert sources_of_draws(own) == set(tasks) - {own}
+    runner.reset(3, instructions=tasks)  # no other instruction in the bank: every entry is eligible
+    assert sources_of_draws(tasks[0], n=16) == set(tasks)
+    runner.reset(3)  # the default names no instruction
+    drawn = list(seen)
+    assert sources_of_draws(tasks[0], n=16) == set(tasks)
+    assert all(np.array_equal(a, b) for a, b in zip(seen, drawn))  # seeded by reset
+
+
+def test_checkpoint_trained_with_another_memory_mode_is_refused(native_run, tmp_path):
+    """A run trained with `memory_mode` oracle (the true future in the action path) is not evaluated as
+    if it had trained on its predictions: its config no longer loads, and the error names the file."""
+    import shutil
+
+    _, ckpt = native_run
+    old = shutil.copytree(ckpt, tmp_path / "oracle")
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["policy"]["memory_mode"] = "oracle"
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"config\.json: `memory_mode` must be 'predicted' in training.*'oracle'"):
+        PolicyRunner(old, device="cpu")

@@ -97,8 +97,8 @@ class WorldModalityPolicy(nn.Module):
 
     def memory_latent(self, mode: str, z_pred: torch.Tensor, batch, generator=None) -> torch.Tensor:
         """The latent the action path attends to. Only `oracle` reads this sample's true future;
-        `shuffle` reads another sample's (`z_other` when the caller supplies one, as closed-loop
-        evaluation does, else the batch's true futures rolled by one)."""
+        `shuffle` reads `z_other`, the memory of a sample of another episode that the caller chose
+        (offline: `pipeline.shuffle_memory_rows`; closed loop: `evaluate/runner.py`)."""
         mean, std = self.prophet.latent_mean, self.prophet.latent_std
         if mode == "predicted":
             return z_pred
@@ -112,11 +112,15 @@ class WorldModalityPolicy(nn.Module):
             noise = torch.randn(z_pred.shape, generator=generator, device=z_pred.device)
             return mean + std * noise
         if mode == "shuffle":
-            if batch.get("z_other") is not None:
-                return batch["z_other"]
-            if batch.get("z_future") is None or z_pred.shape[0] < 2:
-                raise ValueError("memory mode 'shuffle' needs `z_other`, or a batch of >= 2 samples with `z_future`.")
-            return batch["z_future"].roll(1, dims=0)
+            # No fallback to the batch's own futures: batches are runs of consecutive frames, so a
+            # neighbour's future is almost this sample's and the control would leak the answer.
+            if batch.get("z_other") is None:
+                raise ValueError("memory mode 'shuffle' needs `z_other` (one memory per sample, from another episode); "
+                                 "this batch has none.")
+            if batch["z_other"].shape != z_pred.shape:
+                raise ValueError(f"memory mode 'shuffle': `z_other` has shape {tuple(batch['z_other'].shape)}, "
+                                 f"expected {tuple(z_pred.shape)} (one latent per sample).")
+            return batch["z_other"]
         raise ValueError(f"unknown memory mode {mode!r}; expected predicted|oracle|zero|random|shuffle.")
 
     def context(self, batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
@@ -128,7 +132,9 @@ class WorldModalityPolicy(nn.Module):
             z_pred = self.predict_future(batch["z_t"], cond)
             out["z_pred"] = z_pred
             if self.use_memory:
-                mode = memory_mode or self.cfg.policy.memory_mode
+                # Training always runs `predicted` (config.py refuses any other training mode);
+                # the ablations are chosen per call by evaluation.
+                mode = memory_mode or "predicted"
                 z_mem = self.memory_latent(mode, z_pred, batch, generator)
                 z_norm = self.prophet.normalize(z_mem)
                 mem = self.memory_proj(z_norm).view(z_mem.shape[0], -1, act_h.shape[-1]) + self.memory_pos

@@ -63,8 +63,23 @@ def test_predicted_memory_depends_on_present_latent():
 def test_memory_ablations_change_the_memory(mode):
     policy = make_policy("E2")
     batch = make_batch(policy)
+    batch["z_other"] = torch.randn(batch["z_t"].shape, generator=torch.Generator().manual_seed(1))
     gen = torch.Generator().manual_seed(0)
     assert not torch.allclose(policy.predict_actions(batch), policy.predict_actions(batch, mode, generator=gen))
+
+
+def test_shuffle_reads_the_given_other_memory_and_never_rolls_the_batch():
+    """The batch's futures rolled by one are a neighbour's, almost the sample's own: shuffle without
+    a caller-chosen `z_other` is an error, not that silent leak."""
+    policy = make_policy("E2")
+    batch = make_batch(policy)
+    with pytest.raises(ValueError, match="'shuffle' needs `z_other`"):
+        policy.predict_actions(batch, "shuffle")
+    other = torch.randn(batch["z_t"].shape, generator=torch.Generator().manual_seed(1))
+    ctx = policy.context(dict(batch, z_other=other), "shuffle")
+    assert torch.allclose(ctx["act_h"], policy.context(dict(batch, z_future=other), "oracle")["act_h"])
+    with pytest.raises(ValueError, match="one latent per sample"):
+        policy.predict_actions(dict(batch, z_other=other[:1]), "shuffle")
 
 
 def test_e0_has_no_world_branch_and_ignores_latents():
