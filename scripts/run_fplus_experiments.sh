@@ -12,7 +12,8 @@
 #   SEEDS             training seeds (default: "0 1 2")
 #   COC_JSONL         chain-of-causation annotations for E4 (default: $DATASET/coc.jsonl)
 #   OUT               output folder (default: runs/fplus)
-#   SUITE, TASKS, N_EPISODES, WORKERS   closed-loop evaluation (defaults: libero_spatial, all tasks, 10, 2)
+#   SUITE, TASKS, N_EPISODES, WORKERS   closed-loop evaluation (defaults: libero_spatial, all tasks,
+#                                       all 50 initial states as in the public protocol, 2)
 #   MAX_EPOCHS, BATCH_SIZE              training budget (defaults: 5, 8, as in the research notes)
 #   TRAIN_ARGS, EVAL_ARGS               extra flags passed through
 #   PY                python to use (default: python)
@@ -26,7 +27,7 @@ COC_JSONL=${COC_JSONL:-$DATASET/coc.jsonl}
 OUT=${OUT:-runs/fplus}
 SUITE=${SUITE:-libero_spatial}
 TASKS=${TASKS:-}
-N_EPISODES=${N_EPISODES:-10}
+N_EPISODES=${N_EPISODES:-}
 WORKERS=${WORKERS:-2}
 MAX_EPOCHS=${MAX_EPOCHS:-5}
 BATCH_SIZE=${BATCH_SIZE:-8}
@@ -51,6 +52,7 @@ esac
 
 task_flag=()
 [ -n "$TASKS" ] && task_flag=(--tasks "$TASKS")
+[ -n "$N_EPISODES" ] && task_flag+=(--n_episodes "$N_EPISODES")
 runs=()
 for seed in $SEEDS; do
   for exp in $EXPERIMENTS; do
@@ -63,7 +65,7 @@ for seed in $SEEDS; do
       --seed "$seed" --max_epochs "$MAX_EPOCHS" --batch_size "$BATCH_SIZE" --output_dir "$run" "${extra[@]}" $TRAIN_ARGS
     echo "[launcher] evaluate $exp seed $seed on $SUITE"
     # shellcheck disable=SC2086
-    "$PY" -m world_modality.eval_libero --checkpoint "$run" --suite "$SUITE" --n_episodes "$N_EPISODES" \
+    "$PY" -m world_modality.eval_libero --checkpoint "$run" --suite "$SUITE" \
       --workers "$WORKERS" "${task_flag[@]}" $EVAL_ARGS
     runs+=("$run")
   done

@@ -34,7 +34,12 @@ def cli_error(argv, capsys):
     (["train", "--dataset", "{tmp}/nowhere", "--output_dir", "{tmp}/run"], ["{tmp}/nowhere does not exist", "meta/info.json"]),
     (["train", "--dataset", "{data}", "--batch_size", "-1"], ["`batch_size` must be >= 1, got -1"]),
     (["train", "--dataset", "{data}", "--image_size", "8"], ["`image_size` must be in [16, 1024], got 8"]),
-    (["train", "--dataset", "{data}", "--memory_mode", "future"], ["`memory_mode` must be one of", "'future'"]),
+    (["train", "--dataset", "{data}", "--memory_mode", "future"],
+     ["`memory_mode` must be 'predicted' in training", "'future'"]),
+    (["train", "--dataset", "{data}", "--memory_mode", "oracle", "--output_dir", "{tmp}/run"],
+     ["`memory_mode` must be 'predicted' in training", "got 'oracle'", "evaluation ablations"]),
+    (["train", "--dataset", "{data}", "--memory_mode", "shuffle", "--output_dir", "{tmp}/run"],
+     ["`memory_mode` must be 'predicted' in training", "'shuffle'"]),
     (["train", "--dataset", "{data}", "--instruction_key", "instruction", "--output_dir", "{tmp}/run", "--no-tensorboard"],
      ["instruction_key 'instruction' was not found", "keys that hold instructions: ['task']"]),
     (["encode", "--dataset", "{data}", "--latent_suffix", "m0"], ["`latent_suffix` must look like 'm4'", "got 'm0'"]),
@@ -44,10 +49,17 @@ def cli_error(argv, capsys):
     (["eval", "--checkpoint", "{tmp}", "--shard", "a/b"], ["--shard must look like i/n", "'a/b'"]),
     (["eval", "--checkpoint", "{tmp}", "--suite", "libero_spatail"], ["Unknown LIBERO suite 'libero_spatail'", "'libero_spatial'"]),
     (["eval", "--checkpoint", "{tmp}", "--tasks", "0,x"], ["--tasks must look like '0,1,4' or '0-9', got '0,x'"]),
-    (["eval", "--checkpoint", "{tmp}", "--n_episodes", "0"], ["n_episodes must be >= 1, got 0"]),
-], ids=["no-dataset-dir", "negative-batch", "image-size-8", "memory-mode", "instruction-key", "latent-suffix",
+    (["eval", "--checkpoint", "{tmp}", "--n_episodes", "0"], ["n_episodes must be >= 1", "got 0"]),
+    (["eval", "--checkpoint", "{tmp}", "--tasks", "3-1"], ["--tasks range '3-1' is empty"]),
+    (["eval", "--checkpoint", "{tmp}", "--tasks", "1,1"], ["distinct task ids", "'1,1'"]),
+    (["eval", "--checkpoint", "{tmp}", "--replan_every", "0"], ["replan_every must be >= 1", "got 0"]),
+    (["eval", "--checkpoint", "{tmp}", "--max_steps", "0"], ["max_steps must be >= 1", "got 0"]),
+    (["generate", "--suite", "libero_spatial", "--tasks", "0", "--out", "{data}/meta"],
+     ["a non-empty folder without a dataset", "expected a new or empty folder"]),
+], ids=["no-dataset-dir", "negative-batch", "image-size-8", "memory-mode", "train-memory-oracle",
+        "train-memory-shuffle", "instruction-key", "latent-suffix",
         "encode-without-dataset", "no-checkpoint", "shard-3-of-2", "shard-not-i-n", "misspelt-suite", "bad-tasks",
-        "zero-episodes"])
+        "zero-episodes", "empty-task-range", "repeated-task", "zero-replan", "zero-max-steps", "generate-into-data"])
 def test_cli_bad_input_is_one_line_and_exit_2(argv, needles, fixture_dataset, tmp_path, capsys):
     fill = {"tmp": str(tmp_path), "data": str(fixture_dataset)}
     message = cli_error([a.format(**fill) for a in argv], capsys)

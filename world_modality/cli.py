@@ -67,10 +67,16 @@ def _parse_ids(text: str) -> list[int]:
     try:
         if "-" in text and "," not in text:
             lo, hi = (int(x) for x in text.split("-"))
-            return list(range(lo, hi + 1))
-        return [int(x) for x in text.split(",") if x.strip()]
+            ids = list(range(lo, hi + 1))
+        else:
+            ids = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--tasks must look like '0,1,4' or '0-9', got {text!r}.") from None
+    if "-" in text and "," not in text and not ids:
+        raise ConfigError(f"--tasks range {text!r} is empty (it ends before it starts); expected e.g. '0-9'.")
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise ConfigError(f"--tasks must name distinct task ids >= 0 like '0,1,4' or '0-9', got {text!r}.")
+    return ids
 
 
 def _cmd_generate(args) -> int:

@@ -14,7 +14,8 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
     p.add_argument("--suite", default="libero_spatial")
     p.add_argument("--tasks", default=None, help="task ids '0,1' or '0-9' (default: all tasks of the suite)")
-    p.add_argument("--n_episodes", type=int, default=10, help="per task: the benchmark's initial states 0..n-1")
+    p.add_argument("--n_episodes", type=int, default=None,
+                   help="per task: the benchmark's initial states 0..n-1 (default: all 50, the public protocol)")
     p.add_argument("--memory", default="predicted", choices=CLOSED_LOOP_MEMORY,
                    help="world-memory ablation (oracle is offline-only: the true future depends on actions not yet taken)")
     p.add_argument("--replan_every", type=int, default=None, help="frames between replans (default: chunk_size // 2)")
@@ -25,6 +26,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval/<suite>-<memory>)")
     p.add_argument("--max_steps", type=int, default=None, help="control steps per episode (default: the suite's public limit)")
     p.add_argument("--device", default="auto", help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--allow_train_overlap", action="store_true",
+                   help="evaluate initial states that produced training data (flagged in every record and the report) "
+                        "instead of refusing")
     p.add_argument("--episode_timeout", type=float, default=1800,
                    help="seconds one episode may take before its worker is killed and the episode retried once (0: no limit)")
 
@@ -41,17 +45,37 @@ def settings_from_args(args):
     return EvalSettings(checkpoint=args.checkpoint, suite=args.suite, tasks=tuple(_parse_ids(args.tasks)) if args.tasks else None,
                         n_episodes=args.n_episodes, memory=args.memory, replan_every=args.replan_every, workers=args.workers,
                         seed=args.seed, video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps,
-                        device=args.device, episode_timeout_s=args.episode_timeout or None)
+                        device=args.device, episode_timeout_s=args.episode_timeout or None,
+                        allow_train_overlap=args.allow_train_overlap)
 
 
 def run(args) -> int:
-    from .analysis.stats import summarize_episodes
-    from .evaluate.closed_loop import evaluate, read_episodes
+    from .evaluate.closed_loop import evaluate
 
-    path = evaluate(settings_from_args(args))
-    summary = summarize_episodes(read_episodes(path))
-    print(format_summary(summary))
-    return 0
+    result = evaluate(settings_from_args(args))
+    print(format_run(result))
+    return 1 if result.errors else 0
+
+
+def format_run(result) -> str:
+    """The console summary of exactly the episodes asked for: rates over finished episodes, errors apart,
+    the overlap check, and a last line that says whether the run is complete."""
+    from .analysis.stats import summarize_episodes
+    from .evaluate.overlap import describe
+
+    lines = [describe(result.overlap)]
+    if result.finished:
+        lines.append(format_summary(summarize_episodes(result.finished)))
+    flagged = sum(1 for r in result.finished if r.get("train_overlap"))
+    if flagged:
+        lines.append(f"WARNING: {flagged} episode(s) started from training start states (train_overlap).")
+    if result.errors:
+        shown = "; ".join(f"task {r['task_id']} init {r['init_index']}: {r.get('error')}" for r in result.errors[:3])
+        lines.append(f"ERROR: {len(result.errors)} episode(s) ended in an error, not counted in any rate ({shown}"
+                     f"{' ...' if len(result.errors) > 3 else ''}); run the same command again to retry them.")
+    else:
+        lines.append(f"{len(result.finished)} episode(s) finished, 0 errors: {result.path}")
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict) -> str:

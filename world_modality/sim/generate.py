@@ -1,10 +1,15 @@
 """Demonstration generation: the scripted expert in LIBERO, one simulator per worker process,
 written as a LeRobot v3 dataset with chain-of-causation annotations beside it.
 
+Each demonstration starts from a fresh placement (`LiberoEnv.reset(placement_seed=...)`: the task's BDDL
+regions sampled as LIBERO sampled its stored initial states), never from the benchmark's stored states,
+which stay held out for evaluation; `meta/start_states.jsonl` records every start's simulator state.
+
 Resumable: every finished attempt is kept in `<out>.partial/` (one .npz per successful episode,
 one JSON line per attempt), and the dataset at `<out>` is written only once all episodes exist.
-An attempt that runs past `job_timeout_s` (a hung simulator) or whose worker dies is retried once, then
-logged as failed with its reason.
+An attempt the expert fails is logged with its reason and the next placement is tried. An attempt that
+raises, runs past `job_timeout_s` (a hung simulator) or loses its worker is an error, not an expert
+failure: it is logged as such, the run ends with an error naming it, and the same command retries it.
 """
 
 from __future__ import annotations
@@ -23,17 +28,29 @@ from .record import CONTROL_STEPS_PER_FRAME, DATASET_FPS
 IMAGE_KEYS = ("observation.images.image", "observation.images.wrist_image")
 
 
+ATTEMPTS_PER_EPISODE = 5  # placements tried per wanted demonstration before the task is given up
+
+
 @dataclass(frozen=True)
 class Job:
     suite: str
     task_id: int
-    init_index: int
+    attempt: int
     image_size: int
     seed: int
 
     @property
     def name(self) -> str:
-        return f"task{self.task_id:02d}_init{self.init_index:02d}"
+        return f"task{self.task_id:02d}_attempt{self.attempt:04d}"
+
+    @property
+    def placement_seed(self) -> int:
+        return placement_seed(self.seed, self.task_id, self.attempt)
+
+
+def placement_seed(seed: int, task_id: int, attempt: int) -> int:
+    """The RNG seed of one fresh placement, fixed by (generation seed, task, attempt) so runs reproduce."""
+    return int(np.random.SeedSequence([seed, task_id, attempt, 0x57A27]).generate_state(1)[0])
 
 
 _ENV = None  # one simulator per worker process, rebuilt only when the task changes
@@ -41,38 +58,53 @@ _ENV = None  # one simulator per worker process, rebuilt only when the task chan
 
 def _run_job(job: Job, staging: str) -> dict:
     global _ENV
+    from ..data.starts import OVERLAP_TOLERANCE, nearest
     from .env import LiberoEnv
     from .record import record_demo
 
+    base = {"task_id": job.task_id, "attempt": job.attempt, "placement_seed": job.placement_seed}
     try:
         if _ENV is None or (_ENV.suite, _ENV.task_id, _ENV.image_size) != (job.suite, job.task_id, job.image_size):
             if _ENV is not None:
                 _ENV.close()
+            _ENV = None
             _ENV = LiberoEnv(job.suite, job.task_id, image_size=job.image_size, seed=job.seed)
-        demo = record_demo(_ENV, job.init_index, seed=job.seed)
-    except Exception as e:  # a failed attempt is recorded with its reason, the run goes on
-        return {"task_id": job.task_id, "init_index": job.init_index, "success": False, "reason": f"{type(e).__name__}: {e}"}
-    record = {"task_id": job.task_id, "init_index": job.init_index, "success": demo.success, "steps": demo.steps,
-              "frames": len(demo.actions), "task": demo.task, "reason": None if demo.success else f"expert failed in phase {demo.phases[-1]}"}
+        demo = record_demo(_ENV, job.attempt, seed=job.seed, placement_seed=job.placement_seed)
+        dist, _ = nearest(demo.start_state[None], _ENV.stored_init_states)
+    except Exception as e:  # an error, not the expert's failure: the run ends naming it and a rerun retries it
+        return {**base, "success": False, "error": f"{type(e).__name__}: {e}"}
+    if dist[0] <= OVERLAP_TOLERANCE:  # astronomically unlikely; the stored states stay held out all the same
+        return {**base, "success": False, "reason": f"placement within {dist[0]:.2g} of a benchmark initial state"}
+    record = {**base, "success": demo.success, "steps": demo.steps, "frames": len(demo.actions), "task": demo.task,
+              "reason": None if demo.success else f"expert failed in phase {demo.phases[-1]}"}
     if demo.success:
         arrays = demo.arrays()
         path = Path(staging) / f"{job.name}.npz"
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k.replace(".", "__"): v for k, v in arrays.items()},
+        np.savez(tmp, **{k.replace(".", "__"): v for k, v in arrays.items()}, start_state=demo.start_state,
                  phases=np.array(demo.phases), scene=np.array(json.dumps(demo.scene)), task=np.array(demo.task))
         os.replace(tmp, path)
     return record
 
 
-def init_order(n_init: int, seed: int, task_id: int) -> list[int]:
-    """Initial states tried per task: a permutation fixed by (seed, task), so runs reproduce."""
-    return np.random.default_rng([seed, task_id]).permutation(n_init).tolist()
-
-
-def _num_init_states(suite: str, task_id: int) -> int:
-    from .suites import load_task
-
-    return len(load_task(suite, task_id)[1])
+def _read_attempts(path: Path) -> list[dict]:
+    """The attempts log; a line torn by a kill is dropped (that attempt reruns), any other bad line is an error."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(f"{path} line {i + 1} is not JSON; expected one attempt record per line. "
+                             "Delete the folder to start the generation over.") from None
+    if out and "attempt" not in out[0]:
+        raise ValueError(f"{path} is a log of an older generation that started from the benchmark's stored initial "
+                         f"states; delete {path.parent} to generate from fresh placements.")
+    return out
 
 
 def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str | Path, image_size: int = 128,
@@ -83,28 +115,41 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
     if (out / "meta" / "info.json").exists():
         print(f"[generate] {out} already holds a dataset; nothing to do (delete it to regenerate).")
         return out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} is {'a file' if not out.is_dir() else 'a non-empty folder without a dataset'}; "
+                         "expected a new or empty folder.")
     if episodes_per_task < 1 or workers < 1:
         raise ValueError(f"episodes_per_task and workers must be >= 1, got {episodes_per_task} and {workers}.")
     staging = Path(str(out) + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
-    settings = {"suite": suite, "tasks": list(tasks), "image_size": image_size, "seed": seed}
+    settings = {"suite": suite, "tasks": list(tasks), "image_size": image_size, "seed": seed, "starts": "fresh placements"}
     settings_path = staging / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"{staging} holds an interrupted run with other settings {settings_path.read_text().strip()}; "
-                         f"expected {settings}. Delete it or use another --out.")
+    if settings_path.exists():
+        try:
+            old = json.loads(settings_path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != settings:
+            raise ValueError(f"{staging} holds an interrupted run with other settings {settings_path.read_text().strip()}; "
+                             f"expected {settings}. Delete it or use another --out.")
     settings_path.write_text(json.dumps(settings) + "\n")
     log_path = staging / "attempts.jsonl"
-    done = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
-    tried = {(r["task_id"], r["init_index"]) for r in done}
-    wins = {t: [r["init_index"] for r in done if r["task_id"] == t and r["success"] and (staging / f"{Job(suite, t, r['init_index'], image_size, seed).name}.npz").exists()] for t in tasks}
-
-    queues = {t: [i for i in init_order(_num_init_states(suite, t), seed, t) if (t, i) not in tried] for t in tasks}
+    done = [r for r in _read_attempts(log_path) if not r.get("error")]  # errored attempts are retried
+    tried = {(r["task_id"], r["attempt"]) for r in done}
+    wins = {t: [r["attempt"] for r in done if r["task_id"] == t and r["success"]
+                and (staging / f"{Job(suite, t, r['attempt'], image_size, seed).name}.npz").exists()] for t in tasks}
+    max_attempts = ATTEMPTS_PER_EPISODE * episodes_per_task + 10
+    queues = {t: [a for a in range(max_attempts) if (t, a) not in tried] for t in tasks}
     bar = tqdm(total=episodes_per_task * len(tasks), initial=sum(min(len(w), episodes_per_task) for w in wins.values()),
                desc=f"generate {suite}", unit="ep", disable=not progress)
     failures = sum(1 for r in done if not r["success"])
+    errors: list[str] = []
     with WorkerPool(workers, timeout_s=job_timeout_s) as pool, log_path.open("a") as log:
 
         def submit_more() -> None:
+            # Errors stop new work (a broken setup would fail every attempt); finished attempts are kept.
+            if errors:
+                return
             for t in tasks:
                 in_flight = sum(1 for j in pool.keys() if j.task_id == t)
                 while pool.free > 0 and len(wins[t]) + in_flight < episodes_per_task and queues[t]:
@@ -115,45 +160,56 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
         submit_more()
         while len(pool):
             job, rec = pool.next_finished()
-            if isinstance(rec, JobLost):  # a hung or crashed simulator: this initial state is skipped, the run goes on
-                rec = {"task_id": job.task_id, "init_index": job.init_index, "success": False, "reason": str(rec)}
+            if isinstance(rec, JobLost):  # a hung or crashed simulator: an error, retried by the next run
+                rec = {"task_id": job.task_id, "attempt": job.attempt, "placement_seed": job.placement_seed,
+                       "success": False, "error": str(rec)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            if rec["success"]:
-                wins[job.task_id].append(job.init_index)
+            if rec.get("error"):
+                errors.append(f"task {job.task_id} attempt {job.attempt}: {rec['error']}")
+            elif rec["success"]:
+                wins[job.task_id].append(job.attempt)
                 if len(wins[job.task_id]) <= episodes_per_task:
                     bar.update(1)
             else:
                 failures += 1
-            bar.set_postfix(failed=failures)
+            bar.set_postfix(failed=failures, errors=len(errors))
             submit_more()
     bar.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} generation attempt(s) raised an error (not an expert failure): "
+                           f"{'; '.join(errors[:3])}{' ...' if len(errors) > 3 else ''}. Finished attempts are kept in "
+                           f"{staging}; fix the cause and run the same command again to retry them.")
     short = {t: len(w) for t, w in wins.items() if len(w) < episodes_per_task}
     if short:
-        raise RuntimeError(f"the expert ran out of initial states before {episodes_per_task} successes for tasks {short} "
-                           f"(successes so far); finished episodes are kept in {staging}.")
+        raise RuntimeError(f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} fresh placements "
+                           f"for tasks {short} (successes so far); finished episodes are kept in {staging}.")
     return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed)
 
 
 def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, seed) -> Path:
+    from ..data.starts import START_STATES_FILE, start_record, start_states_text
     from ..data.writer import LeRobotWriter
     from .annotate import annotate, write_annotations
 
-    order = {t: init_order(_num_init_states(suite, t), seed, t) for t in tasks}
-    extra = {"control_steps_per_frame": CONTROL_STEPS_PER_FRAME, "source": {"generator": "world_modality.sim.generate", "suite": suite,
-             "tasks": list(tasks), "seed": seed, "episodes": []}}
-    annotations = []
+    extra = {"control_steps_per_frame": CONTROL_STEPS_PER_FRAME,
+             "source": {"generator": "world_modality.sim.generate", "suite": suite, "tasks": list(tasks), "seed": seed,
+                        "starts": "fresh placements (meta/start_states.jsonl)", "episodes": []}}
+    annotations, starts = [], []
     writer = LeRobotWriter(out, fps=DATASET_FPS, image_keys=IMAGE_KEYS, image_size=image_size, extra_info=extra)
     with writer:
         for t in tasks:
-            # The first n successes in the fixed order: the dataset does not depend on which worker finished first.
-            chosen = sorted(set(wins[t]), key=order[t].index)[:n]
-            for init in chosen:
-                z = np.load(staging / f"task{t:02d}_init{init:02d}.npz", allow_pickle=False)
+            # The first n successes in attempt order: the dataset does not depend on which worker finished first.
+            for attempt in sorted(set(wins[t]))[:n]:
+                job = Job(suite, t, attempt, image_size, seed)
+                z = np.load(staging / f"{job.name}.npz", allow_pickle=False)
                 images = {k: z[k.replace(".", "__")] for k in IMAGE_KEYS}
                 ep = writer.add_episode(images, z["observation__state"], z["action"], str(z["task"]))
-                extra["source"]["episodes"].append({"episode_index": ep, "task_id": t, "init_state_index": init})
+                extra["source"]["episodes"].append({"episode_index": ep, "task_id": t, "attempt": attempt,
+                                                    "placement_seed": job.placement_seed})
+                starts.append(start_record(ep, suite, t, z["start_state"], job.placement_seed))
                 annotations.append((ep, annotate([str(p) for p in z["phases"]], json.loads(str(z["scene"])))))
+        writer.add_file(START_STATES_FILE, start_states_text(starts))
         writer.finalize()
     write_annotations(out / "coc.jsonl", annotations)
     import shutil

@@ -30,6 +30,7 @@ class Demo:
     actions: list[np.ndarray] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
     scene: dict = field(default_factory=dict)  # privileged facts for annotations (names, positions)
+    start_state: np.ndarray | None = None  # flattened simulator state the episode started from
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -41,14 +42,16 @@ class Demo:
 
 
 def record_demo(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0.0,
-                control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME) -> Demo:
-    """Roll out the expert once from a fixed initial state, rendering only the frames that are saved."""
+                control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME, placement_seed: int | None = None) -> Demo:
+    """Roll out the expert once, rendering only the frames that are saved. The start is a fresh placement
+    when `placement_seed` is given (generation), else the benchmark's stored initial state `init_index`;
+    `init_index` also seeds the expert's noise."""
     from .expert import PickPlaceExpert
 
-    obs = env.reset(init_index, render=True)
+    obs = env.reset(init_index, render=True, placement_seed=placement_seed)
     expert = PickPlaceExpert(env, noise=noise, rng=np.random.default_rng([seed, env.task_id, init_index]))
     demo = Demo(task=env.task, task_id=env.task_id, init_index=init_index, success=False, steps=0,
-                scene=scene_facts(env, expert))
+                scene=scene_facts(env, expert), start_state=env.start_state.copy())
     done = success = False
     while not done:
         phase = expert.phase  # the phase that produces this action (act() may move to the next one)
