@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from world_modality.analysis.plots import frame_strip, plot_success_bars, plot_training_curves
 from world_modality.analysis.report import write_report
-from world_modality.analysis.stats import paired_comparison, wilson_interval
+from world_modality.analysis.stats import clustered_paired_comparison, paired_comparison, wilson_interval
 
 SUITE = "libero_spatial"
 # (task_id, init_index) -> outcome; E0 has one initial state E2 lacks (unpaired).
@@ -130,14 +130,16 @@ def test_report_end_to_end(tmp_path):
     ci = paired_comparison({(SUITE, *k): E0_OUT[k] for k in E0_OUT}, {(SUITE, *k): E2_OUT[k] for k in E2_OUT})["diff_ci"]
     row = (f"| 12 | {sum(E0_OUT[k] for k in common)} ({100 * sum(E0_OUT[k] for k in common) / 12:.1f}%) "
            f"| {k2} ({100 * k2 / 12:.1f}%) | {100 * diff:+.1f} pp | [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] pp "
-           f"| {b_only} | {a_only} | {p:.4g} |")
+           f"| paired percentile bootstrap over pairs (10000 draws, seed 0) | {b_only} | {a_only} | {p:.4g} "
+           "| exact McNemar |")
     assert row in md
+    assert pc["test"] == "exact McNemar" and pc["p"] == pc["mcnemar_p"] and pc["error_pairs"] == 0
 
     # Memory ablation (closed loop and offline), offline-vs-closed-loop caveat, no step-level p-values.
     assert "| E2 | – | " in md and f"{sum(E2_ZERO.values())}/12" in md
     assert "0.3800" in md and "0.4500" in md and "+0.250" in md
     assert "Offline loss does not rank policies" in md
-    assert md.count("p =") == 0 and md.count("McNemar p") == 1
+    assert md.count("p =") == 0 and md.count("| exact McNemar |") == 1
     assert "put bowl 1 on plate" in md
     assert "E2: first failure (task01_init00_fail.mp4)" in md and "E0: first failure (libero_spatial_task0_init1.mp4)" in md
 
@@ -209,7 +211,8 @@ def test_report_seed_sweep(tmp_path):
         rates = [sum(SWEEP[(p, s)].values()) / len(SWEEP[(p, s)]) for s in (0, 1)]
         assert set(pooled["per_seed"]) == {0, 1}
         for s, rate in zip((0, 1), rates):
-            assert pooled["per_seed"][s] == {"n": len(SWEEP[(p, s)]), "k": sum(SWEEP[(p, s)].values()), "rate": pytest.approx(rate)}
+            assert pooled["per_seed"][s] == {"n": len(SWEEP[(p, s)]), "k": sum(SWEEP[(p, s)].values()),
+                                             "rate": pytest.approx(rate), "errors": 0}
         assert pooled["seed_mean"] == pytest.approx(np.mean(rates)) and pooled["seed_std"] == pytest.approx(np.std(rates, ddof=1))
         lo, hi = wilson_interval(k, n)
         assert f"{k}/{n} = {100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]%" in md
@@ -224,8 +227,14 @@ def test_report_seed_sweep(tmp_path):
     pc = res["paired_pooled"]
     assert (pc["a"], pc["b"], pc["n_pairs"], pc["b_only"], pc["a_only"]) == ("E0", "E2", 20, b_only, a_only)
     assert pc["diff"] == pytest.approx((sum(b[k] for k in common) - sum(a[k] for k in common)) / 20)
-    assert pc["mcnemar_p"] == pytest.approx(binomtest(b_only, b_only + a_only, 0.5).pvalue)
-    assert pc["unpaired_keys"] == {"a": 1, "b": 0} and pc["diff_ci"] == paired_comparison(a, b)["diff_ci"]
+    # Pooled: the seeds share initial states, so the test and interval are clustered by (suite, task, init).
+    ref = clustered_paired_comparison(a, b, lambda k: k[1:])
+    assert "mcnemar_p" not in pc and pc["p"] == ref["p"] and pc["diff_ci"] == ref["diff_ci"]
+    assert pc["test"].startswith("cluster sign-flip permutation over (suite, task, initial state) (exact")
+    assert pc["diff_ci_method"].startswith("cluster percentile bootstrap over (suite, task, initial state) "
+                                           "(10 clusters")
+    assert pc["n_clusters"] == 10
+    assert pc["unpaired_keys"] == {"a": 1, "b": 0} and pc["error_pairs"] == 0
     crossed = {(1 - k[0], *k[1:]): v for k, v in b.items()}  # E0 seed 0 against E2 seed 1: a different answer
     assert (paired_comparison(a, crossed)["b_only"], paired_comparison(a, crossed)["a_only"]) != (b_only, a_only)
     for s in (0, 1):
@@ -233,9 +242,14 @@ def test_report_seed_sweep(tmp_path):
         ks = set(sa) & set(sb)
         d = (sum(sb[k] for k in ks) - sum(sa[k] for k in ks)) / len(ks)
         assert pc["per_seed"][s]["n_pairs"] == 10 and pc["per_seed"][s]["diff"] == pytest.approx(d)
+        bs, as_ = sum(sb[k] and not sa[k] for k in ks), sum(sa[k] and not sb[k] for k in ks)
+        assert pc["per_seed"][s]["p"] == pytest.approx(binomtest(bs, bs + as_, 0.5).pvalue)
+        assert pc["per_seed"][s]["test"] == "exact McNemar (per seed)"
         assert f"| {s} | 10 | {sum(sa[k] for k in ks)} ({100 * sum(sa[k] for k in ks) / 10:.1f}%) |" in md
-    assert "Keys that could not be paired (left out): 1 of E0, 0 of E2." in md
-    assert "## Paired comparison pooled over training seeds" in md and "McNemar p" in md
+    assert ("Keys that could not be paired (left out): 1 of E0, 0 of E2; pairs left out because an episode ended in an "
+            "error on either side: 0.") in md
+    assert "## Paired comparison pooled over training seeds" in md and "| exact McNemar (per seed) |" in md
+    assert f"| {pc['p']:.4g} | {pc['test']} |" in md and pc["diff_ci_method"] in md
     assert res["paired"] is None and res["compare"] is None and res["compare_pooled"] == ("E0", "E2")
 
     # Files and figures.
@@ -247,3 +261,125 @@ def test_report_seed_sweep(tmp_path):
     # An explicit compare may name presets; the order sets the sign.
     res2 = write_report(dirs, tmp_path / "report2", compare=("E2", "E0"))
     assert res2["paired_pooled"]["a"] == "E2" and res2["paired_pooled"]["diff"] == pytest.approx(-pc["diff"])
+
+
+def _err(t, i, memory, exp, msg="RuntimeError: MuJoCo step diverged"):
+    return {"suite": SUITE, "task_id": t, "task": f"put bowl {t} on plate", "init_index": i, "seed": 0,
+            "memory": memory, "success": None, "outcome": "error", "error": msg, "steps": 3, "failure": None,
+            "seconds": 0.1, "experiment": exp}
+
+
+def _new(rec):
+    return {**rec, "outcome": "success" if rec["success"] else "failure"}
+
+
+def test_report_counts_errors_apart_and_retried_errors_once(tmp_path):
+    # E0, old-format file: one exception written as a failure ("exception: ..."), no outcome field.
+    e0 = _make_run(tmp_path, "E0", False)
+    old = [_episode(t, i, ok, "none", "E0") for (t, i), ok in E2_ZERO.items()]
+    old[1] = {**old[1], "success": False, "failure": "exception: ValueError: bad frame"}
+    _write_jsonl(e0 / "eval" / "none" / "episodes.jsonl", old)
+    # E2, new format: (0, 2) errored then a rerun finished it; (1, 3) errored twice, never finished;
+    # (1, 5) errored on a start E0 finished; a torn last line.
+    e2 = _make_run(tmp_path, "E2", True)
+    outs = dict(E2_OUT)
+    recs = [_new(_episode(t, i, ok, "predicted", "E2")) for (t, i), ok in outs.items()
+            if (t, i) not in {(1, 3), (1, 5)}]
+    first = [_err(0, 2, "predicted", "E2"), _err(1, 3, "predicted", "E2"), _err(1, 5, "predicted", "E2")]
+    rerun = [_err(1, 3, "predicted", "E2", "MemoryError: out of memory")]
+    path = e2 / "eval" / "predicted" / "episodes.jsonl"
+    _write_jsonl(path, first + recs + rerun)
+    path.write_text(path.read_text() + '{"suite": "libero_sp')
+    res = write_report([e0, e2], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+
+    finished = {k: v for k, v in outs.items() if k not in {(1, 3), (1, 5)}}
+    k2 = sum(finished.values())
+    assert res["experiments"]["E2"] == {"memory": "predicted", "n": 10, "k": k2, "rate": pytest.approx(k2 / 10),
+                                        "ci": pytest.approx(wilson_interval(k2, 10)), "errors": 2}
+    k0 = sum(v for j, v in enumerate(E2_ZERO.values()) if j != 1)
+    assert res["experiments"]["E0"]["n"] == 12 and res["experiments"]["E0"]["k"] == k0
+    assert res["experiments"]["E0"]["errors"] == 0  # an old file's exception stays a failure
+
+    # Success table: errors apart, old-format exceptions labelled as failures.
+    lo, hi = wilson_interval(k2, 10)
+    assert (f"| E2 | predicted | 10 | {k2} | {100 * k2 / 10:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}]% | "
+            f"{10 - k2} | 2 | 0 |") in md
+    assert "| E0 | none | 12 |" in md and f"| {12 - k0 - 1} | 0 | 1 |" in md
+    assert "| errors (excluded) | old-format exceptions (counted as failures) |" in md
+    assert "E2: 1 episode file(s) merged; 0 duplicate episode line(s)" in md
+    assert "2 episode(s) ended in an error and never finished (left out of rates); 1 errored attempt(s) retried" in md
+    assert "1 unreadable line(s) skipped" in md
+    # Per task: task 1 of E2 has 4 finished and 2 errors.
+    k_t1 = sum(v for (t, i), v in finished.items() if t == 1)
+    lo, hi = wilson_interval(k_t1, 4)
+    assert f"{k_t1}/4 = {100 * k_t1 / 4:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]% (+2 errors)" in md
+
+    # Paired: (1, 3) and (1, 5) have an error on E2's side: left out, counted as such.
+    pc = res["paired"]
+    common = sorted(finished)
+    e0_out = {k: v for k, v in zip(E2_ZERO, [r["success"] for r in old])}
+    assert (pc["n_pairs"], pc["error_pairs"], pc["unpaired_keys"]) == (10, 2, {"a": 0, "b": 0})
+    assert pc["b_only"] == sum(finished[k] and not e0_out[k] for k in common)
+    assert "pairs left out because an episode ended in an error on either side: 2" in md
+
+
+def test_report_pooled_over_seeds_leaves_out_errors(tmp_path):
+    dirs = [_make_seed_run(tmp_path, p, s, out) for (p, s), out in SWEEP.items()]
+    path = dirs[2] / "eval" / "predicted" / "episodes.jsonl"  # E2 seed 0: (0, 0) errored, never finished
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    _write_jsonl(path, [r for r in recs if (r["task_id"], r["init_index"]) != (0, 0)] + [_err(0, 0, "predicted", "E2")])
+    res = write_report(dirs, tmp_path / "out")
+    pc = res["paired_pooled"]
+    assert (pc["n_pairs"], pc["error_pairs"], pc["n_clusters"]) == (19, 1, 10)
+    assert pc["per_seed"][0]["error_pairs"] == 1 and pc["per_seed"][0]["n_pairs"] == 9
+    assert res["pooled"]["E2"]["errors"] == 1 and res["pooled"]["E2"]["n"] == 19
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "pairs left out because an episode ended in an error on either side: 1" in md
+    k = sum(SWEEP[("E2", 0)].values()) - SWEEP[("E2", 0)][(0, 0)]
+    assert f"{k}/9 = {100 * k / 9:.1f}% (+1 error)" in md
+
+
+def test_report_shows_the_overlap_check_and_flags_train_overlap(tmp_path):
+    e0 = _make_run(tmp_path, "E0", False, E0_OUT)
+    e2 = _make_run(tmp_path, "E2", True, E2_OUT, extra_modes={"zero": E2_ZERO, "shuffled": E2_ZERO})
+    # E2 predicted: checked, start (0, 3) overlaps a training start and was allowed; its episode is flagged.
+    (e2 / "eval" / "predicted" / "settings.json").write_text(json.dumps({"suite": SUITE, "overlap": {
+        "checked": True, "dataset": "runs/demo/data", "how": "recorded start states", "training_starts": 40,
+        "tolerance": 1e-3, "min_distance": 0.0, "overlapping": [[0, 3]], "allowed": True}}))
+    for shard in e2.glob("eval/predicted/episodes.shard-*.jsonl"):
+        recs = [json.loads(x) for x in shard.read_text().splitlines()]
+        _write_jsonl(shard, [{**r, "train_overlap": True} if (r["task_id"], r["init_index"]) == (0, 3) else r
+                             for r in recs])
+    # E2 zero: checked, nothing overlaps; E2 shuffled: a dataset without starts. E0: an old settings.json.
+    (e2 / "eval" / "zero" / "settings.json").write_text(json.dumps({"overlap": {
+        "checked": True, "dataset": "runs/demo/data", "training_starts": 40, "tolerance": 1e-3, "min_distance": 0.0421,
+        "overlapping": [], "allowed": False}}))
+    (e2 / "eval" / "shuffled" / "settings.json").write_text(json.dumps({"overlap": {
+        "checked": False, "dataset": "fixture", "how": "the training dataset records no start states",
+        "training_starts": 0, "tolerance": 1e-3, "min_distance": None, "overlapping": [], "allowed": False}}))
+    (e0 / "eval" / "none" / "settings.json").write_text(json.dumps({"suite": SUITE, "seed": 7}))
+    res = write_report([e0, e2], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    htm = (tmp_path / "out" / "report.html").read_text()
+
+    assert "## Train/evaluation overlap check" in md
+    assert ("| E2 | predicted | yes (recorded start states) | runs/demo/data | 40 | 0 (tolerance 0.001) "
+            "| task 0 init 3 | yes | 1 |") in md
+    assert ("| E2 | shuffled | not checked (the training dataset records no start states) | fixture | 0 "
+            "| – (tolerance 0.001) | none | no | 0 |") in md
+    assert "| E2 | zero | yes | runs/demo/data | 40 | 0.0421 (tolerance 0.001) | none | no | 0 |" in md
+    assert ("| E0 | none | not checked (settings.json has no overlap record: evaluated before the check existed) "
+            "| – | – | – | – | – | 0 |") in md
+    warning = ("> **WARNING:** E2: 1 episode(s) were evaluated on initial states that overlap its training data "
+               f"(train_overlap): {SUITE} task 0 init 3 (memory predicted).")
+    assert md.count(warning) == 2  # at the top of the report and in the overlap section
+    assert md.index(warning) < md.index("## Runs")
+    assert "<p class='warn'>WARNING: E2: 1 episode(s)" in htm and ".warn{" in htm
+    assert res["overlap"]["E2"][0]["train_overlap"] == [(SUITE, 0, 3, "predicted")]
+    assert res["overlap"]["E0"][0]["overlap"] is None
+
+    # No settings.json at all: not checked, and no warning.
+    (e0 / "eval" / "none" / "settings.json").unlink()
+    md = (write_report([e0], tmp_path / "out2")["report_md"]).read_text()
+    assert "| E0 | none | not checked (no settings.json) |" in md and "WARNING" not in md
