@@ -1,9 +1,11 @@
-"""Shared by the benchmarks: a cheap trained checkpoint, timing helpers, results output."""
+"""Shared by the benchmarks: a cheap trained checkpoint, timing helpers, results output, and the rule that a figure
+is measured or else named as derived with its formula beside it."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -14,6 +16,34 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:  # scripts run as `python bench/x.py` from a clone without an install
     sys.path.insert(0, str(ROOT))
+
+
+# A figure computed from others under an assumption that was not measured (a projection to more epochs, a steady
+# state assuming perfect scaling...) carries "derived" in its name, its formula in figures["derived"] (an expression
+# over the other top-level figures) and the assumption in figures["derived_assumptions"].
+DERIVED_NAME = re.compile(r"derived|project(ed|ion)|steady|extrapolat|estimate", re.IGNORECASE)
+META_KEYS = ("derived", "derived_assumptions", "relabelled")
+
+
+def _keys(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if not prefix and k in META_KEYS:
+            continue
+        yield prefix + k
+        if isinstance(v, dict):
+            yield from _keys(v, prefix + k + ".")
+
+
+def undeclared_derived(figures: dict) -> list[str]:
+    """Problems with a results dict: figures whose name says derived/projected/steady-state/estimated without a
+    formula in figures["derived"], and "derived" or "derived_assumptions" entries that name no figure."""
+    formulas = figures.get("derived") or {}
+    keys = set(_keys(figures))
+    problems = [f"{k}: no formula in 'derived'" for k in sorted(keys)
+                if DERIVED_NAME.search(k.rsplit(".", 1)[-1]) and not str(formulas.get(k) or "").strip()]
+    for meta in ("derived", "derived_assumptions"):
+        problems += [f"{meta}[{k!r}] names no figure" for k in figures.get(meta) or {} if k not in keys]
+    return problems
 
 
 def median(xs) -> float:
@@ -62,6 +92,9 @@ def tiny_checkpoint(workdir: Path, preset: str = "E2", image_size: int = 128, co
 
 def emit(name: str, table: list[str], figures: dict, details: dict | None = None, out: str | None = None) -> Path:
     """Print the table, write figures + details, and end stdout with one JSON line (the figures)."""
+    problems = undeclared_derived({**figures, **(details or {})})
+    if problems:  # a derived figure must not pass for a measured one
+        raise ValueError(f"{name}: {'; '.join(problems)}")
     print("\n".join(table), flush=True)
     figures = {"benchmark": name, **figures, **host(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"

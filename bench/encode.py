@@ -76,12 +76,16 @@ def main() -> None:
              f"{'arm':<28} {'median s':>9} {'frames/s':>9} {'windows encoded':>16}",
              f"{'cache (each window once)':<28} {tc:9.2f} {rate['cache']:9.1f} {n:>16}",
              f"{'naive (per sample, 1 epoch)':<28} {tn:9.2f} {rate['naive']:9.1f} {2 * n:>16}",
-             f"ratio one epoch: {tn / tc:.2f}x; over {epochs} epochs (the naive arm re-encodes each epoch): "
-             f"{epochs * tn / tc:.2f}x (goal >= 5x)"]
+             f"ratio one epoch (measured): {tn / tc:.2f}x; over {epochs} epochs, derived, not measured "
+             f"({epochs} x the one-epoch ratio: the naive arm re-encodes each epoch): {epochs * tn / tc:.2f}x "
+             "(goal >= 5x)"]
+    multi = f"ratio_cache_vs_naive_{epochs}_epochs_derived"
     figures = {
         "frames_per_s_cache": round(rate["cache"], 1), "frames_per_s_naive": round(rate["naive"], 1),
-        "ratio_cache_vs_naive_one_epoch": round(tn / tc, 2), f"ratio_cache_vs_naive_{epochs}_epochs": round(epochs * tn / tc, 2),
-        "ratio_cache_vs_naive": round(epochs * tn / tc, 2), "epochs": epochs,
+        "ratio_cache_vs_naive_one_epoch": round(tn / tc, 2), multi: round(epochs * tn / tc, 2), "epochs": epochs,
+        "derived": {multi: "epochs * ratio_cache_vs_naive_one_epoch"},
+        "derived_assumptions": {multi: "only one epoch of each arm is timed: every naive epoch is assumed to cost the "
+                                       "measured one, and reading the built cache in later epochs to cost nothing"},
         "frames_per_s_definition": "dataset frames whose z_t and z_{t+k} are made available per second "
                                    "(cache: build incl. write; naive: one epoch of per-sample encodes)",
         "frames": n, "num_frames_per_window": m, "threads": args.threads, "rounds": args.rounds,

@@ -287,6 +287,9 @@ def main(argv=None) -> int:
               "weights": "random init", "batch": args.batch, "image_size": args.image_size, "frames": args.frames,
               "action_head": args.action_head, "n": args.n, "warmup": args.warmup, "prompt_tokens": prompt_tokens,
               "build_s": round(build_s, 2), "median_ms": ms, "finite_actions": finite, **info, **(mem or {}),
+              # head is the one part not timed on its own: predict_actions minus backbone and Prophet, per step.
+              "derived": {"median_ms.head": "median over steps of (predict_actions - backbone - prophet) ms: "
+                                            "memory, cross-attention, action head and their glue"},
               "torch": torch.__version__}
     print(table(ms, info, mem))
     if not args.tiny:

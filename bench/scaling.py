@@ -16,6 +16,8 @@ from pathlib import Path
 from _common import RESULTS_DIR, emit, tiny_config
 
 STAGES = ("generate", "encode", "train", "evaluate")
+PLOT_REFERENCE = ("the dashed 'linear in size' line in the plot is drawn, not measured: "
+                  "seconds.generate[0] * size / sizes[0]")
 
 
 def timed(fn) -> float:
@@ -112,6 +114,7 @@ def main() -> None:
                **{f"growth_ratio_{s}": round(last[s] / first[s], 2) for s in STAGES},
                "seconds": {s: [round(r[s], 1) for r in rows] for s in STAGES}, "frames": [r["frames"] for r in rows],
                "suite": args.suite, "tasks": args.tasks, "eval_steps": args.eval_steps, "workers": args.workers,
+               "plot_reference_line": PLOT_REFERENCE,
                "plot": str(Path(args.plot).relative_to(RESULTS_DIR.parent.parent)) if Path(args.plot).is_relative_to(RESULTS_DIR.parent.parent) else args.plot}
     emit("scaling", table, figures, out=args.out)
 

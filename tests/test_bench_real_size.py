@@ -28,6 +28,7 @@ def test_tiny_mode_times_every_part(tmp_path, capsys):
     assert result["mode"] == "tiny" and result["measured"] is True and result["n"] == 2
     assert result["finite_actions"] is True
     assert set(result["median_ms"]) == set(rs.PARTS)
+    assert "predict_actions - backbone - prophet" in result["derived"]["median_ms.head"]  # the one part not timed alone
     assert all(v > 0 for k, v in result["median_ms"].items() if k != "head")
     parts = sum(result["median_ms"][k] for k in ("preprocess", "world_encoder", "backbone", "prophet"))
     assert result["median_ms"]["step"] >= 0.5 * parts
