@@ -146,7 +146,7 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
         lo, hi = p["diff_ci"]
         lines.append(f"  paired E2 - E0 over {p['n_pairs']} identical initial states: {100 * p['diff']:+.1f} pts "
                      f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}); E2-only successes {p['b_only']}, E0-only {p['a_only']}; "
-                     f"exact McNemar p = {p['mcnemar_p']:.3g}")
+                     f"{p['test']} p = {p['p']:.3g}")
     from .evaluate.overlap import describe
 
     overlap = {preset: r.overlap for preset, r in results.items()}
