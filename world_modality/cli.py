@@ -96,7 +96,7 @@ def _cmd_report(args) -> int:
     if paired:
         lo, hi = paired["diff_ci"]
         print(f"[report] {paired['b']} - {paired['a']} over {paired['n_pairs']} paired episodes: "
-              f"{100 * paired['diff']:+.1f} pts (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), exact McNemar p = {paired['mcnemar_p']:.3g}")
+              f"{100 * paired['diff']:+.1f} pts (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), {paired['test']} p = {paired['p']:.3g}")
     print(f"[report] {result['report_md']}\n[report] {result['report_html']}")
     return 0
 
