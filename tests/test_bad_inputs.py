@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,10 +57,20 @@ def cli_error(argv, capsys):
     (["eval", "--checkpoint", "{tmp}", "--max_steps", "0"], ["max_steps must be >= 1", "got 0"]),
     (["generate", "--suite", "libero_spatial", "--tasks", "0", "--out", "{data}/meta"],
      ["a non-empty folder without a dataset", "expected a new or empty folder"]),
+    (["train", "--dataset", "{data}", "--lr", "inf", "--output_dir", "{tmp}/run"],
+     ["`lr` must be a finite number > 0, got inf."]),
+    (["train", "--dataset", "{data}", "--lr", "0", "--output_dir", "{tmp}/run"],
+     ["`lr` must be a finite number > 0, got 0.0."]),
+    (["train", "--dataset", "{data}", "--lambda_world", "inf"], ["`lambda_world` must be a finite number, got inf."]),
+    (["train", "--dataset", "{data}", "--grad_clip", "nan"], ["`grad_clip` must be a finite number, got nan."]),
+    (["train", "--dataset", "{data}", "--output_dir", "{data}/meta/info.json"],
+     ["--output_dir {data}/meta/info.json is a file; expected a folder for the run"]),
+    (["eval-offline", "--checkpoint", "{tmp}", "--batch_size", "0"], ["--batch_size must be an integer >= 1, got 0."]),
 ], ids=["no-dataset-dir", "negative-batch", "image-size-8", "memory-mode", "train-memory-oracle",
         "train-memory-shuffle", "instruction-key", "latent-suffix",
         "encode-without-dataset", "no-checkpoint", "shard-3-of-2", "shard-not-i-n", "misspelt-suite", "bad-tasks",
-        "zero-episodes", "empty-task-range", "repeated-task", "zero-replan", "zero-max-steps", "generate-into-data"])
+        "zero-episodes", "empty-task-range", "repeated-task", "zero-replan", "zero-max-steps", "generate-into-data",
+        "lr-inf", "lr-zero", "lambda-world-inf", "grad-clip-nan", "output-dir-is-a-file", "offline-batch-0"])
 def test_cli_bad_input_is_one_line_and_exit_2(argv, needles, fixture_dataset, tmp_path, capsys):
     fill = {"tmp": str(tmp_path), "data": str(fixture_dataset)}
     message = cli_error([a.format(**fill) for a in argv], capsys)
@@ -181,3 +192,76 @@ def test_traceback_variable_shows_where_the_error_was_raised(monkeypatch):
     monkeypatch.setenv("WORLD_MODALITY_TRACEBACK", "1")
     with pytest.raises(ConfigError, match="--dataset PATH is required"):
         cli_main(["encode"])
+
+
+def test_a_failed_run_leaves_no_run_folder_behind(tmp_path, capsys):
+    """Training on a dataset that does not exist created --output_dir and left it empty."""
+    argv = ["train", "--dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "runs" / "e2")]
+    message = cli_error(argv, capsys)
+    assert "does not exist" in message and not (tmp_path / "runs").exists()
+
+
+def _copy_dataset(fixture_dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(fixture_dataset, root, ignore=shutil.ignore_patterns(".cache"))
+    return root
+
+
+@pytest.mark.parametrize("victim,needle", [
+    ("meta/info.json", "{root}/meta/info.json is not valid JSON ("),
+    ("data/chunk-000/file-000.parquet", "{root}/data/chunk-000/file-000.parquet is not a readable parquet file"),
+    ("meta/episodes/chunk-000/file-000.parquet", "{root}/meta/episodes/chunk-000/file-000.parquet is not a readable"),
+], ids=["info-json", "data-parquet", "episodes-parquet"])
+def test_a_damaged_dataset_file_is_named_before_training(fixture_dataset, tmp_path, capsys, victim, needle):
+    root = _copy_dataset(fixture_dataset, tmp_path)
+    data = (root / victim).read_bytes()
+    (root / victim).write_bytes(data[: len(data) // 2])
+    message = cli_error(["train", "--dataset", str(root), "--output_dir", str(tmp_path / "run")], capsys)
+    assert needle.format(root=root) in message, message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim,needle", [
+    ("config.json", "{ck}/config.json is not valid JSON ("),
+    ("policy.json", "{ck}/policy.json is not valid JSON ("),
+], ids=["config-json", "policy-json"])
+def test_a_checkpoint_json_that_is_not_json_is_named(trained_e2, tmp_path, capsys, victim, needle):
+    ck = Path(shutil.copytree(trained_e2, tmp_path / "ck"))
+    (ck / victim).write_text((ck / victim).read_text()[:40])
+    message = cli_error(["eval-offline", "--checkpoint", str(ck), "--out", str(tmp_path / "o.json")], capsys)
+    assert needle.format(ck=ck) in message, message
+
+
+def test_a_latent_cache_record_that_is_not_json_is_named(fixture_dataset, tmp_path, capsys):
+    root = _copy_dataset(fixture_dataset, tmp_path)
+    argv = ["encode", "--preset", "E2", "--dataset", str(root), "--image_size", "32", "--world_image_size", "32"]
+    assert cli_main(argv) == 0
+    (record,) = (root / ".cache" / "latents").glob("*.json")
+    record.write_text("{")
+    capsys.readouterr()
+    message = cli_error(argv, capsys)
+    assert f"latent cache {record} is not valid JSON" in message and f"delete {record}" in message
+
+
+@pytest.mark.slow
+def test_offline_evaluation_of_an_edited_checkpoint_names_the_field_and_keeps_the_latent_cache(trained_e2, capsys,
+                                                                                              tmp_path):
+    """config.json edited from m4 to m2: eval-offline called the dataset's valid latent cache a mismatch and said
+    to delete it; deleted, the next run failed differently. The checkpoint is the error, and the cache stays."""
+    ck = Path(shutil.copytree(trained_e2, tmp_path / "ck"))
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["world"]["latent_suffix"] = "m2"
+    (ck / "config.json").write_text(json.dumps(cfg))
+    caches = sorted((Path(cfg["data"]["dataset"]) / ".cache" / "latents").glob("*"))
+    message = cli_error(["eval-offline", "--checkpoint", str(ck), "--out", str(tmp_path / "o.json")], capsys)
+    assert f"checkpoint {ck} does not hold together: config.json `latent_suffix` is 'm2'" in message, message
+    assert "delete" not in message
+    assert sorted((Path(cfg["data"]["dataset"]) / ".cache" / "latents").glob("*")) == caches
+
+
+@pytest.mark.slow
+def test_offline_evaluation_refuses_an_output_path_it_cannot_write_before_loading(trained_e2, tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    message = cli_error(["eval-offline", "--checkpoint", str(trained_e2), "--out", str(tmp_path / "folder")], capsys)
+    assert message == f"--out {tmp_path / 'folder'} is a folder; expected the path of a JSON file to write."

@@ -1,6 +1,7 @@
-"""Faults with real kills: training SIGKILLed mid-epoch, a checkpoint writer SIGKILLed mid-write.
+"""Faults with real kills: training SIGKILLed mid-epoch, a checkpoint writer SIGKILLed mid-write; and a run
+whose weights blow up, which must stop with one line and keep only finite checkpoints.
 
-Each faulty run is rerun with the plain training command and must end exactly where an
+Each killed run is rerun with the plain training command and must end exactly where an
 uninterrupted run with the same seed ends: same per-epoch metrics, bit-identical final weights.
 Exact equality holds because batch order depends only on (seed, epoch), each step's random state
 only on (seed, step), checkpoints store float32 tensors and the optimizer state unchanged, and a
@@ -143,3 +144,26 @@ def test_kill_between_logging_an_epoch_and_checkpointing_it(fixture_dataset, tmp
     assert checkpoints_in(tmp_path / "r")[-1].name == f"step-{STEPS_PER_EPOCH - SAVE_EVERY:08d}"
     train(tiny_config(fixture_dataset, tmp_path / "r", **cfg), progress=False)
     assert metrics(tmp_path / "r") == logged
+
+
+def test_a_diverging_run_exits_2_naming_the_step_and_keeps_only_finite_checkpoints(fixture_dataset, tmp_path):
+    """`--lr inf` trained with action_loss=nan to a "final checkpoint" and exit 0. A learning rate that passes
+    the config check but blows the weights up (1e30: finite after step 1, NaN loss at step 2) must stop the
+    process at step 2 with one line and exit 2, keeping step 1, the last finite checkpoint."""
+    import torch
+
+    run = tmp_path / "diverged"
+    proc = subprocess.run([sys.executable, "-m", "world_modality.train", "--preset", "E0", "--dataset",
+                           str(fixture_dataset), "--image_size", "32", "--output_dir", str(run), "--max_epochs", "1",
+                           "--no-tensorboard", "--num_threads", "1", "--save_every_steps", "1", "--lr", "1e30"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()[-1]  # after the progress bars of the frame cache
+    assert err.startswith("world_modality.train: error: training diverged at step 2 (epoch 1, batch 2 of 30): "
+                          "action_loss = nan;"), err
+    assert f"the last finite checkpoint, {run / 'checkpoints' / 'step-00000001'}, is kept" in err
+    assert "lower --lr (now 1e+30)" in err and "final checkpoint" not in proc.stdout
+    assert [p.name for p in checkpoints_in(run)] == ["step-00000001"] and not (run / "LATEST").exists()
+    weights = load_file(str(run / "checkpoints" / "step-00000001" / "model.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in weights.values())

@@ -51,12 +51,19 @@ def _cmd_encode(args) -> int:
 
 
 def _cmd_eval_offline(args) -> int:
-    from .analysis.offline import evaluate_offline, format_table, write_result
+    from .analysis.offline import check_output_file, check_settings, evaluate_offline, format_table, write_result
+    from .policy.device import resolve_device
+    from .train import resolve_checkpoint
 
-    result = evaluate_offline(args.checkpoint, dataset=args.dataset, batch_size=args.batch_size,
+    # Every setting, and where the result goes, is checked before the checkpoint or dataset loads.
+    check_settings(args.batch_size, args.memory, args.split)
+    resolve_device(args.device)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.parent.parent / f"eval_offline_{args.split}.json"
+    check_output_file(out)
+    result = evaluate_offline(ckpt, dataset=args.dataset, batch_size=args.batch_size,
                               modes=args.memory, seed=args.seed, split=args.split, device=args.device)
     print(format_table(result))
-    out = Path(args.out) if args.out else Path(result["checkpoint"]).parent.parent / f"eval_offline_{args.split}.json"
     write_result(result, out)
     print(f"[eval-offline] wrote {out}")
     return 0
@@ -107,6 +114,54 @@ def _cmd_demo(args) -> int:
     return run_demo(quick=args.quick, out=args.out)
 
 
+def _cmd_pretrain_world(args) -> int:
+    import dataclasses
+
+    from .world.pretrain import PretrainSettings, pretrain
+
+    fields = {f.name for f in dataclasses.fields(PretrainSettings)}
+    pretrain(PretrainSettings(**{k: v for k, v in vars(args).items() if k in fields}), args.out)
+    return 0
+
+
+def _cmd_probe(args) -> int:
+    from .analysis.offline import check_output_file
+    from .analysis.probe import format_table, probe_dataset, probe_run, write_result
+    from .config import FIELD_SECTION
+
+    given = sorted(k for k in vars(args) if k in FIELD_SECTION)  # config flags default to absent
+    if args.checkpoint:
+        other = [k for k in given if k not in ("dataset", "seed")]
+        if other or args.preset or args.config:
+            raise ConfigError(f"--checkpoint probes the run with its own config; only --dataset and --seed may be "
+                              f"given beside it, got {['--' + k for k in other] or '--preset/--config'}.")
+        from .train import resolve_checkpoint
+
+        out = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint).parent.parent / "probe.json"
+        check_output_file(out)
+        result = probe_run(args.checkpoint, dataset=getattr(args, "dataset", None), seed=getattr(args, "seed", 0),
+                           device=args.device)
+    else:
+        cfg = config_from_args(args)
+        if not cfg.data.dataset:
+            raise ConfigError("--dataset PATH (a dataset with observation.environment_state) or --checkpoint RUN "
+                              "is required.")
+        if not args.out:
+            raise ConfigError("--out FILE.json is required with --dataset (with --checkpoint it defaults to "
+                              "<run>/probe.json).")
+        out = Path(args.out)
+        check_output_file(out)
+        from .analysis.probe import require_env_state
+        from .policy.factory import world_encoder_from_config
+
+        require_env_state(cfg.data.dataset)  # before the encoder loads or any frame is decoded
+        result = probe_dataset(cfg, world_encoder_from_config(cfg))
+    print(format_table(result))
+    write_result(result, out)
+    print(f"[probe] wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="world-modality", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +209,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/report", help="folder for report.md, report.html and the PNGs")
     p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"), help="experiments to pair (default: E0 E2)")
     p.set_defaults(func=_cmd_report)
+
+    from .world.pretrain import PretrainSettings
+
+    d = PretrainSettings(dataset="")
+    p = sub.add_parser("pretrain-world", help="self-supervised V-JEPA training of the tiny world encoder on a "
+                                              "dataset's own frames (resumable); --out loads as --world_encoder vjepa2")
+    p.add_argument("--dataset", required=True, help="root of a LeRobot v3-layout dataset")
+    p.add_argument("--out", required=True, help="folder for the encoder (HF model folder), checkpoints and losses")
+    for name, what in (("steps", "optimiser steps in all (a rerun with more continues)"),
+                       ("batch_size", "windows per step"), ("lr", "AdamW learning rate after warm-up"),
+                       ("weight_decay", "AdamW weight decay"), ("warmup_steps", "linear warm-up steps"),
+                       ("ema", "momentum of the EMA target encoder"), ("seed", "init and every step's draws"),
+                       ("save_every", "steps between checkpoints"),
+                       ("num_threads", "CPU threads for torch; 0 = half the cores"),
+                       ("image_size", "side the frames are read at: the --image_size training will use"),
+                       ("world_image_size", "the encoder's input side (its crop)"),
+                       ("latent_suffix", "m frames per window, 'm4'"), ("frame_stride", "dataset frames between them"),
+                       ("world_image_key", "the camera the world encoder watches"),
+                       ("val_fraction", "episodes held out, as training holds them out"),
+                       ("instruction_key", "instruction column (the split is per task)"),
+                       ("episode_id_key", "column naming each frame's episode")):
+        default = getattr(d, name)
+        p.add_argument(f"--{name}", type=type(default), default=default, help=f"{what} (default: {default!r})")
+    p.set_defaults(func=_cmd_pretrain_world)
+
+    p = sub.add_parser("probe", help="ridge probes from world latents (and a run's Prophet) to object positions")
+    add_config_flags(p)
+    p.add_argument("--checkpoint", default=None, help="a trained run (or checkpoint): probe its encoder and Prophet")
+    p.add_argument("--out", default=None, help="JSON output (default with --checkpoint: <run>/probe.json)")
+    p.add_argument("--device", default="auto", help="where a run's policy runs: auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (CPU, no downloads)")
     p.add_argument("--quick", action="store_true", help="smaller budget, to try it out")

@@ -1,4 +1,4 @@
-"""Typed experiment configuration: dataclasses, the named presets (E0..E2-Flow) and flag parsing.
+"""Typed experiment configuration: dataclasses, the named presets (E0..E2-Flow, E2-State) and flag parsing.
 
 The research notes' flags (`--lambda_world 0.2 --delta_prediction --latent_suffix m4 ...`) are the
 interface; every field below has exactly one flag of the same name.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,16 @@ DEFAULT_LORA_TARGETS = {
 }
 
 
+# World encoders: a tiny random V-JEPA 2 (embedded default), V-JEPA 2 weights, or the privileged object state.
+WORLD_ENCODERS = ("tiny-vjepa2", "vjepa2", "env_state")
+# Help beyond the default for flags whose values need saying.
+FIELD_HELP = {
+    "world_encoder": "tiny-vjepa2 (random V-JEPA 2, embedded default) | vjepa2 (weights from --world_encoder_path) | "
+                     "env_state (privileged: the dataset's observation.environment_state, object poses and joints, "
+                     "normalised with training statistics, m frames concatenated; the E2-State upper bound)",
+}
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field, the value and the rule."""
 
@@ -38,6 +49,15 @@ class ConfigError(ValueError):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _check_finite(section) -> None:
+    """Every float field finite: argparse and JSON both accept nan and inf, and a NaN slips through
+    every `x >= 0` / `x > 0` check (`--lambda_world inf` trained on an infinite loss)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"`{f.name}` must be a finite number, got {value}.")
 
 
 @dataclass
@@ -56,6 +76,7 @@ class DataConfig:
     coc_jsonl: str | None = None  # JSONL of {episode_index, frame_index, text}
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         self.image_keys = tuple(self.image_keys)
         _check(len(self.image_keys) >= 1, "`image_keys` must name at least one camera, got none.")
         _check(16 <= self.image_size <= 1024, f"`image_size` must be in [16, 1024], got {self.image_size}.")
@@ -65,7 +86,8 @@ class DataConfig:
 @dataclass
 class WorldConfig:
     # World encoder (frozen)
-    world_encoder: str = "tiny-vjepa2"  # tiny-vjepa2 (random init, embedded default) | vjepa2
+    # tiny-vjepa2 (random init, embedded default) | vjepa2 | env_state (privileged object state, world/env_state.py)
+    world_encoder: str = "tiny-vjepa2"
     world_encoder_path: str | None = None  # local path or hub-cache id of a VJEPA2Model
     world_encoder_dtype: str = "auto"  # auto (bfloat16 for vjepa2 on CUDA, else float32) | float32 | bfloat16 | float16
     world_image_key: str = "observation.images.image"  # camera the world encoder watches
@@ -84,16 +106,25 @@ class WorldConfig:
         return int(self.latent_suffix[1:])
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(
-            re.fullmatch(r"m[1-9][0-9]*", self.latent_suffix) is not None,
+            isinstance(self.latent_suffix, str) and re.fullmatch(r"m[1-9][0-9]*", self.latent_suffix) is not None,
             f"`latent_suffix` must look like 'm4' (m frames per latent), got {self.latent_suffix!r}.",
         )
         _check(self.frame_stride >= 1, f"`frame_stride` must be >= 1, got {self.frame_stride}.")
         _check(self.future_offset >= 1, f"`future_offset` must be >= 1, got {self.future_offset}.")
         _check(self.lambda_world >= 0, f"`lambda_world` must be >= 0, got {self.lambda_world}.")
+        _check(16 <= self.world_image_size <= 1024,
+               f"`world_image_size` must be in [16, 1024], got {self.world_image_size}.")
+        _check(self.prophet_hidden >= 1, f"`prophet_hidden` must be >= 1, got {self.prophet_hidden}.")
         _check(
-            self.world_encoder in ("tiny-vjepa2", "vjepa2"),
-            f"`world_encoder` must be 'tiny-vjepa2' or 'vjepa2', got {self.world_encoder!r}.",
+            self.world_encoder in WORLD_ENCODERS,
+            f"`world_encoder` must be one of {WORLD_ENCODERS}, got {self.world_encoder!r}.",
+        )
+        _check(
+            self.world_encoder != "env_state" or not self.world_encoder_path,
+            f"`world_encoder` 'env_state' reads the dataset's observation.environment_state and has no weights; "
+            f"got `world_encoder_path` {self.world_encoder_path!r}.",
         )
         _check(
             self.world_encoder_dtype in ("auto", "float32", "bfloat16", "float16"),
@@ -132,6 +163,7 @@ class PolicyConfig:
     max_text_tokens: int = 48
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(self.backbone in BACKBONES, f"`backbone` must be one of {BACKBONES}, got {self.backbone!r}.")
         _check(
             self.backbone.startswith("tiny-") or bool(self.backbone_path),
@@ -153,7 +185,9 @@ class PolicyConfig:
         _check(self.n_memory_tokens >= 1, f"`n_memory_tokens` must be >= 1, got {self.n_memory_tokens}.")
         _check(self.flow_steps >= 1, f"`flow_steps` must be >= 1, got {self.flow_steps}.")
         _check(self.lora_rank >= 1, f"`lora_rank` must be >= 1, got {self.lora_rank}.")
+        _check(self.lora_alpha >= 1, f"`lora_alpha` must be >= 1, got {self.lora_alpha}.")
         _check(self.lambda_text >= 0, f"`lambda_text` must be >= 0, got {self.lambda_text}.")
+        _check(self.max_text_tokens >= 1, f"`max_text_tokens` must be >= 1, got {self.max_text_tokens}.")
 
     @property
     def backbone_family(self) -> str:
@@ -186,7 +220,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}.")
         _check(self.max_epochs >= 1, f"`max_epochs` must be >= 1, got {self.max_epochs}.")
-        _check(self.lr > 0, f"`lr` must be positive, got {self.lr}.")
+        # Before _check_finite, so `--lr inf` (which trained to a NaN "final checkpoint") names the rule.
+        _check(math.isfinite(self.lr) and self.lr > 0, f"`lr` must be a finite number > 0, got {self.lr}.")
+        _check_finite(self)
+        _check(self.weight_decay >= 0, f"`weight_decay` must be >= 0, got {self.weight_decay}.")
+        _check(self.grad_clip >= 0, f"`grad_clip` must be >= 0 (0 = no clipping), got {self.grad_clip}.")
+        _check(self.save_every_steps >= 0, f"`save_every_steps` must be >= 0 (0 = only at epoch ends), "
+                                           f"got {self.save_every_steps}.")
         _check(self.keep_checkpoints >= 1, f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}.")
         _check(self.num_threads >= 0, f"`num_threads` must be >= 0, got {self.num_threads}.")
         _check(self.augment_shift >= 0, f"`augment_shift` must be >= 0 pixels, got {self.augment_shift}.")
@@ -215,21 +255,43 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        _check(isinstance(d, dict), f"a config must be a JSON object with sections {sorted(_SECTIONS)}, "
+                                    f"got {type(d).__name__}.")
         parts = {}
         for name, sub in _SECTIONS.items():
+            given = d.get(name, {})
+            _check(isinstance(given, dict), f"config section `{name}` must be an object of fields, "
+                                            f"got {type(given).__name__}.")
             known = {f.name for f in dataclasses.fields(sub)}
-            given = dict(d.get(name, {}))
             unknown = set(given) - known
             _check(not unknown, f"config section `{name}` has unknown fields {sorted(unknown)}; known: {sorted(known)}.")
-            parts[name] = sub(**given)
+            try:
+                parts[name] = sub(**given)
+            except TypeError as e:
+                # A field of the wrong JSON type ("batch_size": "8") fails a comparison in the checks.
+                raise ConfigError(f"config section `{name}` has a value of the wrong type ({e}); "
+                                  f"expected the types `--help` shows.") from None
         return cls(preset=d.get("preset"), **parts)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ExperimentConfig":
         """A saved config; a value no longer accepted (a run trained with `memory_mode` oracle or
-        shuffle, say) is an error naming the file, not a policy rebuilt with another setting."""
+        shuffle, say), or a file that is not JSON, is an error naming the file, not a policy rebuilt
+        with another setting or a bare parser message."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist; expected a config.json written by "
+                                    f"training.") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} cannot be read as a config ({e}).") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); expected the config.json written by "
+                              f"training.") from None
+        try:
+            return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
@@ -243,6 +305,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "E4": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "lambda_text": 0.1},
     "E0-Flow": {"disable_future_injection": True, "lambda_world": 0.0, "action_head": "flow"},
     "E2-Flow": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "action_head": "flow"},
+    # The upper bound: the simulator's object state (observation.environment_state) as the world latent.
+    "E2-State": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "world_encoder": "env_state"},
+    # E2 with a V-JEPA encoder that has learnt something (`world-modality pretrain-world`); needs world_encoder_path.
+    "E2-Pretrained": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "world_encoder": "vjepa2"},
 }
 
 
@@ -263,6 +329,9 @@ def build_config(overrides: dict[str, Any], preset: str | None = None) -> Experi
         raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
     flat: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
     flat.update(overrides)
+    if preset == "E2-Pretrained" and not flat.get("world_encoder_path"):
+        raise ConfigError("preset E2-Pretrained needs --world_encoder_path DIR: a folder `world-modality pretrain-world "
+                          "--out DIR` wrote (or any local V-JEPA 2 checkpoint).")
     sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     for key, value in flat.items():
         if key not in FIELD_SECTION:
@@ -279,7 +348,7 @@ def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
 def matching_preset(cfg: ExperimentConfig) -> str | None:
     """The preset whose defining fields this config has (most specific first), else None."""
     flat, base = flatten(cfg), flatten(build_config({}))
-    for name in ("E4", "E2-Flow", "E0-Flow", "E2", "E0"):
+    for name in ("E2-State", "E2-Pretrained", "E4", "E2-Flow", "E0-Flow", "E2", "E0"):
         wanted = {k: base[k] for k in ("action_head", "lambda_text", "disable_future_injection")}
         wanted.update(PRESETS[name])
         if all(flat[k] == v for k, v in wanted.items()):
@@ -297,7 +366,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(sub):
             default = getattr(defaults, f.name)
             flag = f"--{f.name}"
-            help_text = f"(default: {default!r})"
+            help_text = (FIELD_HELP[f.name] + " " if f.name in FIELD_HELP else "") + f"(default: {default!r})"
             if isinstance(default, bool):
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             elif isinstance(default, tuple):

@@ -38,6 +38,8 @@ def test_flags_override_presets():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds_and_is_recognised(name):
     overrides = {"coc_jsonl": "ann.jsonl"} if name == "E4" else {}
+    if name == "E2-Pretrained":  # its encoder is a folder of weights: the preset cannot do without one
+        overrides = {"world_encoder_path": "/models/pretrained-vjepa2"}
     assert matching_preset(build_config(overrides, preset=name)) == name
 
 
@@ -90,3 +92,37 @@ def test_saved_config_trained_with_another_memory_mode_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match=r"config\.json: `memory_mode` must be 'predicted' in training.*'shuffle'"):
         ExperimentConfig.from_json(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"lr": float("inf")}, r"`lr` must be a finite number > 0, got inf."),
+    ({"lr": float("nan")}, r"`lr` must be a finite number > 0, got nan."),
+    ({"lr": 0.0}, r"`lr` must be a finite number > 0, got 0.0."),
+    ({"lambda_world": float("inf")}, r"`lambda_world` must be a finite number, got inf."),
+    ({"lambda_text": float("nan")}, r"`lambda_text` must be a finite number, got nan."),
+    ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0, got -0.1."),
+    ({"grad_clip": float("nan")}, r"`grad_clip` must be a finite number, got nan."),
+    ({"grad_clip": -1.0}, r"`grad_clip` must be >= 0 \(0 = no clipping\), got -1.0."),
+    ({"save_every_steps": -5}, r"`save_every_steps` must be >= 0"),
+    ({"prophet_hidden": 0}, r"`prophet_hidden` must be >= 1, got 0."),
+    ({"world_image_size": 8}, r"`world_image_size` must be in \[16, 1024\], got 8."),
+    ({"max_text_tokens": 0}, r"`max_text_tokens` must be >= 1, got 0."),
+], ids=["lr-inf", "lr-nan", "lr-zero", "lambda-world-inf", "lambda-text-nan", "weight-decay", "grad-clip-nan",
+        "grad-clip-negative", "save-every", "prophet-hidden", "world-image-size", "text-tokens"])
+def test_nonfinite_and_out_of_range_numbers_are_refused(overrides, needle):
+    """`--lr inf` trained with action_loss=nan to a "final checkpoint"; a NaN passes every `x >= 0` check, and
+    `--grad_clip nan` switched clipping off without a word."""
+    with pytest.raises(ConfigError, match=needle):
+        build_config(overrides)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('{"world": {"lambda_world": 0.2', r"c.json is not valid JSON \(.*\); expected the config.json written by"),
+    ('[1, 2]', r"c.json: a config must be a JSON object with sections"),
+    ('{"world": 3}', r"c.json: config section `world` must be an object of fields, got int."),
+    ('{"train": {"batch_size": "8"}}', r"c.json: config section `train` has a value of the wrong type"),
+], ids=["not-json", "not-object", "section-not-object", "wrong-type"])
+def test_a_saved_config_that_is_not_a_config_names_the_file(tmp_path, text, needle):
+    (tmp_path / "c.json").write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        ExperimentConfig.from_json(tmp_path / "c.json")

@@ -1,5 +1,6 @@
 """Training loop (accelerate): per-epoch metrics to console, JSONL and TensorBoard; atomic
-checkpoints; exact resume from the newest checkpoint.
+checkpoints; exact resume from the newest checkpoint, or (`--no-resume`) a clean run whose folder
+never mixes with an earlier one; a NaN/inf loss or weight stops the run at that step.
 
 `python -m world_modality.train --instruction_key task --lambda_world 0.2 --delta_prediction ...`
 """
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -21,13 +23,18 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
 from .pipeline import FrameSamples, make_collate, prepare_data, random_shift
-from .policy.checkpoint import DONE_MARKER, is_complete, load_checkpoint, load_training_state, save_checkpoint
+from .policy.checkpoint import (DONE_MARKER, is_complete, load_checkpoint, load_training_state, read_trainer_state,
+                                save_checkpoint)
 from .policy.factory import build_policy, build_preprocessor, check_image_size, world_encoder_from_config
 from .policy.model import PolicyShapes
 from .policy.tokenizer import build_tokenizer
 
 # Fields that may differ between the run being resumed and the resuming command.
 RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard", "dist_timeout_minutes"}
+
+
+class TrainingDiverged(ValueError):
+    """A loss or a weight became NaN/inf: training stops at that step and keeps its last finite checkpoint."""
 
 
 def checkpoints_in(run_dir: str | Path) -> list[Path]:
@@ -55,6 +62,43 @@ def _check_same_experiment(saved: ExperimentConfig, cfg: ExperimentConfig, where
         details = ", ".join(f"{k}: saved {a[k]!r} vs now {b[k]!r}" for k in diff[:6])
         raise ConfigError(f"cannot resume {where}: the run was started with another config ({details}). "
                           f"Use another --output_dir or --no-resume.")
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Refuse an output folder that cannot be one before any data is read or latent encoded: a file,
+    a path through a file, or a place where nothing can be created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--output_dir {run_dir} is a file; expected a folder for the run (config, metrics, "
+                          f"checkpoints).")
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--output_dir {run_dir} cannot be created: {parent} is a file; expected a folder path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output_dir {run_dir} cannot be written: {parent} is not writable.")
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """Move an earlier run's folder to <run>.old-<timestamp> (never overwriting one): a fresh run in the
+    same folder would sort the old run's higher step numbers last, so rotation deleted the new checkpoints."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
+        n += 1
+    os.rename(run_dir, target)
+    return target
+
+
+def _nonfinite_params(model: torch.nn.Module) -> list[str]:
+    """Trainable parameters holding NaN/inf after an update; one synchronisation for all of them."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).cpu()
+    return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
 
 
 def _drop_metrics_after(path: Path, step: int) -> None:
@@ -120,6 +164,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     t = cfg.train
     if not cfg.data.dataset:
         raise ConfigError("`dataset` is required: the root of a LeRobot v3-layout dataset (--dataset PATH).")
+    check_output_dir(Path(t.output_dir))
     # Backbones that cannot patch `image_size` fail now, not after hours of frame and latent caching.
     check_image_size(cfg)
     # The other processes wait in a barrier while the main one builds the frame and latent caches
@@ -127,13 +172,11 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
         InitProcessGroupKwargs(timeout=timedelta(minutes=t.dist_timeout_minutes))])
     if accelerator.device.type == "cpu":
-        import os
-
         # Measured on 2 cores: 2 threads beside one busy simulator took 6 s/step, 1 thread 0.13 s/step.
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 2) // 2))
     main = accelerator.is_main_process
     run_dir = Path(t.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Created only once data and policy are ready: a run that fails before leaves no empty folder.
 
     encoder = world_encoder_from_config(cfg) if (not cfg.policy.disable_future_injection or cfg.world.lambda_world > 0) else None
     with accelerator.main_process_first():  # one process encodes the latent cache, the others read it
@@ -146,6 +189,14 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         policy = load_checkpoint(ckpts[-1])
         _check_same_experiment(policy.cfg, cfg, ckpts[-1])
         policy.cfg = cfg
+        saved = read_trainer_state(ckpts[-1])
+        done = saved["epoch"] + (saved["batches_done_in_epoch"] > 0)  # epochs begun
+        if done > t.max_epochs:
+            # Its "final checkpoint" would be a model trained longer than this command asks for.
+            trained = f"{saved['epoch']} epoch(s)" + (" and part of the next" if saved["batches_done_in_epoch"] else "")
+            raise ConfigError(f"cannot resume {run_dir} to --max_epochs {t.max_epochs}: its newest checkpoint "
+                              f"{ckpts[-1].name} has already trained {trained}. Use --max_epochs >= {done}, "
+                              f"another --output_dir, or --no-resume.")
     else:
         corpus = sorted(set(ds.instructions) | set(t for t in (data.texts or []) if t))
         tokenizer = build_tokenizer(corpus) if cfg.policy.backbone.startswith("tiny") else None
@@ -166,6 +217,12 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                             # The cameras' recorded size: evaluation renders at it, then resizes as the frame cache did.
                             "frame_size": native_frame_sizes(ds.features, tuple(cfg.data.image_keys) + (
                                 (cfg.world.world_image_key,) if encoder is not None else ()))}
+    if main:
+        if not t.resume and run_dir.is_dir() and any(run_dir.iterdir()):
+            moved = _move_aside(run_dir)
+            print(f"[train] --no-resume: moved the earlier contents of {run_dir} to {moved}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     if main:
         cfg.to_json(run_dir / "config.json")
         if data.texts is not None:
@@ -242,8 +299,11 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                 accelerator.clip_grad_norm_(params, t.grad_clip)
             optimizer.step()
             step += accelerator.num_processes
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            values = {k: float(v.detach()) for k, v in out.items()}
+            _stop_if_diverged(accelerator, model, values, step=step, epoch=epoch + 1, batch=bi + 1,
+                              n_batches=len(batches), run_dir=run_dir, cfg=cfg)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
             count += 1
             bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items() if k != "loss"})
             # Batches all processes have done after this round: the same on every process (`bi` is
@@ -268,9 +328,41 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     logger.close()
     accelerator.wait_for_everyone()
     final = checkpoints_in(run_dir)[-1]
+    if final.name != f"step-{step:08d}":
+        # The run folder holds a checkpoint this run did not write: never report another model as final.
+        raise RuntimeError(f"the newest checkpoint in {run_dir} is {final.name}, but this run ended at step {step}.")
     if main:
         (run_dir / "LATEST").write_text(final.name + "\n")
     return final
+
+
+def _stop_if_diverged(accelerator, model: torch.nn.Module, values: dict[str, float], *, step: int, epoch: int,
+                      batch: int, n_batches: int, run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Stop at the first step whose loss (on any process) or updated weights are NaN/inf, naming the step,
+    epoch and loss; nothing of it is saved, so the newest checkpoint is the last finite one. Every
+    process takes the same decision (the flags are summed), or the others would wait in the next
+    gradient sync forever."""
+    bad_losses = sorted(k for k, v in values.items() if not math.isfinite(v))
+    bad_params = _nonfinite_params(model)
+    flags = torch.tensor([float(bool(bad_losses)), float(bool(bad_params))], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, reduction="sum")
+    if not bool(flags.any()):
+        return
+    named = [k for k in bad_losses if k != "loss"] or bad_losses
+    if bad_losses:
+        what = ", ".join(f"{k} = {values[k]}" for k in named)
+    elif flags[0] > 0:
+        what = "the loss of another process is NaN/inf"
+    else:
+        what = (f"the losses were finite but the update made parameters {bad_params[:5]}"
+                f"{' …' if len(bad_params) > 5 else ''} NaN/inf")
+    kept = checkpoints_in(run_dir)
+    keep = f"the last finite checkpoint, {kept[-1]}, is kept" if kept else "no checkpoint had been written yet"
+    fp16 = " or train the backbone in bfloat16 (float16 overflows)" if cfg.policy.backbone_dtype == "float16" else ""
+    raise TrainingDiverged(f"training diverged at step {step} (epoch {epoch}, batch {batch} of {n_batches}): "
+                           f"{what}; nothing of this step was saved and {keep}. Expected finite losses: "
+                           f"lower --lr (now {cfg.train.lr:g}){fp16}.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import MEMORY_MODES
+from ..config import MEMORY_MODES, ConfigError
 from ..pipeline import FrameSamples, make_collate, prepare_data, shuffle_memory_rows
 from ..policy.checkpoint import load_checkpoint
 from ..policy.device import batch_to, resolve_device
@@ -32,6 +32,7 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
                      device: str = "auto") -> dict:
     from ..train import resolve_checkpoint
 
+    check_settings(batch_size, modes, split)
     device = resolve_device(device)
     ckpt = resolve_checkpoint(checkpoint)
     policy = load_checkpoint(ckpt, device)
@@ -88,6 +89,30 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
         result["world_mse_copy_last"] = world["copy_last"] / world["n"]
         result["world_skill"] = 1.0 - result["world_mse"] / max(result["world_mse_copy_last"], 1e-12)
     return result
+
+
+def check_settings(batch_size: int, modes: Sequence[str], split: str) -> None:
+    """Refuse settings that would fail only after the checkpoint and dataset are loaded (a batch size of 0
+    ended in `range() arg 3 must not be zero`)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch_size must be an integer >= 1, got {batch_size!r}.")
+    unknown = [m for m in modes if m not in MEMORY_MODES]
+    if not modes or unknown:
+        raise ConfigError(f"--memory must name one or more of {MEMORY_MODES}, got {list(modes)!r}.")
+    if split not in ("val", "train"):
+        raise ConfigError(f"--split must be 'val' or 'train', got {split!r}.")
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse a result path that cannot be written before the evaluation runs, not after."""
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; expected the path of a JSON file to write.")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out} cannot be created: {parent} is a file; expected a folder path.")
 
 
 def format_table(result: dict) -> str:

@@ -38,7 +38,13 @@ def cache_name(fingerprint: str, key: str, size: int | None, row_order: np.ndarr
 
 
 def _open(path: Path, n_rows: int, size: int | None) -> np.memmap:
-    frames = np.load(path, mmap_mode="r", allow_pickle=False)
+    # The name hashes everything the bytes depend on, so a file under it that does not open as the
+    # expected array is damaged, and deleting it is the fix.
+    try:
+        frames = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise FrameCacheError(f"frame cache {path} is unreadable (truncated or corrupt: {e}); "
+                              f"delete the file to rebuild it") from None
     ok = frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[0] == n_rows and frames.shape[-1] == 3
     if ok and size is not None:
         ok = frames.shape[1:3] == (size, size)

@@ -1,4 +1,6 @@
-"""Read a local LeRobot v3 dataset into per-frame arrays, refusing inputs that would train silently wrong."""
+"""Read a local LeRobot v3 dataset into per-frame arrays, refusing inputs that would train silently wrong:
+unreadable files are named, and meta/episodes must agree with the data rows and the video files
+(every episode's rows, span and video length) before any frame is decoded."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +18,8 @@ from PIL import Image
 
 from ..cache_dirs import default_dirs
 from . import frame_cache
-from .video import iter_video_frames
+from .frames import native_frame_sizes
+from .video import iter_video_frames, video_length
 
 
 _FINGERPRINT_SPAN = 1 << 20  # bytes read from each end of a video for the dataset fingerprint
@@ -39,9 +42,25 @@ class Episode:
         return self.end - self.start
 
 
+def _parquet_error(path: Path, e: Exception) -> DatasetError:
+    return DatasetError(f"{path} is not a readable parquet file (truncated or corrupt: {e}); expected the file "
+                        f"the dataset was written with")
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, e) from None
+
+
 def _read_tables(files: list[Path], columns: list[str] | None = None) -> pa.Table:
-    tables = [pq.read_table(f, columns=columns) for f in files]
-    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    tables = [_read_table(f, columns) for f in files]
+    try:
+        return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    except pa.ArrowException as e:
+        raise DatasetError(f"the parquet files {[str(f) for f in files]} do not share one schema ({e}); "
+                           f"expected files of one dataset") from None
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -52,7 +71,7 @@ def _read_tasks(root: Path) -> dict[int, str] | None:
     """task_index -> task string, from meta/tasks.parquet (or the older meta/tasks.jsonl)."""
     path = root / "meta" / "tasks.parquet"
     if path.is_file():
-        table = pq.read_table(path)
+        table = _read_table(path)
         if "task_index" not in table.column_names:
             raise DatasetError(f"{path} has no task_index column; columns: {table.column_names}")
         # LeRobot writes the task string as the pandas index: named "task", or unnamed when re-saved.
@@ -65,8 +84,17 @@ def _read_tasks(root: Path) -> dict[int, str] | None:
         return dict(zip(idx, (str(t) if t is not None else "" for t in table.column(names[0]).to_pylist())))
     path = root / "meta" / "tasks.jsonl"
     if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return {int(r["task_index"]): str(r.get("task", "")) for r in rows}
+        out = {}
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out[int(row["task_index"])] = str(row.get("task", ""))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise DatasetError(f"{path}:{n}: not a task record ({type(e).__name__}: {e}); expected "
+                                   f'{{"task_index": int, "task": str}} per line') from None
+        return out
     return None
 
 
@@ -99,16 +127,32 @@ class LeRobotDataset:
         self.instruction_key, self.episode_id_key = instruction_key, episode_id_key
         self.state_key, self.action_key = state_key, action_key
         if not self.root.is_dir():
-            raise DatasetError(f"dataset root {self.root} does not exist; expected a LeRobot v3 dataset directory "
+            what = "is a file" if self.root.exists() else "does not exist"
+            raise DatasetError(f"dataset root {self.root} {what}; expected a LeRobot v3 dataset directory "
                                f"containing meta/info.json")
         info_path = self.root / "meta" / "info.json"
         if not info_path.is_file():
             raise DatasetError(f"missing {info_path}; expected a LeRobot v3 dataset with meta/info.json")
-        self.info: dict = json.loads(info_path.read_text())
+        try:
+            self.info: dict = json.loads(info_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{info_path} is not valid JSON ({e}); expected the LeRobot v3 dataset description "
+                               f"(codebase_version, fps, features)") from None
+        if not isinstance(self.info, dict) or not isinstance(self.info.get("features", {}), dict):
+            raise DatasetError(f"{info_path} holds no object with a `features` object; expected the LeRobot v3 "
+                               f"dataset description (codebase_version, fps, features)")
         version = str(self.info.get("codebase_version", ""))
         if not version.startswith("v3"):
             raise DatasetError(f"{info_path}: codebase_version {version!r} is not supported; expected 'v3.0'")
-        self.fps = int(self.info.get("fps", 10))
+        fps = self.info.get("fps", 10)
+        if (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0
+                or int(fps) != fps):
+            raise DatasetError(f"{info_path}: fps is {fps!r}; expected a positive whole number of frames per second")
+        self.fps = int(fps)
+        hold = self.info.get("control_steps_per_frame", 1)
+        if isinstance(hold, bool) or not isinstance(hold, int) or hold < 1:
+            # Evaluation holds each action this many control steps: 2.5 used to become 2 without a word.
+            raise DatasetError(f"{info_path}: control_steps_per_frame is {hold!r}; expected a whole number >= 1")
         self.features: dict = self.info.get("features", {})
         self.image_keys = [k for k, f in self.features.items() if f.get("dtype") in ("video", "image")]
         self._data_files = sorted((self.root / "data").glob("**/*.parquet"))
@@ -123,7 +167,10 @@ class LeRobotDataset:
 
     # -- loading --------------------------------------------------------------------------------
     def _load(self) -> None:
-        schema = pq.read_schema(self._data_files[0])
+        try:
+            schema = pq.read_schema(self._data_files[0])
+        except (pa.ArrowException, OSError) as e:
+            raise _parquet_error(self._data_files[0], e) from None
         columns = schema.names
         inline = {k for k in self.image_keys if self.features[k].get("dtype") == "image"}
         for role, key in (("episode_id_key", self.episode_id_key), ("state_key", self.state_key),
@@ -160,6 +207,7 @@ class LeRobotDataset:
         self.instructions = self._resolve_instructions(table, order)
         self.episodes = self._build_episodes()
         self._table = table
+        self._check_episode_rows()
 
     def _checked_matrix(self, table: pa.Table, key: str, order: np.ndarray) -> np.ndarray:
         m = _matrix(table, key)[order]
@@ -248,7 +296,10 @@ class LeRobotDataset:
             if self._fingerprint is None:
                 self._fingerprint = self.fingerprint()
             inline = self.features[key]["dtype"] == "image"
-            stream = (lambda: self._inline_frames(key)) if inline else (lambda: self._video_frames(key))
+            if not inline:
+                # Spans against the files' lengths: checked each time, also when the frames are cached.
+                queries = self._video_queries(key)
+            stream = (lambda: self._inline_frames(key)) if inline else (lambda: self._video_frames(key, queries))
             name = frame_cache.cache_name(self._fingerprint, key, size, self._order)
             dirs = [Path(self.frame_cache_dir)] if self.frame_cache_dir else default_dirs(self.root, "frames")
             self._images[(key, size)] = frame_cache.open_or_build(
@@ -261,30 +312,93 @@ class LeRobotDataset:
         row_of_source[self._order] = np.arange(len(self._order))
         src = 0
         for f in self._data_files:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=[key]):
-                for v in batch.column(0).to_pylist():
-                    data = v.get("bytes") if isinstance(v, dict) else v
-                    if data is None and isinstance(v, dict) and v.get("path"):
-                        data = (self.root / v["path"]).read_bytes()
-                    yield row_of_source[src:src + 1], np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-                    src += 1
+            try:
+                batches = pq.ParquetFile(f).iter_batches(batch_size=64, columns=[key])
+                for batch in batches:
+                    for v in batch.column(0).to_pylist():
+                        data = v.get("bytes") if isinstance(v, dict) else v
+                        if data is None and isinstance(v, dict) and v.get("path"):
+                            data = (self.root / v["path"]).read_bytes()
+                        try:
+                            image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                        except (OSError, TypeError) as e:
+                            raise DatasetError(f"{f}: the {key!r} image of source row {src} cannot be decoded "
+                                               f"({type(e).__name__}: {e}); expected PNG or JPEG bytes") from None
+                        if src == 0:
+                            self._check_frame_size(key, image.shape[:2], f)
+                        yield row_of_source[src:src + 1], image
+                        src += 1
+            except (pa.ArrowException, OSError) as e:
+                raise _parquet_error(f, e) from None
 
-    def _episode_meta(self) -> dict[int, dict]:
+    def _episode_meta(self, prefixes: tuple[str, ...] | None = None) -> dict[int, dict]:
+        """episode_index -> its meta/episodes record (only the columns starting with one of `prefixes` when
+        given, so the per-episode statistics are left unread) and the file it came from under "_file"."""
         files = sorted((self.root / "meta" / "episodes").glob("**/*.parquet"))
         if not files:
             raise DatasetError(f"no episode metadata under {self.root / 'meta' / 'episodes'}; "
                                f"expected meta/episodes/chunk-*/file-*.parquet for video features")
-        return {int(r["episode_index"]): r for r in _read_tables(files).to_pylist()}
+        out = {}
+        for f in files:
+            try:
+                names = pq.read_schema(f).names
+            except (pa.ArrowException, OSError) as e:
+                raise _parquet_error(f, e) from None
+            if "episode_index" not in names:
+                raise DatasetError(f"{f} has no episode_index column; columns: {names}")
+            table = _read_table(f, None if prefixes is None else
+                                ["episode_index"] + [c for c in names if c.startswith(prefixes)])
+            for r in table.to_pylist():
+                r["_file"] = f
+                out[int(r["episode_index"])] = r
+        return out
+
+    def _check_episode_rows(self) -> None:
+        """meta/episodes and the data rows describe the same episodes: a data file left out of a copy, or
+        an episode cut short, used to train on what was left without a word."""
+        if self._episode_index is None or not (self.root / "meta" / "episodes").is_dir():
+            return
+        if not any((self.root / "meta" / "episodes").glob("**/*.parquet")):
+            return
+        metas = self._episode_meta(("length", "dataset_from_index", "dataset_to_index", "data/"))
+        if not metas:
+            return
+        ids, counts = np.unique(self._episode_index, return_counts=True)
+        rows = dict(zip(ids.tolist(), counts.tolist()))
+        absent = sorted(set(metas) - set(rows))
+        if absent:
+            m = metas[absent[0]]
+            where = ""
+            if "data/chunk_index" in m and "data/file_index" in m:
+                template = self.info.get("data_path") or "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+                where = " (" + str(self.root / template.format(chunk_index=int(m["data/chunk_index"]),
+                                                              file_index=int(m["data/file_index"]))) + ")"
+            raise DatasetError(f"episodes {absent[:10]} are listed in {m['_file']} but have no rows in the data files "
+                               f"under {self.root / 'data'}; expected the data file that holds episode {absent[0]}"
+                               f"{where}")
+        for ep, n in rows.items():
+            m = metas.get(ep)
+            if m is None:
+                continue  # an episode without metadata is named when its video is looked up
+            length = m.get("length")
+            if length is not None and int(length) != n:
+                raise DatasetError(f"episode {ep} has {n} rows in the data files but {m['_file']} gives it length "
+                                   f"{int(length)}; expected them to agree")
+            lo, hi = m.get("dataset_from_index"), m.get("dataset_to_index")
+            if lo is not None and hi is not None and int(hi) - int(lo) != n:
+                raise DatasetError(f"episode {ep} has {n} rows in the data files but {m['_file']} gives it rows "
+                                   f"[{int(lo)}, {int(hi)}); expected them to agree")
 
     def _video_queries(self, key: str) -> dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per video file (in row order): the rows it holds, their times in the file, their episodes;
         sorted by time."""
         if self._episode_index is None:
             raise DatasetError(f"video feature {key!r} needs an 'episode_index' data column to find its files")
-        metas = self._episode_meta()
+        metas = self._episode_meta((f"videos/{key}/",))
         template = self.info.get("video_path") or \
             "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
         parts: dict[Path, list] = {}
+        spans: dict[Path, list[tuple[int, float, float]]] = {}
         for ep in self.episodes:
             ep_index = int(self._episode_index[ep.start])
             m = metas.get(ep_index)
@@ -295,8 +409,15 @@ class LeRobotDataset:
             if not path.is_file():
                 raise DatasetError(f"video file {path} of {key!r} (episode {ep_index}) is missing; expected the file "
                                    f"that meta/episodes and meta/info.json video_path name")
-            query = float(m[f"videos/{key}/from_timestamp"]) + self.timestamp[ep.start:ep.end]
+            start = float(m[f"videos/{key}/from_timestamp"])
+            end = m.get(f"videos/{key}/to_timestamp")
+            query = start + self.timestamp[ep.start:ep.end]
+            if end is not None:
+                self._check_span(key, path, ep_index, ep.length, start, float(end), query, m["_file"])
+                spans.setdefault(path, []).append((ep_index, start, float(end)))
             parts.setdefault(path, []).append((np.arange(ep.start, ep.end), query, np.full(ep.length, ep_index)))
+        for path, eps in spans.items():
+            self._check_video_length(key, path, eps)
         out = {}
         for path, p in parts.items():
             rows, query, eps = (np.concatenate(x) for x in zip(*p))
@@ -304,11 +425,55 @@ class LeRobotDataset:
             out[path] = rows[order], query[order], eps[order]
         return out
 
-    def _video_frames(self, key: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _check_span(self, key: str, path: Path, ep: int, n_rows: int, start: float, end: float,
+                    query: np.ndarray, meta_file: Path) -> None:
+        """An episode's video span [from_timestamp, to_timestamp) holds one frame per data row, and its rows'
+        times lie inside it (LeRobot writes to_timestamp = from_timestamp + length / fps)."""
+        tol = 0.5 / self.fps
+        frames = (end - start) * self.fps
+        if abs(frames - n_rows) > 0.5:
+            raise DatasetError(f"episode {ep}: {meta_file} gives {key!r} the span [{start:.3f}, {end:.3f}) s of "
+                               f"{path}, {frames:.1f} frames at {self.fps} fps, but the data hold {n_rows} rows; "
+                               f"expected one frame per row")
+        if len(query) and (query[0] < start - tol or query[-1] > end - 1 / self.fps + tol):
+            raise DatasetError(f"episode {ep}: its rows' timestamps reach [{query[0]:.3f}, {query[-1]:.3f}] s in "
+                               f"{path}, outside its span [{start:.3f}, {end:.3f}) s in {meta_file}; expected "
+                               f"timestamps from 0 at {self.fps} fps")
+
+    def _check_video_length(self, key: str, path: Path, spans: list[tuple[int, float, float]]) -> None:
+        """Every episode span lies inside the video file (read from its header, nothing decoded)."""
+        try:
+            n_frames, seconds, size = video_length(path)
+        except ValueError as e:
+            raise DatasetError(f"video file {path} of {key!r} cannot be read ({e}); expected an mp4 with a video "
+                               f"stream") from None
+        self._check_frame_size(key, size, path)
+        if seconds is None:
+            return  # the container does not say: decoding checks each row's frame (_check_gap)
+        ep, start, end = max(spans, key=lambda s: s[2])
+        if end > seconds + 0.5 / self.fps:
+            count = f"{n_frames} frames, " if n_frames else ""
+            raise DatasetError(f"episode {ep}: meta/episodes gives {key!r} the span [{start:.3f}, {end:.3f}) s, "
+                               f"past the end of its video file {path} ({count}{seconds:.3f} s); expected every "
+                               f"episode inside its video file")
+
+    def _check_frame_size(self, key: str, size: tuple[int, int], path: Path) -> None:
+        """Frames of the size meta/info.json declares: a checkpoint records that size and closed-loop
+        evaluation renders at it, so frames of another size would train on other pixels than it acts on."""
+        try:
+            declared = native_frame_sizes(self.features, [key])
+        except ValueError:
+            return  # no usable declaration; images() readers that need one say so
+        declared = tuple(declared[key]) if isinstance(declared, dict) else (declared, declared)
+        if tuple(size) != declared:
+            raise DatasetError(f"{path} holds {size[0]}x{size[1]} frames of {key!r} but meta/info.json features "
+                               f"declare {declared[0]}x{declared[1]}; expected them to agree")
+
+    def _video_frames(self, key: str, queries: dict | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, frame): each decoded frame with the rows whose time it is nearest to, as LeRobot itself
         matches rows to video frames (ties go to the earlier frame). One file is open at a time and only
         two decoded frames are held, so memory does not grow with the file or the camera."""
-        for path, (rows, query, eps) in self._video_queries(key).items():
+        for path, (rows, query, eps) in (queries if queries is not None else self._video_queries(key)).items():
             i, prev, prev_rows = 0, None, []
             for t, frame in iter_video_frames(path):
                 # Queries up to t lie between the previous frame and this one: each takes the nearer.

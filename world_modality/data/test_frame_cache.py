@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -236,6 +237,18 @@ def test_a_cache_of_the_wrong_shape_is_an_error_naming_it(tmp_path):
     np.save(path, np.zeros((3, 8, 8, 3), np.uint8))
     with pytest.raises(frame_cache.FrameCacheError, match="delete the file"):
         load_dataset(root).images(KEY, 8)
+
+
+def test_a_truncated_cache_is_named_and_rebuilt_once_deleted(tmp_path):
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4, image_size=16)
+    frames = np.array(load_dataset(root).images(KEY, 8))
+    path = Path(load_dataset(root).images(KEY, 8).filename)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(frame_cache.FrameCacheError, match=rf"frame cache {path} is unreadable \(truncated or "
+                                                          r"corrupt: .*\); delete the file to rebuild it"):
+        load_dataset(root).images(KEY, 8)
+    path.unlink()
+    np.testing.assert_array_equal(load_dataset(root).images(KEY, 8), frames)
 
 
 def test_resize_is_the_shared_uint8_op():

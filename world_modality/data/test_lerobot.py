@@ -173,3 +173,95 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     with open(video, "ab") as f:
         f.write(b"\0")
     assert load_dataset(root).fingerprint() != fp3
+
+
+EPISODES = "meta/episodes/chunk-000/file-000.parquet"
+
+
+def set_episode_field(root, episode, column, value):
+    def edit(t):
+        values = t.column(column).to_pylist()
+        values[t.column("episode_index").to_pylist().index(episode)] = value
+        return set_column(t, column, values)
+    rewrite(root / EPISODES, edit)
+
+
+def test_an_episode_span_past_the_end_of_its_video_is_named(tmp_path):
+    """Three 6-frame episodes in one 18-frame video: episode 2's to_timestamp moved from 1.8 s to 2.4 s
+    trained without a word."""
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=3, length=6, image_size=16, use_videos=True)
+    video = root / "videos" / KEYS[0] / "chunk-000" / "file-000.mp4"
+    set_episode_field(root, 2, f"videos/{KEYS[0]}/to_timestamp", 2.4)
+    ds = load_dataset(root)
+    with pytest.raises(DatasetError, match=rf"episode 2: .*{EPISODES} gives '{KEYS[0]}' the span \[1.200, 2.400\) "
+                                           rf"s of {video}, 12.0 frames at 10 fps, but the data hold 6 rows"):
+        ds.images(KEYS[0])
+    # A whole span moved past the end (from 1.2 to 1.8 s) is found from the file's header, before any decoding.
+    set_episode_field(root, 2, f"videos/{KEYS[0]}/from_timestamp", 1.8)
+    with pytest.raises(DatasetError, match=rf"episode 2: meta/episodes gives '{KEYS[0]}' the span \[1.800, 2.400\) s, "
+                                           rf"past the end of its video file {video} \(18 frames, 1.800 s\)"):
+        load_dataset(root).images(KEYS[0])
+
+
+def test_an_episode_length_that_disagrees_with_its_rows_is_named(tmp_path):
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=3, length=6, image_size=16)
+    set_episode_field(root, 1, "length", 9)
+    with pytest.raises(DatasetError, match=rf"episode 1 has 6 rows in the data files but .*{EPISODES} gives it "
+                                           r"length 9; expected them to agree"):
+        load_dataset(root)
+
+
+def test_a_data_file_left_out_of_a_copy_is_named(tmp_path):
+    """Episodes listed in meta/episodes without rows (their data file missing) trained on what was left."""
+    from world_modality.data.public_fixture import make_public_fixture
+
+    root = make_public_fixture(tmp_path / "p", n_episodes=3, length=4, n_files=2, image_size=32, seed=0)
+    files = sorted((root / "data").rglob("*.parquet"))
+    assert len(files) == 2
+    files[1].unlink()
+    with pytest.raises(DatasetError, match=rf"episodes \[2\] are listed in .* but have no rows in the data files "
+                                           rf"under .*; expected the data file that holds episode 2 \({files[1]}\)"):
+        load_dataset(root)
+
+
+@pytest.mark.parametrize("victim", [DATA, EPISODES, "meta/tasks.parquet"])
+def test_a_truncated_parquet_file_is_named(tmp_path, victim):
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4, use_videos=True)
+    data = (root / victim).read_bytes()
+    (root / victim).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=rf"{root / victim} is not a readable parquet file \(truncated or corrupt"):
+        load_dataset(root).images(KEYS[0])
+
+
+def test_info_json_that_is_not_json_is_named(tmp_path):
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4)
+    (root / "meta/info.json").write_text('{"codebase_version": "v3.0", ')
+    with pytest.raises(DatasetError, match=rf"{root / 'meta/info.json'} is not valid JSON \(.*\); expected the "
+                                           r"LeRobot v3 dataset description"):
+        load_dataset(root)
+    (root / "meta/info.json").write_text('{"codebase_version": "v3.0", "fps": "ten", "features": {}}')
+    with pytest.raises(DatasetError, match=r"info.json: fps is 'ten'; expected a positive whole number"):
+        load_dataset(root)
+    (root / "meta/info.json").write_text('{"codebase_version": "v3.0", "control_steps_per_frame": 2.5, "features": {}}')
+    with pytest.raises(DatasetError, match=r"info.json: control_steps_per_frame is 2.5; expected a whole number >= 1"):
+        load_dataset(root)
+
+
+@pytest.mark.parametrize("use_videos", [False, True])
+def test_frames_of_another_size_than_info_declares_are_named(tmp_path, use_videos):
+    """A checkpoint records the declared size and closed-loop evaluation renders at it: frames of another size
+    trained on other pixels than the policy would act on."""
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4, image_size=16, use_videos=use_videos)
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"][KEYS[0]]["shape"] = [32, 32, 3]
+    (root / "meta/info.json").write_text(json.dumps(info))
+    where = r"videos/.*file-000\.mp4" if use_videos else r"data/chunk-000/file-000\.parquet"
+    with pytest.raises(DatasetError, match=rf"{where} holds 16x16 frames of '{KEYS[0]}' but meta/info.json "
+                                           r"features declare 32x32; expected them to agree"):
+        load_dataset(root).images(KEYS[0], 16)
+
+
+def test_a_dataset_root_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DatasetError, match=r"dataset root .*f is a file; expected a LeRobot v3 dataset directory"):
+        load_dataset(tmp_path / "f")

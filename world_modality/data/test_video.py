@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from world_modality.data.video import decode_video, decode_video_with_times, encode_video
+from world_modality.data.video import decode_video, decode_video_with_times, encode_video, video_length
 
 
 def smooth_clip(t=12, h=32, w=48):
@@ -47,3 +47,13 @@ def test_encoding_is_byte_identical_across_runs(tmp_path):
     a = encode_video(frames, tmp_path / "a.mp4").read_bytes()
     b = encode_video(frames, tmp_path / "b.mp4").read_bytes()
     assert a == b
+
+
+def test_video_length_is_read_from_the_header(tmp_path):
+    """The reader checks every episode span against it before decoding anything."""
+    path = encode_video(smooth_clip(t=12), tmp_path / "a.mp4", fps=10)
+    frames, seconds, size = video_length(path)
+    assert frames == 12 and seconds == pytest.approx(1.2) and size == (32, 48)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ValueError, match=r"junk.mp4 is not a readable video"):
+        video_length(tmp_path / "junk.mp4")

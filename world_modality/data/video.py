@@ -98,6 +98,33 @@ def iter_video_frames(path: str | Path, from_ts: float | None = None) -> Iterato
             yield t, frame.to_ndarray(format="rgb24")
 
 
+def video_length(path: str | Path) -> tuple[int | None, float | None, tuple[int, int]]:
+    """(frame count, seconds, (height, width)) of an mp4's first video stream, from the container's header
+    alone (nothing decoded); count and seconds are None where the container does not record them. An
+    unreadable file is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            frames = int(stream.frames) or None
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            elif frames and stream.average_rate:
+                seconds = frames / float(stream.average_rate)
+            else:
+                seconds = None
+            size = (int(stream.codec_context.height), int(stream.codec_context.width))
+    except av.FFmpegError as e:
+        raise ValueError(f"{path} is not a readable video ({e})") from None
+    return frames, seconds, size
+
+
 def decode_video_with_times(path: str | Path, from_ts: float | None = None,
                             to_ts: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode frames with time in [from_ts, to_ts); returns (frames (T,H,W,3) uint8, times (T,) seconds)."""

@@ -3,7 +3,8 @@ written as a LeRobot v3 dataset with chain-of-causation annotations beside it.
 
 Each demonstration starts from a fresh placement (`LiberoEnv.reset(placement_seed=...)`: the task's BDDL
 regions sampled as LIBERO sampled its stored initial states), never from the benchmark's stored states,
-which stay held out for evaluation; `meta/start_states.jsonl` records every start's simulator state.
+which stay held out for evaluation; `meta/start_states.jsonl` records every start's simulator state. Each frame
+also records the privileged object state as `observation.environment_state` (layout: data/env_state.py).
 
 Resumable: every finished attempt is kept in `<out>.partial/` (one .npz per successful episode,
 one JSON line per attempt), and the dataset at `<out>` is written only once all episodes exist.
@@ -82,7 +83,8 @@ def _run_job(job: Job, staging: str) -> dict:
         path = Path(staging) / f"{job.name}.npz"
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **{k.replace(".", "__"): v for k, v in arrays.items()}, start_state=demo.start_state,
-                 phases=np.array(demo.phases), scene=np.array(json.dumps(demo.scene)), task=np.array(demo.task))
+                 phases=np.array(demo.phases), scene=np.array(json.dumps(demo.scene)), task=np.array(demo.task),
+                 env_state_names=np.array(demo.env_state_names, dtype=str))
         os.replace(tmp, path)
     return record
 
@@ -100,7 +102,7 @@ def _read_attempts(path: Path) -> list[dict]:
             if i == len(lines) - 1:
                 continue
             raise ValueError(f"{path} line {i + 1} is not JSON; expected one attempt record per line. "
-                             "Delete the folder to start the generation over.") from None
+                             f"Delete {path.parent} to start the generation over.") from None
     if out and "attempt" not in out[0]:
         raise ValueError(f"{path} is a log of an older generation that started from the benchmark's stored initial "
                          f"states; delete {path.parent} to generate from fresh placements.")
@@ -128,10 +130,11 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
         try:
             old = json.loads(settings_path.read_text())
         except json.JSONDecodeError:
-            old = None
+            raise ValueError(f"{settings_path} is not valid JSON; expected the settings of the interrupted generation "
+                             f"in {staging}. Delete {staging} to start the generation over.") from None
         if old != settings:
-            raise ValueError(f"{staging} holds an interrupted run with other settings {settings_path.read_text().strip()}; "
-                             f"expected {settings}. Delete it or use another --out.")
+            raise ValueError(f"{staging} holds an interrupted run with other settings {json.dumps(old)}; "
+                             f"expected {settings}. Delete {staging} or use another --out.")
     settings_path.write_text(json.dumps(settings) + "\n")
     log_path = staging / "attempts.jsonl"
     done = [r for r in _read_attempts(log_path) if not r.get("error")]  # errored attempts are retried
@@ -187,7 +190,25 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
     return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed)
 
 
+def _env_state_layout(staging: Path, names: list[str]) -> list[str] | None:
+    """The dataset's environment-state names: the union of its episodes' layouts (data/env_state.py), or None
+    when no episode recorded one (attempts staged by an older version, resumed)."""
+    from ..data.env_state import merge_names
+
+    layouts = []
+    for name in names:
+        with np.load(staging / f"{name}.npz", allow_pickle=False) as z:
+            layouts.append([str(n) for n in z["env_state_names"]] if "env_state_names" in z.files else None)
+    if all(lay is None for lay in layouts):
+        return None
+    if any(lay is None for lay in layouts):
+        raise ValueError(f"{staging} holds episodes recorded with and without the environment state (an interrupted "
+                         f"run of an older version resumed); delete {staging} and generate again.")
+    return merge_names(layouts)
+
+
 def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, seed) -> Path:
+    from ..data.env_state import ENV_STATE_KEY, align
     from ..data.starts import START_STATES_FILE, start_record, start_states_text
     from ..data.writer import LeRobotWriter
     from .annotate import annotate, write_annotations
@@ -196,15 +217,22 @@ def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, 
              "source": {"generator": "world_modality.sim.generate", "suite": suite, "tasks": list(tasks), "seed": seed,
                         "starts": "fresh placements (meta/start_states.jsonl)", "episodes": []}}
     annotations, starts = [], []
-    writer = LeRobotWriter(out, fps=DATASET_FPS, image_keys=IMAGE_KEYS, image_size=image_size, extra_info=extra)
+    # The first n successes of each task in attempt order: the dataset does not depend on which worker finished first.
+    chosen = {t: sorted(set(wins[t]))[:n] for t in tasks}
+    layout = _env_state_layout(staging, [Job(suite, t, a, image_size, seed).name for t in tasks for a in chosen[t]])
+    writer = LeRobotWriter(out, fps=DATASET_FPS, image_keys=IMAGE_KEYS, image_size=image_size, extra_info=extra,
+                           extra_features={ENV_STATE_KEY: layout} if layout else None)
     with writer:
         for t in tasks:
-            # The first n successes in attempt order: the dataset does not depend on which worker finished first.
-            for attempt in sorted(set(wins[t]))[:n]:
+            for attempt in chosen[t]:
                 job = Job(suite, t, attempt, image_size, seed)
                 z = np.load(staging / f"{job.name}.npz", allow_pickle=False)
                 images = {k: z[k.replace(".", "__")] for k in IMAGE_KEYS}
-                ep = writer.add_episode(images, z["observation__state"], z["action"], str(z["task"]))
+                more = None
+                if layout:
+                    more = {ENV_STATE_KEY: align(z[ENV_STATE_KEY.replace(".", "__")],
+                                                 [str(v) for v in z["env_state_names"]], layout, f"episode {job.name}")}
+                ep = writer.add_episode(images, z["observation__state"], z["action"], str(z["task"]), extra=more)
                 extra["source"]["episodes"].append({"episode_index": ep, "task_id": t, "attempt": attempt,
                                                     "placement_seed": job.placement_seed})
                 starts.append(start_record(ep, suite, t, z["start_state"], job.placement_seed))

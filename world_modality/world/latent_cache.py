@@ -1,4 +1,9 @@
-"""Encode each frame's m-frame window once and keep the latents in a strict, keyed on-disk cache."""
+"""Encode each frame's m-frame window once and keep the latents in a strict, keyed on-disk cache.
+
+A cache's file name is a hash of its identity (encoder, m, stride, camera, dataset, frame size), so a
+cache whose recorded identity disagrees with its name was edited, copied or renamed, and deleting it
+is the fix. Other windows over the same frames (another episode key) get a cache of their own beside
+it: neither is ever deleted to make room for the other."""
 
 from __future__ import annotations
 
@@ -35,12 +40,21 @@ class LatentCacheError(ValueError):
 class LatentCacheMismatch(LatentCacheError):
     """A cache on disk was built for a different encoder, window, camera or dataset."""
 
-    def __init__(self, path: str | os.PathLike, field_name: str, cached: Any, expected: Any):
+    def __init__(self, path: str | os.PathLike, field_name: str, cached: Any, expected: Any, advice: str | None = None):
         self.path, self.field, self.cached, self.expected = str(path), field_name, cached, expected
         super().__init__(
             f"latent cache {self.path}: {field_name} is {cached!r} in the cache but {expected!r} "
-            f"was expected; delete the cache or point to the matching one (it is never reused)"
+            f"was expected; it is never reused: "
+            + (advice or "load the cache built for this configuration (load_or_build_cache finds or builds it)")
         )
+
+
+def _delete_advice(path: Path) -> str:
+    """What to do about a cache found under the name of this identity that records another: the name is
+    derived from the identity, so the file was edited, copied or renamed, and no run can use it."""
+    stem = path.with_suffix("")
+    return (f"its file name is derived from these fields, so the file was edited, copied or renamed; delete "
+            f"{stem}.json and {stem}.safetensors and it is rebuilt")
 
 
 @dataclass
@@ -107,6 +121,10 @@ def encode_latents(
     return out
 
 
+def _nonfinite_rows(latents: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(~np.isfinite(latents).all(axis=1))
+
+
 def latent_stats(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and floored std (float64 accumulation, float32 result)."""
     z = np.asarray(latents, dtype=np.float64)
@@ -169,12 +187,26 @@ def save_cache(path: str | os.PathLike, latents: np.ndarray, meta: dict) -> Late
     return LatentCache(latents, mean, std, meta, str(st_path.with_suffix("")))
 
 
-def _expect(path: Path, meta: dict, name: str, expected: Any) -> None:
+def _expect(path: Path, meta: dict, name: str, expected: Any, advice: str | None = None) -> None:
     if name not in meta:
-        raise LatentCacheMismatch(path, name, "<missing>", expected)
+        raise LatentCacheMismatch(path, name, "<missing>", expected, advice)
     # JSON round trip so e.g. a tuple or numpy int compares equal to what JSON stored.
     if meta[name] != json.loads(json.dumps(expected)):
-        raise LatentCacheMismatch(path, name, meta[name], expected)
+        raise LatentCacheMismatch(path, name, meta[name], expected, advice)
+
+
+def _read_meta(json_path: Path) -> dict:
+    """A cache's JSON record; one that is not a JSON object is named (the cache is rebuilt without it)."""
+    stem = json_path.with_suffix("")
+    try:
+        meta = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LatentCacheError(f"latent cache {json_path} is not valid JSON ({e}); delete {stem}.json and "
+                               f"{stem}.safetensors and it is rebuilt") from None
+    if not isinstance(meta, dict):
+        raise LatentCacheError(f"latent cache {json_path} holds a JSON {type(meta).__name__}, expected an object; "
+                               f"delete {stem}.json and {stem}.safetensors and it is rebuilt")
+    return meta
 
 
 def load_cache(
@@ -188,13 +220,15 @@ def load_cache(
     frame_size: int | None = None,
     n_frames: int | None = None,
     past_rows_sha: str | None = None,
+    keyed: bool = False,
 ) -> LatentCache:
-    """Load a cache and verify every identity field; any mismatch raises LatentCacheMismatch."""
+    """Load a cache and verify every identity field; any mismatch raises LatentCacheMismatch. `keyed`:
+    the path is the one cache_key derives from this identity (load_or_build_cache), so an identity field
+    that disagrees means the file was edited, copied or renamed, and the error says to delete it."""
     st_path, json_path = _paths(path)
     if not (st_path.exists() and json_path.exists()):
         raise FileNotFoundError(f"latent cache {st_path.with_suffix('')} is incomplete or absent")
-    with open(json_path) as f:
-        meta = json.load(f)
+    meta = _read_meta(json_path)
     expected = {
         "encoder_id": encoder_id,
         "num_frames": int(num_frames),
@@ -208,7 +242,7 @@ def load_cache(
     if past_rows_sha is not None:
         expected["past_rows_sha"] = past_rows_sha
     for name, value in expected.items():
-        _expect(json_path, meta, name, value)
+        _expect(json_path, meta, name, value, _delete_advice(json_path) if keyed else None)
     try:
         tensors = load_file(str(st_path))
     except (SafetensorError, OSError) as e:
@@ -218,8 +252,14 @@ def load_cache(
     if missing:
         raise LatentCacheError(f"latent cache {st_path} lacks tensors {missing}; delete it and it is rebuilt")
     latents = tensors["latents"]
-    if latents.shape != (meta["n_frames"], meta["latent_dim"]):
-        raise LatentCacheMismatch(st_path, "latents.shape", latents.shape, (meta["n_frames"], meta["latent_dim"]))
+    if latents.shape != (meta.get("n_frames"), meta.get("latent_dim")):
+        raise LatentCacheMismatch(st_path, "latents.shape", latents.shape,
+                                  (meta.get("n_frames"), meta.get("latent_dim")), _delete_advice(st_path))
+    bad = _nonfinite_rows(latents)
+    if len(bad):
+        stem = st_path.with_suffix("")
+        raise LatentCacheError(f"latent cache {st_path} holds NaN/inf latents in {len(bad)} rows (first: row "
+                               f"{bad[0]}); delete {stem}.json and {stem}.safetensors and it is rebuilt (and checked)")
     return LatentCache(latents, tensors["mean"], tensors["std"], meta, str(st_path.with_suffix("")))
 
 
@@ -244,6 +284,13 @@ def load_or_build_cache(
     it returns frames at frame_size×frame_size (any size when frame_size is None), e.g. the frame
     cache's memmap.
     """
+    rows = np.asarray(past_rows)
+    if rows.ndim != 2 or rows.shape[1] != encoder.num_frames:
+        # Windows of another m than the encoder's: a config whose latent_suffix disagrees with its encoder.
+        # Caught here, before a valid cache is judged by these windows and called a mismatch.
+        raise ValueError(f"windows of shape {rows.shape} for the world encoder {encoder.encoder_id}, which takes "
+                         f"m={encoder.num_frames} frames: the config's latent_suffix and its world encoder disagree; "
+                         f"expected windows of shape (N, {encoder.num_frames})")
     key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size)
     rows_sha = _past_rows_sha(past_rows)
     ident = dict(
@@ -259,20 +306,43 @@ def load_or_build_cache(
     def built(path: Path) -> bool:
         return all(p.exists() for p in _paths(path))
 
+    def hit(folder: Path) -> Path | None:
+        """This cache in `folder`: under its key, or, where the key holds other windows of the same
+        frames (another episode key over one dataset), under the key plus this windowing's hash."""
+        for path in (folder / key, folder / f"{key}-w{rows_sha}"):
+            if built(path):
+                meta = _read_meta(_paths(path)[1])
+                if path.name == key and meta.get("past_rows_sha") not in (None, rows_sha):
+                    continue
+                return path
+        return None
+
+    def load(path: Path) -> LatentCache:
+        return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha, keyed=True)
+
     for folder in dirs:
-        if built(folder / key):
-            return load_cache(folder / key, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
+        if (path := hit(folder)) is not None:
+            return load(path)
     folder = next((d for d in dirs if writable(d)), None)
     if folder is None:
         raise LatentCacheError(f"no writable folder for the latent cache {key}; tried {[str(d) for d in dirs]}. "
                                "Set latent_cache_dir to a writable folder.")
-    path = folder / key
     with locked(folder / f".{key}.lock"):
-        if built(path):  # built by another process while this one waited
-            return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha)
+        if (path := hit(folder)) is not None:  # built by another process while this one waited
+            return load(path)
+        # The key itself may hold other windows over the same frames: those stay, these go beside them.
+        path = folder / (f"{key}-w{rows_sha}" if built(folder / key) else key)
         frames = frames_fn()
         if frame_size is not None and tuple(np.shape(frames)[1:3]) != (frame_size, frame_size):
             raise ValueError(f"frames_fn gave frames of shape {np.shape(frames)}, expected "
                              f"(N, {frame_size}, {frame_size}, 3) for frame_size={frame_size}")
         latents = encode_latents(frames, past_rows, encoder, batch_size=batch_size, progress=progress)
+        bad = _nonfinite_rows(latents)
+        if len(bad):
+            # Cached, they would train the Prophet and memory on NaN: nothing is written.
+            raise LatentCacheError(
+                f"the world encoder {encoder.encoder_id} ({encoder.dtype}) gave NaN/inf latents for {len(bad)} of "
+                f"{len(latents)} windows (first: row {bad[0]}); nothing was cached. Expected finite latents: "
+                f"float16 overflows (--world_encoder_dtype bfloat16 or float32); with another dtype, check the "
+                f"encoder's weights.")
         return save_cache(path, latents, {**ident, "past_rows_sha": rows_sha})

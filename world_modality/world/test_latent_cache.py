@@ -195,15 +195,73 @@ def test_truncated_cache_file_is_named(enc, frames, past_rows, tmp_path):
 
 
 def test_changed_windows_are_caught(enc, frames, past_rows, tmp_path):
-    load_or_build_cache(
+    """Other windows over the same frames (another episode key over one dataset) are never served from the
+    first cache: they get a cache of their own beside it, and neither is deleted for the other (the old
+    error advised deleting a cache that was valid for the first configuration)."""
+    first = load_or_build_cache(
         tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
         **_ident(enc),
     )
-    with pytest.raises(LatentCacheMismatch, match="past_rows_sha"):
-        load_or_build_cache(
-            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows[:, ::-1].copy(),
-            progress=False, **_ident(enc),
-        )
+    other_rows = past_rows[:, ::-1].copy()
+    other = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=other_rows, progress=False, **_ident(enc),
+    )
+    assert other.path != first.path and other.path.startswith(first.path + "-w")
+    np.testing.assert_allclose(other.latents, encode_latents(frames, other_rows, enc, progress=False), atol=1e-6)
+    for rows, cache in ((past_rows, first), (other_rows, other)):  # both are found again, neither rebuilt
+        again = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: 1 / 0, past_rows=rows, progress=False,
+                                    **_ident(enc))
+        assert again.path == cache.path and np.array_equal(again.latents, cache.latents)
+    with pytest.raises(LatentCacheMismatch, match="past_rows_sha"):  # loaded directly, they are told apart
+        load_cache(first.path, encoder_id=enc.encoder_id, num_frames=M, past_rows_sha=other.meta["past_rows_sha"],
+                   **_ident(enc))
+
+
+def test_windows_of_another_m_than_the_encoder_are_refused_before_a_cache_is_judged(enc, frames, past_rows, tmp_path):
+    """An m2 config with an m4 encoder (an edited checkpoint) met the encoder's valid cache, called it a
+    mismatch and advised deleting it; the next run then failed differently. The windows are the error."""
+    c = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                            **_ident(enc))
+    with pytest.raises(ValueError, match=r"windows of shape \(10, 3\) for the world encoder .* which takes m=2 "
+                                         r"frames: the config's latent_suffix and its world encoder disagree"):
+        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=np.zeros((N, 3), dtype=int),
+                            progress=False, **_ident(enc))
+    assert Path(c.path + ".json").exists() and Path(c.path + ".safetensors").exists()
+
+
+def test_a_cache_whose_record_disagrees_with_its_name_is_the_one_to_delete(enc, frames, past_rows, tmp_path):
+    """The advice in the error is right: deleting the two files it names lets the next run rebuild the cache."""
+    c = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                            **_ident(enc))
+    meta_path = Path(c.path + ".json")
+    meta = json.loads(meta_path.read_text())
+    meta["frame_stride"] = 7
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(LatentCacheMismatch, match=r"frame_stride is 7 in the cache but 1 was expected; it is never "
+                                                  r"reused: its file name is derived from these fields") as e:
+        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                            **_ident(enc))
+    assert f"delete {c.path}.json and {c.path}.safetensors and it is rebuilt" in str(e.value)
+    for suffix in (".json", ".safetensors"):
+        Path(c.path + suffix).unlink()
+    again = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                                **_ident(enc))
+    np.testing.assert_array_equal(again.latents, c.latents)
+
+
+def test_a_cache_record_that_is_not_json_is_named_and_rebuilt_once_deleted(enc, frames, past_rows, tmp_path):
+    c = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                            **_ident(enc))
+    Path(c.path + ".json").write_text('{"encoder_id": ')
+    with pytest.raises(LatentCacheError, match=rf"latent cache {c.path}.json is not valid JSON \(.*\); delete "
+                                               rf"{c.path}.json and {c.path}.safetensors and it is rebuilt"):
+        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                            **_ident(enc))
+    Path(c.path + ".json").unlink()
+    Path(c.path + ".safetensors").unlink()
+    again = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+                                **_ident(enc))
+    np.testing.assert_array_equal(again.latents, c.latents)
 
 
 def test_missing_cache(tmp_path, enc):
@@ -282,3 +340,21 @@ def test_processes_started_together_build_the_cache_once(tmp_path):
     assert len((tmp_path / "builds").read_text().splitlines()) == 1
     assert results[0][0] == results[1][0]
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_nonfinite_latents_are_never_cached(frames, past_rows, tmp_path, monkeypatch):
+    """A float16 encoder that overflows gave NaN latents, cached and trained on."""
+    enc = build_world_encoder(num_frames=M, image_size=32, seed=0)
+    real = enc.encode
+
+    def overflowing(x):
+        z = real(x)
+        z[0, 0] = float("inf")
+        return z
+
+    monkeypatch.setattr(enc, "encode", overflowing)
+    with pytest.raises(LatentCacheError, match=r"gave NaN/inf latents for 4 of 10 windows \(first: row 0\); nothing "
+                                               r"was cached"):
+        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, batch_size=3,
+                            progress=False, **_ident(enc))
+    assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.json"))
