@@ -16,6 +16,7 @@ from .cache_dirs import default_dirs
 from .config import ExperimentConfig
 from .data.lerobot import LeRobotDataset, load_dataset
 from .data.windows import WindowSpec, action_chunk_rows, future_rows, past_frame_rows
+from .world.env_state import env_state_latents, is_env_state_encoder
 from .world.latent_cache import LatentCache, load_or_build_cache
 
 # The held-out split depends on this constant, not the training seed, so every seed and every
@@ -95,7 +96,11 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
     train_eps, val_eps = split_episodes(dataset, d.val_fraction)
     chunk_rows, chunk_mask = action_chunk_rows(dataset.episodes, spec)
     latents = None
-    if world_encoder is not None:
+    if is_env_state_encoder(world_encoder):
+        # The privileged state: same windows, computed in memory, training-row statistics (world/env_state.py).
+        latents = env_state_latents(dataset, world_encoder, past_frame_rows(dataset.episodes, spec),
+                                    dataset.rows_of(train_eps), spec.frame_stride)
+    elif world_encoder is not None:
         past = past_frame_rows(dataset.episodes, spec)
         latents = load_or_build_cache(
             [cfg.world.latent_cache_dir] if cfg.world.latent_cache_dir else default_dirs(dataset.root, "latents"),

@@ -53,16 +53,31 @@ def simulate(start: np.ndarray, goal: np.ndarray, length: int, rng: np.random.Ge
     return pos, act
 
 
+def environment_state(pos: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """(T, 14) privileged state in the layout of data/env_state.py: the block's and the goal marker's poses
+    (x, y in [0,1], z 0, identity quaternion), objects sorted by name."""
+    out = np.zeros((len(pos), 14), np.float32)
+    out[:, 0:2], out[:, 3] = pos, 1.0
+    out[:, 7:9], out[:, 10] = goal, 1.0
+    return out
+
+
 def make_fixture_dataset(root, n_episodes: int = 8, length: int = 24, image_size: int = 32, n_tasks: int = 2,
-                         seed: int = 0, use_videos: bool = False, instruction_column: str | None = None) -> Path:
-    """Write a deterministic synthetic dataset; episodes cycle through tasks 0..n_tasks-1."""
+                         seed: int = 0, use_videos: bool = False, instruction_column: str | None = None,
+                         with_environment_state: bool = False) -> Path:
+    """Write a deterministic synthetic dataset; episodes cycle through tasks 0..n_tasks-1. With
+    `with_environment_state`, frames also record `observation.environment_state` (`environment_state`), so the
+    `env_state` world encoder can be tested without the simulator."""
+    from .env_state import ENV_STATE_KEY, state_names
+
     if not 1 <= n_tasks <= len(GOALS):
         raise ValueError(f"n_tasks must be in 1..{len(GOALS)}, got {n_tasks}")
     if n_episodes < 1 or length < 2:
         raise ValueError(f"need n_episodes>=1 and length>=2, got {n_episodes}, {length}")
     rng = np.random.default_rng(seed)
+    extra = {ENV_STATE_KEY: state_names(["block_1", "goal_1"], [])} if with_environment_state else None
     writer = LeRobotWriter(root, fps=10, image_size=image_size, use_videos=use_videos,
-                           instruction_column=instruction_column, overwrite=True)
+                           instruction_column=instruction_column, overwrite=True, extra_features=extra)
     with writer:
         for ep in range(n_episodes):
             task = ep % n_tasks
@@ -75,5 +90,6 @@ def make_fixture_dataset(root, n_episodes: int = 8, length: int = 24, image_size
             images = {"observation.images.image": render(pos, image_size),
                       # The wrist view is the scene mirrored, on a different background, like a second camera.
                       "observation.images.wrist_image": np.ascontiguousarray(render(pos, image_size, WRIST_BACKGROUND)[:, ::-1])}
-            writer.add_episode(images, state, act.astype(np.float32), instruction(task))
+            more = {ENV_STATE_KEY: environment_state(pos, goal)} if with_environment_state else None
+            writer.add_episode(images, state, act.astype(np.float32), instruction(task), extra=more)
         return writer.finalize()

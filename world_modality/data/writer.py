@@ -50,9 +50,17 @@ class LeRobotWriter:
                  image_size: int = 128, state_dim: int = 8, action_dim: int = 7, robot_type: str = "panda",
                  use_videos: bool = True, state_names=None, action_names=None,
                  instruction_column: str | None = None, overwrite: bool = False,
-                 extra_info: dict | None = None):
+                 extra_info: dict | None = None, extra_features: dict[str, list[str]] | None = None):
+        """extra_features: further float32 vector features, key -> the name of each dimension (e.g.
+        `observation.environment_state`); every episode then gives each of them to add_episode(extra=...)."""
         self.root = Path(root)
         self.extra_info = dict(extra_info or {})  # project fields for info.json (e.g. control_steps_per_frame)
+        self.extra_features = {str(k): [str(n) for n in v] for k, v in (extra_features or {}).items()}
+        taken = {"observation.state", "action", *image_keys}
+        bad = {k: len(v) for k, v in self.extra_features.items() if k in taken or not v}
+        if bad:
+            raise ValueError(f"extra_features {bad} must be new keys with at least one named dimension; "
+                             f"the writer already writes {sorted(taken)}")
         self._extra_files: dict[str, str] = {}
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
             raise FileExistsError(f"{self.root} already exists and is not empty (pass overwrite=True to replace it)")
@@ -80,6 +88,10 @@ class LeRobotWriter:
         self._action_sum = np.zeros(action_dim); self._action_sq = np.zeros(action_dim)
         self._mins = {"observation.state": np.full(state_dim, np.inf), "action": np.full(action_dim, np.inf)}
         self._maxs = {"observation.state": np.full(state_dim, -np.inf), "action": np.full(action_dim, -np.inf)}
+        # Per extra feature: [sum, sum of squares] for stats.json (min and max join _mins/_maxs).
+        self._extra_sums = {k: [np.zeros(len(v)), np.zeros(len(v))] for k, v in self.extra_features.items()}
+        for k, v in self.extra_features.items():
+            self._mins[k], self._maxs[k] = np.full(len(v), np.inf), np.full(len(v), -np.inf)
         self._done = False
 
     # -- schema ---------------------------------------------------------------------------------
@@ -97,6 +109,8 @@ class LeRobotWriter:
                 feats[key] = {"dtype": "image", "shape": [s, s, 3], "names": ["height", "width", "channel"]}
         feats["observation.state"] = {"dtype": "float32", "shape": [self.state_dim], "names": self.state_names}
         feats["action"] = {"dtype": "float32", "shape": [self.action_dim], "names": self.action_names}
+        for key, names in self.extra_features.items():
+            feats[key] = {"dtype": "float32", "shape": [len(names)], "names": list(names)}
         for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
                             ("index", "int64"), ("task_index", "int64")):
             feats[name] = {"dtype": dtype, "shape": [1], "names": None}
@@ -109,8 +123,9 @@ class LeRobotWriter:
         if not self.use_videos:
             img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
             fields += [pa.field(k, img) for k in self.image_keys]
-        fields += [pa.field("observation.state", pa.list_(pa.float32())), pa.field("action", pa.list_(pa.float32())),
-                   pa.field("timestamp", pa.float32()), pa.field("frame_index", pa.int64()),
+        fields += [pa.field("observation.state", pa.list_(pa.float32())), pa.field("action", pa.list_(pa.float32()))]
+        fields += [pa.field(k, pa.list_(pa.float32())) for k in self.extra_features]
+        fields += [pa.field("timestamp", pa.float32()), pa.field("frame_index", pa.int64()),
                    pa.field("episode_index", pa.int64()), pa.field("index", pa.int64()),
                    pa.field("task_index", pa.int64())]
         if self.instruction_column:
@@ -145,10 +160,26 @@ class LeRobotWriter:
                 raise ValueError(f"images[{key!r}] must be uint8 {want}, got {arr.dtype} {arr.shape}")
         return state, action
 
-    def add_episode(self, images: dict, state, action, task: str) -> int:
-        """Append one episode; returns its episode_index."""
+    def _validate_extra(self, extra: dict | None, T: int) -> dict[str, np.ndarray]:
+        extra = dict(extra or {})
+        if set(extra) != set(self.extra_features):
+            raise ValueError(f"extra keys {sorted(extra)} do not match extra_features {sorted(self.extra_features)}")
+        out = {}
+        for key, names in self.extra_features.items():
+            arr = np.asarray(extra[key], dtype=np.float32)
+            if arr.shape != (T, len(names)):
+                raise ValueError(f"extra[{key!r}] must be (T,{len(names)}) = ({T},{len(names)}), got {arr.shape}")
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{key} has NaN/inf at step {int(np.argmax(bad))}")
+            out[key] = arr
+        return out
+
+    def add_episode(self, images: dict, state, action, task: str, extra: dict | None = None) -> int:
+        """Append one episode; returns its episode_index. `extra`: one (T, D) array per extra feature."""
         state, action = self._validate(images, state, action, task)
         T = len(state)
+        extra = self._validate_extra(extra, T)
         ep = len(self._episodes)
         task_index = self._tasks.setdefault(task, len(self._tasks))
         start = self._n_frames
@@ -174,6 +205,7 @@ class LeRobotWriter:
         frame_index = np.arange(T, dtype=np.int64)
         cols.update({
             "observation.state": _list_array(state), "action": _list_array(action),
+            **{k: _list_array(v) for k, v in extra.items()},
             "timestamp": (frame_index / self.fps).astype(np.float32), "frame_index": frame_index,
             "episode_index": np.full(T, ep, np.int64), "index": np.arange(start, start + T, dtype=np.int64),
             "task_index": np.full(T, task_index, np.int64)})
@@ -187,9 +219,12 @@ class LeRobotWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._parquet = pq.ParquetWriter(str(path), schema)
         self._parquet.write_table(table)
-        for key, arr in (("observation.state", state), ("action", action)):
+        for key, arr in (("observation.state", state), ("action", action), *extra.items()):
             self._mins[key] = np.minimum(self._mins[key], arr.min(0))
             self._maxs[key] = np.maximum(self._maxs[key], arr.max(0))
+        for key, arr in extra.items():
+            self._extra_sums[key][0] += arr.sum(0, dtype=np.float64)
+            self._extra_sums[key][1] += (arr.astype(np.float64) ** 2).sum(0)
         self._state_sum += state.sum(0); self._state_sq += (state.astype(np.float64) ** 2).sum(0)
         self._action_sum += action.sum(0); self._action_sq += (action.astype(np.float64) ** 2).sum(0)
         self._episodes.append(meta)
@@ -200,7 +235,8 @@ class LeRobotWriter:
         out = {}
         n = max(self._n_frames, 1)
         for key, s, sq in (("observation.state", self._state_sum, self._state_sq),
-                           ("action", self._action_sum, self._action_sq)):
+                           ("action", self._action_sum, self._action_sq),
+                           *((k, v[0], v[1]) for k, v in self._extra_sums.items())):
             mean = s / n
             std = np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
             out[key] = {"mean": mean.tolist(), "std": std.tolist(), "min": self._mins[key].tolist(),

@@ -19,7 +19,10 @@ def run_episode(env, runner, init_index: int, replan_every: int, seed: int = 0, 
     m, s = runner.num_frames, runner.frame_stride
     cspf = runner.control_steps_per_frame
     obs = env.reset(init_index, render=True)
-    world = {0: obs[runner.world_key]} if runner.uses_world else {}
+    # A world frame: the world camera, or the object state for an `env_state` policy (runner.world_input).
+    read = getattr(runner, "world_input", None) or (lambda e, o=None: o[runner.world_key] if o is not None
+                                                    else e.render(runner.world_key))
+    world = {0: read(env, obs)} if runner.uses_world else {}
     video = [] if record_video else None
     frame, done, success, chunk = 0, False, False, None
     while not done:
@@ -39,9 +42,9 @@ def run_episode(env, runner, init_index: int, replan_every: int, seed: int = 0, 
         if is_replan_frame(frame, replan_every):
             obs = env.observe()
             if runner.uses_world:
-                world[frame] = obs[runner.world_key]
+                world[frame] = read(env, obs)
         elif runner.uses_world and is_world_frame(frame, replan_every, m, s):
-            world[frame] = env.render(runner.world_key)
+            world[frame] = read(env)
         # Keep only frames a later window can still reach (and frame 0, which early windows repeat).
         oldest = frame - (m - 1) * s - replan_every
         for f in [f for f in world if 0 < f < oldest]:

@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..data.env_state import ENV_STATE_KEY, align
 from ..data.frames import render_size, resize_frames
 from ..policy.checkpoint import load_checkpoint
 from ..policy.device import batch_to, resolve_device
@@ -59,6 +60,11 @@ class PolicyRunner:
         self.uses_world = self.policy.use_memory
         self.num_frames, self.frame_stride = cfg.world.num_frames, cfg.world.frame_stride
         self.world_key = cfg.world.world_image_key
+        # World encoder `env_state`: the window is the simulator's object state (env.environment_state()) in the
+        # layout the encoder was fitted on, read at the frames an image encoder would have rendered.
+        self.world_state_names: list[str] | None = None
+        if self.uses_world and self.policy.world_encoder.name == "env_state":
+            self.world_key, self.world_state_names = ENV_STATE_KEY, list(self.policy.world_encoder.names)
         self.image_keys = cfg.data.image_keys
         self.chunk_size = cfg.policy.chunk_size
         self.control_steps_per_frame = int(self.policy.data_info.get("control_steps_per_frame", 1))
@@ -67,7 +73,7 @@ class PolicyRunner:
         # world camera too, before the encoder's own resize), from frames recorded at frame_size.
         # Checkpoints from before frame_size was recorded trained on data rendered at image_size.
         frame_size = self.policy.data_info.get("frame_size")
-        cameras = self.image_keys + ((self.world_key,) if self.uses_world else ())
+        cameras = self.image_keys + ((self.world_key,) if self.uses_world and self.world_state_names is None else ())
         self.render_sizes = {k: render_size(frame_size, k, cfg.data.image_size) for k in cameras}
         self.world_frame_size = cfg.data.image_size
         # On the policy's device: sampling noise (flow head, `random` memory) is drawn where it is used.
@@ -107,10 +113,23 @@ class PolicyRunner:
             others = np.flatnonzero(~np.isin(self._bank_task, own_codes))
             self._eligible = others if len(others) else np.arange(len(self._bank))
 
+    def world_input(self, env, observation: dict | None = None) -> np.ndarray:
+        """One frame of the world window from a `sim.LiberoEnv`: the world camera (from `observation` when it
+        holds it, else rendered), or for `env_state` the object state in the layout the encoder was fitted on
+        (an object the training scenes lacked is an error, one this scene lacks is 0 as in training)."""
+        if self.world_state_names is None:
+            return observation[self.world_key] if observation is not None else env.render(self.world_key)
+        return align(env.environment_state(), env.environment_state_names(), self.world_state_names,
+                     f"{env.suite} task {env.task_id}'s")
+
     def inputs(self, observation: dict, world_frames: np.ndarray | None = None) -> dict:
-        """`model_inputs` of one observation and its (m, H, W, 3) world window."""
+        """`model_inputs` of one observation and its world window: (m, H, W, 3) frames, or (m, D) states."""
         if self.uses_world and world_frames is None:
             raise ValueError("this policy injects the world modality: act() needs the last m world frames.")
+        if self.world_state_names is not None:
+            batch = model_inputs(self.preprocess, [observation], None, self.world_frame_size)
+            batch["world_frames"] = np.asarray(world_frames, dtype=np.float32)[None]  # states: nothing to resize
+            return batch
         window = np.asarray(world_frames)[None] if self.uses_world else None
         return model_inputs(self.preprocess, [observation], window, self.world_frame_size)
 

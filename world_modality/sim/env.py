@@ -163,6 +163,47 @@ class LiberoEnv:
         """Last low-dimensional robosuite observation (no images)."""
         return self._raw
 
+    def _state_layout(self) -> tuple[list[str], np.ndarray]:
+        """Names of the environment state (data/env_state.py: movable objects' poses, then articulated
+        joints) and the qpos address of each entry. Read from the simulator model each time: a hard reset
+        rebuilds it, and the cost is a few dozen lookups."""
+        from world_modality.data.env_state import POSE_FIELDS, state_names
+
+        env, model = self.sim_env, self._env.sim.model
+        free, hinged = {}, {}
+        for obj_name, obj in sorted({**env.fixtures_dict, **env.objects_dict}.items()):
+            for joint in obj.joints:
+                kind = int(model.jnt_type[model.joint_name2id(joint)])
+                addr = model.get_joint_qpos_addr(joint)
+                if kind == 0:  # free joint: qpos is the body's world pose (x y z, quaternion w x y z)
+                    free[obj_name] = list(range(addr[0], addr[1]))
+                elif kind in (2, 3):  # slide or hinge: one position
+                    short = joint[len(obj_name) + 1:] if joint.startswith(f"{obj_name}_") else joint
+                    hinged[(obj_name, short)] = [int(addr)]
+                else:
+                    raise ValueError(f"{self.suite} task {self.task_id}: joint {joint!r} of {obj_name!r} is a ball "
+                                     f"joint, which the environment state does not describe (free, hinge, slide).")
+        names = state_names(free, hinged)
+        index = []
+        for o in sorted(free):
+            if len(free[o]) != len(POSE_FIELDS):
+                raise ValueError(f"free joint of {o!r} has {len(free[o])} qpos values, expected {len(POSE_FIELDS)}.")
+            index += free[o]
+        for key in sorted(hinged):
+            index += hinged[key]
+        return names, np.asarray(index, dtype=np.int64)
+
+    def environment_state_names(self) -> list[str]:
+        """The name of each `environment_state()` entry, e.g. 'akita_black_bowl_1.pos.x', ...,
+        'wooden_cabinet_1.top_level.qpos'; fixed per task (data/env_state.py describes the layout)."""
+        return self._state_layout()[0]
+
+    def environment_state(self) -> np.ndarray:
+        """Privileged object state now, float32 as datasets store it (`observation.environment_state`):
+        movable objects' poses, then articulated joints, in `environment_state_names()` order. Read from the
+        simulator's qpos, so it is exact for the current physics state and costs no rendering."""
+        return np.asarray(self._env.sim.data.qpos, dtype=np.float64)[self._state_layout()[1]].astype(np.float32)
+
     def close(self) -> None:
         if self._env is not None:
             self._env.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.env_state import ENV_STATE_KEY
 from .env import IMAGE_KEY, STATE_KEY, WRIST_KEY, LiberoEnv
 from .suites import CONTROL_FREQ
 
@@ -31,14 +32,20 @@ class Demo:
     phases: list[str] = field(default_factory=list)
     scene: dict = field(default_factory=dict)  # privileged facts for annotations (names, positions)
     start_state: np.ndarray | None = None  # flattened simulator state the episode started from
+    # Privileged object state per saved frame (`observation.environment_state`) and its entries' names.
+    env_states: list[np.ndarray] = field(default_factory=list)
+    env_state_names: list[str] = field(default_factory=list)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
+        out = {
             IMAGE_KEY: np.stack(self.images[IMAGE_KEY]),
             WRIST_KEY: np.stack(self.images[WRIST_KEY]),
             STATE_KEY: np.stack(self.states).astype(np.float32),
             "action": np.stack(self.actions).astype(np.float32),
         }
+        if self.env_states:
+            out[ENV_STATE_KEY] = np.stack(self.env_states).astype(np.float32)
+        return out
 
 
 def record_demo(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0.0,
@@ -51,7 +58,8 @@ def record_demo(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0
     obs = env.reset(init_index, render=True, placement_seed=placement_seed)
     expert = PickPlaceExpert(env, noise=noise, rng=np.random.default_rng([seed, env.task_id, init_index]))
     demo = Demo(task=env.task, task_id=env.task_id, init_index=init_index, success=False, steps=0,
-                scene=scene_facts(env, expert), start_state=env.start_state.copy())
+                scene=scene_facts(env, expert), start_state=env.start_state.copy(),
+                env_state_names=env.environment_state_names())
     done = success = False
     while not done:
         phase = expert.phase  # the phase that produces this action (act() may move to the next one)
@@ -59,6 +67,7 @@ def record_demo(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0
         demo.images[IMAGE_KEY].append(obs[IMAGE_KEY])
         demo.images[WRIST_KEY].append(obs[WRIST_KEY])
         demo.states.append(obs[STATE_KEY])
+        demo.env_states.append(env.environment_state())  # the simulator state `obs` was observed in
         demo.actions.append(action.astype(np.float32))
         demo.phases.append(phase)
         for _ in range(control_steps_per_frame):

@@ -24,7 +24,8 @@ PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 
 TINY_NAME = "tiny-vjepa2"
 PRETRAINED_NAME = "vjepa2"
-KNOWN_NAMES = (TINY_NAME, PRETRAINED_NAME)
+STATE_NAME = "env_state"  # the privileged object state, not a video encoder (world/env_state.py)
+KNOWN_NAMES = (TINY_NAME, PRETRAINED_NAME, STATE_NAME)
 
 
 def _dtype_from(dtype: torch.dtype | str) -> torch.dtype:
@@ -353,6 +354,7 @@ def build_world_encoder(
     pretrained_path: str | None = None,
     dtype: torch.dtype | str = "auto",
     device: str | torch.device = "auto",
+    **state: Any,
 ) -> WorldEncoder:
     """Build a frozen world encoder.
 
@@ -360,8 +362,16 @@ def build_world_encoder(
     image_size defaults to 64, frames are resized straight to it. name="vjepa2":
     VJEPA2Model.from_pretrained(pretrained_path, local_files_only=True) (never a download); frames
     go through the checkpoint's own video processing (read_processing), image_size is its crop.
-    dtype/device "auto": see resolve_placement.
+    dtype/device "auto": see resolve_placement. name="env_state": the privileged object state
+    (world/env_state.py's EnvStateEncoder, not a WorldEncoder), unfitted or from its config_dict's
+    `state` fields (names, mean, std).
     """
+    if name == STATE_NAME:
+        from .env_state import build_env_state_encoder
+
+        return build_env_state_encoder(num_frames, pretrained_path, device=device, **state)
+    if state:
+        raise TypeError(f"build_world_encoder got unexpected arguments {sorted(state)} for world encoder {name!r}")
     torch_dtype, torch_device = resolve_placement(name, dtype, device)
     processing = None
     if name == TINY_NAME:
