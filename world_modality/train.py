@@ -207,6 +207,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             stats.update(data.latent_stats())
         policy.set_stats(**stats)
         from .data.frames import native_frame_sizes
+        from .data.starts import read_training_starts
 
         # Public LIBERO conversions store every 20 Hz control step (labelled 10 fps): one step per row
         # unless the dataset says otherwise (generated demos hold each action for 2 steps).
@@ -216,7 +217,10 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                             "binary_gripper": bool(np.isin(ds.action[:, -1], (-1.0, 1.0)).all()),
                             # The cameras' recorded size: evaluation renders at it, then resizes as the frame cache did.
                             "frame_size": native_frame_sizes(ds.features, tuple(cfg.data.image_keys) + (
-                                (cfg.world.world_image_key,) if encoder is not None else ()))}
+                                (cfg.world.world_image_key,) if encoder is not None else ())),
+                            # The demonstrations' start states travel with the policy, so evaluation can
+                            # check held-out starts even where the dataset is not (data/starts.py).
+                            "training_starts": read_training_starts(ds.root)}
     if main:
         if not t.resume and run_dir.is_dir() and any(run_dir.iterdir()):
             moved = _move_aside(run_dir)

@@ -230,7 +230,9 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
         if per_task[t] > n_init[t]:
             raise ConfigError(f"n_episodes {settings.n_episodes} exceeds the {n_init[t]} initial states of "
                               f"{settings.suite} task {t}.")
-    overlap = check_overlap(cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap)
+    recorded = (json.loads((ckpt / "policy.json").read_text()).get("data_info") or {}).get("training_starts")
+    overlap = check_overlap(cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap,
+                            recorded=recorded)
     flagged = {tuple(p) for p in overlap["overlapping"]}
     out = Path(settings.out) if settings.out else ckpt.parent.parent / "eval" / f"{settings.suite}-{settings.memory}"
     if out.exists() and not out.is_dir():

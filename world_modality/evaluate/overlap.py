@@ -20,18 +20,21 @@ class TrainOverlapError(ConfigError):
     """Evaluation would start from a state the training data was recorded from."""
 
 
-def training_start_states(dataset: str | Path) -> tuple[np.ndarray | list, str]:
-    """(states, how) for a training dataset: the recorded start states, or the stored benchmark states
-    its older format names by index; ([], reason) when it records none or is not there."""
+def training_start_states(dataset: str | Path, recorded: dict | None = None) -> tuple[list, str]:
+    """(states, how) of the starts a policy was trained from: `recorded` (what training copied from its
+    dataset into the checkpoint), else what the dataset folder says; ([], reason) when neither has any."""
     from ..sim.suites import load_task
 
     root = Path(dataset)
-    if not (root / "meta" / "info.json").exists():
-        return [], f"training dataset {root} not found, so its start states cannot be read"
-    starts = read_training_starts(root)
-    if starts["kind"] == "states":
-        return [np.asarray(s["sim_state"], dtype=np.float64) for s in starts["states"]], "recorded start states"
-    if starts["kind"] == "stored_indices":
+    if recorded is not None:
+        starts, where = recorded, "recorded in the checkpoint"
+    elif (root / "meta" / "info.json").exists():
+        starts, where = read_training_starts(root), f"read from {root}"
+    else:
+        return [], f"training dataset {root} not found and the checkpoint records no start states"
+    if starts.get("kind") == "states":
+        return [np.asarray(s["sim_state"], dtype=np.float64) for s in starts["states"]], f"start states {where}"
+    if starts.get("kind") == "stored_indices":
         cache: dict = {}
         out = []
         for r in starts["refs"]:
@@ -39,18 +42,18 @@ def training_start_states(dataset: str | Path) -> tuple[np.ndarray | list, str]:
             if key not in cache:
                 cache[key] = np.asarray(load_task(*key)[1], dtype=np.float64)
             out.append(cache[key][r["init_state_index"]])
-        return out, "benchmark initial states named by index"
+        return out, f"benchmark initial states named by index, {where}"
     return [], "the training dataset records no start states"
 
 
 def check_overlap(dataset: str | Path, suite: str, episodes: dict[int, int], allow: bool = False,
-                  tolerance: float = OVERLAP_TOLERANCE) -> dict:
+                  tolerance: float = OVERLAP_TOLERANCE, recorded: dict | None = None) -> dict:
     """Compare the first `episodes[task]` stored initial states of each task of `suite` with the training
     starts. Returns the record kept in the evaluation's settings.json; raises TrainOverlapError on an
     overlap unless `allow`, in which case the overlapping (task, init) pairs are listed and flagged."""
     from ..sim.suites import load_task
 
-    train, how = training_start_states(dataset)
+    train, how = training_start_states(dataset, recorded)
     result = {"checked": bool(len(train)), "dataset": str(dataset), "how": how, "training_starts": len(train),
               "tolerance": tolerance, "min_distance": None, "overlapping": [], "allowed": bool(allow)}
     if not len(train):

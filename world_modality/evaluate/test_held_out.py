@@ -78,11 +78,30 @@ def checkpoint(fixture_dataset, tmp_path_factory):
 
 
 def _retarget(checkpoint: Path, dataset: Path, dest: Path) -> Path:
+    """A copy of the checkpoint as if trained on `dataset`: its config names it and its policy.json records
+    the dataset's start states, as training writes them."""
+    from world_modality.data.starts import read_training_starts
+
     ck = Path(shutil.copytree(checkpoint, dest))
     cfg = json.loads((ck / "config.json").read_text())
     cfg["data"]["dataset"] = str(dataset)
     (ck / "config.json").write_text(json.dumps(cfg))
+    meta = json.loads((ck / "policy.json").read_text())
+    meta["data_info"]["training_starts"] = read_training_starts(dataset)
+    (ck / "policy.json").write_text(json.dumps(meta))
     return ck
+
+
+def test_training_records_its_start_states_in_the_checkpoint_and_evaluation_checks_them_without_the_dataset(
+        checkpoint, tmp_path):
+    meta = json.loads((checkpoint / "policy.json").read_text())
+    assert meta["data_info"]["training_starts"] == {"kind": "none"}  # the synthetic fixture records none
+    data = _dataset_with_starts(tmp_path / "d", [(0, _stored(0)[2])])
+    ck = _retarget(checkpoint, data, tmp_path / "ck")
+    shutil.rmtree(data)  # the run was moved to another machine without its dataset
+    with pytest.raises(TrainOverlapError, match="task 0 init 2"):
+        evaluate(EvalSettings(checkpoint=str(ck), tasks=(0,), n_episodes=3, workers=1, out=str(tmp_path / "e")),
+                 progress=False)
 
 
 @pytest.mark.slow
