@@ -16,10 +16,14 @@
 #                                       all 50 initial states as in the public protocol, 2)
 #   MAX_EPOCHS, BATCH_SIZE              training budget (defaults: 5, 8, as in the research notes)
 #   TRAIN_ARGS, EVAL_ARGS               extra flags passed through
-#   PY                python to use (default: python)
+#   PY                python to use (default: the repository's .venv/bin/python, found next to this
+#                     script, when it exists, else python3; no virtual environment needs to be active)
+#   WORLD_MODALITY_TRACEBACK=1          a failed check shows its Python traceback, not just the one-line error
 set -euo pipefail
 
-: "${DATASET:?set DATASET to a LeRobot dataset root}"
+die() { printf '\n*** ERROR: %s\n\n' "$*" >&2; exit 2; }
+
+[ -n "${DATASET:-}" ] || die "set DATASET to a LeRobot dataset root (e.g. DATASET=runs/demo/data/libero_spatial)"
 INSTRUCTION_KEY=${INSTRUCTION_KEY:-task}
 EXPERIMENTS=${EXPERIMENTS:-"E0 E2 E4 E0-Flow E2-Flow"}
 SEEDS=${SEEDS:-"0 1 2"}
@@ -33,21 +37,55 @@ MAX_EPOCHS=${MAX_EPOCHS:-5}
 BATCH_SIZE=${BATCH_SIZE:-8}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
-PY=${PY:-python}
-
-die() { printf '\n*** ERROR: %s\n\n' "$*" >&2; exit 2; }
+if [ -z "${PY:-}" ]; then
+  # The project's environment (`make setup` creates it), found from this script's own location, so the
+  # launcher works from any folder and in a shell where the environment is not activated.
+  root=$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+  if [ -x "$root/.venv/bin/python" ]; then PY="$root/.venv/bin/python"; else PY=python3; fi
+fi
+use_project_python="set PY to the project's python (.venv/bin/python, which \`make setup\` creates)"
+command -v "$PY" >/dev/null 2>&1 || die "PY=$PY cannot be run; $use_project_python"
 
 # A dataset whose instruction is not under INSTRUCTION_KEY would train task-agnostic policies
-# (0% success): check before anything trains.
-"$PY" - "$DATASET" "$INSTRUCTION_KEY" <<'PYCHECK' || die "dataset check failed for DATASET=$DATASET INSTRUCTION_KEY=$INSTRUCTION_KEY (see above)"
+# (0% success): check before anything trains. A bad dataset, or a python without the package, prints
+# one line (and its traceback only with WORLD_MODALITY_TRACEBACK=1): exit 3 is the python, 2 the dataset.
+set +e
+check=$("$PY" - "$DATASET" "$INSTRUCTION_KEY" <<'PYCHECK'
+import os
 import sys
-from world_modality.data.lerobot import load_dataset
-ds = load_dataset(sys.argv[1], instruction_key=sys.argv[2])
-print(f"[launcher] {sys.argv[1]}: {len(ds.episodes)} episodes, {len(set(ds.instructions))} instructions under {sys.argv[2]!r}")
+
+show_traceback = bool(os.environ.get("WORLD_MODALITY_TRACEBACK"))
+try:
+    from world_modality.cli import USER_ERRORS
+    from world_modality.data.lerobot import load_dataset
+except ImportError as e:
+    if show_traceback:
+        raise
+    print(f"it cannot import the world_modality package ({e})")
+    sys.exit(3)
+root, key = sys.argv[1], sys.argv[2]
+try:
+    ds = load_dataset(root, instruction_key=key)
+except USER_ERRORS as e:
+    if show_traceback:
+        raise
+    print(" ".join(str(e).split()))
+    sys.exit(2)
+print(f"[launcher] {root}: {len(ds.episodes)} episodes, {len(set(ds.instructions))} instructions under {key!r}")
 PYCHECK
+)
+rc=$?
+set -e
+case $rc in
+  0) printf '%s\n' "$check";;
+  3) die "PY=$PY: $check; $use_project_python";;
+  *) die "dataset check failed for DATASET=$DATASET INSTRUCTION_KEY=$INSTRUCTION_KEY:" \
+       "${check:-see the traceback above}";;
+esac
 
 case " $EXPERIMENTS " in
-  *" E4 "*) [ -f "$COC_JSONL" ] || die "E4 needs chain-of-causation annotations: $COC_JSONL does not exist (set COC_JSONL or drop E4 from EXPERIMENTS)";;
+  *" E4 "*) [ -f "$COC_JSONL" ] || die "E4 needs chain-of-causation annotations: $COC_JSONL does not exist \
+(set COC_JSONL or drop E4 from EXPERIMENTS)";;
 esac
 
 task_flag=()
