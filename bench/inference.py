@@ -52,7 +52,8 @@ def part_times(runner, obs, frames) -> dict[str, float]:
             z_pred, t["prophet"] = timed(lambda: pol.predict_future(batch["z_t"], cond))
 
             def inject():
-                mem = pol.memory_proj(pol.prophet.normalize(z_pred)).view(1, -1, act_h.shape[-1]) + pol.memory_pos
+                tokens = pol.prophet.normalize(z_pred).reshape(pol.world_tokens, -1)  # one row per world token
+                mem = pol.memory_proj(tokens).view(1, -1, act_h.shape[-1]) + pol.memory_pos
                 return pol.xattn(act_h, mem)
 
             act_h, t["memory_xattn"] = timed(inject)

@@ -1,4 +1,4 @@
-"""Typed experiment configuration: dataclasses, the named presets (E0..E2-Flow, E2-State) and flag parsing.
+"""Typed experiment configuration: dataclasses, the named presets (E0..E2-Flow, E2-State, E2-Present) and flag parsing.
 
 The research notes' flags (`--lambda_world 0.2 --delta_prediction --latent_suffix m4 ...`) are the
 interface; every field below has exactly one flag of the same name.
@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 # Memory ablations of offline evaluation (`eval-offline --memory`); closed loop takes all but
-# `oracle` (evaluate/runner.py). Training knows only `predicted`: any other mode would feed the
-# action path the true future, or a control, while it learns.
-MEMORY_MODES = ("predicted", "oracle", "zero", "random", "shuffle")
-TRAIN_MEMORY_MODES = ("predicted",)
+# `oracle` (evaluate/runner.py). `present` is the current latent z_t in place of the prediction:
+# the world encoder's m frames of history without foresight. Training knows `predicted` and
+# `present` (neither reads the future); any other mode would feed the action path the true future,
+# or a control, while it learns.
+MEMORY_MODES = ("predicted", "present", "oracle", "zero", "random", "shuffle")
+TRAIN_MEMORY_MODES = ("predicted", "present")
 ACTION_HEADS = ("mse", "flow")
 FLOW_TIME_SAMPLING = ("uniform", "beta")
 # VLM backbones: a `tiny-` variant (random init, embedded default and tests) and the real family.
@@ -39,6 +41,9 @@ FIELD_HELP = {
     "world_encoder": "tiny-vjepa2 (random V-JEPA 2, embedded default) | vjepa2 (weights from --world_encoder_path) | "
                      "env_state (privileged: the dataset's observation.environment_state, object poses and joints, "
                      "normalised with training statistics, m frames concatenated; the E2-State upper bound)",
+    "world_tokens": "N spatial world tokens, a perfect square: the V-JEPA token map averaged over time and pooled to a "
+                    "√N×√N grid (4: 2x2); the Prophet predicts all N, the cross-attention attends over "
+                    "N × n_memory_tokens memory tokens; 1 = one mean vector",
 }
 
 
@@ -94,6 +99,9 @@ class WorldConfig:
     world_image_size: int = 64  # encoder input side
     latent_suffix: str = "m4"  # m frames per latent, written "m<m>"
     frame_stride: int = 4  # dataset frames between the m frames; = the replanning interval, so evaluation renders nothing extra
+    # N spatial world tokens (a perfect square): the encoder's token map averaged over time, then pooled to a √N×√N
+    # grid; the latent is the N tokens concatenated (N·D). 1: the mean over all tokens, as before the option existed.
+    world_tokens: int = 1
     # Prophet
     future_offset: int = 4  # k: predict z_{t+k}, in dataset frames
     delta_prediction: bool = False  # predict δ = z_{t+k} − z_t instead of z_{t+k}
@@ -113,6 +121,10 @@ class WorldConfig:
         )
         _check(self.frame_stride >= 1, f"`frame_stride` must be >= 1, got {self.frame_stride}.")
         _check(self.future_offset >= 1, f"`future_offset` must be >= 1, got {self.future_offset}.")
+        _check(isinstance(self.world_tokens, int) and self.world_tokens >= 1
+               and math.isqrt(self.world_tokens) ** 2 == self.world_tokens,
+               f"`world_tokens` must be a perfect square >= 1 (a √N×√N grid of the encoder's patches: 1, 4, 9, "
+               f"...), got {self.world_tokens!r}.")
         _check(self.lambda_world >= 0, f"`lambda_world` must be >= 0, got {self.lambda_world}.")
         _check(16 <= self.world_image_size <= 1024,
                f"`world_image_size` must be in [16, 1024], got {self.world_image_size}.")
@@ -125,6 +137,11 @@ class WorldConfig:
             self.world_encoder != "env_state" or not self.world_encoder_path,
             f"`world_encoder` 'env_state' reads the dataset's observation.environment_state and has no weights; "
             f"got `world_encoder_path` {self.world_encoder_path!r}.",
+        )
+        _check(
+            self.world_encoder != "env_state" or self.world_tokens == 1,
+            f"`world_encoder` 'env_state' is a state vector with no spatial token map; `world_tokens` must be 1 "
+            f"with it, got {self.world_tokens}.",
         )
         _check(
             self.world_encoder_dtype in ("auto", "float32", "bfloat16", "float16"),
@@ -157,7 +174,9 @@ class PolicyConfig:
     # World modality
     disable_future_injection: bool = False  # remove the cross-attention branch (E0)
     n_memory_tokens: int = 4  # tokens the future latent is projected to
-    memory_mode: str = "predicted"  # what the action path sees in training: predicted only (ablations: eval flags)
+    # What the action path sees in training and, by default, in evaluation: predicted (the Prophet's ẑ_{t+k}) or
+    # present (z_t: history without foresight, E2-Present); the other modes are evaluation ablations.
+    memory_mode: str = "predicted"
     # Text head (E4)
     lambda_text: float = 0.0  # weight of the chain-of-causation text loss
     max_text_tokens: int = 48
@@ -173,9 +192,13 @@ class PolicyConfig:
                f"`backbone_dtype` must be one of {BACKBONE_DTYPES}, got {self.backbone_dtype!r}.")
         _check(self.action_head in ACTION_HEADS, f"`action_head` must be one of {ACTION_HEADS}, got {self.action_head!r}.")
         _check(self.memory_mode in TRAIN_MEMORY_MODES,
-               f"`memory_mode` must be 'predicted' in training (the Prophet's prediction), got {self.memory_mode!r}; "
-               f"{', '.join(m for m in MEMORY_MODES if m != 'predicted')} are evaluation ablations "
+               f"`memory_mode` must be 'predicted' or 'present' in training (the Prophet's prediction, or the current "
+               f"latent z_t: history without foresight), got {self.memory_mode!r}; "
+               f"{', '.join(m for m in MEMORY_MODES if m not in TRAIN_MEMORY_MODES)} are evaluation ablations "
                f"(eval-offline --memory, eval --memory).")
+        _check(self.memory_mode == "predicted" or not self.disable_future_injection,
+               f"`memory_mode` {self.memory_mode!r} needs the memory branch, which `disable_future_injection` "
+               f"removes (E0); expected the default 'predicted' there.")
         _check(
             self.flow_time_sampling in FLOW_TIME_SAMPLING,
             f"`flow_time_sampling` must be one of {FLOW_TIME_SAMPLING}, got {self.flow_time_sampling!r}.",
@@ -309,6 +332,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "E2-State": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "world_encoder": "env_state"},
     # E2 with a V-JEPA encoder that has learnt something (`world-modality pretrain-world`); needs world_encoder_path.
     "E2-Pretrained": {"lambda_world": 0.2, "delta_prediction": True, "latent_suffix": "m4", "world_encoder": "vjepa2"},
+    # History without foresight: E2's m-frame world latent z_t in the memory instead of a prediction, no world loss.
+    # The Prophet is still built (it holds the latent statistics that normalise the memory and define the zero and
+    # random ablations, and keeps E2's checkpoint layout) but gets no gradient, so it stays at its copy-last init.
+    "E2-Present": {"lambda_world": 0.0, "delta_prediction": True, "latent_suffix": "m4", "memory_mode": "present"},
 }
 
 
@@ -348,8 +375,9 @@ def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
 def matching_preset(cfg: ExperimentConfig) -> str | None:
     """The preset whose defining fields this config has (most specific first), else None."""
     flat, base = flatten(cfg), flatten(build_config({}))
-    for name in ("E2-State", "E2-Pretrained", "E4", "E2-Flow", "E0-Flow", "E2", "E0"):
-        wanted = {k: base[k] for k in ("action_head", "lambda_text", "disable_future_injection")}
+    for name in ("E2-State", "E2-Pretrained", "E2-Present", "E4", "E2-Flow", "E0-Flow", "E2", "E0"):
+        # memory_mode too: an E2 trained on `present` memory is not E2.
+        wanted = {k: base[k] for k in ("action_head", "lambda_text", "disable_future_injection", "memory_mode")}
         wanted.update(PRESETS[name])
         if all(flat[k] == v for k, v in wanted.items()):
             return name

@@ -16,8 +16,10 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="task ids '0,1' or '0-9' (default: all tasks of the suite)")
     p.add_argument("--n_episodes", type=int, default=None,
                    help="per task: the benchmark's initial states 0..n-1 (default: all 50, the public protocol)")
-    p.add_argument("--memory", default="predicted", choices=CLOSED_LOOP_MEMORY,
-                   help="world-memory ablation (oracle is offline-only: the true future depends on actions not yet taken)")
+    p.add_argument("--memory", default=None, choices=CLOSED_LOOP_MEMORY,
+                   help="world-memory mode (default: the checkpoint's training mode, predicted or, for E2-Present, "
+                        "present); the others are ablations (oracle is offline-only: the true future depends on "
+                        "actions not yet taken)")
     p.add_argument("--replan_every", type=int, default=None, help="frames between replans (default: chunk_size // 2)")
     p.add_argument("--workers", type=int, default=2, help="simulator processes")
     p.add_argument("--seed", type=int, default=7)

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from world_modality.config import PRESETS, ConfigError, ExperimentConfig, build_config, flatten, matching_preset, parse_train_args
+from world_modality.config import (MEMORY_MODES, PRESETS, TRAIN_MEMORY_MODES, ConfigError, ExperimentConfig,
+                                   build_config, flatten, matching_preset, parse_train_args)
 
 NOTES_FLAGS = ["--instruction_key", "--episode_id_key", "--lambda_world", "--delta_prediction", "--latent_suffix",
                "--freeze_backbone", "--use_lora", "--batch_size", "--max_epochs", "--disable_future_injection",
@@ -77,20 +78,56 @@ def test_unknown_field_in_saved_config(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["oracle", "shuffle", "zero", "random", "future"])
-def test_training_memory_mode_is_predicted_only(mode):
+def test_training_memory_mode_is_predicted_or_present(mode):
     """Training with `oracle` (or `shuffle`) fed the action path the true future while it learned, and closed-loop
-    evaluation then ran the policy on its predictions: the ablations are evaluation flags, not training settings."""
-    needle = rf"`memory_mode` must be 'predicted' in training .*got '{mode}'.*eval-offline"
+    evaluation then ran the policy on its predictions: the ablations are evaluation flags, not training settings.
+    `present` (z_t, no future) is the one other training mode."""
+    needle = rf"`memory_mode` must be 'predicted' or 'present' in training .*got '{mode}'; oracle, zero, random, " \
+             rf"shuffle are evaluation ablations.*eval-offline"
     with pytest.raises(ConfigError, match=needle):
         build_config({"memory_mode": mode}, preset="E2")
-    assert build_config({"memory_mode": "predicted"}, preset="E2").policy.memory_mode == "predicted"
+    assert TRAIN_MEMORY_MODES == ("predicted", "present")
+    for ok in TRAIN_MEMORY_MODES:
+        assert build_config({"memory_mode": ok}, preset="E2").policy.memory_mode == ok
+
+
+def test_present_memory_needs_the_memory_branch():
+    with pytest.raises(ConfigError, match=r"`memory_mode` 'present' needs the memory branch.*E0"):
+        build_config({"memory_mode": "present"}, preset="E0")
+
+
+def test_e2_present_preset_is_e2_with_present_memory_and_no_world_loss():
+    e2, present = flatten(build_config({}, preset="E2")), flatten(build_config({}, preset="E2-Present"))
+    assert present["memory_mode"] == "present" and present["lambda_world"] == 0.0
+    assert {k for k in e2 if e2[k] != present[k]} == {"memory_mode", "lambda_world"}
+    assert matching_preset(build_config({}, preset="E2-Present")) == "E2-Present"
+    # Parsed from flags too; an E2 trained on `present` with a world loss is neither E2 nor E2-Present.
+    line = COMMON + "--lambda_world 0 --delta_prediction --latent_suffix m4 --memory_mode present".split()
+    assert matching_preset(parse_train_args(line)) == "E2-Present"
+    assert matching_preset(build_config({"memory_mode": "present"}, preset="E2")) is None
+    assert MEMORY_MODES.index("present") == MEMORY_MODES.index("predicted") + 1
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2, 3, 8, "4"])
+def test_world_tokens_must_be_a_perfect_square(bad):
+    with pytest.raises(ConfigError, match=rf"`world_tokens` must be a perfect square >= 1.*got {bad!r}"):
+        build_config({"world_tokens": bad}, preset="E2")
+
+
+def test_world_tokens_default_and_env_state():
+    assert build_config({}, preset="E2").world.world_tokens == 1
+    assert build_config({"world_tokens": 9}, preset="E2").world.world_tokens == 9
+    assert parse_train_args(["--preset", "E2", "--world_tokens", "4"]).world.world_tokens == 4
+    with pytest.raises(ConfigError, match=r"'env_state' is a state vector.*`world_tokens` must be 1.*got 4"):
+        build_config({"world_tokens": 4}, preset="E2-State")
 
 
 def test_saved_config_trained_with_another_memory_mode_names_the_file(tmp_path):
     saved = build_config({}, preset="E2").to_dict()
     saved["policy"]["memory_mode"] = "shuffle"
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(ConfigError, match=r"config\.json: `memory_mode` must be 'predicted' in training.*'shuffle'"):
+    needle = r"config\.json: `memory_mode` must be 'predicted' or 'present' in training.*'shuffle'"
+    with pytest.raises(ConfigError, match=needle):
         ExperimentConfig.from_json(tmp_path / "config.json")
 
 

@@ -1,9 +1,10 @@
 """Offline evaluation on held-out episodes: action MSE per memory ablation, and world-prediction
 error against the copy-last baseline (ẑ_{t+k} = z_t).
 
-Memory ablations: `predicted`, `oracle` (the sample's own true future), `zero`, `random`, and
-`shuffle` (the true future of a training frame of another episode, of another task where the
-dataset has one; `pipeline.shuffle_memory_rows`, seeded by `seed`).
+Memory ablations: `predicted`, `present` (the sample's own z_t: the m frames of history without
+foresight), `oracle` (the sample's own true future), `zero`, `random`, and `shuffle` (the true
+future of a training frame of another episode, of another task where the dataset has one;
+`pipeline.shuffle_memory_rows`, seeded by `seed`).
 
 Offline action loss did not predict closed-loop success in the research notes; these numbers
 explain a policy, they do not rank it.

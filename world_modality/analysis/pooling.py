@@ -105,7 +105,8 @@ def pool_runs(runs: list[dict]) -> dict:
 
 
 def choose_pooled_pair(runs: list[dict], compare: tuple[str, str] | None) -> tuple[str, str] | None:
-    """The two presets to compare: compare's (a run name stands for its preset), else E0 and E2, else the first two."""
+    """The two presets to compare: compare's (a run name stands for its preset), else E0 and E2, else E0 and the
+    first other, else the first two."""
     presets = _presets(runs)
     if compare is not None:
         by_name = {r["name"]: r["preset"] for r in runs}
@@ -113,6 +114,8 @@ def choose_pooled_pair(runs: list[dict], compare: tuple[str, str] | None) -> tup
         return (a, b) if a in presets and b in presets and a != b else None
     if "E0" in presets and "E2" in presets:
         return ("E0", "E2")
+    if "E0" in presets and len(presets) >= 2:  # E0 is the baseline, as in the per-run comparison
+        return ("E0", next(p for p in presets if p != "E0"))
     return tuple(presets[:2]) if len(presets) >= 2 else None
 
 

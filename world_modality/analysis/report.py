@@ -93,8 +93,9 @@ def load_run(run_dir: str | Path) -> dict:
     cfg = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     metrics = read_jsonl(run_dir / "metrics.jsonl")[0]
     offline_path = run_dir / "eval_offline_val.json"
+    probe_path = run_dir / "probe.json"  # `world-modality probe --checkpoint RUN`
     return {"dir": run_dir, "name": cfg.get("preset") or run_dir.name, "preset": cfg.get("preset") or run_dir.name,
-            "config": cfg, "metrics": metrics,
+            "config": cfg, "metrics": metrics, "probe": _read_json(probe_path) if probe_path.exists() else None,
             "offline": _read_json(offline_path) if offline_path.exists() else None, **load_episodes(run_dir),
             "videos": sorted((run_dir / "eval").glob("*/videos/*.mp4")),
             "strips": sorted((run_dir / "eval").glob("*/videos/*.png"))}
@@ -200,7 +201,18 @@ def _choose_compare(runs: list[dict], compare: tuple[str, str] | None, multi: bo
         return None
     if "E0" in with_eval and "E2" in with_eval:
         return ("E0", "E2")
+    if "E0" in with_eval and len(with_eval) >= 2:  # E0 is the baseline: any other experiment is compared against it
+        return ("E0", next(n for n in with_eval if n != "E0"))
     return tuple(with_eval[:2]) if len(with_eval) >= 2 else None
+
+
+def _mode_order(modes) -> list[str]:
+    """Memory modes as columns: "none" (E0, no memory) first, then MEMORY_MODES order (predicted, present, the
+    ablations), then any other."""
+    from ..config import MEMORY_MODES
+
+    order = {"none": -1, **{m: i for i, m in enumerate(MEMORY_MODES)}}
+    return sorted(set(modes), key=lambda m: (order.get(m, len(MEMORY_MODES)), str(m)))
 
 
 def _bar(o: dict) -> dict:
@@ -343,7 +355,7 @@ def _overlap_blocks(runs: list[dict], evald: list[dict]) -> list[tuple]:
 def _ablation_blocks(runs: list[dict], evald: list[dict], out_dir: Path, images: list[Path]) -> list[tuple]:
     blocks: list[tuple] = [("h", 2, "Memory ablation")]
     if evald:
-        cols = sorted({e["memory"] for r in evald for e in r["episodes"] + r["errors"]}, key=str)
+        cols = _mode_order(e["memory"] for r in evald for e in r["episodes"] + r["errors"])
         rows, groups = [], {}
         for r in evald:
             row = [r["name"]]
@@ -363,7 +375,7 @@ def _ablation_blocks(runs: list[dict], evald: list[dict], out_dir: Path, images:
     offl = [r for r in runs if r["offline"]]
     if not offl:
         return blocks + [("p", "No offline evaluation (eval_offline_val.json) found.")]
-    cols = sorted({m for r in offl for m in r["offline"].get("action_mse", {})}, key=str)
+    cols = _mode_order(m for r in offl for m in r["offline"].get("action_mse", {}))
     return blocks + [("p", "Held-out (offline) action MSE per memory mode, normalised by the action std:"),
                      ("table", ["experiment"] + cols,
                       [[r["name"]] + [_fmt(r["offline"].get("action_mse", {}).get(m)) for m in cols] for r in offl])]
@@ -407,6 +419,25 @@ def _offline_vs_closed_blocks(runs: list[dict]) -> list[tuple]:
     return [("h", 2, "Offline metric vs closed-loop success"),
             ("table", ["experiment", "held-out action MSE (memory)", "world MSE", "world skill vs copy-last",
                        "closed-loop success"], rows), ("p", OFFLINE_CAVEAT)]
+
+
+def _probe_blocks(runs: list[dict]) -> list[tuple]:
+    """R² of the ridge probes (analysis/probe.py) of each run that holds a probe.json; nothing otherwise."""
+    from .probe import table_rows
+
+    blocks: list[tuple] = []
+    for r in (r for r in runs if r.get("probe")):
+        try:
+            header, rows = table_rows(r["probe"])
+            p = r["probe"]
+            note = (f"{p['features']}: ridge fit on {len(p['train_episodes'])} training episodes, R² on "
+                    f"{len(p['test_episodes'])} held-out episodes (1 = exact, 0 = their mean). The future columns "
+                    f"decode with the same readout; copy-last gives the positions at t as those at t+k.")
+        except (KeyError, TypeError, ValueError) as e:
+            blocks.append(("p", f"{r['name']}: probe.json is not a probe result ({e!r})."))
+            continue
+        blocks += [("h", 3, r["name"]), ("p", note), ("table", header, rows)]
+    return [("h", 2, "What the world latent knows (probe)"), *blocks] if blocks else []
 
 
 def _strip_blocks(runs: list[dict], out_dir: Path, images: list[Path]) -> list[tuple]:
@@ -490,6 +521,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
     if multi:
         blocks += pooled_paired_blocks(ppair, result["paired_pooled"])
     blocks += _offline_vs_closed_blocks(runs)
+    blocks += _probe_blocks(runs)
     blocks += _strip_blocks(runs, out_dir, images)
 
     md, htm = out_dir / "report.md", out_dir / "report.html"

@@ -1,8 +1,10 @@
-"""The offline `shuffle` control: every sample's memory is the true future of a frame of another
-episode, of another task where the dataset has one, never a neighbour's (almost its own)."""
+"""Offline memory controls. `shuffle`: every sample's memory is the true future of a frame of another
+episode, of another task where the dataset has one, never a neighbour's (almost its own). `present`:
+the sample's own z_t."""
 
 import numpy as np
 import pytest
+import torch
 
 from world_modality.data.fixture import make_fixture_dataset
 from world_modality.data.lerobot import load_dataset
@@ -84,3 +86,28 @@ def test_shuffle_rows_of_a_one_task_dataset_come_from_other_episodes(tmp_path):
     assert len(set(ds.episode_ids[picked[ds.episode_ids[rows] == ds.episodes[0].index]])) == 2  # both other episodes
     with pytest.raises(ValueError, match="another episode"):
         shuffle_memory_rows(ds, rows, ds.rows_of([ds.episodes[0].index]), seed=0)
+
+
+def test_offline_evaluation_reports_present_beside_predicted(small_run, monkeypatch):
+    """eval-offline's default modes give an E2 checkpoint a `present` row (z_t in place of the prediction), in
+    MEMORY_MODES order, and its memory is each sample's own z_t."""
+    from world_modality.analysis.offline import evaluate_offline, format_table
+    from world_modality.config import MEMORY_MODES
+    from world_modality.policy.model import WorldModalityPolicy
+
+    _, ckpt = small_run
+    seen = []
+    real = WorldModalityPolicy.memory_latent
+
+    def spy(self, mode, z_pred, batch, generator=None):
+        z = real(self, mode, z_pred, batch, generator)
+        if mode == "present":
+            seen.append(bool(torch.equal(z, batch["z_t"])))
+        return z
+
+    with monkeypatch.context() as m:
+        m.setattr(WorldModalityPolicy, "memory_latent", spy)
+        result = evaluate_offline(ckpt, batch_size=8, device="cpu")
+    assert list(result["action_mse"]) == list(MEMORY_MODES) and seen and all(seen)
+    assert np.isfinite(result["action_mse"]["present"]) and np.isfinite(result["action_mse_raw"]["present"])
+    assert "\npresent " in format_table(result)

@@ -383,3 +383,31 @@ def test_report_shows_the_overlap_check_and_flags_train_overlap(tmp_path):
     (e0 / "eval" / "none" / "settings.json").unlink()
     md = (write_report([e0], tmp_path / "out2")["report_md"]).read_text()
     assert "| E0 | none | not checked (no settings.json) |" in md and "WARNING" not in md
+
+
+def test_e2_present_headline_is_present_and_it_pairs_against_e0(tmp_path):
+    """An E2-Present run is deployed with `present` memory (its config's mode): that is its headline, the paired
+    comparison puts it against E0, and the ablation tables show predicted and present first, in MEMORY_MODES order."""
+    e0 = _make_run(tmp_path, "E0", False, E0_OUT)
+    run = _make_run(tmp_path, "E2-Present", True)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["policy"]["memory_mode"] = "present"
+    (run / "config.json").write_text(json.dumps(cfg))
+    offline = {"action_mse": {m: 0.3 + 0.01 * k for k, m in enumerate(["shuffle", "zero", "present", "predicted",
+                                                                       "random", "oracle"])}, "gate": 0.1}
+    (run / "eval_offline_val.json").write_text(json.dumps(offline))
+    for mode, outs in (("present", E2_OUT), ("predicted", E2_ZERO), ("zero", E2_ZERO)):
+        _write_jsonl(run / "eval" / f"{SUITE}-{mode}" / "episodes.jsonl",
+                     [_episode(t, i, ok, mode, "E2-Present") for (t, i), ok in outs.items()])
+    for order in ([e0, run], [run, e0]):
+        out = tmp_path / f"report-{order[0].name}"
+        res = write_report(order, out)
+        assert res["experiments"]["E2-Present"]["memory"] == "present"
+        assert res["experiments"]["E2-Present"]["k"] == sum(E2_OUT.values())
+        assert res["compare"] == ("E0", "E2-Present") and res["paired"]["a"] == "E0"
+        assert res["paired"]["success_b"] == sum(E2_OUT[k] for k in E2_OUT if k in E0_OUT)
+        md = (out / "report.md").read_text()
+        # Columns: E0's "none", then MEMORY_MODES order; closed loop, then offline.
+        assert "| experiment | none | predicted | present | zero |" in md
+        assert "| experiment | none | predicted | present | oracle | zero | random | shuffle |" in md
+        assert "E2-Present (memory present) against E0 (memory none)" in md

@@ -12,6 +12,7 @@ limit, replanning interval, overlap permission), and a rerun with other such set
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -31,7 +32,7 @@ class EvalSettings:
     suite: str = "libero_spatial"
     tasks: tuple[int, ...] | None = None  # default: every task of the suite
     n_episodes: int | None = None  # per task: initial states 0..n-1; default: all (50), the public protocol
-    memory: str = "predicted"
+    memory: str | None = None  # default: the checkpoint's training memory mode (evaluate() resolves it)
     replan_every: int | None = None  # frames between replans; default chunk_size // 2
     workers: int = 2
     seed: int = 7  # env seed, as in the public LIBERO evaluation scripts
@@ -68,7 +69,7 @@ class EvalSettings:
             raise ConfigError(f"video must be >= 0 rollouts per task, got {self.video}.")
         if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
             raise ConfigError(f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}.")
-        if self.memory not in CLOSED_LOOP_MEMORY:
+        if self.memory is not None and self.memory not in CLOSED_LOOP_MEMORY:
             why = " (oracle is offline-only: the true future depends on actions not yet taken)" if self.memory == "oracle" else ""
             raise ConfigError(f"closed-loop memory mode must be one of {CLOSED_LOOP_MEMORY}, got {self.memory!r}{why}.")
         try:
@@ -76,6 +77,23 @@ class EvalSettings:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         resolve_device(self.device)
+
+
+def resolve_memory(settings: EvalSettings, cfg) -> EvalSettings:
+    """The settings with `memory` resolved: as given, else the mode the checkpoint trained with (`present` for
+    E2-Present, `predicted` otherwise), so the output folder, settings.json and episodes name the mode that ran."""
+    if settings.memory is not None:
+        return settings
+    return dataclasses.replace(settings, memory=cfg.policy.memory_mode)
+
+
+def eval_folder(ckpt: Path, settings: EvalSettings) -> Path:
+    """Where an evaluation writes: --out, else <run>/eval/<suite>-<memory> (memory resolved: resolve_memory)."""
+    if settings.out:
+        return Path(settings.out)
+    if settings.memory is None:
+        raise ValueError("eval_folder needs the memory mode resolved (resolve_memory) to name the folder.")
+    return ckpt.parent.parent / "eval" / f"{settings.suite}-{settings.memory}"
 
 
 @dataclass
@@ -214,6 +232,10 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
 
     ckpt = resolve_checkpoint(settings.checkpoint)
     cfg = read_checkpoint_config(ckpt)  # the workers load the policy; here only its settings are needed
+    settings = resolve_memory(settings, cfg)
+    if cfg.policy.disable_future_injection and settings.memory != "predicted":  # before any worker starts
+        raise ConfigError(f"memory mode {settings.memory!r} needs a policy with future injection; the checkpoint "
+                          f"{ckpt} has none (E0): leave --memory out.")
     replan = settings.replan_every or max(1, cfg.policy.chunk_size // 2)
     if not 1 <= replan <= cfg.policy.chunk_size:
         raise ConfigError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")
@@ -234,7 +256,7 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     overlap = check_overlap(cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap,
                             recorded=recorded)
     flagged = {tuple(p) for p in overlap["overlapping"]}
-    out = Path(settings.out) if settings.out else ckpt.parent.parent / "eval" / f"{settings.suite}-{settings.memory}"
+    out = eval_folder(ckpt, settings)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder for the episodes file.")
     out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 the dataset's recorded size reaches the model as exactly the pixels training read from the frame cache."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,5 +222,148 @@ def test_checkpoint_trained_with_another_memory_mode_is_refused(native_run, tmp_
     cfg = json.loads((old / "config.json").read_text())
     cfg["policy"]["memory_mode"] = "oracle"
     (old / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match=r"config\.json: `memory_mode` must be 'predicted' in training.*'oracle'"):
+    needle = r"config\.json: `memory_mode` must be 'predicted' or 'present' in training.*'oracle'"
+    with pytest.raises(ConfigError, match=needle):
         PolicyRunner(old, device="cpu")
+
+
+# --- E2-Present: history without foresight --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return make_fixture_dataset(tmp_path_factory.mktemp("small") / "data", n_episodes=4, length=12, image_size=SIZE,
+                                seed=2)
+
+
+@pytest.fixture(scope="module")
+def present_run(small_data, tmp_path_factory):
+    from conftest import tiny_config
+    from world_modality.train import train
+
+    cfg = tiny_config(small_data, tmp_path_factory.mktemp("present") / "run", preset="E2-Present", max_epochs=1)
+    return cfg, train(cfg, progress=False)
+
+
+def test_e2_present_trains_and_round_trips(present_run):
+    from world_modality.config import matching_preset
+    from world_modality.policy.checkpoint import load_checkpoint
+    from world_modality.train import read_trainer_state
+
+    cfg, ckpt = present_run
+    assert cfg.policy.memory_mode == "present" and cfg.world.lambda_world == 0 and matching_preset(cfg) == "E2-Present"
+    metrics = [json.loads(line) for line in (ckpt.parent.parent / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(metrics[-1]["action_loss"]) and metrics[-1]["loss"] == metrics[-1]["action_loss"]
+    a, b = load_checkpoint(ckpt), load_checkpoint(ckpt)
+    assert a.cfg.policy.memory_mode == "present" and a.cfg.preset == "E2-Present" and read_trainer_state(ckpt)["step"]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # No world loss and no prediction in the action path: the Prophet never moved from its copy-last init.
+    assert not a.prophet.mlp[-1].weight.any() and not a.prophet.mlp[-1].bias.any()
+    assert a.gate() != 0.0  # the memory branch did train
+
+
+def test_runner_defaults_to_the_checkpoints_training_memory(present_run, native_run):
+    from world_modality.evaluate.closed_loop import EvalSettings, eval_folder, resolve_memory
+    from world_modality.policy.checkpoint import read_checkpoint_config
+
+    _, ckpt = present_run
+    runner = PolicyRunner(ckpt, device="cpu")
+    assert runner.memory_mode == "present"
+    assert PolicyRunner(ckpt, memory_mode="predicted", device="cpu").memory_mode == "predicted"
+    assert PolicyRunner(native_run[1], device="cpu").memory_mode == "predicted"  # an E2 checkpoint
+    settings = EvalSettings(checkpoint=str(ckpt), device="cpu")
+    assert settings.memory is None
+    resolved = resolve_memory(settings, read_checkpoint_config(ckpt))
+    assert resolved.memory == "present" and eval_folder(ckpt, resolved) == ckpt.parent.parent / "eval" / \
+        "libero_spatial-present"
+    explicit = EvalSettings(checkpoint=str(ckpt), memory="zero", device="cpu")
+    assert resolve_memory(explicit, read_checkpoint_config(ckpt)).memory == "zero"
+    e2 = resolve_memory(EvalSettings(checkpoint=str(native_run[1]), device="cpu"),
+                        read_checkpoint_config(native_run[1]))
+    assert e2.memory == "predicted" and eval_folder(native_run[1], e2).name == "libero_spatial-predicted"
+    # Acting in its trained mode: the memory is the window's own latent z_t.
+    seen = {}
+    real = runner.policy.memory_latent
+
+    def spy(mode, z_pred, batch, generator=None):
+        z = real(mode, z_pred, batch, generator)
+        seen.update(mode=mode, memory=z)
+        return z
+
+    runner.policy.memory_latent = spy
+    rng = np.random.default_rng(0)
+    obs = {k: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for k in CAMERAS}
+    obs.update({"observation.state": np.zeros(8, np.float32), "task": "move the block"})
+    frames = rng.integers(0, 256, (runner.num_frames, SIZE, SIZE, 3), dtype=np.uint8)
+    assert runner.act(obs, frames).shape == (runner.chunk_size, 7) and seen["mode"] == "present"
+    with torch.no_grad():
+        z_t = runner.policy.world_encoder.encode(runner.inputs(obs, frames)["world_frames"])
+    assert torch.equal(seen["memory"], z_t)
+
+
+def test_closed_loop_memory_flag_defaults_to_the_checkpoints_mode():
+    import argparse
+
+    from world_modality.eval_libero import add_eval_flags, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_eval_flags(p)
+    assert settings_from_args(p.parse_args(["--checkpoint", "CKPT"])).memory is None
+    assert settings_from_args(p.parse_args(["--checkpoint", "CKPT", "--memory", "present"])).memory == "present"
+    with pytest.raises(ConfigError, match="oracle is offline-only"):
+        settings_from_args(argparse.Namespace(**{**vars(p.parse_args(["--checkpoint", "C"])), "memory": "oracle"}))
+
+
+# --- spatial world tokens, encode -> cache -> Prophet -> cross-attention -> action ----------------------
+def test_four_world_tokens_from_encoder_to_action(small_data, tmp_path):
+    from conftest import tiny_config
+    from world_modality.pipeline import prepare_data
+    from world_modality.policy.checkpoint import CheckpointError, load_checkpoint
+    from world_modality.train import train
+
+    # World frames at 64 px: a 4x4 patch grid pooled to 2x2.
+    cfg = tiny_config(small_data, tmp_path / "run", max_epochs=1, world_tokens=4, world_image_size=64)
+    ckpt = train(cfg, progress=False)
+    policy = load_checkpoint(ckpt)
+    enc, d = policy.world_encoder, policy.world_encoder.token_dim
+    assert enc.world_tokens == 4 and "-t4-" in enc.encoder_id and policy.shapes.latent_dim == 4 * d
+    meta = json.loads((ckpt / "policy.json").read_text())
+    assert meta["world_encoder"]["world_tokens"] == 4
+    assert json.loads((ckpt / "config.json").read_text())["world"]["world_tokens"] == 4
+    data = prepare_data(cfg, enc, progress=False)
+    assert data.latents.latents.shape == (len(data.dataset), 4 * d) and data.latents.meta["world_tokens"] == 4
+    assert "-t4-" in Path(data.latents.path).name
+    n_mem, hidden = cfg.policy.n_memory_tokens, policy.backbone.hidden_size
+    assert policy.memory_pos.shape == (4 * n_mem, hidden) and policy.memory_proj.in_features == d
+    assert policy.prophet.latent_dim == 4 * d
+    runner = PolicyRunner(ckpt, device="cpu")
+    seen = {}
+    runner.policy.xattn.register_forward_hook(lambda module, args, out: seen.update(memory=args[1]))
+    rng = np.random.default_rng(0)
+    obs = {k: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for k in CAMERAS}
+    obs.update({"observation.state": np.zeros(8, np.float32), "task": "move the block"})
+    actions = runner.act(obs, rng.integers(0, 256, (runner.num_frames, SIZE, SIZE, 3), dtype=np.uint8))
+    assert actions.shape == (cfg.policy.chunk_size, 7) and np.isfinite(actions).all()
+    assert seen["memory"].shape == (1, 4 * n_mem, hidden)
+    # A config.json that claims another N is caught before anything is built.
+    import shutil
+
+    edited = shutil.copytree(ckpt, tmp_path / "edited")
+    saved = json.loads((edited / "config.json").read_text())
+    saved["world"]["world_tokens"] = 1
+    (edited / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match=r"`world_tokens` is 1, but policy.json records a world encoder of 4 "
+                                              r"spatial token\(s\) per latent"):
+        load_checkpoint(edited)
+
+
+def test_an_e0_checkpoint_refuses_a_memory_mode_before_any_episode(small_data, tmp_path):
+    from conftest import tiny_config
+    from world_modality.evaluate.closed_loop import EvalSettings, evaluate
+    from world_modality.train import train
+
+    ckpt = train(tiny_config(small_data, tmp_path / "e0", preset="E0", max_epochs=1), progress=False)
+    assert PolicyRunner(ckpt, device="cpu").memory_mode == "predicted"  # its default: nothing to ablate
+    with pytest.raises(ConfigError, match=r"memory mode 'present' needs a policy with future injection.*\(E0\)"):
+        evaluate(EvalSettings(checkpoint=str(ckpt), memory="present", device="cpu"), progress=False)
+    with pytest.raises(ValueError, match="needs a policy with future injection"):
+        PolicyRunner(ckpt, memory_mode="present", device="cpu")

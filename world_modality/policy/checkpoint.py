@@ -314,12 +314,19 @@ def _check_consistency(cfg: ExperimentConfig, meta: dict, header: dict[str, list
         chunk = f"{out[0] // action_dim} actions" if action_dim and out[0] % action_dim == 0 else f"{out[0]} values"
         _disagree("chunk_size", p.chunk_size, f"the action head in model.safetensors predicts chunks of {chunk} "
                   f"of {action_dim}-D actions")
+    enc = meta.get("world_encoder")
+    if enc is not None and enc.get("world_tokens", 1) != w.world_tokens:  # absent: from before world_tokens, N = 1
+        _disagree("world_tokens", w.world_tokens, f"policy.json records a world encoder of "
+                  f"{enc.get('world_tokens', 1)} spatial token(s) per latent ({enc.get('encoder_id')})")
     if use_memory:
+        # N world tokens of latent_dim / N values each, n_memory_tokens memory tokens per world token (policy/model.py).
         pos, proj = shape("memory_pos"), shape("memory_proj.weight")
-        if pos is not None and pos[0] != p.n_memory_tokens:
-            _disagree("n_memory_tokens", p.n_memory_tokens, f"memory_pos in model.safetensors has shape {pos}")
-        if proj is not None and proj[1] != latent_dim:
-            _disagree("policy.json shapes.latent_dim", latent_dim, f"memory_proj.weight has shape {proj}")
+        if pos is not None and pos[0] != p.n_memory_tokens * w.world_tokens:
+            _disagree("n_memory_tokens", p.n_memory_tokens, f"memory_pos in model.safetensors has shape {pos} "
+                      f"({w.world_tokens} world token(s) x n_memory_tokens rows)")
+        if proj is not None and proj[1] * w.world_tokens != latent_dim:
+            _disagree("policy.json shapes.latent_dim", latent_dim, f"memory_proj.weight has shape {proj} "
+                      f"({w.world_tokens} world token(s) of {proj[1]} values)")
     if needs_world:
         mean, first = shape("prophet.latent_mean"), shape("prophet.mlp.0.weight")
         if mean is not None and mean != [latent_dim]:

@@ -27,6 +27,7 @@ def world_encoder_from_config(cfg: ExperimentConfig) -> WorldEncoder:
         seed=WORLD_ENCODER_SEED,
         pretrained_path=w.world_encoder_path,
         dtype=w.world_encoder_dtype,
+        world_tokens=w.world_tokens,
     )
 
 

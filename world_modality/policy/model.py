@@ -2,6 +2,12 @@
 
 Leakage guard: the true future latent `z_future` enters only two places, the world loss and the
 explicit `oracle` memory mode. In every other mode the action path sees nothing computed from it.
+
+Spatial world tokens (`world_tokens` N > 1): a latent is N tokens of D values concatenated (world/encoder.py).
+The Prophet predicts the flattened N·D vector with one MLP (tokens see each other); the memory projection maps
+each token to `n_memory_tokens` tokens with shared weights, so the cross-attention attends over N × n_memory_tokens
+memory tokens, each with its own learned position (which grid cell, which slot). N = 1 builds exactly the modules
+(names, shapes, initial values) it built before the option existed.
 """
 
 from __future__ import annotations
@@ -52,8 +58,13 @@ class WorldModalityPolicy(nn.Module):
             self.prophet = Prophet(shapes.latent_dim, cond_dim=hidden + shapes.state_dim, hidden_dim=w.prophet_hidden,
                                    delta_prediction=w.delta_prediction)
         if self.use_memory:
-            self.memory_proj = nn.Linear(shapes.latent_dim, p.n_memory_tokens * hidden)
-            self.memory_pos = nn.Parameter(torch.randn(p.n_memory_tokens, hidden) * 0.02)
+            self.world_tokens = w.world_tokens
+            if shapes.latent_dim % self.world_tokens:
+                raise ValueError(f"latent_dim {shapes.latent_dim} is not {self.world_tokens} world tokens of equal "
+                                 f"width; expected a multiple of world_tokens={self.world_tokens}.")
+            token_dim = shapes.latent_dim // self.world_tokens
+            self.memory_proj = nn.Linear(token_dim, p.n_memory_tokens * hidden)
+            self.memory_pos = nn.Parameter(torch.randn(self.world_tokens * p.n_memory_tokens, hidden) * 0.02)
             self.xattn = GatedCrossAttention(hidden)
 
     # -- statistics -----------------------------------------------------------------------------
@@ -97,11 +108,14 @@ class WorldModalityPolicy(nn.Module):
 
     def memory_latent(self, mode: str, z_pred: torch.Tensor, batch, generator=None) -> torch.Tensor:
         """The latent the action path attends to. Only `oracle` reads this sample's true future;
+        `present` reads z_t, the world encoder's latent of the last m frames (history, no foresight);
         `shuffle` reads `z_other`, the memory of a sample of another episode that the caller chose
         (offline: `pipeline.shuffle_memory_rows`; closed loop: `evaluate/runner.py`)."""
         mean, std = self.prophet.latent_mean, self.prophet.latent_std
         if mode == "predicted":
             return z_pred
+        if mode == "present":
+            return batch["z_t"]
         if mode == "oracle":
             if batch.get("z_future") is None:
                 raise ValueError("memory mode 'oracle' needs the true future latent `z_future`, which this batch lacks.")
@@ -121,7 +135,7 @@ class WorldModalityPolicy(nn.Module):
                 raise ValueError(f"memory mode 'shuffle': `z_other` has shape {tuple(batch['z_other'].shape)}, "
                                  f"expected {tuple(z_pred.shape)} (one latent per sample).")
             return batch["z_other"]
-        raise ValueError(f"unknown memory mode {mode!r}; expected predicted|oracle|zero|random|shuffle.")
+        raise ValueError(f"unknown memory mode {mode!r}; expected predicted|present|oracle|zero|random|shuffle.")
 
     def context(self, batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
         hidden, cond = self._backbone_pass(batch)
@@ -132,12 +146,15 @@ class WorldModalityPolicy(nn.Module):
             z_pred = self.predict_future(batch["z_t"], cond)
             out["z_pred"] = z_pred
             if self.use_memory:
-                # Training always runs `predicted` (config.py refuses any other training mode);
-                # the ablations are chosen per call by evaluation.
-                mode = memory_mode or "predicted"
+                # No mode given (training, and evaluation by default): the configured one, `predicted` or
+                # `present` (config.py refuses any other training mode); ablations are chosen per call.
+                mode = memory_mode or self.cfg.policy.memory_mode
                 z_mem = self.memory_latent(mode, z_pred, batch, generator)
                 z_norm = self.prophet.normalize(z_mem)
-                mem = self.memory_proj(z_norm).view(z_mem.shape[0], -1, act_h.shape[-1]) + self.memory_pos
+                b = z_mem.shape[0]
+                # (B·N, D) rows through one projection: at N = 1 this is (B, D), the computation of before N existed.
+                tokens = z_norm.reshape(b * self.world_tokens, -1)
+                mem = self.memory_proj(tokens).view(b, -1, act_h.shape[-1]) + self.memory_pos
                 out["act_h"] = self.xattn(act_h, mem)
         return out
 

@@ -123,3 +123,103 @@ def test_chain_of_causation_text_is_invisible_to_the_action_path():
     loss = policy.losses(with_text)
     assert float(loss["text_loss"].detach()) > 0
     assert with_text["text_mask"][1].sum() == 0  # a frame without annotation adds nothing to the loss
+
+
+def test_present_memory_is_exactly_z_t():
+    """`present`: the action path attends to the sample's own z_t (history, no foresight), bit for bit; nothing of the
+    Prophet or of the true future reaches it."""
+    policy = make_policy("E2")
+    batch = make_batch(policy)
+    assert policy.memory_latent("present", torch.zeros_like(batch["z_t"]), batch) is batch["z_t"]
+    as_oracle = policy.context(dict(batch, z_future=batch["z_t"].clone()), "oracle")["act_h"]
+    assert torch.equal(policy.context(batch, "present")["act_h"], as_oracle)
+    assert not torch.allclose(policy.predict_actions(batch, "present"), policy.predict_actions(batch))
+    other = dict(batch, z_future=batch["z_future"] + 5.0)
+    assert torch.equal(policy.predict_actions(batch, "present"), policy.predict_actions(other, "present"))
+    with torch.no_grad():
+        for p in policy.prophet.mlp.parameters():
+            p.add_(1.0)
+    assert torch.equal(policy.context(batch, "present")["act_h"], as_oracle)
+
+
+def test_e2_present_trains_on_present_memory_without_a_world_gradient():
+    """E2-Present: its configured mode is what training and a call without a mode use; with lambda_world 0 the
+    Prophet gets no gradient (it stays at its copy-last init), the memory path does."""
+    policy = make_policy("E2-Present")
+    assert policy.cfg.policy.memory_mode == "present" and policy.cfg.world.lambda_world == 0
+    batch = make_batch(policy)
+    assert torch.equal(policy.predict_actions(batch), policy.predict_actions(batch, "present"))
+    assert not torch.allclose(policy.predict_actions(batch), policy.predict_actions(batch, "predicted"))
+    policy.train()
+    out = policy.losses(batch)
+    out["loss"].backward()
+    assert torch.equal(out["loss"], out["action_loss"])
+    named = dict(policy.named_parameters())
+    assert all(p.grad is None or not p.grad.any() for n, p in named.items() if n.startswith("prophet."))
+    for name in ("xattn.gate", "memory_proj.weight", "act_queries"):
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+
+
+def make_token_policy(n_tokens, token_dim=LATENT, **overrides):
+    cfg = build_config({"image_size": 32, "world_image_size": 32, "world_tokens": n_tokens, **overrides}, preset="E2")
+    torch.manual_seed(0)
+    latent = n_tokens * token_dim
+    policy = build_policy(cfg, PolicyShapes(8, 7, latent), tokenizer=build_tokenizer(TASKS))
+    rng = np.random.default_rng(0)
+    policy.set_stats(np.zeros(8), np.ones(8), np.zeros(7), np.ones(7), latent_mean=rng.normal(size=latent),
+                     latent_std=np.ones(latent), delta_std=np.full(latent, 0.5))
+    with torch.no_grad():
+        policy.xattn.gate.fill_(0.8)
+    return policy.eval()
+
+
+def test_world_tokens_make_n_times_n_memory_tokens_and_predict_every_token():
+    """N = 4 world tokens: the Prophet predicts the 4·D flattened latent, the cross-attention attends over
+    4 × n_memory_tokens memory tokens, each world token projected with the same weights."""
+    n, mem = 4, 3
+    policy = make_token_policy(n, n_memory_tokens=mem)
+    hidden = policy.backbone.hidden_size
+    assert policy.memory_proj.weight.shape == (mem * hidden, LATENT) and policy.memory_pos.shape == (n * mem, hidden)
+    assert policy.prophet.latent_dim == n * LATENT
+    rng = np.random.default_rng(1)
+    batch = make_batch(make_policy("E2"))  # the same observations; latents of 4 tokens below
+    batch["z_t"] = torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32)
+    batch["z_future"] = torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32)
+    seen = {}
+    policy.xattn.register_forward_hook(lambda module, args, out: seen.update(memory=args[1]))
+    ctx = policy.context(batch)
+    assert ctx["z_pred"].shape == (4, n * LATENT) and seen["memory"].shape == (4, n * mem, hidden)
+    # Token k's memory rows come from token k's values alone, through the shared projection.
+    z = policy.prophet.normalize(ctx["z_pred"]).view(4, n, LATENT)
+    expected = policy.memory_proj(z).view(4, n * mem, hidden) + policy.memory_pos
+    assert torch.allclose(seen["memory"], expected, atol=1e-6)
+    assert policy.predict_actions(batch).shape == (4, 8, 7)
+    with torch.no_grad():
+        out = policy.losses(batch)
+        assert torch.isfinite(out["loss"]) and float(out["world_loss"]) > 0
+        # The world loss covers every token: a change of the last token's future changes it.
+        moved = batch["z_future"].clone()
+        moved[:, -LATENT:] += 1.0
+        assert not torch.equal(policy.losses(dict(batch, z_future=moved))["world_loss"], out["world_loss"])
+
+
+def test_one_world_token_builds_and_computes_what_it_did_before_the_option():
+    """N = 1: the same modules and initial values as the default config, and the memory computed as it was before
+    world_tokens existed (one (B, D) projection viewed as n_memory_tokens tokens)."""
+    a, b = make_policy("E2"), make_policy("E2", world_tokens=1)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.memory_pos.shape[0] == a.cfg.policy.n_memory_tokens
+    batch = make_batch(a)
+    seen = {}
+    a.xattn.register_forward_hook(lambda module, args, out: seen.update(memory=args[1]))
+    ctx = a.context(batch)
+    z_norm = a.prophet.normalize(ctx["z_pred"])
+    before = a.memory_proj(z_norm).view(z_norm.shape[0], -1, a.backbone.hidden_size) + a.memory_pos
+    assert torch.equal(seen["memory"], before)
+
+
+def test_latent_dim_that_is_not_n_tokens_is_refused():
+    cfg = build_config({"image_size": 32, "world_image_size": 32, "world_tokens": 4}, preset="E2")
+    with pytest.raises(ValueError, match="not 4 world tokens of equal width"):
+        build_policy(cfg, PolicyShapes(8, 7, 4 * LATENT + 2), tokenizer=build_tokenizer(TASKS))

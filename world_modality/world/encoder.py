@@ -1,9 +1,10 @@
-"""Frozen world encoders (V-JEPA 2 family) that turn an m-frame window into one latent vector."""
+"""Frozen world encoders (V-JEPA 2 family) that turn an m-frame window into one latent vector (or N spatial tokens)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -168,10 +169,13 @@ def tiny_vjepa2_config(num_frames: int, image_size: int):
 
 
 class WorldEncoder(nn.Module):
-    """Frozen video encoder: (B, m, H, W, 3) uint8 windows -> (B, D) float32 latents.
+    """Frozen video encoder: (B, m, H, W, 3) uint8 windows -> (B, N·D) float32 latents.
 
-    Only the encoder's token outputs are used (the V-JEPA predictor is skipped), mean-pooled
-    over all space-time tokens.
+    Only the encoder's token outputs are used (the V-JEPA predictor is skipped). world_tokens N = 1
+    (default): the mean over all space-time tokens, D values. N > 1 (a perfect square): the token map
+    averaged over time, then adaptive-average-pooled over the patch grid to a √N×√N grid; the latent
+    is those N tokens concatenated in row-major grid order (token i is values [i·D, (i+1)·D)), so
+    caches, statistics and memory ablations handle it as one vector of latent_dim = N·D.
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class WorldEncoder(nn.Module):
         seed: int | None,
         pretrained_path: str | None,
         processing: VJEPA2Processing | None = None,
+        world_tokens: int = 1,
     ):
         super().__init__()
         cfg = model.config
@@ -199,11 +204,21 @@ class WorldEncoder(nn.Module):
             raise ValueError(
                 f"image_size={image_size} must be a multiple of patch_size={cfg.patch_size}"
             )
+        grid, side = image_size // cfg.patch_size, math.isqrt(max(int(world_tokens), 0))
+        if world_tokens < 1 or side * side != world_tokens or side > grid:
+            raise ValueError(
+                f"world_tokens={world_tokens} must be a perfect square whose side is at most the encoder's "
+                f"{grid}x{grid} patch grid (image_size {image_size} / patch_size {cfg.patch_size}): "
+                f"1, 4, ..., {grid * grid}"
+            )
         self.model = model
         self.name = name
         self.num_frames = int(num_frames)
         self.image_size = int(image_size)
-        self.latent_dim = int(cfg.hidden_size)
+        self.world_tokens = int(world_tokens)
+        self.token_dim = int(cfg.hidden_size)  # D: one token's width
+        self.latent_dim = self.world_tokens * self.token_dim
+        self._grid = (self.num_frames // cfg.tubelet_size, grid)  # (time steps, patches per side) of the token map
         self.seed = seed
         self.pretrained_path = pretrained_path
         self.processing = processing
@@ -231,7 +246,10 @@ class WorldEncoder(nn.Module):
             # Another preprocessing gives other latents: it is part of the identity.
             digest = hashlib.sha256((digest + json.dumps(self.processing.to_dict())).encode()).hexdigest()
         short = digest[:12]
-        self.encoder_id = f"{self.name}-m{self.num_frames}-s{self.image_size}-{short}"
+        # N > 1 gives other latents from the same weights: part of the identity (and so of the latent cache's key).
+        # N = 1 keeps the id it had before world_tokens existed, so existing caches and checkpoints stay valid.
+        tokens = f"-t{self.world_tokens}" if self.world_tokens != 1 else ""
+        self.encoder_id = f"{self.name}-m{self.num_frames}-s{self.image_size}{tokens}-{short}"
         return self.encoder_id
 
     @property
@@ -272,10 +290,26 @@ class WorldEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (B, m, H, W, 3) -> (B, D) float32, mean over all encoder output tokens."""
+        """uint8 (B, m, H, W, 3) -> (B, N·D) float32: the mean over all encoder output tokens (N = 1),
+        or N grid cells of the time-averaged token map, concatenated (see the class docstring)."""
         x = self.preprocess(frames).to(self.dtype)
         out = self.model(pixel_values_videos=x, skip_predictor=True)
-        return out.last_hidden_state.float().mean(dim=1)
+        if self.world_tokens == 1:
+            # Exactly the reduction used before world_tokens existed: latents and caches stay bit-identical.
+            return out.last_hidden_state.float().mean(dim=1)
+        return self.pool_tokens(out.last_hidden_state.float()).flatten(1)
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, T'·P·P, D), tokens in (time, row, column) order as V-JEPA 2's patch embedding
+        flattens them -> (B, N, D): mean over time, adaptive average pooling of the P×P grid to √N×√N."""
+        (t, p), side = self._grid, math.isqrt(self.world_tokens)
+        b, n, d = tokens.shape
+        if n != t * p * p:
+            raise ValueError(f"encoder output has {n} tokens, expected {t}x{p}x{p} (time x rows x columns) for "
+                             f"m={self.num_frames} frames at {self.image_size} px")
+        grid = tokens.view(b, t, p, p, d).mean(dim=1).permute(0, 3, 1, 2)  # (B, D, P, P)
+        pooled = F.adaptive_avg_pool2d(grid, side)  # (B, D, √N, √N)
+        return pooled.permute(0, 2, 3, 1).reshape(b, self.world_tokens, d)
 
     def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         return self.encode(frames)
@@ -290,6 +324,7 @@ class WorldEncoder(nn.Module):
             "seed": self.seed,
             "pretrained_path": self.pretrained_path,
             "dtype": _dtype_name(self.dtype),
+            "world_tokens": self.world_tokens,
             "encoder_id": self.encoder_id,
         }
 
@@ -354,6 +389,7 @@ def build_world_encoder(
     pretrained_path: str | None = None,
     dtype: torch.dtype | str = "auto",
     device: str | torch.device = "auto",
+    world_tokens: int = 1,
     **state: Any,
 ) -> WorldEncoder:
     """Build a frozen world encoder.
@@ -364,10 +400,15 @@ def build_world_encoder(
     go through the checkpoint's own video processing (read_processing), image_size is its crop.
     dtype/device "auto": see resolve_placement. name="env_state": the privileged object state
     (world/env_state.py's EnvStateEncoder, not a WorldEncoder), unfitted or from its config_dict's
-    `state` fields (names, mean, std).
+    `state` fields (names, mean, std). world_tokens: N spatial tokens per latent (WorldEncoder); the
+    env_state encoder has no token map and takes only 1.
     """
     if name == STATE_NAME:
         from .env_state import build_env_state_encoder
+
+        if world_tokens != 1:
+            raise ValueError(f"world encoder {STATE_NAME!r} is a state vector with no spatial token map: "
+                             f"world_tokens must be 1, got {world_tokens}")
 
         return build_env_state_encoder(num_frames, pretrained_path, device=device, **state)
     if state:
@@ -414,5 +455,6 @@ def build_world_encoder(
         seed=seed,
         pretrained_path=None if pretrained_path is None else str(pretrained_path),
         processing=processing,
+        world_tokens=int(world_tokens),
     )
     return enc.to(torch_device)

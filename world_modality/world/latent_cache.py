@@ -1,6 +1,6 @@
 """Encode each frame's m-frame window once and keep the latents in a strict, keyed on-disk cache.
 
-A cache's file name is a hash of its identity (encoder, m, stride, camera, dataset, frame size), so a
+A cache's file name is a hash of its identity (encoder, m, stride, camera, dataset, frame size, world tokens), so a
 cache whose recorded identity disagrees with its name was edited, copied or renamed, and deleting it
 is the fix. Other windows over the same frames (another episode key) get a cache of their own beside
 it: neither is ever deleted to make room for the other."""
@@ -29,7 +29,8 @@ from .encoder import WorldEncoder
 STD_FLOOR = 1e-6
 CACHE_FORMAT = 2  # 2: frame_size joined the identity
 # Fields whose mismatch makes a cache belong to another experiment: never reuse it silently.
-# frame_size is the side the camera frames were read at (None: the dataset's own size).
+# frame_size is the side the camera frames were read at (None: the dataset's own size). world_tokens (N spatial
+# tokens per latent) is checked apart: caches written before it existed lack it and hold N = 1.
 IDENTITY_FIELDS = ("encoder_id", "num_frames", "frame_stride", "image_key", "dataset_fingerprint", "frame_size")
 
 
@@ -135,16 +136,18 @@ def latent_stats(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def cache_key(
     encoder_id: str, num_frames: int, frame_stride: int, image_key: str, dataset_fingerprint: str,
-    frame_size: int | None = None,
+    frame_size: int | None = None, world_tokens: int = 1,
 ) -> str:
     """Readable prefix + 16-hex hash of every identity field (the prefix alone is not unique)."""
     size = None if frame_size is None else int(frame_size)
-    ident = json.dumps(
-        [encoder_id, int(num_frames), int(frame_stride), image_key, dataset_fingerprint, size, CACHE_FORMAT]
-    )
+    fields = [encoder_id, int(num_frames), int(frame_stride), image_key, dataset_fingerprint, size, CACHE_FORMAT]
+    # N = 1 hashes as before world_tokens existed, so the caches already on disk keep their names.
+    tokens = int(world_tokens)
+    ident = json.dumps(fields + ([tokens] if tokens != 1 else []))
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     cam = image_key.rsplit(".", 1)[-1]
-    prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{encoder_id.split('-m')[0]}-m{num_frames}-st{frame_stride}-{cam}")
+    shown = f"{encoder_id.split('-m')[0]}-m{num_frames}" + (f"-t{tokens}" if tokens != 1 else "")
+    prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{shown}-st{frame_stride}-{cam}")
     return f"{prefix}-{digest}"
 
 
@@ -218,6 +221,7 @@ def load_cache(
     image_key: str,
     dataset_fingerprint: str,
     frame_size: int | None = None,
+    world_tokens: int = 1,
     n_frames: int | None = None,
     past_rows_sha: str | None = None,
     keyed: bool = False,
@@ -243,6 +247,9 @@ def load_cache(
         expected["past_rows_sha"] = past_rows_sha
     for name, value in expected.items():
         _expect(json_path, meta, name, value, _delete_advice(json_path) if keyed else None)
+    if meta.get("world_tokens", 1) != int(world_tokens):  # absent: written before world_tokens, N = 1
+        raise LatentCacheMismatch(json_path, "world_tokens", meta.get("world_tokens", 1), int(world_tokens),
+                                  _delete_advice(json_path) if keyed else None)
     try:
         tensors = load_file(str(st_path))
     except (SafetensorError, OSError) as e:
@@ -276,7 +283,7 @@ def load_or_build_cache(
     batch_size: int = 32,
     progress: bool = True,
 ) -> LatentCache:
-    """Return the cache for this (encoder, m, stride, camera, dataset, frame size); build it if absent.
+    """Return the cache for this (encoder, m, stride, camera, dataset, frame size, world tokens); build it if absent.
 
     `cache_dir` may be a list of folders, first choice first: the cache is read from the first that
     holds it, else built in the first writable one (a read-only dataset folder falls through to the
@@ -291,7 +298,9 @@ def load_or_build_cache(
         raise ValueError(f"windows of shape {rows.shape} for the world encoder {encoder.encoder_id}, which takes "
                          f"m={encoder.num_frames} frames: the config's latent_suffix and its world encoder disagree; "
                          f"expected windows of shape (N, {encoder.num_frames})")
-    key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size)
+    tokens = int(getattr(encoder, "world_tokens", 1))
+    key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size,
+                    tokens)
     rows_sha = _past_rows_sha(past_rows)
     ident = dict(
         encoder_id=encoder.encoder_id,
@@ -300,6 +309,7 @@ def load_or_build_cache(
         image_key=image_key,
         dataset_fingerprint=dataset_fingerprint,
         frame_size=None if frame_size is None else int(frame_size),
+        world_tokens=tokens,
     )
     dirs = [Path(d) for d in cache_dir] if isinstance(cache_dir, (list, tuple)) else [Path(cache_dir)]
 

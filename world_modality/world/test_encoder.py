@@ -137,3 +137,64 @@ def test_pretrained_missing_path_is_clear(tmp_path):
     assert missing in str(e.value)
     with pytest.raises(ValueError, match="pretrained_path"):
         build_world_encoder(name="vjepa2")
+
+
+# --- spatial world tokens -------------------------------------------------------------------------
+def test_one_world_token_is_the_mean_over_all_tokens_exactly(enc):
+    """N = 1 (default) is the code path without pooling, bit for bit, with the id it had before the option."""
+    f = _frames()
+    with torch.no_grad():
+        tokens = enc.model(pixel_values_videos=enc.preprocess(f), skip_predictor=True).last_hidden_state
+    assert enc.world_tokens == 1 and enc.latent_dim == enc.token_dim
+    assert torch.equal(enc.encode(f), tokens.float().mean(dim=1))
+    explicit = build_world_encoder(num_frames=M, image_size=S, seed=0, world_tokens=1)
+    assert explicit.encoder_id == enc.encoder_id and "-t" not in enc.encoder_id.removeprefix("tiny-vjepa2")
+    assert torch.equal(explicit.encode(f), enc.encode(f))
+
+
+def test_four_world_tokens_are_the_quadrants_of_the_time_averaged_token_map():
+    """N = 4 at 64 px (a 4x4 patch grid, 2 time steps for m = 4): token (i, j) is the mean over time and over the
+    2x2 patches of quadrant (i, j), tokens concatenated row-major; their mean is the one-token latent."""
+    one = build_world_encoder(num_frames=M, image_size=64, seed=0)
+    four = build_world_encoder(num_frames=M, image_size=64, seed=0, world_tokens=4)
+    d = four.token_dim
+    assert four.latent_dim == 4 * d and d == one.latent_dim
+    f = _frames(b=2, h=70, w=70)
+    z = four.encode(f)
+    assert z.shape == (2, 4 * d) and z.dtype == torch.float32 and torch.isfinite(z).all()
+    with torch.no_grad():
+        raw = four.model(pixel_values_videos=four.preprocess(f), skip_predictor=True).last_hidden_state.float()
+    grid = raw.view(2, M // 2, 4, 4, d).mean(dim=1)  # (B, rows, cols, D)
+    for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        cell = grid[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(dim=(1, 2))
+        torch.testing.assert_close(z[:, k * d:(k + 1) * d], cell, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z.view(2, 4, d).mean(dim=1), one.encode(f), rtol=1e-5, atol=1e-5)
+    # Same weights, other latents: the identity says so (and so the latent cache's key does).
+    assert "-t4-" in four.encoder_id and four.encoder_id != one.encoder_id
+    assert four.encoder_id.rsplit("-", 1)[1] == one.encoder_id.rsplit("-", 1)[1]
+
+
+@pytest.mark.parametrize("n,needle", [(2, "perfect square"), (3, "perfect square"), (0, "perfect square"),
+                                      (9, r"at most the encoder's 2x2 patch grid")])
+def test_bad_world_tokens_are_refused(n, needle):
+    with pytest.raises(ValueError, match=needle):
+        build_world_encoder(num_frames=M, image_size=S, world_tokens=n)  # 32 px: a 2x2 grid, at most 4 tokens
+
+
+def test_env_state_takes_one_world_token_only():
+    with pytest.raises(ValueError, match=r"'env_state' is a state vector.*world_tokens must be 1, got 4"):
+        build_world_encoder(name="env_state", num_frames=M, world_tokens=4)
+    assert build_world_encoder(name="env_state", num_frames=M, world_tokens=1).num_frames == M
+
+
+def test_world_tokens_round_trip_through_the_checkpoint_config():
+    four = build_world_encoder(num_frames=M, image_size=S, seed=0, world_tokens=4)
+    cfg = four.config_dict()
+    assert cfg["world_tokens"] == 4
+    rebuilt = WorldEncoder.from_checkpoint(cfg, four.state_dict_for_checkpoint())
+    assert rebuilt.world_tokens == 4 and rebuilt.encoder_id == four.encoder_id
+    f = _frames()
+    assert torch.equal(rebuilt.encode(f), four.encode(f))
+    old = {k: v for k, v in build_world_encoder(num_frames=M, image_size=S, seed=0).config_dict().items()
+           if k != "world_tokens"}  # a checkpoint from before the option: one token
+    assert WorldEncoder.from_checkpoint(old).world_tokens == 1

@@ -358,3 +358,46 @@ def test_nonfinite_latents_are_never_cached(frames, past_rows, tmp_path, monkeyp
         load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, batch_size=3,
                             progress=False, **_ident(enc))
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.json"))
+
+
+def test_cache_key_includes_world_tokens(enc):
+    """Another number of spatial tokens is another cache; N = 1 keeps the key caches had before the option."""
+    args = (enc.encoder_id, M, 1, "observation.images.image", "fp-a", 32)
+    one = cache_key(*args)
+    assert cache_key(*args, world_tokens=1) == one
+    four, nine = cache_key(*args, world_tokens=4), cache_key(*args, world_tokens=9)
+    assert len({one, four, nine}) == 3 and four.startswith("tiny-vjepa2-m2-t4-st1-image-")
+
+
+def test_a_cache_of_other_world_tokens_is_never_reused(enc, frames, past_rows, tmp_path):
+    four = build_world_encoder(num_frames=M, image_size=32, seed=0, world_tokens=4)
+    calls = []
+
+    def frames_fn():
+        calls.append(1)
+        return frames
+
+    one_cache = load_or_build_cache(tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
+                                    **_ident(enc))
+    four_cache = load_or_build_cache(tmp_path, encoder=four, frames_fn=frames_fn, past_rows=past_rows, progress=False,
+                                     **_ident(four))
+    assert len(calls) == 2 and four_cache.path != one_cache.path
+    assert four_cache.latents.shape == (N, 4 * enc.latent_dim) and four_cache.meta["world_tokens"] == 4
+    np.testing.assert_allclose(four_cache.latents.reshape(N, 4, -1).mean(1), one_cache.latents, rtol=1e-4, atol=1e-5)
+    again = load_or_build_cache(tmp_path, encoder=four, frames_fn=frames_fn, past_rows=past_rows, progress=False,
+                                **_ident(four))
+    assert len(calls) == 2 and np.array_equal(again.latents, four_cache.latents)
+    # Loading one as the other is a mismatch naming world_tokens (and the encoder, whose id carries N).
+    ident = dict(num_frames=M, **_ident(enc))
+    with pytest.raises(LatentCacheMismatch, match="world_tokens is 4 in the cache but 1"):
+        load_cache(four_cache.path, encoder_id=four.encoder_id, world_tokens=1, **ident)
+    with pytest.raises(LatentCacheMismatch, match="encoder_id"):
+        load_cache(four_cache.path, encoder_id=enc.encoder_id, world_tokens=4, **ident)
+    # A cache from before world_tokens existed (no such field) holds one token.
+    meta_path = Path(one_cache.path + ".json")
+    meta = json.loads(meta_path.read_text())
+    del meta["world_tokens"]
+    meta_path.write_text(json.dumps(meta))
+    assert load_cache(one_cache.path, encoder_id=enc.encoder_id, **ident).latent_dim == enc.latent_dim
+    with pytest.raises(LatentCacheMismatch, match="world_tokens is 1 in the cache but 4"):
+        load_cache(one_cache.path, encoder_id=enc.encoder_id, world_tokens=4, **ident)

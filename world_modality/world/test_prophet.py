@@ -108,3 +108,27 @@ def test_stats_travel_in_state_dict():
         p.set_stats(torch.zeros(D + 1), torch.ones(D), torch.ones(D))
     p.set_stats(torch.zeros(D), torch.zeros(D), torch.zeros(D))
     assert (p.latent_std > 0).all() and (p.delta_std > 0).all()
+
+
+def test_flattened_world_tokens_are_all_predicted_and_all_in_the_world_loss():
+    """World tokens (`world_tokens` N): the Prophet sees and predicts the N tokens concatenated, one MLP; every
+    token beats its own copy-last, and the world loss counts every token."""
+    n_tok = 4
+    parts = [_linear_dynamics(seed=s) for s in range(n_tok)]  # each token its own dynamics
+    z_t = torch.cat([p[0] for p in parts], dim=1)
+    z_future = torch.cat([p[1] for p in parts], dim=1)
+    p = _fit(Prophet(n_tok * D, hidden_dim=128), z_t[:384], z_future[:384], steps=400)
+    with torch.no_grad():
+        pred = p(z_t[384:])
+    assert pred.shape == (128, n_tok * D)
+    for k in range(n_tok):
+        cols = slice(k * D, (k + 1) * D)
+        std = p.latent_std[cols]
+        trained = world_mse(pred[:, cols], z_future[384:, cols], std)
+        assert trained < 0.5 * world_mse(z_t[384:, cols], z_future[384:, cols], std), k
+    with torch.no_grad():
+        base = world_loss(pred, z_t[384:], z_future[384:], p)
+        for k in range(n_tok):
+            moved = z_future[384:].clone()
+            moved[:, k * D:(k + 1) * D] += 1.0
+            assert world_loss(pred, z_t[384:], moved, p) > base, k
