@@ -48,4 +48,4 @@ def test_same_seed_same_weights_metrics_and_offline_results(fixture_dataset, tra
     ra, rb = (json.loads(p.read_text()) for p in (out_a, out_b))
     assert ra.pop("checkpoint") != rb.pop("checkpoint")
     assert ra == rb
-    assert set(ra["action_mse"]) == {"predicted", "oracle", "zero", "random", "shuffle"} and "world_mse" in ra
+    assert set(ra["action_mse"]) == {"predicted", "present", "oracle", "zero", "random", "shuffle"} and "world_mse" in ra

@@ -36,7 +36,7 @@ def test_e2_learns_the_world_and_opens_the_gate(trained_e2):
     assert metrics[-1]["action_loss"] < metrics[0]["action_loss"]
     result = evaluate_offline(trained_e2)
     assert result["world_mse"] < result["world_mse_copy_last"], result
-    assert set(result["action_mse"]) == {"predicted", "oracle", "zero", "random", "shuffle"}
+    assert set(result["action_mse"]) == {"predicted", "present", "oracle", "zero", "random", "shuffle"}
     assert (run_dir / "config.json").exists() and (run_dir / "tensorboard").exists() is False
 
 
