@@ -47,6 +47,7 @@ MODULE_PROGRAMS = {"world_modality.train": "train", "world_modality.eval_libero"
 SHRINK_FLAGS = {
     "train": {"--image_size": "32", "--world_image_size": "32", "--max_epochs": "1", "--tensorboard": False},
     "encode": {"--world_image_size": "32"},
+    "pretrain-world": {"--steps": "4", "--batch_size": "4", "--image_size": "32", "--world_image_size": "32"},
     "eval": {"--tasks": "0", "--n_episodes": "1", "--max_steps": "8", "--workers": "1"},
 }
 # The launcher's settings that shrink it likewise (environment variables the README command does not set).
@@ -104,6 +105,8 @@ class Command:
             return "it loads real weights from a local folder or the hub cache"
         if self.program == "generate":
             return "the full generation runs the simulator's scripted expert for minutes"
+        if self.program == "probe":
+            return "it needs a generated dataset's observation.environment_state, which the fixture lacks"
         return None
 
 

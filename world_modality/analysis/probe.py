@@ -279,12 +279,17 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def format_table(result: dict[str, Any]) -> str:
     header, rows = table_rows(result)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     ridge = result["ridge"]
-    head = [f"probe of {result['features']} on {result['dataset']}",
+    # probe_arrays alone names neither the features nor the dataset; probe_dataset and probe_run add them.
+    head = [f"probe of {result.get('features', 'the features given')} on {result.get('dataset', 'the rows given')}",
             f"ridge (lambda {ridge['lambda']:g}, chosen on {len(ridge['validation_episodes'])} training episodes) fit "
             f"on {len(result['train_episodes'])} training episodes ({result['n_train_rows']} rows); R² on "
-            f"{len(result['test_episodes'])} held-out episodes ({result['n_test_rows']} rows), 1 = exact, 0 = their mean"]
+            f"{len(result['test_episodes'])} held-out episodes ({result['n_test_rows']} rows), 1 = exact, "
+            f"0 = their mean"]
     return "\n".join(head + ["", line(header), *map(line, rows)])
 
 

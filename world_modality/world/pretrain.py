@@ -223,8 +223,8 @@ def _check_out(out: Path, identity: dict[str, Any]) -> None:
     if not path.exists():
         stray = [p.name for p in out.iterdir()] if out.is_dir() else []
         if stray:
-            raise ConfigError(f"--out {out} is not empty ({', '.join(sorted(stray)[:5])}) and holds no {SETTINGS_FILE}; "
-                              f"expected a new folder or one that pretrain-world wrote.")
+            raise ConfigError(f"--out {out} is not empty ({', '.join(sorted(stray)[:5])}) and holds no "
+                              f"{SETTINGS_FILE}; expected a new folder or one that pretrain-world wrote.")
         return
     try:
         saved = json.loads(path.read_text())["identity"]

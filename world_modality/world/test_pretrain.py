@@ -26,6 +26,10 @@ from world_modality.world.pretrain import (
 FAST = dict(image_size=32, world_image_size=64, batch_size=8, warmup_steps=5, num_threads=1, save_every=5)
 
 
+def QUIET(_):
+    pass
+
+
 def settings(dataset, **kw) -> PretrainSettings:
     return PretrainSettings(dataset=str(dataset), **{**FAST, **kw})
 
@@ -33,7 +37,7 @@ def settings(dataset, **kw) -> PretrainSettings:
 @pytest.fixture(scope="module")
 def pretrained(fixture_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "enc"
-    result = pretrain(settings(fixture_dataset, steps=40), out, progress=False, log=lambda _: None)
+    result = pretrain(settings(fixture_dataset, steps=40), out, progress=False, log=QUIET)
     return out, result
 
 
@@ -114,11 +118,11 @@ def test_preset_needs_the_encoder_folder():
 
 
 def test_rerun_with_more_steps_continues_exactly(fixture_dataset, tmp_path):
-    short = pretrain(settings(fixture_dataset, steps=6, save_every=3), tmp_path / "a", progress=False, log=lambda _: None)
+    short = pretrain(settings(fixture_dataset, steps=6, save_every=3), tmp_path / "a", progress=False, log=QUIET)
     assert short.resumed_from == 0 and len(short.losses) == 6
-    more = pretrain(settings(fixture_dataset, steps=10, save_every=3), tmp_path / "a", progress=False, log=lambda _: None)
+    more = pretrain(settings(fixture_dataset, steps=10, save_every=3), tmp_path / "a", progress=False, log=QUIET)
     assert more.resumed_from == 6 and len(more.losses) == 4  # continued, not restarted
-    whole = pretrain(settings(fixture_dataset, steps=10, save_every=3), tmp_path / "b", progress=False, log=lambda _: None)
+    whole = pretrain(settings(fixture_dataset, steps=10, save_every=3), tmp_path / "b", progress=False, log=QUIET)
     assert np.allclose(short.losses + more.losses, whole.losses, rtol=0, atol=0)
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
@@ -129,22 +133,22 @@ def test_rerun_with_more_steps_continues_exactly(fixture_dataset, tmp_path):
     newest = checkpoints(tmp_path / "a")[-1]
     assert newest.name == "step-0000010"
     newest.rename(newest.parent / ".moved-away")
-    again = pretrain(settings(fixture_dataset, steps=10, save_every=3), tmp_path / "a", progress=False, log=lambda _: None)
+    again = pretrain(settings(fixture_dataset, steps=10, save_every=3), tmp_path / "a", progress=False, log=QUIET)
     assert again.resumed_from == 9 and again.losses == whole.losses[9:]
     steps = [json.loads(x)["step"] for x in (tmp_path / "a" / "losses.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
 
 
 def test_other_settings_into_the_same_folder_are_refused(fixture_dataset, tmp_path):
-    pretrain(settings(fixture_dataset, steps=2), tmp_path / "o", progress=False, log=lambda _: None)
+    pretrain(settings(fixture_dataset, steps=2), tmp_path / "o", progress=False, log=QUIET)
     with pytest.raises(ConfigError, match=r"other settings \(lr: saved 0.001 vs now 0.002\)"):
-        pretrain(settings(fixture_dataset, steps=4, lr=2e-3), tmp_path / "o", progress=False, log=lambda _: None)
+        pretrain(settings(fixture_dataset, steps=4, lr=2e-3), tmp_path / "o", progress=False, log=QUIET)
     with pytest.raises(ConfigError, match="already holds 2 steps"):
-        pretrain(settings(fixture_dataset, steps=1), tmp_path / "o", progress=False, log=lambda _: None)
+        pretrain(settings(fixture_dataset, steps=1), tmp_path / "o", progress=False, log=QUIET)
     (tmp_path / "stray").mkdir()
     (tmp_path / "stray" / "notes.txt").write_text("x")
     with pytest.raises(ConfigError, match="not empty"):
-        pretrain(settings(fixture_dataset, steps=2), tmp_path / "stray", progress=False, log=lambda _: None)
+        pretrain(settings(fixture_dataset, steps=2), tmp_path / "stray", progress=False, log=QUIET)
 
 
 @pytest.mark.parametrize("kw,needle", [({"lr": 0.0}, "`lr`"), ({"steps": 0}, "`steps`"), ({"ema": 1.0}, "`ema`"),
@@ -152,7 +156,7 @@ def test_other_settings_into_the_same_folder_are_refused(fixture_dataset, tmp_pa
                                        ({"world_image_size": 40}, "patch_size")])
 def test_bad_settings_are_named(fixture_dataset, tmp_path, kw, needle):
     with pytest.raises(ConfigError, match=needle):
-        pretrain(settings(fixture_dataset, **kw), tmp_path / "x", progress=False, log=lambda _: None)
+        pretrain(settings(fixture_dataset, **kw), tmp_path / "x", progress=False, log=QUIET)
     assert not (tmp_path / "x").exists()
 
 
