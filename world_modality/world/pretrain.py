@@ -251,24 +251,17 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{idx}.{name}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{name}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    """The training checkpoints' flattening, under an "optim." prefix: these tensors share a file with the model's."""
+    from ..policy.checkpoint import _flatten_optimizer as flatten
+
+    tensors, meta = flatten(opt)
+    return {f"optim.{k}": v for k, v in tensors.items()}, meta
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    items = [(k.removeprefix("optim."), v) for k, v in tensors.items() if k.startswith("optim.")]
-    for key, v in items + list(meta["scalars"].items()):
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
+    from ..policy.checkpoint import _unflatten_optimizer as unflatten
+
+    return unflatten({k.removeprefix("optim."): v for k, v in tensors.items() if k.startswith("optim.")}, meta)
 
 
 def save_checkpoint(out: Path, step: int, model: nn.Module, target: nn.Module, opt: torch.optim.Optimizer,
