@@ -59,7 +59,8 @@ def main() -> None:
     if args.quick:
         args.episodes, args.length, args.epochs, args.runs = 4, 16, 1, 1
     from world_modality.data.lerobot import load_dataset
-    from world_modality.pipeline import prepare_data, split_episodes
+    from world_modality.data.split import split_episodes
+    from world_modality.pipeline import prepare_data
     from world_modality.policy.factory import world_encoder_from_config
 
     runs: dict[str, list[dict]] = {a: [] for a in ARMS}

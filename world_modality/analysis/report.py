@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..evaluate.episodes import episode_key, is_error, outcome, read_jsonl, resolve
+from ..evaluate.episodes import episode_key, is_error, outcome, resolve
+from ..jsonl import read_jsonl
 from .plots import frame_strip, plot_success_bars, plot_training_curves
 from .pooling import (_ci, _interval, _pair_keys, _pct, assign_seeds, choose_pooled_pair, pool_runs, pooled_blocks,
                       pooled_paired, pooled_paired_blocks)

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cache_dirs import locked, writable
-from .frames import resize_frames
+from ..images import resize_frames
 
 # Bump when the bytes a given (dataset, camera, size) maps to change (decoder matching, resize op).
 FORMAT = 1

@@ -17,7 +17,7 @@ from PIL import Image
 import world_modality.data.lerobot as lerobot
 from world_modality.data import frame_cache
 from world_modality.data.fixture import make_fixture_dataset
-from world_modality.data.frames import resize_frames
+from world_modality.images import resize_frames
 from world_modality.data.lerobot import load_dataset
 from world_modality.data.public_fixture import CAMERAS, make_public_fixture
 from world_modality.data.video import decode_video_with_times

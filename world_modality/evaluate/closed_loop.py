@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..workers import JobLost, WorkerPool
-from .episodes import episode_key, is_error, read_jsonl, resolve
+from ..jsonl import read_jsonl
+from .episodes import episode_key, is_error, resolve
 
 
 @dataclass(frozen=True)

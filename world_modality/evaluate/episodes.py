@@ -8,8 +8,6 @@ only (their exceptions were written as failures and cannot be told apart any mor
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable, Iterable
 
 OUTCOMES = ("success", "failure", "error")
@@ -32,27 +30,6 @@ def is_error(rec: dict) -> bool:
 
 def episode_key(rec: dict) -> tuple:
     return tuple(rec.get(k) for k in KEY_FIELDS)
-
-
-def read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """Records and the number of unreadable lines (a kill mid-append can leave a torn last line)."""
-    path = Path(path)
-    if not path.exists():
-        return [], 0
-    out, bad = [], 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-        else:
-            bad += 1
-    return out, bad
 
 
 def resolve(records: Iterable[dict], key: Callable[[dict], tuple] = episode_key) -> tuple[list[dict], list[dict]]:

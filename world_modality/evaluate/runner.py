@@ -3,7 +3,7 @@
 It uses the training code's own preprocessor and prompt builder (through `build_preprocessor`),
 so what the policy sees in the simulator is what it saw in training: cameras are rendered at the
 size the dataset recorded them (`render_sizes`) and go through the training frame cache's resize
-(`data/frames.py:resize_frames`), the policy's cameras and the world encoder's frames alike.
+(`images.py:resize_frames`), the policy's cameras and the world encoder's frames alike.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..data.env_state import ENV_STATE_KEY, align
-from ..data.frames import render_size, resize_frames
+from ..data.frames import render_size
+from ..images import resize_frames
 from ..policy.checkpoint import load_checkpoint
 from ..policy.device import batch_to, resolve_device
 from ..policy.factory import build_preprocessor

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import ExperimentConfig
+from ..optim_state import flatten_optimizer, unflatten_optimizer
 from .model import PolicyShapes, WorldModalityPolicy
 from .smolvlm import TinySmolVLMSize
 
@@ -166,7 +167,7 @@ def save_checkpoint(path: str | Path, policy: WorldModalityPolicy, *, step: int 
     if hasattr(tok, "to_str"):
         (tmp / "tokenizer.json").write_text(tok.to_str())
     if optimizer is not None:
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        opt_tensors, opt_meta = flatten_optimizer(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps({**(trainer_state or {}), "optimizer": opt_meta}, indent=2) + "\n")
     (tmp / DONE_MARKER).write_text("ok\n")
@@ -490,25 +491,5 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer) -> d
     root = Path(path)
     state = read_trainer_state(root)
     tensors = _read_tensors(root / "optimizer.safetensors")
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
+    optimizer.load_state_dict(unflatten_optimizer(tensors, state.pop("optimizer")))
     return state
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{name}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{name}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    return {"state": state, "param_groups": meta["param_groups"]}

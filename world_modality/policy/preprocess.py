@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data.frames import resize_frames
+from ..images import resize_frames
 from .prompt import build_prompt
 
 TASK_KEY = "task"

@@ -72,7 +72,7 @@ def test_lora_targets_language_attention_only():
 
 def test_preprocessor_resizes_with_the_shared_uint8_op(backbone):
     """Observations of another size go through data/frames.py's resize, the one that made the training frames."""
-    from world_modality.data.frames import resize_frames
+    from world_modality.images import resize_frames
 
     pre = ObservationPreprocessor(backbone, ("cam",), 32, n_act_tokens=2)
     img = np.random.default_rng(0).integers(0, 256, (2, 56, 72, 3), dtype=np.uint8)

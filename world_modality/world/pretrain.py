@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, DataConfig, WorldConfig
+from ..optim_state import flatten_optimizer, unflatten_optimizer
 from .encoder import VJEPA2Processing, tiny_vjepa2_config, vjepa2_resize_crop
 
 FORMAT = "world-modality-pretrain/1"
@@ -252,16 +253,12 @@ def checkpoints(out: Path) -> list[Path]:
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The training checkpoints' flattening, under an "optim." prefix: these tensors share a file with the model's."""
-    from ..policy.checkpoint import _flatten_optimizer as flatten
-
-    tensors, meta = flatten(opt)
+    tensors, meta = flatten_optimizer(opt)
     return {f"optim.{k}": v for k, v in tensors.items()}, meta
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    from ..policy.checkpoint import _unflatten_optimizer as unflatten
-
-    return unflatten({k.removeprefix("optim."): v for k, v in tensors.items() if k.startswith("optim.")}, meta)
+    return unflatten_optimizer({k.removeprefix("optim."): v for k, v in tensors.items() if k.startswith("optim.")}, meta)
 
 
 def save_checkpoint(out: Path, step: int, model: nn.Module, target: nn.Module, opt: torch.optim.Optimizer,
@@ -403,7 +400,7 @@ def train_windows(settings: PretrainSettings, dataset) -> np.ndarray:
     from ..data.windows import WindowSpec, past_frame_rows
     # The pipeline's split, so the episodes it holds out are held out here too (pipeline sits above world/;
     # imported here, not at module level, to keep world/ importable without it).
-    from ..pipeline import split_episodes
+    from ..data.split import split_episodes
 
     spec = WindowSpec(num_frames=settings.num_frames, frame_stride=settings.frame_stride)
     train_eps, _ = split_episodes(dataset, settings.val_fraction)
