@@ -129,7 +129,8 @@ def build(args, device: torch.device):
     from world_modality.policy.backbone import QwenBackbone, build_tiny_qwen
     from world_modality.policy.factory import build_preprocessor
     from world_modality.policy.model import PolicyShapes, WorldModalityPolicy
-    from world_modality.world.encoder import VJEPA2Processing, WorldEncoder, build_world_encoder
+    from world_modality.world.encoder import WorldEncoder, build_world_encoder
+    from world_modality.world.vjepa2_processing import VJEPA2Processing
 
     tokenizer, token_ids, tok_kind = tokenizer_for(args)
     overrides = {"image_size": args.image_size, "latent_suffix": f"m{args.frames}", "action_head": args.action_head}

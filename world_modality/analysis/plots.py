@@ -1,9 +1,10 @@
-"""PNG figures for reports: training curves, success bars with Wilson intervals, frame strips."""
+"""PNG figures for reports: training curves, success bars with Wilson intervals, frame strips. The analysis
+package's only plotting module (matplotlib); it computes no statistics and runs no model."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -96,14 +97,16 @@ def plot_success_bars(groups: Mapping[str, Mapping], path: str | Path, title: st
     labels = list(dict.fromkeys(lab for n in names for lab in groups[n].get("points", {})))
     for j, lab in enumerate(labels):  # dots spread across the bar so that equal rates stay visible
         off = 0.0 if len(labels) == 1 else (j / (len(labels) - 1) - 0.5) * 0.36
-        pts = [(xi + off, 100 * groups[n]["points"][lab]) for xi, n in zip(x, names) if lab in groups[n].get("points", {})]
+        pts = [(xi + off, 100 * groups[n]["points"][lab]) for xi, n in zip(x, names)
+               if lab in groups[n].get("points", {})]
         ax.scatter(*zip(*pts), s=30, marker="osD^vP*X"[j % 8], color="#DD8452", edgecolor="black", lw=0.6, zorder=3,
                    label=lab)
     for xi, hi_i, k, name in zip(x, hi, ks, names):
         hi_i = max([hi_i, *(100 * v + 2 for v in groups[name].get("points", {}).values())])  # label above the dots
         ax.text(xi, min(hi_i + 2, 103), f"{k}/{groups[name]['n']}", ha="center", va="bottom", fontsize=9)
     ax.set_xticks(x)
-    ax.set_xticklabels([str(n) for n in names], rotation=30 if long_names else 0, ha="right" if long_names else "center")
+    ax.set_xticklabels([str(n) for n in names], rotation=30 if long_names else 0,
+                       ha="right" if long_names else "center")
     ax.set_ylim(0, 118 if labels else 112)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("closed-loop success rate (%)")
@@ -120,7 +123,8 @@ def frame_strip(frames: Sequence[np.ndarray], path: str | Path, labels: Sequence
     if len(frames) == 0:
         raise ValueError("frame_strip needs at least one frame; got none.")
     if labels is not None and len(labels) != len(frames):
-        raise ValueError(f"frame_strip got {len(labels)} labels for {len(frames)} frames; expected one label per frame.")
+        raise ValueError(f"frame_strip got {len(labels)} labels for {len(frames)} frames; expected one label per "
+                         f"frame.")
     for i, f in enumerate(frames):
         f = np.asarray(f)
         if f.ndim != 3 or f.shape[2] != 3:

@@ -1,12 +1,13 @@
-"""Success-rate statistics for closed-loop evaluation: Wilson intervals, exact McNemar, paired bootstrap, and for
-pairs pooled over training seeds a cluster sign-flip permutation test and a cluster bootstrap, clusters being the
-(suite, task, initial state) that the seeds share. Errored episodes (exceptions, not the policy's failures) are
-counted apart and never enter a rate or a comparison."""
+"""Success-rate statistics for closed-loop evaluation (pure statistics: numpy and scipy, no model code): Wilson
+intervals, exact McNemar, paired bootstrap, and for pairs pooled over training seeds a cluster sign-flip permutation
+test and a cluster bootstrap, clusters being the (suite, task, initial state) that the seeds share. The tests and
+intervals are scipy.stats' own (binomtest, bootstrap, permutation_test). Errored episodes (exceptions, not the
+policy's failures) are counted apart and never enter a rate or a comparison."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 from scipy import stats as sps
@@ -40,24 +41,21 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     conf = _check_confidence(confidence)
     if n == 0:
         return (0.0, 1.0)  # no data: every rate is consistent with it
-    z = float(sps.norm.ppf(0.5 + conf / 2))
-    denom = n + z * z
-    center = (k + z * z / 2) / denom
-    half = z / denom * np.sqrt(k * (n - k) / n + z * z / 4)
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=conf, method="wilson")
     # At k=0 or k=n the bound is exactly 0 or 1; rounding could push it just outside.
-    lo = 0.0 if k == 0 else max(0.0, center - half)
-    hi = 1.0 if k == n else min(1.0, center + half)
+    lo = 0.0 if k == 0 else max(0.0, ci.low)
+    hi = 1.0 if k == n else min(1.0, ci.high)
     return (float(lo), float(hi))
 
 
 def exact_mcnemar(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts b (A only) and c (B only)."""
+    """Two-sided exact McNemar p-value from the discordant counts b (A only) and c (B only): a two-sided binomial
+    test of b successes in b + c trials at p = 1/2."""
     b = _check_count("b", b)
     c = _check_count("c", c)
-    n = b + c
-    if n == 0:
+    if b + c == 0:
         return 1.0
-    return float(min(1.0, 2.0 * sps.binom.cdf(min(b, c), n, 0.5)))
+    return float(min(1.0, sps.binomtest(b, b + c, 0.5).pvalue))
 
 
 def paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bool | None], confidence: float = 0.95,
@@ -65,8 +63,9 @@ def paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bo
     """Compare two policies on the episodes they share (same suite, task and initial state).
 
     A value of None is an errored episode: a shared key with None on either side is left out and counted in
-    "error_pairs". diff = rate_b - rate_a; diff_ci is a paired percentile bootstrap over the usable pairs, which
-    treats them as independent (right for one training seed; pooled seeds need clustered_paired_comparison).
+    "error_pairs". diff = rate_b - rate_a; diff_ci is a paired percentile bootstrap (scipy.stats.bootstrap, seeded)
+    of the mean per-pair difference, which treats the usable pairs as independent (right for one training seed;
+    pooled seeds need clustered_paired_comparison).
     """
     conf = _check_confidence(confidence)
     n_boot = _check_count("n_boot", n_boot, minimum=1)
@@ -82,14 +81,7 @@ def paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bo
     n = len(common)
     b_only = int(np.sum(xb & ~xa))
     a_only = int(np.sum(xa & ~xb))
-    d = xb.astype(int) - xa.astype(int)
-    # Each pair's difference is -1, 0 or +1, so resampling n pairs is a multinomial draw over those three
-    # outcomes: the same bootstrap distribution as resampling indices, at O(n_boot) cost.
-    probs = np.array([np.mean(d == -1), np.mean(d == 0), np.mean(d == 1)])
-    counts = np.random.default_rng(seed).multinomial(n, probs / probs.sum(), size=n_boot)
-    boot = (counts[:, 2] - counts[:, 0]) / n
-    alpha = 1.0 - conf
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    lo, hi = _pair_bootstrap(xb.astype(float) - xa.astype(float), conf, n_boot, seed)
     p = exact_mcnemar(a_only, b_only)
     return {
         "n_pairs": n,
@@ -109,6 +101,15 @@ def paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bo
         "error_pairs": len(errored),
         "unpaired_keys": {"a": len(a) - len(shared), "b": len(b) - len(shared)},
     }
+
+
+def _pair_bootstrap(d: np.ndarray, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(d), resampling pairs; one pair has nothing to resample."""
+    if len(d) < 2:
+        return (float(d.mean()), float(d.mean()))
+    res = sps.bootstrap((d,), np.mean, vectorized=True, n_resamples=n_boot, confidence_level=confidence,
+                        method="percentile", rng=np.random.default_rng(seed), batch=1000)
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 def usable_pairs(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bool | None]) -> int:
@@ -206,7 +207,8 @@ def summarize_episodes(records: list[dict], confidence: float = 0.95) -> dict:
         missing = [f for f in ("suite", "task_id") if f not in r]
         missing += [] if "success" in r or "outcome" in r else ["success"]
         if missing:
-            raise ValueError(f"episode record {i} lacks {missing}; expected fields suite, task_id, success, got {sorted(r)}.")
+            raise ValueError(f"episode record {i} lacks {missing}; expected fields suite, task_id, success, "
+                             f"got {sorted(r)}.")
         key = (r["suite"], r["task_id"])
         out = outcome(r)
         for acc in (per_task[key], per_suite[r["suite"]]):

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from world_modality.analysis.stats import (cluster_bootstrap_diff, cluster_sign_flip_test, clustered_paired_comparison,
-                                          exact_mcnemar, paired_comparison, summarize_episodes, wilson_interval)
+from world_modality.analysis.stats import (
+    cluster_bootstrap_diff,
+    cluster_sign_flip_test,
+    clustered_paired_comparison,
+    exact_mcnemar,
+    paired_comparison,
+    summarize_episodes,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize("k,n", [(8, 10), (0, 10), (10, 10), (1, 1), (37, 50), (3, 200)])
@@ -25,6 +32,22 @@ def test_wilson_known_value_and_edges():
         wilson_interval(0, -1)
     with pytest.raises(ValueError, match="confidence"):
         wilson_interval(1, 2, confidence=95)
+
+
+def test_known_values_of_the_library_tests():
+    """The exact McNemar p is a two-sided binomial test on the discordant pairs; Wilson without continuity
+    correction."""
+    assert exact_mcnemar(5, 5) == 1.0
+    assert exact_mcnemar(0, 6) == pytest.approx(0.03125)  # 2 * 0.5**6
+    lo, hi = wilson_interval(14, 20)
+    assert (round(100 * lo, 1), round(100 * hi, 1)) == (48.1, 85.5)
+
+
+def test_paired_bootstrap_is_seeded_and_handles_one_pair():
+    a, b = _pairs(n=40, seed=2)
+    assert paired_comparison(a, b, seed=5)["diff_ci"] == paired_comparison(a, b, seed=5)["diff_ci"]
+    key = ("libero_spatial", 0, 0)
+    assert paired_comparison({key: False}, {key: True})["diff_ci"] == (1.0, 1.0)
 
 
 def test_mcnemar_known_values():

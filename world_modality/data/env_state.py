@@ -18,7 +18,7 @@ order; an entry a task's scene lacks is 0 in its frames (`align`). Simulator cod
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -89,7 +89,8 @@ def make_fixture_dataset(root, n_episodes: int = 8, length: int = 24, image_size
             state[:, 6], state[:, 7] = np.where(open_, 0.04, 0.0), np.where(open_, -0.04, 0.0)
             images = {"observation.images.image": render(pos, image_size),
                       # The wrist view is the scene mirrored, on a different background, like a second camera.
-                      "observation.images.wrist_image": np.ascontiguousarray(render(pos, image_size, WRIST_BACKGROUND)[:, ::-1])}
+                      "observation.images.wrist_image":
+                          np.ascontiguousarray(render(pos, image_size, WRIST_BACKGROUND)[:, ::-1])}
             more = {ENV_STATE_KEY: environment_state(pos, goal)} if with_environment_state else None
             writer.add_episode(images, state, act.astype(np.float32), instruction(task), extra=more)
         return writer.finalize()

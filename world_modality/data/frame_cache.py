@@ -7,8 +7,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 
-
 def native_frame_sizes(features: dict, keys) -> int | dict[str, list[int]]:
     """The size a dataset's cameras were recorded at, from meta/info.json `features`, as a checkpoint
     records it (`data_info["frame_size"]`): one int when every camera is square and the same size,
@@ -12,7 +11,8 @@ def native_frame_sizes(features: dict, keys) -> int | dict[str, list[int]]:
         feat = features.get(key) or {}
         shape, names = list(feat.get("shape") or []), feat.get("names")
         if len(shape) != 3:
-            raise ValueError(f"camera {key!r}: meta/info.json features give shape {shape}, expected [height, width, 3].")
+            raise ValueError(f"camera {key!r}: meta/info.json features give shape {shape}, "
+                             f"expected [height, width, 3].")
         # LeRobot writes (height, width, channels); names say so when a conversion stores channels first.
         if isinstance(names, list) and "height" in names and "width" in names:
             sizes[key] = [int(shape[names.index("height")]), int(shape[names.index("width")])]

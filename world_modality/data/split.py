@@ -26,5 +26,6 @@ def split_episodes(dataset: LeRobotDataset, val_fraction: float) -> tuple[list[i
         val += ids[:n_val]
         train += ids[n_val:]
     if not train:
-        raise ValueError(f"dataset {dataset.root} has too few episodes to train on after holding out {val_fraction:.0%}.")
+        raise ValueError(f"dataset {dataset.root} has too few episodes to train on after holding out "
+                         f"{val_fraction:.0%}.")
     return sorted(train), sorted(val)

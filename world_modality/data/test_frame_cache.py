@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import world_modality.data.lerobot as lerobot
+import world_modality.data.lerobot_video as lerobot_video
 from world_modality.data import frame_cache
 from world_modality.data.fixture import make_fixture_dataset
-from world_modality.images import resize_frames
 from world_modality.data.lerobot import load_dataset
+from world_modality.data.lerobot_tables import episode_meta
 from world_modality.data.public_fixture import CAMERAS, make_public_fixture
 from world_modality.data.video import decode_video_with_times
+from world_modality.images import resize_frames
 
 KEY, WRIST = CAMERAS
 
@@ -35,7 +36,7 @@ def public_root(tmp_path_factory):
 def counting_decoder(monkeypatch):
     """Replace the reader's video decoder with one that counts files opened and frames yielded."""
     calls = {"files": 0, "frames": 0}
-    real = lerobot.iter_video_frames
+    real = lerobot_video.iter_video_frames
 
     def decoder(path, *args, **kwargs):
         calls["files"] += 1
@@ -43,7 +44,7 @@ def counting_decoder(monkeypatch):
             calls["frames"] += 1
             yield t, frame
 
-    monkeypatch.setattr(lerobot, "iter_video_frames", decoder)
+    monkeypatch.setattr(lerobot_video, "iter_video_frames", decoder)
     return calls
 
 
@@ -53,7 +54,7 @@ def cache_files(root):
 
 def reference_video_frames(ds, key, size):
     """Whole-file decode and nearest-time matching, as the reader did before it streamed."""
-    metas = ds._episode_meta()
+    metas = episode_meta(ds.root)
     out = []
     for ep in ds.episodes:
         m = metas[ep.index]
@@ -119,7 +120,7 @@ def test_each_key_and_size_has_its_own_file(public_root):
 
 def test_failed_build_leaves_nothing_that_is_reused(tmp_path, monkeypatch):
     root = make_fixture_dataset(tmp_path / "ds", n_episodes=3, length=6, image_size=32, use_videos=True)
-    real = lerobot.iter_video_frames
+    real = lerobot_video.iter_video_frames
 
     def dies_half_way(path, *args, **kwargs):
         for i, item in enumerate(real(path, *args, **kwargs)):
@@ -127,13 +128,13 @@ def test_failed_build_leaves_nothing_that_is_reused(tmp_path, monkeypatch):
                 raise KeyboardInterrupt  # as Ctrl-C would, between two frames
             yield item
 
-    monkeypatch.setattr(lerobot, "iter_video_frames", dies_half_way)
+    monkeypatch.setattr(lerobot_video, "iter_video_frames", dies_half_way)
     monkeypatch.setattr(frame_cache, "RESIZE_BATCH", 4)  # some frames are already on disk when it dies
     with pytest.raises(KeyboardInterrupt):
         load_dataset(root).images(KEY, 16)
     folder = root / ".cache" / "frames"
     assert not list(folder.glob("*.npy")) and not list(folder.glob("*.tmp"))
-    monkeypatch.setattr(lerobot, "iter_video_frames", real)
+    monkeypatch.setattr(lerobot_video, "iter_video_frames", real)
     ds = load_dataset(root)
     np.testing.assert_array_equal(ds.images(KEY, 16), reference_video_frames(ds, KEY, 16))
 
@@ -144,16 +145,17 @@ def test_killed_build_is_not_reused_and_its_temporary_file_is_removed(tmp_path):
     child = textwrap.dedent(f"""
         import sys, time
         import world_modality.data.lerobot as lerobot
+        import world_modality.data.lerobot_video as lerobot_video
         from world_modality.data import frame_cache
         frame_cache.RESIZE_BATCH = 2
-        real = lerobot.iter_video_frames
+        real = lerobot_video.iter_video_frames
         def stalls(path, *a, **k):
             for i, item in enumerate(real(path, *a, **k)):
                 if i == 8:
                     print("stalled", flush=True)
                     time.sleep(60)
                 yield item
-        lerobot.iter_video_frames = stalls
+        lerobot_video.iter_video_frames = stalls
         lerobot.load_dataset({str(root)!r}, progress=False).images({KEY!r})
     """)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -191,7 +193,7 @@ def test_decode_streams_one_frame_at_a_time(tmp_path, monkeypatch):
         written[0] += 1
         real_write(self, row, frame)
 
-    monkeypatch.setattr(lerobot, "iter_video_frames", one_by_one)
+    monkeypatch.setattr(lerobot_video, "iter_video_frames", one_by_one)
     monkeypatch.setattr(frame_cache._NpyWriter, "write", write)
     tracemalloc.start()
     try:

@@ -56,7 +56,8 @@ def test_round_trip(tmp_path, use_videos):
     assert ds.images(KEYS[0], size=8).shape == (17, 8, 8, 3)
     np.testing.assert_array_equal(ds.rows_of([2, 0]), np.r_[0:5, 14:17])
     info = json.loads((tmp_path / "ds/meta/info.json").read_text())
-    assert info["features"]["observation.state"]["names"] == ["x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper"]
+    names = ["x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper"]
+    assert info["features"]["observation.state"]["names"] == names
     assert info["total_frames"] == 17 and info["total_tasks"] == 2
 
 
@@ -161,7 +162,8 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     assert load_dataset(a).fingerprint() == load_dataset(b).fingerprint() != fp
     c = make_fixture_dataset(tmp_path / "c", n_episodes=2, length=4, use_videos=True)
     assert load_dataset(c).fingerprint() == fp
-    rewrite(root / DATA, lambda t: set_column(t, "action", [[x + 1e-3 for x in r] for r in t.column("action").to_pylist()]))
+    rewrite(root / DATA,
+            lambda t: set_column(t, "action", [[x + 1e-3 for x in r] for r in t.column("action").to_pylist()]))
     fp2 = load_dataset(root).fingerprint()
     assert fp2 != fp
     video = root / "videos" / KEYS[0] / "chunk-000/file-000.mp4"

@@ -24,7 +24,8 @@ def test_windows_stay_in_episode(spec):
     past, fut = past_frame_rows(eps, spec), future_rows(eps, spec)
     chunk, mask = action_chunk_rows(eps, spec)
     n = sum(LENGTHS)
-    assert past.shape == (n, spec.num_frames) and fut.shape == (n,) and chunk.shape == mask.shape == (n, spec.chunk_size)
+    assert past.shape == (n, spec.num_frames) and fut.shape == (n,)
+    assert chunk.shape == mask.shape == (n, spec.chunk_size)
     for arr in (past, fut[:, None], chunk):
         assert (ep_of[arr] == ep_of[:, None]).all()
     assert (past[:, -1] == np.arange(n)).all() and (chunk[:, 0] == np.arange(n)).all()

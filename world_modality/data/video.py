@@ -1,9 +1,9 @@
 """Encode uint8 frame arrays to mp4 and decode mp4 files (or a time range of one) back to arrays."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np

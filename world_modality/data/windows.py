@@ -1,8 +1,8 @@
 """Episode-bounded row windows: past frames per latent, the future frame, and action chunks."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -33,7 +33,7 @@ def _png(img: np.ndarray) -> bytes:
 
 
 def _list_array(x: np.ndarray) -> pa.Array:
-    # Row-wise conversion of (T,D) through Python lists is slow for long demos; build offsets directly.
+    # Row-wise conversion of (T,D) through Python lists is slow for long demonstrations; build offsets directly.
     t, d = x.shape
     offsets = pa.array(np.arange(0, t * d + 1, d, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1).astype(np.float32)))
@@ -84,8 +84,8 @@ class LeRobotWriter:
         self._n_frames = 0
         self._videos: dict[str, VideoWriter] = {}
         self._parquet: pq.ParquetWriter | None = None
-        self._state_sum = np.zeros(state_dim); self._state_sq = np.zeros(state_dim)
-        self._action_sum = np.zeros(action_dim); self._action_sq = np.zeros(action_dim)
+        self._state_sum, self._state_sq = np.zeros(state_dim), np.zeros(state_dim)
+        self._action_sum, self._action_sq = np.zeros(action_dim), np.zeros(action_dim)
         self._mins = {"observation.state": np.full(state_dim, np.inf), "action": np.full(action_dim, np.inf)}
         self._maxs = {"observation.state": np.full(state_dim, -np.inf), "action": np.full(action_dim, -np.inf)}
         # Per extra feature: [sum, sum of squares] for stats.json (min and max join _mins/_maxs).
@@ -225,8 +225,10 @@ class LeRobotWriter:
         for key, arr in extra.items():
             self._extra_sums[key][0] += arr.sum(0, dtype=np.float64)
             self._extra_sums[key][1] += (arr.astype(np.float64) ** 2).sum(0)
-        self._state_sum += state.sum(0); self._state_sq += (state.astype(np.float64) ** 2).sum(0)
-        self._action_sum += action.sum(0); self._action_sq += (action.astype(np.float64) ** 2).sum(0)
+        self._state_sum += state.sum(0)
+        self._state_sq += (state.astype(np.float64) ** 2).sum(0)
+        self._action_sum += action.sum(0)
+        self._action_sq += (action.astype(np.float64) ** 2).sum(0)
         self._episodes.append(meta)
         self._n_frames += T
         return ep

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,158 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Same constants as transformers' IMAGENET_DEFAULT_MEAN/STD, used by VJEPA2VideoProcessor.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# VJEPA2VideoProcessor (transformers 5.x) resizes the shortest edge to int(crop_size * 256 / 224)
-# whatever its config's "size" says, then center-crops crop_size.
-RESIZE_RATIO = 256 / 224
-PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+from .vjepa2_loading import _dtype_from, _dtype_name, load_pretrained, tiny_vjepa2_config, weights_sha256
+from .vjepa2_processing import IMAGENET_MEAN, IMAGENET_STD, VJEPA2Processing, read_processing, vjepa2_resize_crop
 
 TINY_NAME = "tiny-vjepa2"
 PRETRAINED_NAME = "vjepa2"
 STATE_NAME = "env_state"  # the privileged object state, not a video encoder (world/env_state.py)
 KNOWN_NAMES = (TINY_NAME, PRETRAINED_NAME, STATE_NAME)
-
-
-def _dtype_from(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    resolved = getattr(torch, name, None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return resolved
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """Hash of every parameter and buffer (names, shapes, dtypes, bytes), in key order."""
-    h = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(key.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        # View as raw bytes so bfloat16 (which numpy lacks) hashes too.
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class VJEPA2Processing:
-    """The video processor's steps for a pretrained checkpoint: resize, center crop, normalize."""
-
-    crop_size: int
-    shortest_edge: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @classmethod
-    def for_crop(cls, crop_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "VJEPA2Processing":
-        return cls(int(crop_size), int(crop_size * RESIZE_RATIO), tuple(map(float, mean)), tuple(map(float, std)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"crop_size": self.crop_size, "shortest_edge": self.shortest_edge,
-                "mean": list(self.mean), "std": list(self.std)}
-
-
-def _processor_config(pretrained_path: str) -> tuple[str, dict] | None:
-    """The checkpoint's video processor config (local folder or hub cache), if it has one."""
-    for fname in PROCESSOR_FILES:
-        if os.path.isdir(pretrained_path):
-            f = os.path.join(pretrained_path, fname)
-            found = f if os.path.isfile(f) else None
-        else:
-            from transformers.utils import cached_file
-
-            found = cached_file(pretrained_path, fname, local_files_only=True,
-                                _raise_exceptions_for_missing_entries=False,
-                                _raise_exceptions_for_connection_errors=False)
-        if found:
-            with open(found) as fh:
-                return found, json.load(fh)
-    return None
-
-
-def read_processing(pretrained_path: str, model_crop_size: int) -> VJEPA2Processing:
-    """What VJEPA2VideoProcessor.from_pretrained(pretrained_path) would do, without torchvision.
-
-    crop_size, mean and std come from the processor config when the checkpoint has one, else the
-    processor's defaults with the model's crop_size; the resize target always follows crop_size.
-    """
-    found = _processor_config(pretrained_path)
-    if found is None:
-        return VJEPA2Processing.for_crop(model_crop_size)
-    where, cfg = found
-    crop = cfg.get("crop_size", model_crop_size)
-    if isinstance(crop, dict):
-        if crop.get("height") != crop.get("width", crop.get("height")):
-            raise ValueError(f"{where}: crop_size {crop} is not square; the world encoder expects a square crop")
-        crop = crop["height"]
-    for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
-        if cfg.get(flag, True) is not True:
-            raise ValueError(f"{where}: {flag}={cfg[flag]!r} is not supported (expected true)")
-    resample = cfg.get("resample", 2)
-    if resample != 2:  # PIL BILINEAR
-        raise ValueError(f"{where}: resample={resample!r} is not supported (expected 2, bilinear)")
-    rescale = float(cfg.get("rescale_factor", 1 / 255))
-    if abs(rescale - 1 / 255) > 1e-9:
-        raise ValueError(f"{where}: rescale_factor={rescale} is not supported (expected 1/255)")
-    return VJEPA2Processing.for_crop(int(crop), cfg.get("image_mean", IMAGENET_MEAN), cfg.get("image_std", IMAGENET_STD))
-
-
-def resize_output_size(h: int, w: int, shortest_edge: int) -> tuple[int, int]:
-    """(height, width) after resizing the shorter side to shortest_edge (transformers' rounding: int())."""
-    if w <= h:
-        return int(shortest_edge * h / w), shortest_edge
-    return shortest_edge, int(shortest_edge * w / h)
-
-
-def vjepa2_resize_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> uint8 (N, 3, crop, crop) on the CPU, as the video processor does it:
-    antialiased bilinear resize of the shortest edge, then a center crop.
-
-    The resize runs on uint8 on the CPU, where the processor runs by default: torchvision then
-    takes torch's uint8 kernel (on AVX2/AVX512 machines), which rounds like PIL. A float resize
-    rounded afterwards differs by one level on about a fifth of the pixels.
-    """
-    h, w = x.shape[-2:]
-    size = resize_output_size(h, w, shortest_edge)
-    x = x.cpu()
-    if size != (h, w):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    h, w = size
-    if crop > h or crop > w:
-        raise ValueError(f"resized frames {h}x{w} are smaller than the crop {crop}")
-    top, left = int((h - crop) / 2.0), int((w - crop) / 2.0)
-    return x[..., top : top + crop, left : left + crop]
-
-
-def tiny_vjepa2_config(num_frames: int, image_size: int):
-    """A VJEPA2Config small enough for CPU tests: same classes as the real model, toy sizes."""
-    from transformers import VJEPA2Config
-
-    return VJEPA2Config(
-        crop_size=image_size,
-        patch_size=16,
-        frames_per_clip=num_frames,
-        tubelet_size=2,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        mlp_ratio=2.0,
-        num_pooler_layers=1,
-        pred_hidden_size=32,
-        pred_num_hidden_layers=1,
-        pred_num_attention_heads=2,
-        pred_mlp_ratio=2.0,
-        pred_num_mask_tokens=2,
-    )
 
 
 class WorldEncoder(nn.Module):
@@ -235,7 +88,7 @@ class WorldEncoder(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "WorldEncoder":
+    def train(self, mode: bool = True) -> WorldEncoder:
         # The encoder is never trained; a parent module's .train() must not flip it (dropout).
         return super().train(False)
 
@@ -340,7 +193,7 @@ class WorldEncoder(nn.Module):
         config: dict[str, Any],
         weights: dict[str, torch.Tensor] | None = None,
         device: str | torch.device = "cpu",
-    ) -> "WorldEncoder":
+    ) -> WorldEncoder:
         """Rebuild from config_dict() (+ weights); raises if the result is not the saved encoder."""
         cfg = dict(config)
         expected_id = cfg.pop("encoder_id", None)
@@ -356,20 +209,9 @@ class WorldEncoder(nn.Module):
         return enc
 
 
-def _load_pretrained(pretrained_path: str, dtype: torch.dtype):
-    from transformers import VJEPA2Model
 
-    try:
-        return VJEPA2Model.from_pretrained(pretrained_path, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError) as e:
-        where = "local directory" if os.path.isdir(pretrained_path) else "path or hub-cache id"
-        raise FileNotFoundError(
-            f"could not load V-JEPA 2 weights from {where} {pretrained_path!r} "
-            f"(local files only; nothing is downloaded): {e}"
-        ) from e
-
-
-def resolve_placement(name: str, dtype: torch.dtype | str, device: str | torch.device) -> tuple[torch.dtype, torch.device]:
+def resolve_placement(name: str, dtype: torch.dtype | str,
+                      device: str | torch.device) -> tuple[torch.dtype, torch.device]:
     """"auto" device: CUDA for pretrained encoders when present (a ViT-L on CPU is far too slow for a
     dataset), else CPU. "auto" dtype: bfloat16 for pretrained encoders on CUDA, else float32 (the
     tiny encoder stays float32 everywhere so its identity does not depend on the machine)."""
@@ -436,7 +278,7 @@ def build_world_encoder(
     elif name == PRETRAINED_NAME:
         if not pretrained_path:
             raise ValueError(f"name={PRETRAINED_NAME!r} needs pretrained_path (a local path or hub-cache id)")
-        model = _load_pretrained(str(pretrained_path), torch_dtype)
+        model = load_pretrained(str(pretrained_path), torch_dtype)
         processing = read_processing(str(pretrained_path), int(model.config.crop_size))
         if image_size is not None and int(image_size) != processing.crop_size:
             raise ValueError(

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,9 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..cache_dirs import locked, writable
-from .encoder import WorldEncoder
+
+if TYPE_CHECKING:  # annotations only: the encoder module builds the env_state encoder, which reads this one
+    from .encoder import WorldEncoder
 
 STD_FLOOR = 1e-6
 CACHE_FORMAT = 2  # 2: frame_size joined the identity

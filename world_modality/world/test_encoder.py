@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from world_modality.world.encoder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    WorldEncoder,
-    build_world_encoder,
-)
+from world_modality.world.encoder import WorldEncoder, build_world_encoder
+from world_modality.world.vjepa2_processing import IMAGENET_MEAN, IMAGENET_STD
 
 M = 4
 S = 32

@@ -11,16 +11,9 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from world_modality.config import ConfigError, build_config
 from world_modality.policy.factory import world_encoder_from_config
-from world_modality.world.pretrain import (
-    MASKS,
-    PretrainSettings,
-    block_mask,
-    checkpoints,
-    encode_context,
-    preprocess,
-    pretrain,
-    sample_masks,
-)
+from world_modality.world.pretrain import PretrainSettings, pretrain
+from world_modality.world.pretrain_checkpoint import checkpoints
+from world_modality.world.pretrain_jepa import MASKS, block_mask, encode_context, preprocess, sample_masks
 
 # 64-px crops of the 32-px fixture frames: a 4x4 token grid (2 tubelets deep), so the masks have room.
 FAST = dict(image_size=32, world_image_size=64, batch_size=8, warmup_steps=5, num_threads=1, save_every=5)
@@ -59,7 +52,7 @@ def test_context_encoder_never_sees_hidden_tokens():
     context_mask would not: its encoder attends to every token before the mask is applied)."""
     from transformers import VJEPA2Model
 
-    from world_modality.world.encoder import tiny_vjepa2_config
+    from world_modality.world.vjepa2_loading import tiny_vjepa2_config
 
     torch.manual_seed(0)
     model = VJEPA2Model(tiny_vjepa2_config(4, 64)).eval()

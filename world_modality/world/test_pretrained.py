@@ -10,15 +10,14 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from world_modality.world.encoder import (
+from world_modality.world.encoder import WorldEncoder, build_world_encoder
+from world_modality.world.vjepa2_loading import tiny_vjepa2_config
+from world_modality.world.vjepa2_processing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     VJEPA2Processing,
-    WorldEncoder,
-    build_world_encoder,
     read_processing,
     resize_output_size,
-    tiny_vjepa2_config,
 )
 
 CROP = 32  # the saved model's crop_size; its processor resizes the shortest edge to int(32*256/224) = 36
@@ -87,7 +86,7 @@ def test_preprocess_matches_pil_reference(model_dir, hw):
 def test_libero_frames_through_the_real_checkpoints_processing(crop):
     """LIBERO's 256x256 frames as the ViT-L/ViT-g 256 (resize 292, crop 256) and ViT-g 384 (resize
     438, crop 384) checkpoints' processors prepare them."""
-    from world_modality.world.encoder import vjepa2_resize_crop
+    from world_modality.world.vjepa2_processing import vjepa2_resize_crop
 
     p = VJEPA2Processing.for_crop(crop)
     rng = np.random.default_rng(crop)
