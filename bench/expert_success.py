@@ -22,17 +22,11 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def parse_ids(text: str | None, n: int) -> list[int]:
-    if text is None:
-        return list(range(n))
-    ids: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            lo, hi = (int(x) for x in part.split("-"))
-            ids.extend(range(lo, hi + 1))
-        else:
-            ids.append(int(part))
-    return ids
+def ids_or_all(text: str | None, n: int, flag: str, what: str) -> list[int]:
+    """The ids `text` names ('0,3', '0-9', '0-2,5': the package's one id parser), or all n when it is None."""
+    from world_modality.ids import parse_ids
+
+    return list(range(n)) if text is None else parse_ids(text, flag, what)
 
 
 def run_task(job: tuple) -> dict:
@@ -43,7 +37,7 @@ def run_task(job: tuple) -> dict:
 
     t0 = time.time()
     with LiberoEnv(suite, task_id, seed=seed) as env:
-        ids = parse_ids(init_text, env.num_init_states)
+        ids = ids_or_all(init_text, env.num_init_states, "--init-states", "initial-state ids")
         results = []
         for i in ids:
             try:
@@ -85,7 +79,7 @@ def main() -> None:
     from libero.libero import benchmark
 
     n_tasks = benchmark.get_benchmark_dict()[args.suite]().n_tasks
-    task_ids = parse_ids(args.tasks, n_tasks)
+    task_ids = ids_or_all(args.tasks, n_tasks, "--tasks", "task ids")
     jobs = [(args.suite, t, args.init_states, args.seed, args.control_steps_per_frame) for t in task_ids]
     t0 = time.time()
     rows = []

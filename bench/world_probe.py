@@ -89,7 +89,7 @@ def main() -> None:
 if __name__ == "__main__":
     import sys
 
-    from world_modality.cli import run_reporting_errors
+    from world_modality.errors import run_reporting_errors
 
     # A dataset without the environment state, a missing encoder folder: one line, exit status 2, as the CLI.
     sys.exit(run_reporting_errors("world_probe", lambda: main() or 0))

@@ -2,6 +2,8 @@
 # The experiments launcher: E0, E2, E4 (and the Flow variants) over several training seeds on one
 # LeRobot dataset, every checkpoint evaluated closed-loop on the same LIBERO initial states, one
 # report with per-seed and pooled results.
+# "fplus" (in this file's name and the default output folder) is the research notes' name for this set:
+# their "Model F", the world-memory policy (E2), plus its baseline E0 and its variants E4 and Flow.
 #
 #   DATASET=runs/demo/data/libero_spatial SEEDS="0 1" scripts/run_fplus_experiments.sh
 #
@@ -11,7 +13,7 @@
 #   EXPERIMENTS       presets to run (default: "E0 E2 E4 E0-Flow E2-Flow")
 #   SEEDS             training seeds (default: "0 1 2")
 #   COC_JSONL         chain-of-causation annotations for E4 (default: $DATASET/coc.jsonl)
-#   OUT               output folder (default: runs/fplus)
+#   OUT               output folder (default: runs/fplus, "fplus" as above)
 #   SUITE, TASKS, N_EPISODES, WORKERS   closed-loop evaluation (defaults: libero_spatial, all tasks,
 #                                       all 50 initial states as in the public protocol, 2)
 #   MAX_EPOCHS, BATCH_SIZE              training budget (defaults: 5, 8, as in the research notes)
@@ -56,7 +58,7 @@ import sys
 
 show_traceback = bool(os.environ.get("WORLD_MODALITY_TRACEBACK"))
 try:
-    from world_modality.cli import USER_ERRORS
+    from world_modality.errors import USER_ERRORS
     from world_modality.data.lerobot import load_dataset
 except ImportError as e:
     if show_traceback:

@@ -32,7 +32,8 @@ def cli_error(argv, capsys):
 
 
 @pytest.mark.parametrize("argv,needles", [
-    (["train", "--dataset", "{tmp}/nowhere", "--output_dir", "{tmp}/run"], ["{tmp}/nowhere does not exist", "meta/info.json"]),
+    (["train", "--dataset", "{tmp}/nowhere", "--output_dir", "{tmp}/run"],
+     ["{tmp}/nowhere does not exist", "meta/info.json"]),
     (["train", "--dataset", "{data}", "--batch_size", "-1"], ["`batch_size` must be >= 1, got -1"]),
     (["train", "--dataset", "{data}", "--image_size", "8"], ["`image_size` must be in [16, 1024], got 8"]),
     (["train", "--dataset", "{data}", "--memory_mode", "future"],
@@ -41,14 +42,16 @@ def cli_error(argv, capsys):
      ["`memory_mode` must be 'predicted' or 'present' in training", "got 'oracle'", "evaluation ablations"]),
     (["train", "--dataset", "{data}", "--memory_mode", "shuffle", "--output_dir", "{tmp}/run"],
      ["`memory_mode` must be 'predicted' or 'present' in training", "'shuffle'"]),
-    (["train", "--dataset", "{data}", "--instruction_key", "instruction", "--output_dir", "{tmp}/run", "--no-tensorboard"],
+    (["train", "--dataset", "{data}", "--instruction_key", "instruction", "--output_dir", "{tmp}/run",
+      "--no-tensorboard"],
      ["instruction_key 'instruction' was not found", "keys that hold instructions: ['task']"]),
     (["encode", "--dataset", "{data}", "--latent_suffix", "m0"], ["`latent_suffix` must look like 'm4'", "got 'm0'"]),
     (["encode"], ["--dataset PATH is required"]),
     (["eval-offline", "--checkpoint", "{tmp}"], ["is neither a checkpoint folder nor a run folder"]),
     (["eval", "--checkpoint", "{tmp}", "--shard", "3/2"], ["shard must be i/n with 0 <= i < n, got 3/2"]),
     (["eval", "--checkpoint", "{tmp}", "--shard", "a/b"], ["--shard must look like i/n", "'a/b'"]),
-    (["eval", "--checkpoint", "{tmp}", "--suite", "libero_spatail"], ["Unknown LIBERO suite 'libero_spatail'", "'libero_spatial'"]),
+    (["eval", "--checkpoint", "{tmp}", "--suite", "libero_spatail"],
+     ["Unknown LIBERO suite 'libero_spatail'", "'libero_spatial'"]),
     (["eval", "--checkpoint", "{tmp}", "--tasks", "0,x"], ["--tasks must look like '0,1,4' or '0-9', got '0,x'"]),
     (["eval", "--checkpoint", "{tmp}", "--n_episodes", "0"], ["n_episodes must be >= 1", "got 0"]),
     (["eval", "--checkpoint", "{tmp}", "--tasks", "3-1"], ["--tasks range '3-1' is empty"]),
@@ -89,8 +92,8 @@ def test_cli_choices_are_checked_by_argparse(argv, needle, capsys):
 
 
 def test_train_module_reports_a_bad_flag_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "world_modality.train", "--dataset", str(tmp_path), "--lambda_world", "-1"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "world_modality.train", "--dataset", str(tmp_path),
+                           "--lambda_world", "-1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "world_modality.train: error: `lambda_world` must be >= 0, got -1.0."
 
@@ -116,7 +119,8 @@ def test_missing_video_file_is_named(tmp_path):
     victim = next((root / "videos" / "observation.images.image").rglob("*.mp4"))
     victim.unlink()
     ds = load_dataset(root)
-    with pytest.raises(DatasetError, match=r"video file .*file-000\.mp4 of 'observation.images.image' \(episode 0\) is missing"):
+    needle = r"video file .*file-000\.mp4 of 'observation.images.image' \(episode 0\) is missing"
+    with pytest.raises(DatasetError, match=needle):
         ds.images("observation.images.image")
 
 
@@ -128,7 +132,8 @@ def test_checkpoint_folder_without_config(tmp_path):
 
 def test_unknown_camera_names_the_cameras_there_are(fixture_dataset, tmp_path):
     cfg = tiny_config(fixture_dataset, tmp_path, preset="E0", image_keys=("observation.images.side",))
-    with pytest.raises(ValueError, match=r"no camera 'observation.images.side'; its cameras are \['observation.images.image'"):
+    needle = r"no camera 'observation.images.side'; its cameras are \['observation.images.image'"
+    with pytest.raises(ValueError, match=needle):
         prepare_data(cfg, None, progress=False)
 
 

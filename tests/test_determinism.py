@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from world_modality.cli import main as cli_main
-from world_modality.train import resolve_checkpoint
+from world_modality.policy.checkpoint_store import resolve_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ import pytest
 from safetensors.torch import load_file
 
 from world_modality.policy.checkpoint import DONE_MARKER, load_checkpoint
-from world_modality.train import checkpoints_in, resolve_checkpoint
+from world_modality.policy.checkpoint_store import checkpoints_in, resolve_checkpoint
 
 pytestmark = pytest.mark.slow
 

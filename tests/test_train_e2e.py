@@ -10,7 +10,8 @@ from world_modality.analysis.offline import evaluate_offline
 from world_modality.cli import main as cli_main
 from world_modality.data.lerobot import DatasetError
 from world_modality.policy.checkpoint import load_checkpoint
-from world_modality.train import checkpoints_in, train
+from world_modality.policy.checkpoint_store import checkpoints_in
+from world_modality.train import train
 
 pytestmark = pytest.mark.slow
 

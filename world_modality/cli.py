@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .config import MEMORY_MODES, ConfigError, add_config_flags, config_from_args
-
-# Bad input, not a bug: every input check in the package raises a ValueError subclass (ConfigError,
-# DatasetError, AnnotationError, CheckpointError, LatentCacheMismatch) or FileNotFoundError.
-USER_ERRORS = (ValueError, FileNotFoundError)
-
-
-def run_reporting_errors(prog: str, func, *args) -> int:
-    """Run a command; a bad input prints one line `prog: error: message` and exits 2, as argparse does."""
-    try:
-        return func(*args)
-    except USER_ERRORS as e:
-        # A ValueError from deep inside a library can be a bug rather than bad input: keep the trace one variable away.
-        if os.environ.get("WORLD_MODALITY_TRACEBACK"):
-            raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+from .errors import run_reporting_errors
+from .ids import parse_ids
+from .sim.suites import STANDARD_SUITES
 
 
 def _cmd_train(args) -> int:
@@ -52,8 +38,8 @@ def _cmd_encode(args) -> int:
 
 def _cmd_eval_offline(args) -> int:
     from .analysis.offline import check_output_file, check_settings, evaluate_offline, format_table, write_result
+    from .policy.checkpoint_store import resolve_checkpoint
     from .policy.device import resolve_device
-    from .train import resolve_checkpoint
 
     # Every setting, and where the result goes, is checked before the checkpoint or dataset loads.
     check_settings(args.batch_size, args.memory, args.split)
@@ -69,27 +55,10 @@ def _cmd_eval_offline(args) -> int:
     return 0
 
 
-def _parse_ids(text: str) -> list[int]:
-    """'0,1,4' or '0-9' -> task ids."""
-    try:
-        if "-" in text and "," not in text:
-            lo, hi = (int(x) for x in text.split("-"))
-            ids = list(range(lo, hi + 1))
-        else:
-            ids = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--tasks must look like '0,1,4' or '0-9', got {text!r}.") from None
-    if "-" in text and "," not in text and not ids:
-        raise ConfigError(f"--tasks range {text!r} is empty (it ends before it starts); expected e.g. '0-9'.")
-    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
-        raise ConfigError(f"--tasks must name distinct task ids >= 0 like '0,1,4' or '0-9', got {text!r}.")
-    return ids
-
-
 def _cmd_generate(args) -> int:
     from .sim.generate import generate
 
-    out = generate(args.suite, _parse_ids(args.tasks), args.episodes_per_task, args.out, image_size=args.image_size,
+    out = generate(args.suite, parse_ids(args.tasks), args.episodes_per_task, args.out, image_size=args.image_size,
                    workers=args.workers, seed=args.seed, job_timeout_s=args.job_timeout or None)
     print(f"[generate] dataset: {out} (annotations: {out / 'coc.jsonl'})")
     return 0
@@ -103,7 +72,8 @@ def _cmd_report(args) -> int:
     if paired:
         lo, hi = paired["diff_ci"]
         print(f"[report] {paired['b']} - {paired['a']} over {paired['n_pairs']} paired episodes: "
-              f"{100 * paired['diff']:+.1f} pts (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), {paired['test']} p = {paired['p']:.3g}")
+              f"{100 * paired['diff']:+.1f} pts (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), "
+              f"{paired['test']} p = {paired['p']:.3g}")
     print(f"[report] {result['report_md']}\n[report] {result['report_html']}")
     return 0
 
@@ -135,7 +105,7 @@ def _cmd_probe(args) -> int:
         if other or args.preset or args.config:
             raise ConfigError(f"--checkpoint probes the run with its own config; only --dataset and --seed may be "
                               f"given beside it, got {['--' + k for k in other] or '--preset/--config'}.")
-        from .train import resolve_checkpoint
+        from .policy.checkpoint_store import resolve_checkpoint
 
         out = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint).parent.parent / "probe.json"
         check_output_file(out)
@@ -162,11 +132,17 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+DEVICE_HELP = "where the policy runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: 'auto')"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    from .demo import FULL, QUICK
+
     parser = argparse.ArgumentParser(prog="world-modality", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a policy (presets E0, E2, E4, E0-Flow, E2-Flow)")
+    p = sub.add_parser("train", help=f"train a policy (presets {', '.join(PRESETS)})")
     add_config_flags(p)
     p.set_defaults(func=_cmd_train)
 
@@ -175,39 +151,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("eval-offline", help="held-out action MSE, memory ablations, world error vs copy-last")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (newest checkpoint)")
-    p.add_argument("--dataset", default=None, help="dataset root (default: the one the policy trained on)")
-    p.add_argument("--memory", nargs="+", default=list(MEMORY_MODES), choices=MEMORY_MODES, help="memory ablations to run")
-    p.add_argument("--split", default="val", choices=("val", "train"))
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON output (default: <run>/eval_offline_<split>.json)")
-    p.add_argument("--device", default="auto", help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
+    p.add_argument("--dataset", default=None, help="dataset root folder (default: the one the policy trained on)")
+    p.add_argument("--memory", nargs="+", default=list(MEMORY_MODES), choices=MEMORY_MODES,
+                   help=f"memory ablations to score, one or more of {', '.join(MEMORY_MODES)} (default: all)")
+    p.add_argument("--split", default="val", choices=("val", "train"),
+                   help="episodes to score: val (held out from training) or train (default: 'val')")
+    p.add_argument("--batch_size", type=int, default=32, help="samples per forward pass, >= 1 (default: 32)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the random and shuffle ablations and of flow sampling (default: 0)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: <run>/eval_offline_<split>.json)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_cmd_eval_offline)
 
     p = sub.add_parser("generate", help="scripted-expert demonstrations in LIBERO, written as a LeRobot dataset")
-    p.add_argument("--suite", default="libero_spatial")
-    p.add_argument("--tasks", default="0,1", help="task ids: '0,1,4' or '0-9'")
-    p.add_argument("--episodes-per-task", dest="episodes_per_task", type=int, default=10)
-    p.add_argument("--out", required=True, help="dataset root to write")
-    p.add_argument("--image-size", dest="image_size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2, help="simulator processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suite", default="libero_spatial",
+                   help=f"LIBERO suite to record in, one of {', '.join(STANDARD_SUITES)} (default: 'libero_spatial')")
+    p.add_argument("--tasks", default="0,1", help="task ids of the suite: '0,1,4', '0-9' or '0-2,5' (default: '0,1')")
+    p.add_argument("--episodes-per-task", dest="episodes_per_task", type=int, default=10,
+                   help="successful demonstrations recorded per task, >= 1 (default: 10)")
+    p.add_argument("--out", required=True, help="dataset root folder to write (a new or empty folder, or a "
+                                                "dataset this command wrote, which it completes)")
+    p.add_argument("--image-size", dest="image_size", type=int, default=128,
+                   help="side in pixels of the square camera frames recorded (default: 128)")
+    p.add_argument("--workers", type=int, default=2, help="simulator processes, >= 1 (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the objects' fresh placements (default: 0)")
     p.add_argument("--job-timeout", dest="job_timeout", type=float, default=900,
                    help="seconds one episode may take before its worker is killed and the episode retried once, "
-                        "then skipped as failed (0: no limit)")
+                        "then skipped as failed (0: no limit; default: 900)")
     p.set_defaults(func=_cmd_generate)
 
-    from .eval_libero import add_eval_flags, run as run_eval
+    from .eval_libero import add_eval_flags
+    from .eval_libero import run as run_eval
 
     p = sub.add_parser("eval", help="closed-loop evaluation in LIBERO (the benchmark's initial states)")
     add_eval_flags(p)
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("report", help="markdown + HTML report: curves, success with intervals, ablations, paired test")
-    p.add_argument("run_dirs", nargs="+", help="training run folders (with their eval/ results)")
-    p.add_argument("--out", default="runs/report", help="folder for report.md, report.html and the PNGs")
-    p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"), help="experiments to pair (default: E0 E2)")
+    p.add_argument("run_dirs", nargs="+", help="training run folders (with their eval/ results), one or more")
+    p.add_argument("--out", default="runs/report",
+                   help="folder for report.md, report.html and the PNGs (default: 'runs/report')")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
+                   help="two experiments (preset names) to pair, B - A (default: E0 E2)")
     p.set_defaults(func=_cmd_report)
 
     from .world.pretrain import PretrainSettings
@@ -215,19 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     d = PretrainSettings(dataset="")
     p = sub.add_parser("pretrain-world", help="self-supervised V-JEPA training of the tiny world encoder on a "
                                               "dataset's own frames (resumable); --out loads as --world_encoder vjepa2")
-    p.add_argument("--dataset", required=True, help="root of a LeRobot v3-layout dataset")
+    p.add_argument("--dataset", required=True, help="root folder of a LeRobot v3-layout dataset")
     p.add_argument("--out", required=True, help="folder for the encoder (HF model folder), checkpoints and losses")
     for name, what in (("steps", "optimiser steps in all (a rerun with more continues)"),
-                       ("batch_size", "windows per step"), ("lr", "AdamW learning rate after warm-up"),
-                       ("weight_decay", "AdamW weight decay"), ("warmup_steps", "linear warm-up steps"),
-                       ("ema", "momentum of the EMA target encoder"), ("seed", "init and every step's draws"),
-                       ("save_every", "steps between checkpoints"),
+                       ("batch_size", "windows per optimiser step"), ("lr", "AdamW learning rate after warm-up"),
+                       ("weight_decay", "AdamW weight decay"),
+                       ("warmup_steps", "optimiser steps of linear learning-rate warm-up"),
+                       ("ema", "momentum of the EMA target encoder, in [0, 1)"),
+                       ("seed", "random seed of the init and of every step's draws"),
+                       ("save_every", "optimiser steps between checkpoints"),
                        ("num_threads", "CPU threads for torch; 0 = half the cores"),
-                       ("image_size", "side the frames are read at: the --image_size training will use"),
-                       ("world_image_size", "the encoder's input side (its crop)"),
-                       ("latent_suffix", "m frames per window, 'm4'"), ("frame_stride", "dataset frames between them"),
-                       ("world_image_key", "the camera the world encoder watches"),
-                       ("val_fraction", "episodes held out, as training holds them out"),
+                       ("image_size", "side in pixels the frames are read at: the --image_size training will use"),
+                       ("world_image_size", "the encoder's input side in pixels (its crop)"),
+                       ("latent_suffix", "frames per window, written m<m> ('m4')"),
+                       ("frame_stride", "dataset frames between a window's frames"),
+                       ("world_image_key", "camera column the world encoder watches"),
+                       ("val_fraction", "share of episodes held out, in (0, 1), as training holds them out"),
                        ("instruction_key", "instruction column (the split is per task)"),
                        ("episode_id_key", "column naming each frame's episode")):
         default = getattr(d, name)
@@ -236,14 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="ridge probes from world latents (and a run's Prophet) to object positions")
     add_config_flags(p)
-    p.add_argument("--checkpoint", default=None, help="a trained run (or checkpoint): probe its encoder and Prophet")
-    p.add_argument("--out", default=None, help="JSON output (default with --checkpoint: <run>/probe.json)")
-    p.add_argument("--device", default="auto", help="where a run's policy runs: auto, cpu, cuda, cuda:N")
+    p.add_argument("--checkpoint", default=None,
+                   help="a trained run (or checkpoint): probe its encoder and Prophet (only --dataset and --seed may "
+                        "be given beside it)")
+    p.add_argument("--out", default=None, help="JSON file to write (default with --checkpoint: <run>/probe.json)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_cmd_probe)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default (CPU, no downloads)")
-    p.add_argument("--quick", action="store_true", help="smaller budget, to try it out")
-    p.add_argument("--out", default="runs/demo")
+    p = sub.add_parser("demo", help="`make demo`: the main job on the embedded default (CPU, no downloads)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smaller budget, to try it out: {QUICK.episodes_per_task} demonstrations and "
+                        f"{QUICK.eval_episodes} closed-loop episodes per task, {QUICK.max_epochs} epochs (full: "
+                        f"{FULL.episodes_per_task}, {FULL.eval_episodes}, {FULL.max_epochs})")
+    p.add_argument("--out", default="runs/demo",
+                   help="folder for the demonstrations, runs and report (default: 'runs/demo')")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -117,7 +117,8 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     out = Path(out) / ("quick" if quick else "full")
     t0 = time.time()
     tasks = ",".join(map(str, b.tasks))
-    data = Path(out).parent / "data" / f"{b.suite}-t{tasks.replace(',', '-')}-n{b.episodes_per_task}-{b.image_size}px-fresh"
+    name = f"{b.suite}-t{tasks.replace(',', '-')}-n{b.episodes_per_task}-{b.image_size}px-fresh"
+    data = Path(out).parent / "data" / name
     _stage(f"1/5 demonstrations: {b.episodes_per_task} per task, {b.suite} tasks {tasks} -> {data}", t0)
     generate(b.suite, b.tasks, b.episodes_per_task, data, image_size=b.image_size, workers=b.workers, seed=0)
 
@@ -130,8 +131,8 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     runs = _train_side_by_side(cfgs)
     _stage(f"4/5 closed-loop evaluation: {b.eval_episodes} of the 50 stored initial states x {len(b.tasks)} tasks "
            "(the public protocol uses all 50), the same for E0 and E2, held out from the demonstrations", t0)
-    results = {preset: evaluate(EvalSettings(checkpoint=str(run), suite=b.suite, tasks=b.tasks, n_episodes=b.eval_episodes,
-                                             workers=b.workers, video=1))
+    results = {preset: evaluate(EvalSettings(checkpoint=str(run), suite=b.suite, tasks=b.tasks,
+                                             n_episodes=b.eval_episodes, workers=b.workers, video=1))
                for preset, run in runs.items()}
     errors = {preset: len(r.errors) for preset, r in results.items() if r.errors}
 
@@ -140,13 +141,14 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     lines = []
     for name, r in report["experiments"].items():
         lo, hi = r["ci"]
-        lines.append(f"  {name:<18} {r['k']:>3}/{r['n']:<3} = {100 * r['rate']:5.1f}%  (95% Wilson {100 * lo:.1f}-{100 * hi:.1f})")
+        lines.append(f"  {name:<18} {r['k']:>3}/{r['n']:<3} = {100 * r['rate']:5.1f}%  "
+                     f"(95% Wilson {100 * lo:.1f}-{100 * hi:.1f})")
     p = report.get("paired")
     if p:
         lo, hi = p["diff_ci"]
         lines.append(f"  paired E2 - E0 over {p['n_pairs']} identical initial states: {100 * p['diff']:+.1f} pts "
-                     f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}); E2-only successes {p['b_only']}, E0-only {p['a_only']}; "
-                     f"{p['test']} p = {p['p']:.3g}")
+                     f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}); E2-only successes {p['b_only']}, "
+                     f"E0-only {p['a_only']}; {p['test']} p = {p['p']:.3g}")
     from .evaluate.overlap import describe
 
     overlap = {preset: r.overlap for preset, r in results.items()}
@@ -154,8 +156,8 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     lines.append("  errors (not counted in any rate): " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
     minutes = (time.time() - t0) / 60
     summary = "\n".join(lines)
-    print(f"\n[demo] closed-loop success on {b.suite} tasks {tasks}, {b.eval_episodes} held-out initial states per task:"
-          f"\n{summary}\n[demo] report: {report['report_html']}\n[demo] total {minutes:.1f} min")
+    print(f"\n[demo] closed-loop success on {b.suite} tasks {tasks}, {b.eval_episodes} held-out initial states "
+          f"per task:\n{summary}\n[demo] report: {report['report_html']}\n[demo] total {minutes:.1f} min")
     (out / "summary.json").write_text(json.dumps({"experiments": report["experiments"], "paired": p, "overlap": overlap,
                                                   "errors": errors, "minutes": round(minutes, 2)},
                                                  indent=2, default=str) + "\n")

@@ -5,48 +5,60 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from .evaluate.runner import CLOSED_LOOP_MEMORY
+from .config import CLOSED_LOOP_MEMORY_MODES, ConfigError
+from .errors import run_reporting_errors
+from .ids import parse_ids
+from .sim.suites import PRO_PERTURBATIONS, STANDARD_SUITES
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
-    p.add_argument("--suite", default="libero_spatial")
-    p.add_argument("--tasks", default=None, help="task ids '0,1' or '0-9' (default: all tasks of the suite)")
+    p.add_argument("--suite", default="libero_spatial",
+                   help=f"LIBERO suite: {', '.join(STANDARD_SUITES)}, or a LIBERO-PRO variant <suite>_<perturbation> "
+                        f"with perturbation {', '.join(PRO_PERTURBATIONS)} (default: 'libero_spatial')")
+    p.add_argument("--tasks", default=None,
+                   help="task ids of the suite: '0,1', '0-9' or '0-2,5' (default: all tasks of the suite)")
     p.add_argument("--n_episodes", type=int, default=None,
                    help="per task: the benchmark's initial states 0..n-1 (default: all 50, the public protocol)")
-    p.add_argument("--memory", default=None, choices=CLOSED_LOOP_MEMORY,
-                   help="world-memory mode (default: the checkpoint's training mode, predicted or, for E2-Present, "
-                        "present); the others are ablations (oracle is offline-only: the true future depends on "
-                        "actions not yet taken)")
-    p.add_argument("--replan_every", type=int, default=None, help="frames between replans (default: chunk_size // 2)")
-    p.add_argument("--workers", type=int, default=2, help="simulator processes")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--video", type=int, default=0, help="rollouts per task saved as mp4")
-    p.add_argument("--shard", default="0/1", help="i/n: run every n-th episode starting at i")
+    p.add_argument("--memory", default=None, choices=CLOSED_LOOP_MEMORY_MODES,
+                   help=f"world-memory mode, one of {', '.join(CLOSED_LOOP_MEMORY_MODES)} (default: the checkpoint's "
+                        "training mode, predicted or, for E2-Present, present); the others are ablations (oracle is "
+                        "offline-only: the true future depends on actions not yet taken)")
+    p.add_argument("--replan_every", type=int, default=None,
+                   help="dataset frames between replans, >= 1 (default: chunk_size // 2)")
+    p.add_argument("--workers", type=int, default=2, help="simulator processes, >= 1 (default: 2)")
+    p.add_argument("--seed", type=int, default=7,
+                   help="random seed of the simulator (as in the public LIBERO scripts) and of each episode's policy "
+                        "draws (default: 7)")
+    p.add_argument("--video", type=int, default=0, help="rollouts per task saved as mp4, >= 0 (default: 0)")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th episode starting at i (default: '0/1', all)")
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval/<suite>-<memory>)")
-    p.add_argument("--max_steps", type=int, default=None, help="control steps per episode (default: the suite's public limit)")
-    p.add_argument("--device", default="auto", help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="control steps per episode, >= 1 (default: the suite's public limit)")
+    p.add_argument("--device", default="auto",
+                   help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N "
+                        "(default: 'auto')")
     p.add_argument("--allow_train_overlap", action="store_true",
                    help="evaluate initial states that produced training data (flagged in every record and the report) "
                         "instead of refusing")
     p.add_argument("--episode_timeout", type=float, default=1800,
-                   help="seconds one episode may take before its worker is killed and the episode retried once (0: no limit)")
+                   help="seconds one episode may take before its worker is killed and the episode retried once "
+                        "(0: no limit; default: 1800)")
 
 
 def settings_from_args(args):
-    from .cli import _parse_ids
-    from .config import ConfigError
     from .evaluate.closed_loop import EvalSettings
 
     try:
         i, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
         raise ConfigError(f"--shard must look like i/n with 0 <= i < n (e.g. 0/4), got {args.shard!r}.") from None
-    return EvalSettings(checkpoint=args.checkpoint, suite=args.suite, tasks=tuple(_parse_ids(args.tasks)) if args.tasks else None,
-                        n_episodes=args.n_episodes, memory=args.memory, replan_every=args.replan_every, workers=args.workers,
-                        seed=args.seed, video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps,
+    return EvalSettings(checkpoint=args.checkpoint, suite=args.suite,
+                        tasks=tuple(parse_ids(args.tasks)) if args.tasks else None, n_episodes=args.n_episodes,
+                        memory=args.memory, replan_every=args.replan_every, workers=args.workers, seed=args.seed,
+                        video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps,
                         device=args.device, episode_timeout_s=args.episode_timeout or None,
                         allow_train_overlap=args.allow_train_overlap)
 
@@ -87,15 +99,14 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{suite}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f})")
     for (suite, task_id), s in sorted(summary["per_task"].items()):
         lo, hi = s["ci"]
-        lines.append(f"  task {task_id:2d}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})  {s.get('task', '')}")
+        lines.append(f"  task {task_id:2d}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% "
+                     f"({100 * lo:.1f}-{100 * hi:.1f})  {s.get('task', '')}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="world_modality.eval_libero", description=__doc__)
     add_eval_flags(p)
-    from .cli import run_reporting_errors
-
     return run_reporting_errors(p.prog, run, p.parse_args(argv))
 
 

@@ -4,19 +4,30 @@ import sys
 
 import pytest
 
-from world_modality.config import (MEMORY_MODES, PRESETS, TRAIN_MEMORY_MODES, ConfigError, ExperimentConfig,
-                                   build_config, flatten, matching_preset, parse_train_args)
+from world_modality.config import (
+    MEMORY_MODES,
+    PRESETS,
+    TRAIN_MEMORY_MODES,
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    flatten,
+    matching_preset,
+    parse_train_args,
+)
 
 NOTES_FLAGS = ["--instruction_key", "--episode_id_key", "--lambda_world", "--delta_prediction", "--latent_suffix",
                "--freeze_backbone", "--use_lora", "--batch_size", "--max_epochs", "--disable_future_injection",
                "--lambda_text", "--coc_jsonl"]
-COMMON = "--instruction_key task --episode_id_key episode_index --freeze_backbone --use_lora --batch_size 8 --max_epochs 5".split()
+COMMON = ("--instruction_key task --episode_id_key episode_index --freeze_backbone --use_lora --batch_size 8 "
+          "--max_epochs 5").split()
 E2_LINE = COMMON + "--lambda_world 0.2 --delta_prediction --latent_suffix m4".split()
 E0_LINE = COMMON + ["--disable_future_injection"]
 
 
 def test_help_lists_every_research_flag():
-    out = subprocess.run([sys.executable, "-m", "world_modality.train", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "world_modality.train", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     missing = [f for f in NOTES_FLAGS if f not in out]
     assert not missing, f"flags missing from --help: {missing}"
 
@@ -163,3 +174,32 @@ def test_a_saved_config_that_is_not_a_config_names_the_file(tmp_path, text, need
     (tmp_path / "c.json").write_text(text)
     with pytest.raises(ConfigError, match=needle):
         ExperimentConfig.from_json(tmp_path / "c.json")
+
+
+def test_a_config_never_changes_once_made_and_replace_checks_again():
+    import dataclasses
+
+    cfg = build_config({"dataset": "/d"}, preset="E2")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data.dataset = "/other"  # type: ignore[misc]
+    other = cfg.replace(dataset="/other", lr=0.1)
+    assert (other.data.dataset, other.train.lr, cfg.data.dataset, cfg.train.lr) == ("/other", 0.1, "/d", 3e-4)
+    assert flatten(other.replace(dataset="/d", lr=3e-4)) == flatten(cfg) and other.preset == "E2"
+    with pytest.raises(ConfigError, match=r"`lambda_world` must be >= 0, got -1"):
+        cfg.replace(lambda_world=-1.0)
+    with pytest.raises(ConfigError, match=r"unknown config fields \['lambda_wrld'\]"):
+        cfg.replace(lambda_wrld=0.1)
+
+
+@pytest.mark.parametrize("use,ok,bad,needle", [
+    ("training", ("predicted", "present"), "oracle", r"`memory_mode` must be 'predicted' or 'present' in training"),
+    ("closed-loop", ("predicted", "present", "zero", "random", "shuffle"), "oracle",
+     r"closed-loop memory mode must be one of .*got 'oracle' \(oracle is offline-only"),
+    ("offline", MEMORY_MODES, "future", r"offline memory mode must be one of .*got 'future'\."),
+])
+def test_one_memory_mode_check_for_every_use(use, ok, bad, needle):
+    from world_modality.config import check_memory_mode
+
+    assert [check_memory_mode(m, use) for m in ok] == list(ok)
+    with pytest.raises(ConfigError, match=needle):
+        check_memory_mode(bad, use)

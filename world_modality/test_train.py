@@ -107,8 +107,9 @@ def test_a_nonfinite_loss_or_weight_stops_training_at_that_step(fixture_dataset,
     import torch
 
     from world_modality.policy.checkpoint import load_checkpoint
+    from world_modality.policy.checkpoint_store import checkpoints_in
     from world_modality.policy.model import WorldModalityPolicy
-    from world_modality.train import TrainingDiverged, checkpoints_in
+    from world_modality.train import TrainingDiverged
 
     calls = {"n": 0}
     if where == "loss":

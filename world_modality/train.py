@@ -13,46 +13,31 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
+from .errors import run_reporting_errors
 from .pipeline import FrameSamples, make_collate, prepare_data, random_shift
-from .policy.checkpoint import (DONE_MARKER, is_complete, load_checkpoint, load_training_state, read_trainer_state,
-                                save_checkpoint)
+from .policy.checkpoint import DONE_MARKER, load_checkpoint, save_checkpoint
+from .policy.checkpoint_store import checkpoints_in
 from .policy.factory import build_policy, build_preprocessor, check_image_size, world_encoder_from_config
 from .policy.model import PolicyShapes
 from .policy.tokenizer import build_tokenizer
+from .policy.training_state import load_training_state, read_trainer_state
 
 # Fields that may differ between the run being resumed and the resuming command.
-RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard", "dist_timeout_minutes"}
+RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard",
+                     "dist_timeout_minutes"}
 
 
 class TrainingDiverged(ValueError):
     """A loss or a weight became NaN/inf: training stops at that step and keeps its last finite checkpoint."""
-
-
-def checkpoints_in(run_dir: str | Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.glob("step-*") if p.is_dir() and is_complete(p)), key=lambda p: p.name)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its newest complete checkpoint)."""
-    p = Path(path)
-    if (p / "policy.json").exists():
-        return p
-    found = checkpoints_in(p)
-    if not found:
-        raise FileNotFoundError(f"{p} is neither a checkpoint folder nor a run folder with complete checkpoints under {p / 'checkpoints'}.")
-    return found[-1]
 
 
 def _check_same_experiment(saved: ExperimentConfig, cfg: ExperimentConfig, where: Path) -> None:
@@ -178,7 +163,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     run_dir = Path(t.output_dir)
     # Created only once data and policy are ready: a run that fails before leaves no empty folder.
 
-    encoder = world_encoder_from_config(cfg) if (not cfg.policy.disable_future_injection or cfg.world.lambda_world > 0) else None
+    needs_world = not cfg.policy.disable_future_injection or cfg.world.lambda_world > 0
+    encoder = world_encoder_from_config(cfg) if needs_world else None
     with accelerator.main_process_first():  # one process encodes the latent cache, the others read it
         data = prepare_data(cfg, encoder, progress=progress and main)
     ds = data.dataset
@@ -210,7 +196,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         from .data.starts import read_training_starts
 
         # Public LIBERO conversions store every 20 Hz control step (labelled 10 fps): one step per row
-        # unless the dataset says otherwise (generated demos hold each action for 2 steps).
+        # unless the dataset says otherwise (generated demonstrations hold each action for 2 steps).
         policy.data_info = {"fps": ds.fps, "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1)),
                             # LIBERO's gripper command is binary (-1 open, +1 close) in the data: acting
                             # snaps the regressed value back to it rather than half-closing the fingers.
@@ -255,7 +241,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         n_train = sum(p.numel() for p in params)
         print(f"[train] {matching_preset(cfg) or 'custom'} | {len(samples)} samples, {steps_per_epoch} steps/epoch, "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, "
-              f"{n_train / 1e6:.2f} M trainable params | run {run_dir}" + (f" | resumed at step {step}" if ckpts else ""))
+              f"{n_train / 1e6:.2f} M trainable params | run {run_dir}"
+              + (f" | resumed at step {step}" if ckpts else ""))
 
     def save(epoch: int, done_in_epoch: int, sums: dict[str, float] | None = None, count: int = 0) -> None:
         # A mid-epoch checkpoint keeps each process's running sums, so the resumed epoch logs the
@@ -263,12 +250,14 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         epoch_partial = {}
         if sums:
             keys = sorted(sums)
-            local = torch.tensor([[sums[k] for k in keys] + [float(count)]], dtype=torch.float64, device=accelerator.device)
+            local = torch.tensor([[sums[k] for k in keys] + [float(count)]], dtype=torch.float64,
+                                 device=accelerator.device)
             rows = accelerator.gather(local) if accelerator.num_processes > 1 else local
             epoch_partial = {"keys": keys, "per_process": rows.cpu().tolist()}
         accelerator.wait_for_everyone()
         if main:
-            save_checkpoint(run_dir / "checkpoints" / f"step-{step:08d}", model, step=step, epoch=epoch, optimizer=optimizer,
+            save_checkpoint(run_dir / "checkpoints" / f"step-{step:08d}", model, step=step, epoch=epoch,
+                            optimizer=optimizer,
                             trainer_state={"step": step, "epoch": epoch, "batches_done_in_epoch": done_in_epoch,
                                            "epoch_partial": epoch_partial})
             for old in checkpoints_in(run_dir)[:-t.keep_checkpoints]:
@@ -290,7 +279,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             sums = dict(zip(partial["keys"], saved_rows[accelerator.process_index][:-1]))
             count = int(saved_rows[accelerator.process_index][-1])
         policy.train()
-        bar = tqdm(mine, desc=f"epoch {epoch + 1}/{t.max_epochs}", disable=not (progress and main), leave=False, mininterval=0.5)
+        bar = tqdm(mine, desc=f"epoch {epoch + 1}/{t.max_epochs}", disable=not (progress and main), leave=False,
+                   mininterval=0.5)
         for bi in bar:
             batch = collate([samples[int(i)] for i in batches[bi]])
             # Per-step seed: noise and dropout depend only on (seed, step), so a resumed run repeats them.
@@ -326,7 +316,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             record.update({"gate": gate, "gate_tanh": math.tanh(gate)})
         logger.log(record, step)
         if main:
-            shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "kind")
+            shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in record.items() if k != "kind")
             print(f"[train] {shown}")
         save(epoch + 1, 0)
     logger.close()
@@ -370,8 +361,6 @@ def _stop_if_diverged(accelerator, model: torch.nn.Module, values: dict[str, flo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import run_reporting_errors
-
     def run() -> int:
         final = train(parse_train_args(argv))
         print(f"[train] final checkpoint: {final}")

@@ -19,9 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import MEMORY_MODES, ConfigError
+from ..config import MEMORY_MODES, ConfigError, check_memory_mode
 from ..pipeline import FrameSamples, make_collate, prepare_data, shuffle_memory_rows
 from ..policy.checkpoint import load_checkpoint
+from ..policy.checkpoint_store import resolve_checkpoint
 from ..policy.device import batch_to, resolve_device
 from ..policy.factory import build_preprocessor
 from ..world.prophet import world_mse
@@ -31,15 +32,13 @@ from ..world.prophet import world_mse
 def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_size: int = 32,
                      modes: Sequence[str] = MEMORY_MODES, seed: int = 0, split: str = "val",
                      device: str = "auto") -> dict:
-    from ..train import resolve_checkpoint
-
     check_settings(batch_size, modes, split)
     device = resolve_device(device)
     ckpt = resolve_checkpoint(checkpoint)
     policy = load_checkpoint(ckpt, device)
     cfg = policy.cfg
     if dataset:
-        cfg.data.dataset = dataset
+        cfg = cfg.replace(dataset=dataset)
     data = prepare_data(cfg, policy.world_encoder if policy.needs_world else None, progress=False)
     ds, shapes = data.dataset, policy.shapes
     if (ds.state.shape[1], ds.action.shape[1]) != (shapes.state_dim, shapes.action_dim):
@@ -97,9 +96,10 @@ def check_settings(batch_size: int, modes: Sequence[str], split: str) -> None:
     ended in `range() arg 3 must not be zero`)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch_size must be an integer >= 1, got {batch_size!r}.")
-    unknown = [m for m in modes if m not in MEMORY_MODES]
-    if not modes or unknown:
+    if not modes:
         raise ConfigError(f"--memory must name one or more of {MEMORY_MODES}, got {list(modes)!r}.")
+    for mode in modes:
+        check_memory_mode(mode, "offline")
     if split not in ("val", "train"):
         raise ConfigError(f"--split must be 'val' or 'train', got {split!r}.")
 

@@ -215,15 +215,15 @@ def probe_run(checkpoint: str | Path, dataset: str | None = None, seed: int = 0,
     from ..config import ConfigError
     from ..pipeline import FrameSamples, make_collate, prepare_data
     from ..policy.checkpoint import load_checkpoint, read_checkpoint_config
+    from ..policy.checkpoint_store import resolve_checkpoint
     from ..policy.device import batch_to, resolve_device
     from ..policy.factory import build_preprocessor
-    from ..train import resolve_checkpoint
 
     device = resolve_device(device)
     ckpt = resolve_checkpoint(checkpoint)
     cfg = read_checkpoint_config(ckpt)
     if dataset:
-        cfg.data.dataset = dataset
+        cfg = cfg.replace(dataset=dataset)
     require_env_state(cfg.data.dataset)
     if cfg.policy.disable_future_injection and cfg.world.lambda_world == 0:
         raise ConfigError(f"run {ckpt} was trained without the world modality (no world encoder, no Prophet); "
@@ -231,7 +231,7 @@ def probe_run(checkpoint: str | Path, dataset: str | None = None, seed: int = 0,
     policy = load_checkpoint(ckpt, device)
     cfg = policy.cfg
     if dataset:
-        cfg.data.dataset = dataset
+        cfg = cfg.replace(dataset=dataset)
     data = prepare_data(cfg, policy.world_encoder, progress=progress)
     positions, names, objects = position_targets(data.dataset)
     train_rows, test_rows = _split_rows(data)

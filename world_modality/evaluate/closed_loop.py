@@ -47,10 +47,9 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
-        from ..config import ConfigError
+        from ..config import ConfigError, check_memory_mode
         from ..policy.device import resolve_device
         from ..sim.suites import base_suite
-        from .runner import CLOSED_LOOP_MEMORY
 
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
@@ -70,9 +69,8 @@ class EvalSettings:
             raise ConfigError(f"video must be >= 0 rollouts per task, got {self.video}.")
         if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
             raise ConfigError(f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}.")
-        if self.memory is not None and self.memory not in CLOSED_LOOP_MEMORY:
-            why = " (oracle is offline-only: the true future depends on actions not yet taken)" if self.memory == "oracle" else ""
-            raise ConfigError(f"closed-loop memory mode must be one of {CLOSED_LOOP_MEMORY}, got {self.memory!r}{why}.")
+        if self.memory is not None:
+            check_memory_mode(self.memory, "closed-loop")
         try:
             base_suite(self.suite)
         except ValueError as e:
@@ -225,9 +223,9 @@ def num_tasks(suite: str) -> int:
 def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     from tqdm.auto import tqdm
 
-    from ..train import resolve_checkpoint
     from ..config import ConfigError, matching_preset
     from ..policy.checkpoint import read_checkpoint_config
+    from ..policy.checkpoint_store import resolve_checkpoint
     from ..sim.suites import load_task, step_limit
     from .overlap import check_overlap, describe
 

@@ -20,10 +20,6 @@ from ..policy.checkpoint import load_checkpoint
 from ..policy.device import batch_to, resolve_device
 from ..policy.factory import build_preprocessor
 
-# Every memory mode but `oracle` (the true future depends on actions not yet taken). `present` (z_t in place of
-# the prediction) is an ablation of an E2 checkpoint and the trained mode of an E2-Present one.
-CLOSED_LOOP_MEMORY = ("predicted", "present", "zero", "random", "shuffle")
-
 
 def _norm(instruction: str) -> str:
     """An instruction as compared between the dataset and the simulator: case and spacing ignored."""
@@ -42,17 +38,17 @@ def model_inputs(preprocess, observations: list[dict], world_frames: np.ndarray 
 
 
 class PolicyRunner:
-    """A checkpoint acting in closed loop with one memory mode (`CLOSED_LOOP_MEMORY`); by default
+    """A checkpoint acting in closed loop with one memory mode (`config.CLOSED_LOOP_MEMORY_MODES`); by default
     (None) the mode it was trained with, `cfg.policy.memory_mode`. Memory `shuffle` replaces the
     policy's predicted future with the true future latent of a training frame whose instruction is
     not the evaluated task's (`reset(seed, instructions)`)."""
 
     def __init__(self, checkpoint, memory_mode: str | None = None, seed: int = 0, device: str = "auto"):
-        from ..train import resolve_checkpoint
+        from ..config import check_memory_mode
+        from ..policy.checkpoint_store import resolve_checkpoint
 
-        if memory_mode is not None and memory_mode not in CLOSED_LOOP_MEMORY:
-            why = " (the true future depends on actions not yet taken; oracle is an offline ablation)" if memory_mode == "oracle" else ""
-            raise ValueError(f"closed-loop memory mode must be one of {CLOSED_LOOP_MEMORY}, got {memory_mode!r}{why}.")
+        if memory_mode is not None:
+            check_memory_mode(memory_mode, "closed-loop")
         self.device = resolve_device(device)
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.policy = load_checkpoint(self.checkpoint, self.device)

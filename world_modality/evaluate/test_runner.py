@@ -246,7 +246,7 @@ def present_run(small_data, tmp_path_factory):
 def test_e2_present_trains_and_round_trips(present_run):
     from world_modality.config import matching_preset
     from world_modality.policy.checkpoint import load_checkpoint
-    from world_modality.train import read_trainer_state
+    from world_modality.policy.training_state import read_trainer_state
 
     cfg, ckpt = present_run
     assert cfg.policy.memory_mode == "present" and cfg.world.lambda_world == 0 and matching_preset(cfg) == "E2-Present"

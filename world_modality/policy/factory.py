@@ -59,8 +59,8 @@ def check_image_size(cfg: ExperimentConfig) -> None:
 def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> VLMBackbone:
     p = cfg.policy
     if p.backbone.startswith("tiny-") and tokenizer is None:
-        raise ValueError(f"the tiny backbone {p.backbone!r} needs the project's tokenizer (built from the dataset or read "
-                         f"from a checkpoint).")
+        raise ValueError(f"the tiny backbone {p.backbone!r} needs the project's tokenizer (built from the dataset or "
+                         f"read from a checkpoint).")
     if p.backbone == "tiny-qwen2.5-vl":
         backbone = build_tiny_qwen(tokenizer, seed=cfg.train.seed, dtype=p.backbone_dtype)
     elif p.backbone == "tiny-smolvlm":
@@ -81,7 +81,10 @@ def build_policy(cfg: ExperimentConfig, shapes: PolicyShapes, tokenizer=None, wo
     backbone = build_backbone(cfg, tokenizer)
     needs_world = (not cfg.policy.disable_future_injection) or cfg.world.lambda_world > 0
     if needs_world and world_encoder is None:
-        world_encoder = build_world_encoder(**{k: v for k, v in encoder_config.items() if k != "encoder_id"}) if encoder_config else world_encoder_from_config(cfg)
+        if encoder_config:
+            world_encoder = build_world_encoder(**{k: v for k, v in encoder_config.items() if k != "encoder_id"})
+        else:
+            world_encoder = world_encoder_from_config(cfg)
     policy = WorldModalityPolicy(cfg, backbone, shapes, world_encoder if needs_world else None)
     set_trainable(policy, cfg.policy.freeze_backbone, text_loss=cfg.policy.lambda_text > 0)
     return policy

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, check_memory_mode
 from ..world.prophet import Prophet, world_loss
 from .heads import build_head
 from .xattn import GatedCrossAttention
@@ -111,6 +111,7 @@ class WorldModalityPolicy(nn.Module):
         `present` reads z_t, the world encoder's latent of the last m frames (history, no foresight);
         `shuffle` reads `z_other`, the memory of a sample of another episode that the caller chose
         (offline: `pipeline.shuffle_memory_rows`; closed loop: `evaluate/runner.py`)."""
+        check_memory_mode(mode, "offline")
         mean, std = self.prophet.latent_mean, self.prophet.latent_std
         if mode == "predicted":
             return z_pred
@@ -135,7 +136,7 @@ class WorldModalityPolicy(nn.Module):
                 raise ValueError(f"memory mode 'shuffle': `z_other` has shape {tuple(batch['z_other'].shape)}, "
                                  f"expected {tuple(z_pred.shape)} (one latent per sample).")
             return batch["z_other"]
-        raise ValueError(f"unknown memory mode {mode!r}; expected predicted|present|oracle|zero|random|shuffle.")
+        raise AssertionError(f"memory mode {mode!r} passed the check but has no branch here")
 
     def context(self, batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
         hidden, cond = self._backbone_pass(batch)

@@ -5,8 +5,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from world_modality.policy.checkpoint import (CheckpointError, checkpoint_keys, load_checkpoint, read_checkpoint_config,
-                                             save_checkpoint)
+from world_modality.policy.checkpoint import (
+    CheckpointError,
+    checkpoint_keys,
+    load_checkpoint,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from world_modality.policy.test_model import make_batch, make_policy
 
 
@@ -73,13 +78,13 @@ def test_only_this_machines_dead_writers_are_cleaned(tmp_path):
     import subprocess
     import sys
 
-    from world_modality.policy.checkpoint import _writer_tag, remove_partial_checkpoints
+    from world_modality.policy.checkpoint_store import remove_partial_checkpoints, writer_tag
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)  # a process that has exited
-    host = _writer_tag().rsplit("-", 1)[0]
+    host = writer_tag().rsplit("-", 1)[0]
     mine_dead = tmp_path / f".tmp-step-00000002-{host}-{dead_pid}"
-    mine_alive = tmp_path / f".tmp-step-00000003-{_writer_tag()}"
+    mine_alive = tmp_path / f".tmp-step-00000003-{writer_tag()}"
     other_host = tmp_path / f".tmp-step-00000004-otherhost{host}-{dead_pid}"
     for d in (mine_dead, mine_alive, other_host):
         d.mkdir()
