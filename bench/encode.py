@@ -12,10 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, fixture_dataset, median, tiny_config
-
 import numpy as np
 import torch
+from _common import emit, fixture_dataset, median, tiny_config
 
 
 def naive_epoch(frames, past, future, encoder) -> float:

@@ -1,6 +1,6 @@
 """Per-task success of the scripted expert over each task's fixed initial states.
 
-Runs in the dataset regime of `world_modality.sim.record.record_demo`: the expert is queried once
+Runs in the dataset regime of `world_modality.sim.record.run_expert`: the expert is queried once
 per saved frame (10 fps) and each action is held for 2 control steps (20 Hz sim). Tasks are spread
 over worker processes (spawn, one env per task per process). Prints a per-task table and, as the
 last line, one JSON object with the figures, which is also written to
@@ -33,7 +33,7 @@ def run_task(job: tuple) -> dict:
     """Worker: build one env for a task and run the expert from each requested init state."""
     suite, task_id, init_text, seed, steps_per_frame = job
     from world_modality.sim.env import LiberoEnv
-    from world_modality.sim.expert import run_episode
+    from world_modality.sim.record import expert_episode
 
     t0 = time.time()
     with LiberoEnv(suite, task_id, seed=seed) as env:
@@ -41,7 +41,7 @@ def run_task(job: tuple) -> dict:
         results = []
         for i in ids:
             try:
-                r = run_episode(env, i, control_steps_per_frame=steps_per_frame)
+                r = expert_episode(env, i, control_steps_per_frame=steps_per_frame)
             except Exception as exc:  # noqa: BLE001 - a crash is a failed episode, reported as such
                 r = {"success": False, "steps": 0, "frames": 0, "phase": f"error: {exc!r}"}
             results.append(r)
@@ -76,9 +76,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/expert_success_<suite>.json)")
     args = ap.parse_args()
 
-    from libero.libero import benchmark
+    from world_modality.sim.suites import num_tasks
 
-    n_tasks = benchmark.get_benchmark_dict()[args.suite]().n_tasks
+    n_tasks = num_tasks(args.suite)
     task_ids = ids_or_all(args.tasks, n_tasks, "--tasks", "task ids")
     jobs = [(args.suite, t, args.init_states, args.seed, args.control_steps_per_frame) for t in task_ids]
     t0 = time.time()

@@ -11,10 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, median, tiny_checkpoint
-
 import numpy as np
 import torch
+from _common import emit, median, tiny_checkpoint
 
 GOAL_HZ = 20.0  # LIBERO's control rate
 # Actions per second are not timed: they multiply the measured calls per second by the chunk length.
@@ -44,12 +43,13 @@ def part_times(runner, obs, frames) -> dict[str, float]:
     with torch.no_grad():
         batch, t["preprocess"] = timed(lambda: runner.inputs(obs, frames if runner.uses_world else None))
         if runner.uses_world:
-            batch["z_t"], t["world_encoder"] = timed(lambda: pol.world_encoder.encode(batch.pop("world_frames")))
+            z_t, t["world_encoder"] = timed(lambda: pol.world_encoder.encode(batch.world_frames))
+            batch = batch.replace(z_t=z_t, world_frames=None)
         (hidden, cond), t["backbone"] = timed(lambda: pol._backbone_pass(batch))
-        end = int(batch["act_end"])
+        end = batch.act_end
         act_h = hidden[:, end - pol.n_act:end].float()
         if runner.uses_world:
-            z_pred, t["prophet"] = timed(lambda: pol.predict_future(batch["z_t"], cond))
+            z_pred, t["prophet"] = timed(lambda: pol.predict_future(batch.z_t, cond))
 
             def inject():
                 tokens = pol.prophet.normalize(z_pred).reshape(pol.world_tokens, -1)  # one row per world token

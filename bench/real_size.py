@@ -209,7 +209,6 @@ def run_steps(policy, preprocess, obs, frames, device: torch.device, n: int, war
     (backbone, Prophet, then the memory, cross-attention and action head, timed as `head`). `step` is
     the wall time of the whole step, its parts' synchronisation included."""
     from world_modality.evaluate.runner import model_inputs
-    from world_modality.policy.device import batch_to
 
     timer = Timer(device)
     # Time the policy's own pieces in place, so the step runs exactly the evaluation code path
@@ -217,12 +216,12 @@ def run_steps(policy, preprocess, obs, frames, device: torch.device, n: int, war
     policy._backbone_pass = timer.wrap("backbone", policy._backbone_pass)
     policy.predict_future = timer.wrap("prophet", policy.predict_future)
     world_size = policy.cfg.data.image_size  # the world camera's training size (pipeline.py)
-    preprocess_t = timer.wrap("preprocess", lambda: batch_to(model_inputs(preprocess, obs, frames, world_size), device))
+    preprocess_t = timer.wrap("preprocess", lambda: model_inputs(preprocess, obs, frames, world_size).to(device))
     encode_t = timer.wrap("world_encoder", policy.world_encoder.encode)
     predict_t = timer.wrap("predict", policy.predict_actions)
     def step():
         batch = preprocess_t()
-        batch["z_t"] = encode_t(batch.pop("world_frames"))
+        batch = batch.replace(z_t=encode_t(batch.world_frames), world_frames=None)
         return predict_t(batch)
 
     step_t = timer.wrap("step", step)
@@ -280,7 +279,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         mem = {"weights_gib": round(weights / 2**30, 3),
                "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
-    prompt_tokens = int(preprocess(obs[:1])["input_ids"].shape[1])
+    prompt_tokens = int(preprocess(obs[:1]).input_ids.shape[1])
     result = {"gpu": device.type == "cuda", "mode": "tiny" if args.tiny else "real", "measured": True,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "models": "tiny Qwen2.5-VL + tiny VJEPA2" if args.tiny else

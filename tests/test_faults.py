@@ -58,7 +58,8 @@ def assert_same_run(run_dir, reference):
     assert [r["epoch"] for r in metrics(run_dir)] == list(range(1, EPOCHS + 1))
     final = resolve_checkpoint(run_dir)
     assert final.name == FINAL
-    got, want = load_file(str(final / "model.safetensors")), load_file(str(reference / "checkpoints" / FINAL / "model.safetensors"))
+    got = load_file(str(final / "model.safetensors"))
+    want = load_file(str(reference / "checkpoints" / FINAL / "model.safetensors"))
     assert got.keys() == want.keys()
     different = [k for k in want if not got[k].equal(want[k])]
     assert not different, f"tensors differ after resume: {different[:5]}"

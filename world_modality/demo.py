@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .jsonl import read_jsonl
+
 
 @dataclass(frozen=True)
 class DemoBudget:
@@ -51,15 +53,7 @@ def _train_and_score(cfg) -> str:
 
 
 def _epochs_logged(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # the line a training process is writing right now
+    records, _ = read_jsonl(run / "metrics.jsonl")  # skips the line a training process is writing right now
     return [r for r in records if r.get("kind") == "train"]
 
 

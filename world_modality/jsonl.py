@@ -7,6 +7,15 @@ import json
 from pathlib import Path
 
 
+def parse_line(line: str) -> dict | None:
+    """One record, or None for a line that is not a JSON object (a torn tail, a foreign line)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def read_jsonl(path: Path) -> tuple[list[dict], int]:
     """Records and the number of unreadable lines (a kill mid-append can leave a torn last line)."""
     path = Path(path)
@@ -16,13 +25,9 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+        rec = parse_line(line)
+        if rec is None:
             bad += 1
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
         else:
-            bad += 1
+            out.append(rec)
     return out, bad

@@ -17,8 +17,10 @@ from .config import ExperimentConfig
 from .data.lerobot import LeRobotDataset, load_dataset
 from .data.split import split_episodes
 from .data.windows import WindowSpec, action_chunk_rows, future_rows, past_frame_rows
+from .policy.types import Batch
 from .world.env_state import env_state_latents, is_env_state_encoder
 from .world.latent_cache import LatentCache, load_or_build_cache
+
 
 def window_spec(cfg: ExperimentConfig) -> WindowSpec:
     return WindowSpec(
@@ -61,8 +63,9 @@ class PreparedData:
         }
 
 
-def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = True) -> PreparedData:
-    """Load and check the dataset; encode latents (cached) when the experiment uses the world."""
+def _load_with_latents(cfg: ExperimentConfig, world_encoder, progress: bool):
+    """(dataset, window spec, train/val episodes, latents or None): the dataset loaded and checked, and its
+    world latents (cached) when the experiment uses the world."""
     d = cfg.data
     dataset = load_dataset(d.dataset, instruction_key=d.instruction_key, episode_id_key=d.episode_id_key,
                            state_key=d.state_key, action_key=d.action_key)
@@ -72,7 +75,6 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
             raise ValueError(f"dataset {dataset.root} has no camera {key!r}; its cameras are {dataset.image_keys}.")
     spec = window_spec(cfg)
     train_eps, val_eps = split_episodes(dataset, d.val_fraction)
-    chunk_rows, chunk_mask = action_chunk_rows(dataset.episodes, spec)
     latents = None
     if is_env_state_encoder(world_encoder):
         # The privileged state: same windows, computed in memory, training-row statistics (world/env_state.py).
@@ -83,7 +85,8 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
         latents = load_or_build_cache(
             [cfg.world.latent_cache_dir] if cfg.world.latent_cache_dir else default_dirs(dataset.root, "latents"),
             encoder=world_encoder,
-            # Read at image_size, as closed-loop evaluation resizes the world camera before encoding (evaluate/runner.py).
+            # Read at image_size, as closed-loop evaluation resizes the world camera before encoding
+            # (evaluate/runner.py).
             frames_fn=lambda: dataset.images(cfg.world.world_image_key, d.image_size),
             frame_size=d.image_size,
             past_rows=past,
@@ -92,6 +95,22 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
             dataset_fingerprint=dataset.fingerprint(),
             progress=progress,
         )
+    return dataset, spec, train_eps, val_eps, latents
+
+
+def training_memories(cfg: ExperimentConfig, world_encoder, progress: bool = False) -> tuple[np.ndarray, list[str]]:
+    """True future latents of the training rows (rows, latent_dim) and each row's instruction: what the
+    closed-loop `shuffle` memory draws from, without the rest of `prepare_data` (action chunks, annotations)."""
+    dataset, spec, train_eps, _, latents = _load_with_latents(cfg, world_encoder, progress)
+    rows = dataset.rows_of(train_eps)
+    return latents.latents[future_rows(dataset.episodes, spec)[rows]], [dataset.instructions[r] for r in rows]
+
+
+def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = True) -> PreparedData:
+    """Load and check the dataset; encode latents (cached) when the experiment uses the world."""
+    d = cfg.data
+    dataset, spec, train_eps, val_eps, latents = _load_with_latents(cfg, world_encoder, progress)
+    chunk_rows, chunk_mask = action_chunk_rows(dataset.episodes, spec)
     texts, missing = None, 0
     if d.coc_jsonl:
         from .data.coc import join_annotations, read_annotations
@@ -184,19 +203,20 @@ class FrameSamples(torch.utils.data.Dataset):
 
 
 def make_collate(preprocessor):
-    """Observation fields through the shared preprocessor; targets stacked as tensors."""
+    """Observation fields through the shared preprocessor; targets stacked as tensors -> a `Batch`."""
 
-    def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = preprocessor(samples)
-        batch["actions"] = torch.as_tensor(np.stack([s["actions"] for s in samples]), dtype=torch.float32)
-        batch["action_mask"] = torch.as_tensor(np.stack([s["action_mask"] for s in samples]))
-        batch["row"] = torch.as_tensor([s["row"] for s in samples])  # for debugging; the model ignores it
+    def stack(samples: list[dict[str, Any]], key: str) -> torch.Tensor:
+        return torch.as_tensor(np.stack([s[key] for s in samples]), dtype=torch.float32)
+
+    def collate(samples: list[dict[str, Any]]) -> Batch:
+        targets = {"actions": stack(samples, "actions"),
+                   "action_mask": torch.as_tensor(np.stack([s["action_mask"] for s in samples])),
+                   "row": torch.as_tensor([s["row"] for s in samples])}  # for debugging; the model ignores it
         if "z_t" in samples[0]:
-            batch["z_t"] = torch.as_tensor(np.stack([s["z_t"] for s in samples]), dtype=torch.float32)
-            batch["z_future"] = torch.as_tensor(np.stack([s["z_future"] for s in samples]), dtype=torch.float32)
+            targets["z_t"], targets["z_future"] = stack(samples, "z_t"), stack(samples, "z_future")
         if "z_other" in samples[0]:
-            batch["z_other"] = torch.as_tensor(np.stack([s["z_other"] for s in samples]), dtype=torch.float32)
-        return batch
+            targets["z_other"] = stack(samples, "z_other")
+        return preprocessor(samples).replace(**targets)
 
     return collate
 

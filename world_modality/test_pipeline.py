@@ -54,13 +54,23 @@ def test_cameras_are_read_at_the_size_evaluation_renders(tmp_path):
     pre = ObservationPreprocessor(build_tiny_qwen(build_tokenizer(sorted(set(data.dataset.instructions)))),
                                   cfg.data.image_keys, 32, n_act_tokens=2)
     batch = [samples[i] for i in range(8)]
-    new = pre(batch)["images"]
+    new = pre(batch).images
     rows = [s["row"] for s in batch]
     old = torch.stack([F.interpolate(torch.from_numpy(np.array(data.dataset.images(k)[rows])).permute(0, 3, 1, 2)
                                      .float() / 255, size=(32, 32), mode="bilinear", antialias=True,
                                      align_corners=False) for k in cfg.data.image_keys], dim=1)
     diff = (new - old).abs()
     assert 0 < diff.max() <= 0.5 / 255 + 1e-6, diff.max()
+
+    # Collation: the preprocessor's Batch plus the training targets and latents, typed.
+    from world_modality.pipeline import make_collate
+    from world_modality.policy.types import Batch
+
+    collated = make_collate(pre)(batch)
+    assert isinstance(collated, Batch) and torch.equal(collated.images, new)
+    assert torch.equal(collated.row, torch.tensor(rows)) and collated.z_t.shape == (8, data.latents.latent_dim)
+    assert collated.z_future.shape == collated.z_t.shape and collated.z_other is None
+    assert collated.actions.dtype == torch.float32 and collated.actions.shape[:2] == collated.action_mask.shape
 
 
 def test_frames_already_at_the_image_size_are_read_unchanged(tmp_path):

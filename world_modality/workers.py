@@ -12,10 +12,11 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Hashable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any
 
 DIED = "its worker process died (a crash or the out-of-memory killer)"
 
@@ -131,7 +132,8 @@ class WorkerPool:
 
     def submit(self, key: Hashable, fn: Callable, *args) -> None:
         if self.free <= 0:
-            raise RuntimeError(f"all {self.workers} workers are busy; wait for next_finished() before submitting {key!r}.")
+            raise RuntimeError(f"all {self.workers} workers are busy; wait for next_finished() "
+                               f"before submitting {key!r}.")
         self._start(key, _Running(fn, args, 0.0, 1), time.monotonic())
 
     def _start(self, key: Hashable, job: _Running, now: float) -> None:
@@ -200,7 +202,7 @@ class WorkerPool:
         else:
             self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -13,8 +13,8 @@ explain a policy, they do not rank it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..config import MEMORY_MODES, ConfigError, check_memory_mode
 from ..pipeline import FrameSamples, make_collate, prepare_data, shuffle_memory_rows
 from ..policy.checkpoint import load_checkpoint
 from ..policy.checkpoint_store import resolve_checkpoint
-from ..policy.device import batch_to, resolve_device
+from ..policy.device import resolve_device
 from ..policy.factory import build_preprocessor
 from ..world.prophet import world_mse
 
@@ -56,12 +56,12 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
     sums = {m: {"sq_norm": 0.0, "sq_raw": 0.0, "n": 0.0} for m in modes}
     world = {"prophet": 0.0, "copy_last": 0.0, "n": 0}
     for start in range(0, len(samples), batch_size):
-        batch = batch_to(collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))]), device)
-        mask = batch["action_mask"].float()[..., None]
+        batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))]).to(device)
+        mask = batch.action_mask.float()[..., None]
         for mode in modes:
             gen = torch.Generator(device=device).manual_seed(seed + start)
             pred, ctx = policy.predict_actions(batch, memory_mode=None if mode == "none" else mode, generator=gen, return_context=True)
-            err = (pred - batch["actions"]) ** 2
+            err = (pred - batch.actions) ** 2
             err_norm = err / policy.action_std**2
             s = sums[mode]
             s["sq_raw"] += float((err * mask).sum())
@@ -70,9 +70,9 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
         if policy.needs_world:
             z_pred = ctx["z_pred"]  # the Prophet's output does not depend on the memory mode
             std = policy.prophet.latent_std
-            b = batch["z_t"].shape[0]
-            world["prophet"] += float(world_mse(z_pred, batch["z_future"], std)) * b
-            world["copy_last"] += float(world_mse(batch["z_t"], batch["z_future"], std)) * b
+            b = batch.z_t.shape[0]
+            world["prophet"] += float(world_mse(z_pred, batch.z_future, std)) * b
+            world["copy_last"] += float(world_mse(batch.z_t, batch.z_future, std)) * b
             world["n"] += b
     result = {
         "checkpoint": str(ckpt),

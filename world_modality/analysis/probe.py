@@ -216,7 +216,7 @@ def probe_run(checkpoint: str | Path, dataset: str | None = None, seed: int = 0,
     from ..pipeline import FrameSamples, make_collate, prepare_data
     from ..policy.checkpoint import load_checkpoint, read_checkpoint_config
     from ..policy.checkpoint_store import resolve_checkpoint
-    from ..policy.device import batch_to, resolve_device
+    from ..policy.device import resolve_device
     from ..policy.factory import build_preprocessor
 
     device = resolve_device(device)
@@ -240,7 +240,7 @@ def probe_run(checkpoint: str | Path, dataset: str | None = None, seed: int = 0,
     preds = []
     with torch.no_grad():
         for start in tqdm(range(0, len(samples), batch_size), desc="prophet", disable=not progress, leave=False):
-            batch = batch_to(collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))]), device)
+            batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))]).to(device)
             preds.append(policy.context(batch)["z_pred"].float().cpu().numpy())
     z_pred = np.concatenate(preds) if preds else np.zeros((0, data.latents.latent_dim))
     result = probe_arrays(data.latents.latents, positions, names, objects, data.dataset.episode_ids, train_rows,

@@ -34,7 +34,7 @@ def shuffled_memories(monkeypatch, ckpt, split, seed):
     def spy(self, mode, z_pred, batch, generator=None):
         z = real(self, mode, z_pred, batch, generator)
         if mode == "shuffle":
-            seen.append((batch["row"].cpu().numpy(), z.detach().cpu().numpy()))
+            seen.append((batch.row.cpu().numpy(), z.detach().cpu().numpy()))
         return z
 
     with monkeypatch.context() as m:
@@ -102,7 +102,7 @@ def test_offline_evaluation_reports_present_beside_predicted(small_run, monkeypa
     def spy(self, mode, z_pred, batch, generator=None):
         z = real(self, mode, z_pred, batch, generator)
         if mode == "present":
-            seen.append(bool(torch.equal(z, batch["z_t"])))
+            seen.append(bool(torch.equal(z, batch.z_t)))
         return z
 
     with monkeypatch.context() as m:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..workers import JobLost, WorkerPool
 from ..jsonl import read_jsonl
+from ..workers import JobLost, WorkerPool
 from .episodes import episode_key, is_error, resolve
 
 
@@ -61,14 +61,16 @@ class EvalSettings:
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}.")
         if self.replan_every is not None and self.replan_every < 1:
-            raise ConfigError(f"replan_every must be >= 1 frame (or left out for chunk_size // 2), got {self.replan_every}.")
+            raise ConfigError(f"replan_every must be >= 1 frame (or left out for chunk_size // 2), "
+                              f"got {self.replan_every}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 control step (or left out for the suite's limit), "
                               f"got {self.max_steps}.")
         if self.video < 0:
             raise ConfigError(f"video must be >= 0 rollouts per task, got {self.video}.")
         if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
-            raise ConfigError(f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}.")
+            raise ConfigError(f"episode_timeout_s must be positive seconds or None (no limit), "
+                              f"got {self.episode_timeout_s}.")
         if self.memory is not None:
             check_memory_mode(self.memory, "closed-loop")
         try:
@@ -129,9 +131,16 @@ def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -
     """Everything that changes an episode's outcome (not the device, workers, tasks or episode count)."""
     meta = json.loads((ckpt / "policy.json").read_text())
     return {"checkpoint": str(ckpt.resolve()), "checkpoint_step": meta.get("step"),
-            "weights_sha256": _file_sha256(ckpt / "model.safetensors"), "suite": settings.suite,
+            "weights_sha256": _file_sha256(ckpt / "model.safetensors"), **_ema_identity(ckpt), "suite": settings.suite,
             "memory": settings.memory, "seed": settings.seed, "step_limit": limit, "replan_every": replan,
             "allow_train_overlap": settings.allow_train_overlap}
+
+
+def _ema_identity(ckpt: Path) -> dict:
+    """The EMA weights, which evaluation loads when a checkpoint keeps them; absent before EMA existed, so
+    identities of evaluations of checkpoints without EMA stay as they were."""
+    ema = ckpt / "ema.safetensors"
+    return {"ema_sha256": _file_sha256(ema)} if ema.exists() else {}
 
 
 def _check_same_evaluation(out: Path, identity: dict, path: Path) -> None:
@@ -150,7 +159,8 @@ def _check_same_evaluation(out: Path, identity: dict, path: Path) -> None:
         raise ConfigError(f"{out} holds episodes of an evaluation that recorded no settings to compare with; "
                           "use another --out or delete that folder.")
     if old is not None and old != identity:
-        diff = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in identity if old.get(k) != identity[k])
+        diff = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now"
+                         for k in identity if old.get(k) != identity[k])
         raise ConfigError(f"{out} holds episodes of another evaluation ({diff}); its outcomes would be mixed with "
                           "these. Use another --out, or delete that folder to start over.")
 
@@ -180,7 +190,8 @@ def _worker_init(settings: dict) -> None:
 
     if resolve_device(settings["device"]).type == "cpu":
         torch.set_num_threads(1)  # one core per simulator process; threads would only contend
-    _STATE["runner"] = PolicyRunner(settings["checkpoint"], settings["memory"], seed=settings["seed"], device=settings["device"])
+    _STATE["runner"] = PolicyRunner(settings["checkpoint"], settings["memory"], seed=settings["seed"],
+                                    device=settings["device"])
     _STATE["settings"] = settings
 
 
@@ -196,11 +207,12 @@ def _run_job(task_id: int, init_index: int, record_video: bool) -> dict:
             if env is not None:
                 _STATE.pop("env", None)
                 env.close()
-            env = _STATE["env"] = LiberoEnv(st["suite"], task_id, image_size=runner.cfg.data.image_size, seed=st["seed"],
-                                            max_steps=st["max_steps"], camera_sizes=runner.render_sizes)
+            env = _STATE["env"] = LiberoEnv(st["suite"], task_id, image_size=runner.cfg.data.image_size,
+                                            seed=st["seed"], max_steps=st["max_steps"],
+                                            camera_sizes=runner.render_sizes)
         task = env.task
-        result = run_episode(env, runner, init_index, st["replan_every"], seed=st["seed"] * 100_003 + task_id * 1_000 + init_index,
-                             record_video=record_video)
+        seed = st["seed"] * 100_003 + task_id * 1_000 + init_index
+        result = run_episode(env, runner, init_index, st["replan_every"], seed=seed, record_video=record_video)
         result["outcome"] = "success" if result["success"] else "failure"
     except Exception as e:  # an error, not the policy's failure: kept apart, retried
         _STATE.pop("env", None)
@@ -211,22 +223,13 @@ def _run_job(task_id: int, init_index: int, record_video: bool) -> dict:
 
 
 # --- parent side ----------------------------------------------------------------------------------
-def num_tasks(suite: str) -> int:
-    from libero.libero import benchmark
-
-    registry = benchmark.get_benchmark_dict()
-    if suite not in registry:
-        raise ValueError(f"unknown LIBERO suite {suite!r}; available: {', '.join(sorted(registry))}.")
-    return registry[suite](task_order_index=0).n_tasks
-
-
 def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     from tqdm.auto import tqdm
 
     from ..config import ConfigError, matching_preset
     from ..policy.checkpoint import read_checkpoint_config
     from ..policy.checkpoint_store import resolve_checkpoint
-    from ..sim.suites import load_task, step_limit
+    from ..sim.suites import load_task, num_tasks, step_limit
     from .overlap import check_overlap, describe
 
     ckpt = resolve_checkpoint(settings.checkpoint)
@@ -291,7 +294,8 @@ def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, o
                        "suite": settings.suite, "replan_every": replan, "max_steps": settings.max_steps,
                        "device": settings.device}
     video_dir = out / "videos"
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep", disable=not progress)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep",
+               disable=not progress)
     wins = sum(1 for r in finished if r.get("success") and episode_key(r) in done)
     n_errors = 0
     if todo:
@@ -299,19 +303,21 @@ def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, o
         with WorkerPool(workers, timeout_s=settings.episode_timeout_s, initializer=_worker_init,
                         initargs=(worker_settings,)) as pool, path.open("a") as f:
             queue = list(todo)
+            filmed = video_jobs(jobs, settings.video)
             tries: dict[tuple, int] = {}
 
             def submit():
                 while queue and pool.free > 0:
                     t, k = queue.pop(0)
                     tries[(t, k)] = tries.get((t, k), 0) + 1
-                    pool.submit((t, k), _run_job, t, k, k < settings.video)
+                    pool.submit((t, k), _run_job, t, k, (t, k) in filmed)
 
             submit()
             while len(pool):
                 (t, k), rec = pool.next_finished()
                 if isinstance(rec, JobLost):  # the pool already retried it: an error, never the policy's failure
-                    rec = {"outcome": "error", "success": None, "error": f"JobLost: {rec}", "steps": None, "frames": None,
+                    rec = {"outcome": "error", "success": None, "error": f"JobLost: {rec}", "steps": None,
+                           "frames": None,
                            "failure": None, "seconds": None, "task_id": t, "init_index": k, "task": None}
                 elif is_error(rec) and tries[(t, k)] < 2:
                     queue.insert(0, (t, k))  # an exception is retried once in this run
@@ -339,6 +345,12 @@ def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, o
                    errors=[r for r in errors if episode_key(r) in wanted])
 
 
+def video_jobs(jobs: list[tuple[int, int]], video: int) -> set[tuple[int, int]]:
+    """The (task, initial state) jobs whose rollout is saved as an mp4: each task's first `video` initial states,
+    so at most `video` per task however the episodes are sharded, resumed or retried."""
+    return {(t, k) for t, k in jobs if k < video}
+
+
 def write_rollout_video(video_dir: Path, record: dict, frames: list[np.ndarray]) -> Path:
     """Agent view and wrist side by side, with the instruction and the outcome written on it."""
     from PIL import Image, ImageDraw
@@ -359,5 +371,6 @@ def write_rollout_video(video_dir: Path, record: dict, frames: list[np.ndarray])
     arr = np.stack(drawn)
     arr = arr[:, : arr.shape[1] // 2 * 2, : arr.shape[2] // 2 * 2]
     video_dir.mkdir(parents=True, exist_ok=True)
-    path = video_dir / f"task{record['task_id']:02d}_init{record['init_index']:02d}_{'ok' if record['success'] else 'fail'}.mp4"
+    outcome = "ok" if record["success"] else "fail"
+    path = video_dir / f"task{record['task_id']:02d}_init{record['init_index']:02d}_{outcome}.mp4"
     return encode_video(arr, path, fps=4)

@@ -8,7 +8,7 @@ only (their exceptions were written as failures and cannot be told apart any mor
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 OUTCOMES = ("success", "failure", "error")
 KEY_FIELDS = ("suite", "task_id", "init_index", "memory", "seed")

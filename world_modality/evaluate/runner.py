@@ -1,4 +1,5 @@
-"""The policy side of closed-loop evaluation: a checkpoint behind `act(observation, world_frames)`.
+"""The policy side of closed-loop evaluation: a checkpoint behind LeRobot's inference shape, `reset()` and
+`select_action(observation)` (one action per call from an internal action queue), over `act`, one chunk.
 
 It uses the training code's own preprocessor and prompt builder (through `build_preprocessor`),
 so what the policy sees in the simulator is what it saw in training: cameras are rendered at the
@@ -8,7 +9,8 @@ size the dataset recorded them (`render_sizes`) and go through the training fram
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections import deque
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -17,8 +19,10 @@ from ..data.env_state import ENV_STATE_KEY, align
 from ..data.frames import render_size
 from ..images import resize_frames
 from ..policy.checkpoint import load_checkpoint
-from ..policy.device import batch_to, resolve_device
+from ..policy.device import resolve_device
 from ..policy.factory import build_preprocessor
+from ..policy.types import Batch
+from .schedule import is_world_frame, world_window
 
 
 def _norm(instruction: str) -> str:
@@ -26,14 +30,14 @@ def _norm(instruction: str) -> str:
     return " ".join(str(instruction).lower().split())
 
 
-def model_inputs(preprocess, observations: list[dict], world_frames: np.ndarray | None, world_frame_size: int) -> dict:
+def model_inputs(preprocess, observations: list[dict], world_frames: np.ndarray | None, world_frame_size: int) -> Batch:
     """Model inputs, on the CPU, of rendered observations (any size): the preprocessor's batch
     (cameras resized to image_size) and, when world_frames (B, m, H, W, 3) uint8 are given,
     `world_frames` resized to world_frame_size, the size the training latents were encoded from.
     bench/real_size.py times this same function."""
     batch = preprocess(observations)
     if world_frames is not None:
-        batch["world_frames"] = resize_frames(np.asarray(world_frames), world_frame_size)
+        batch = batch.replace(world_frames=resize_frames(np.asarray(world_frames), world_frame_size))
     return batch
 
 
@@ -41,9 +45,33 @@ class PolicyRunner:
     """A checkpoint acting in closed loop with one memory mode (`config.CLOSED_LOOP_MEMORY_MODES`); by default
     (None) the mode it was trained with, `cfg.policy.memory_mode`. Memory `shuffle` replaces the
     policy's predicted future with the true future latent of a training frame whose instruction is
-    not the evaluated task's (`reset(seed, instructions)`)."""
+    not the evaluated task's (`reset(seed, instructions)`).
 
-    def __init__(self, checkpoint, memory_mode: str | None = None, seed: int = 0, device: str = "auto"):
+    An episode calls two methods: `reset(seed, instructions)` at its start, then `select_action(observation,
+    world_frame)` once per dataset frame (each action is held for `control_steps_per_frame` control steps).
+    A new chunk is predicted when the action queue is empty, every `replan_every` frames (default half a chunk).
+    Only those frames need the observation, and only the frames of the world window a chunk will see need a
+    world frame: `needs_observation` and `needs_world_frame` say so for the next call, so a loop renders
+    nothing else (pass None then). A user's own loop over a `sim.LiberoEnv`:
+
+        runner.reset(seed, instructions=env.task)
+        obs = env.reset(init_index)
+        while True:
+            world = runner.world_input(env, obs) if runner.needs_world_frame else None
+            action = runner.select_action(obs, world)
+            for _ in range(runner.control_steps_per_frame):
+                _, done, success, _ = env.step(action)
+                if done:
+                    break
+            if done:
+                break
+            obs = env.observe() if runner.needs_observation else None
+
+    Passing the observation and the world frame on every call is always allowed (what is not needed is
+    ignored or dropped once no later window reaches it)."""
+
+    def __init__(self, checkpoint, memory_mode: str | None = None, seed: int = 0, device: str = "auto",
+                 replan_every: int | None = None):
         from ..config import check_memory_mode
         from ..policy.checkpoint_store import resolve_checkpoint
 
@@ -55,7 +83,8 @@ class PolicyRunner:
         cfg = self.policy.cfg
         memory_mode = memory_mode or cfg.policy.memory_mode
         if not self.policy.use_memory and memory_mode != "predicted":
-            raise ValueError(f"memory mode {memory_mode!r} needs a policy with future injection; this one has none (E0).")
+            raise ValueError(f"memory mode {memory_mode!r} needs a policy with future injection; "
+                             "this one has none (E0).")
         self.cfg, self.memory_mode = cfg, memory_mode
         self.preprocess = build_preprocessor(cfg, self.policy)
         self.uses_world = self.policy.use_memory
@@ -86,24 +115,35 @@ class PolicyRunner:
         if memory_mode == "shuffle":
             self._bank, self._bank_task, self._bank_names = self._shuffle_bank()
         self._eligible = np.arange(0 if self._bank is None else len(self._bank))
+        self.replan_every = replan_every or max(1, self.chunk_size // 2)
+        self._queue: deque[np.ndarray] = deque()  # actions of the current chunk not yet handed out
+        self._frame = 0  # dataset frames since reset: the index of the next select_action call
+        self._world: dict[int, np.ndarray] = {}  # world frames by frame index, kept while a window reaches them
 
     def _shuffle_bank(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """True future latents of the training frames, with each frame's instruction (as codes
         into a list of normalised instructions): `shuffle` gives the policy one of them, the
         memory of a sample of another task, in place of its own prediction."""
-        from ..pipeline import prepare_data
+        from ..pipeline import training_memories
 
-        data = prepare_data(self.cfg, self.policy.world_encoder, progress=False)
-        rows = data.train_rows
-        names, codes = np.unique([_norm(data.dataset.instructions[r]) for r in rows], return_inverse=True)
-        return data.latents.latents[data.future_rows[rows]], codes.astype(np.int64), [str(n) for n in names]
+        latents, instructions = training_memories(self.cfg, self.policy.world_encoder, progress=False)
+        names, codes = np.unique([_norm(t) for t in instructions], return_inverse=True)
+        return latents, codes.astype(np.int64), [str(n) for n in names]
 
-    def reset(self, seed: int, instructions: Iterable[str] = ()) -> None:
-        """Start an episode: reseed, and (memory `shuffle`) name the instructions of the task being
+    def reset(self, seed: int = 0, instructions: Iterable[str] = (), replan_every: int | None = None) -> None:
+        """Start an episode: empty the action queue and world window, reseed, set `replan_every` when given,
+        and (memory `shuffle`) name the instructions of the task being
         evaluated, so that `act` draws only memories of training frames of other instructions.
         Where the bank holds no other instruction (a dataset of one task, or none given, the
         default) every entry stays eligible: the memory then comes from any training frame,
         possibly of this very task. Instructions match after lower-casing and collapsing spaces."""
+        if replan_every is not None:
+            if not 1 <= replan_every <= self.chunk_size:
+                raise ValueError(f"replan_every must be in [1, chunk_size={self.chunk_size}], got {replan_every}.")
+            self.replan_every = replan_every
+        self._queue.clear()
+        self._frame = 0
+        self._world = {}
         self.generator.manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         if self._bank is not None:
@@ -123,30 +163,63 @@ class PolicyRunner:
         return align(env.environment_state(), env.environment_state_names(), self.world_state_names,
                      f"{env.suite} task {env.task_id}'s")
 
-    def inputs(self, observation: dict, world_frames: np.ndarray | None = None) -> dict:
+    def inputs(self, observation: dict, world_frames: np.ndarray | None = None) -> Batch:
         """`model_inputs` of one observation and its world window: (m, H, W, 3) frames, or (m, D) states."""
         if self.uses_world and world_frames is None:
             raise ValueError("this policy injects the world modality: act() needs the last m world frames.")
         if self.world_state_names is not None:
             batch = model_inputs(self.preprocess, [observation], None, self.world_frame_size)
-            batch["world_frames"] = np.asarray(world_frames, dtype=np.float32)[None]  # states: nothing to resize
-            return batch
+            # states: nothing to resize
+            return batch.replace(world_frames=np.asarray(world_frames, dtype=np.float32)[None])
         window = np.asarray(world_frames)[None] if self.uses_world else None
         return model_inputs(self.preprocess, [observation], window, self.world_frame_size)
 
     @torch.no_grad()
     def act(self, observation: dict, world_frames: np.ndarray | None = None) -> np.ndarray:
         """observation in the dataset schema; world_frames (m, H, W, 3) uint8 -> (chunk, action_dim)."""
-        batch = batch_to(self.inputs(observation, world_frames), self.device)
+        batch = self.inputs(observation, world_frames).to(self.device)
         if self.uses_world:
             # Handed over as uint8 numpy, as the latent cache does: the encoder's own resize runs
             # where it ran in training, then moves the frames to the encoder's device.
-            batch["z_t"] = self.policy.world_encoder.encode(batch.pop("world_frames"))
+            batch = batch.replace(z_t=self.policy.world_encoder.encode(batch.world_frames), world_frames=None)
             if self._bank is not None:
                 pick = self._eligible[self._rng.integers(len(self._eligible))]
-                batch["z_other"] = torch.as_tensor(self._bank[pick][None], dtype=torch.float32, device=self.device)
+                batch = batch.replace(z_other=torch.as_tensor(self._bank[pick][None], dtype=torch.float32,
+                                                              device=self.device))
         actions = self.policy.predict_actions(batch, memory_mode=self.memory_mode, generator=self.generator)[0]
         actions = actions.float().cpu().numpy()
         if self.binary_gripper:
             actions[:, -1] = np.where(actions[:, -1] >= 0, 1.0, -1.0)
         return actions
+
+    @property
+    def needs_observation(self) -> bool:
+        """The next `select_action` predicts a new chunk, so it needs the observation."""
+        return not self._queue
+
+    @property
+    def needs_world_frame(self) -> bool:
+        """The next frame lies in the world window of a chunk to come, so `select_action` needs its world frame."""
+        return self.uses_world and is_world_frame(self._frame, self.replan_every, self.num_frames, self.frame_stride)
+
+    def select_action(self, observation: dict | None, world_frame: np.ndarray | None = None) -> np.ndarray:
+        """The action for this frame, (action_dim,): the next one of the queue, which is refilled with the first
+        `replan_every` actions of a new chunk when it is empty. `world_frame` is `world_input(env, observation)`
+        of this frame (needed when `needs_world_frame`)."""
+        frame = self._frame
+        if world_frame is not None and self.uses_world:
+            self._world[frame] = world_frame
+        elif self.needs_world_frame:
+            raise ValueError(f"frame {frame} is in a world window: select_action needs its world frame.")
+        if not self._queue:
+            if observation is None:
+                raise ValueError(f"frame {frame} starts a new chunk: select_action needs the observation.")
+            window = world_window(frame, self.num_frames, self.frame_stride)
+            frames = np.stack([self._world[f] for f in window]) if self.uses_world else None
+            self._queue.extend(self.act(observation, frames)[: self.replan_every])
+        self._frame += 1
+        # Keep only frames a later window can still reach (and frame 0, which early windows repeat).
+        oldest = self._frame - (self.num_frames - 1) * self.frame_stride - self.replan_every
+        for f in [f for f in self._world if 0 < f < oldest]:
+            del self._world[f]
+        return self._queue.popleft()

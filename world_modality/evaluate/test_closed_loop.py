@@ -7,11 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 import pytest
 
-import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
-
-from world_modality.evaluate.closed_loop import EvalSettings, episode_key, episodes_path, evaluate, read_episodes  # noqa: E402
+from world_modality.evaluate.closed_loop import (  # noqa: E402
+    EvalSettings,
+    episode_key,
+    episodes_path,
+    evaluate,
+    read_episodes,
+)
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -33,7 +38,8 @@ def eval_cmd(ckpt, out, *extra):
 
 def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path):
     out = tmp_path / "eval"
-    proc = subprocess.Popen(eval_cmd(checkpoint, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(eval_cmd(checkpoint, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     path = out / "episodes.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and len(read_episodes(path)) < 2:
@@ -56,8 +62,9 @@ def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path)
 
 def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):
     out = tmp_path / "eval"
-    paths = [evaluate(EvalSettings(checkpoint=str(checkpoint), suite="libero_spatial", tasks=(0,), n_episodes=2, workers=1,
-                                   max_steps=16, video=1, shard=(i, 2), out=str(out), device="cpu"), progress=False).path
+    paths = [evaluate(EvalSettings(checkpoint=str(checkpoint), suite="libero_spatial", tasks=(0,), n_episodes=2,
+                                   workers=1, max_steps=16, video=1, shard=(i, 2), out=str(out), device="cpu"),
+                      progress=False).path
              for i in range(2)]
     recs = [read_episodes(p) for p in paths]
     assert [len(r) for r in recs] == [1, 1]

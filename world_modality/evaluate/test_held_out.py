@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 import numpy as np
 import pytest
-
-import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 
 from world_modality.config import ConfigError
 from world_modality.data.starts import OVERLAP_TOLERANCE, START_STATES_FILE, start_record, start_states_text

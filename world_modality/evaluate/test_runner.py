@@ -84,7 +84,8 @@ def test_rendered_native_frames_reach_the_model_as_training_pixels(native_run):
     data = prepare_data(cfg, runner.policy.world_encoder, progress=False)
     ds = data.dataset
     rows = np.array([0, 7, len(ds) - 1])
-    train_batch = make_collate(runner.preprocess)([FrameSamples(data, rows, cfg.data.image_keys)[i] for i in range(len(rows))])
+    samples = FrameSamples(data, rows, cfg.data.image_keys)
+    train_batch = make_collate(runner.preprocess)([samples[i] for i in range(len(rows))])
     past = past_frame_rows(ds.episodes, window_spec(cfg))
     cached_world = ds.images(WORLD, SIZE)  # what the latent cache encoded
     native = {k: ds.images(k, None) for k in CAMERAS}  # decoded frames, as the simulator renders them
@@ -93,10 +94,10 @@ def test_rendered_native_frames_reach_the_model_as_training_pixels(native_run):
         obs = {k: np.array(native[k][r]) for k in CAMERAS}
         obs.update({"observation.state": ds.state[r], "task": ds.instructions[r]})
         batch = runner.inputs(obs, np.array(native[WORLD][past[r]]))
-        assert torch.equal(batch["images"][0], train_batch["images"][i])
-        assert np.array_equal(batch["world_frames"][0], cached_world[past[r]])
+        assert torch.equal(batch.images[0], train_batch.images[i])
+        assert np.array_equal(batch.world_frames[0], cached_world[past[r]])
         with torch.no_grad():
-            z = runner.policy.world_encoder.encode(batch["world_frames"])[0].numpy()
+            z = runner.policy.world_encoder.encode(batch.world_frames)[0].numpy()
         np.testing.assert_allclose(z, data.latents.latents[r], rtol=1e-4, atol=1e-5)
         # Without the resize the encoder would see other pixels: the check above is not vacuous.
         with torch.no_grad():
@@ -165,13 +166,17 @@ def test_runner_on_the_gpu_acts_like_the_cpu_one(native_run):
 def test_closed_loop_shuffle_draws_memories_of_other_instructions_only(native_run):
     """`shuffle` in closed loop: each memory is the true future of a training frame whose instruction is not
     the evaluated task's (the instructions `reset` names); with no other instruction left, any frame's."""
-    from world_modality.pipeline import prepare_data
+    from world_modality.pipeline import prepare_data, training_memories
 
     cfg, ckpt = native_run
     runner = PolicyRunner(ckpt, memory_mode="shuffle", device="cpu")
     data = prepare_data(cfg, runner.policy.world_encoder, progress=False)
     ds = data.dataset
     futures = data.latents.latents[data.future_rows]
+    # The bank's lighter path reads the same memories as the training pipeline, bit for bit.
+    bank, bank_tasks = training_memories(cfg, runner.policy.world_encoder)
+    assert np.array_equal(bank, futures[data.train_rows])
+    assert bank_tasks == [ds.instructions[r] for r in data.train_rows]
     tasks = sorted(set(ds.instructions))
     assert len(tasks) == 2 and len({ds.instructions[r] for r in data.train_rows}) == 2
     seen = []
@@ -296,7 +301,7 @@ def test_runner_defaults_to_the_checkpoints_training_memory(present_run, native_
     frames = rng.integers(0, 256, (runner.num_frames, SIZE, SIZE, 3), dtype=np.uint8)
     assert runner.act(obs, frames).shape == (runner.chunk_size, 7) and seen["mode"] == "present"
     with torch.no_grad():
-        z_t = runner.policy.world_encoder.encode(runner.inputs(obs, frames)["world_frames"])
+        z_t = runner.policy.world_encoder.encode(runner.inputs(obs, frames).world_frames)
     assert torch.equal(seen["memory"], z_t)
 
 

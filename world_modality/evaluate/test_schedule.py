@@ -18,3 +18,44 @@ def test_window_clamps_to_the_first_frame_like_training():
     assert world_window(0, 4, 4) == [0, 0, 0, 0]
     assert world_window(6, 4, 4) == [0, 0, 2, 6]
     assert world_window(12, 4, 4) == [0, 4, 8, 12]
+
+
+def _scripted_runner(replan, m, s, chunk=8):
+    """A PolicyRunner whose `act` returns chunk rows tagged (call, row) and records the world window it saw."""
+    from collections import deque
+
+    from world_modality.evaluate.runner import PolicyRunner
+
+    r = object.__new__(PolicyRunner)
+    r.uses_world, r.num_frames, r.frame_stride, r.chunk_size, r.replan_every = True, m, s, chunk, replan
+    r._queue, r._frame, r._world, r.calls = deque(), 0, {}, []
+
+    def act(observation, frames):
+        r.calls.append((observation["frame"], [int(f) for f in frames]))
+        return [(len(r.calls) - 1, i) for i in range(chunk)]
+
+    r.act = act
+    return r
+
+
+def test_select_action_hands_out_one_action_per_frame_and_asks_only_for_the_scheduled_frames():
+    for replan, m, s in [(4, 4, 4), (4, 4, 1), (3, 2, 2), (8, 4, 3)]:
+        r = _scripted_runner(replan, m, s)
+        for f in range(40):
+            assert r.needs_observation == is_replan_frame(f, replan)
+            assert r.needs_world_frame == is_world_frame(f, replan, m, s)
+            obs = {"frame": f} if r.needs_observation else None
+            world = f if r.needs_world_frame else None
+            assert r.select_action(obs, world) == (f // replan, f % replan)  # row f % replan of this frame's chunk
+        # Each chunk saw exactly the training-style window ending at its frame.
+        assert r.calls == [(f, world_window(f, m, s)) for f in range(0, 40, replan)]
+
+
+def test_select_action_refuses_a_missing_scheduled_input():
+    import pytest
+
+    r = _scripted_runner(4, 4, 1)
+    with pytest.raises(ValueError, match="world frame"):
+        r.select_action({"frame": 0}, None)
+    with pytest.raises(ValueError, match="observation"):
+        r.select_action(None, 0)

@@ -31,8 +31,3 @@ def resolve_device(name: str | torch.device) -> torch.device:
         raise ConfigError(f"device {str(name)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                           f"indices 0..{torch.cuda.device_count() - 1}.")
     return torch.device(text)
-
-
-def batch_to(batch: dict, device: torch.device) -> dict:
-    """Every tensor of a preprocessed batch on `device` (the preprocessor builds them on the CPU)."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -20,6 +20,7 @@ from torch import nn
 from ..config import ExperimentConfig, check_memory_mode
 from ..world.prophet import Prophet, world_loss
 from .heads import build_head
+from .types import Batch
 from .xattn import GatedCrossAttention
 
 
@@ -33,7 +34,8 @@ class PolicyShapes:
 
 
 class WorldModalityPolicy(nn.Module):
-    def __init__(self, cfg: ExperimentConfig, backbone: nn.Module, shapes: PolicyShapes, world_encoder: nn.Module | None):
+    def __init__(self, cfg: ExperimentConfig, backbone: nn.Module, shapes: PolicyShapes,
+                 world_encoder: nn.Module | None):
         super().__init__()
         p, w = cfg.policy, cfg.world
         self.cfg = cfg
@@ -46,7 +48,8 @@ class WorldModalityPolicy(nn.Module):
         self.use_memory = not p.disable_future_injection
         self.act_queries = nn.Parameter(torch.randn(p.n_act_tokens, hidden) * 0.02)
         self.state_proj = nn.Linear(shapes.state_dim, hidden)
-        self.head = build_head(p.action_head, hidden, p.n_act_tokens, p.chunk_size, shapes.action_dim, p.flow_steps, p.flow_time_sampling)
+        self.head = build_head(p.action_head, hidden, p.n_act_tokens, p.chunk_size, shapes.action_dim, p.flow_steps,
+                               p.flow_time_sampling)
         # Normalisation statistics live in the module so a checkpoint cannot lose them.
         self.register_buffer("state_mean", torch.zeros(shapes.state_dim))
         self.register_buffer("state_std", torch.ones(shapes.state_dim))
@@ -68,8 +71,10 @@ class WorldModalityPolicy(nn.Module):
             self.xattn = GatedCrossAttention(hidden)
 
     # -- statistics -----------------------------------------------------------------------------
-    def set_stats(self, state_mean, state_std, action_mean, action_std, latent_mean=None, latent_std=None, delta_std=None):
-        for name, v in (("state_mean", state_mean), ("state_std", state_std), ("action_mean", action_mean), ("action_std", action_std)):
+    def set_stats(self, state_mean, state_std, action_mean, action_std, latent_mean=None, latent_std=None,
+                  delta_std=None):
+        for name, v in (("state_mean", state_mean), ("state_std", state_std), ("action_mean", action_mean),
+                        ("action_std", action_std)):
             getattr(self, name).copy_(torch.as_tensor(v, dtype=torch.float32))
         self.state_std.clamp_(min=1e-6)
         self.action_std.clamp_(min=1e-6)
@@ -77,27 +82,35 @@ class WorldModalityPolicy(nn.Module):
             self.prophet.set_stats(latent_mean, latent_std, delta_std)
 
     # -- forward pieces -------------------------------------------------------------------------
-    def _backbone_pass(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _on_device(self, batch: Batch) -> Batch:
+        """The batch on the policy's device. DDP moves the tensors of dict inputs, not a dataclass's, so the
+        policy moves them itself; a batch already there is returned as it is."""
+        device = self.act_queries.device
+        if batch.input_ids.device == device:
+            return batch
+        return batch.to(device, non_blocking=batch.input_ids.device.type == "cpu")  # host -> device only
+
+    def _backbone_pass(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone pass; returns all hidden states and the Prophet's conditioning (a detached
         instruction embedding and the normalised state)."""
         bb = self.backbone
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        end, n = int(batch["act_end"]), self.n_act  # ACT slots are [end-n, end), STATE sits just before
+        ids, mask = batch.input_ids, batch.attention_mask
+        end, n = batch.act_end, self.n_act  # ACT slots are [end-n, end), STATE sits just before
         embeds = bb.embed(ids).clone()
-        state = (batch["state"] - self.state_mean) / self.state_std
+        state = (batch.state - self.state_mean) / self.state_std
         embeds[:, end - n - 1] = self.state_proj(state).to(embeds.dtype)
         embeds[:, end - n:end] = self.act_queries.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
-        hidden = bb(ids, embeds, mask, batch["mm_token_type_ids"], batch["images"])
-        text = mask.bool() & (batch["mm_token_type_ids"] == 0)
+        hidden = bb(ids, embeds, mask, batch.mm_token_type_ids, batch.images)
+        text = mask.bool() & (batch.mm_token_type_ids == 0)
         text[:, end - n - 1:] = False
         text_f = text.unsqueeze(-1).to(embeds.dtype)
         instr = ((embeds * text_f).sum(1) / text_f.sum(1).clamp_min(1.0)).detach()
         return hidden, torch.cat([instr.float(), state], dim=-1)
 
-    def text_loss(self, hidden: torch.Tensor, batch) -> torch.Tensor:
+    def text_loss(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Next-token loss on the chain-of-causation tokens placed after the ACT slots; causal
         attention keeps them invisible to the action path."""
-        end, targets, tmask = int(batch["act_end"]), batch["text_ids"], batch["text_mask"]
+        end, targets, tmask = batch.act_end, batch.text_ids, batch.text_mask
         logits = self.backbone.lm_logits(hidden[:, end - 1:end - 1 + targets.shape[1]]).float()
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
         m = tmask.to(ce.dtype)
@@ -106,7 +119,7 @@ class WorldModalityPolicy(nn.Module):
     def predict_future(self, z_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.prophet(z_t, cond)
 
-    def memory_latent(self, mode: str, z_pred: torch.Tensor, batch, generator=None) -> torch.Tensor:
+    def memory_latent(self, mode: str, z_pred: torch.Tensor, batch: Batch, generator=None) -> torch.Tensor:
         """The latent the action path attends to. Only `oracle` reads this sample's true future;
         `present` reads z_t, the world encoder's latent of the last m frames (history, no foresight);
         `shuffle` reads `z_other`, the memory of a sample of another episode that the caller chose
@@ -116,11 +129,12 @@ class WorldModalityPolicy(nn.Module):
         if mode == "predicted":
             return z_pred
         if mode == "present":
-            return batch["z_t"]
+            return batch.z_t
         if mode == "oracle":
-            if batch.get("z_future") is None:
-                raise ValueError("memory mode 'oracle' needs the true future latent `z_future`, which this batch lacks.")
-            return batch["z_future"]
+            if batch.z_future is None:
+                raise ValueError("memory mode 'oracle' needs the true future latent `z_future`, "
+                                 "which this batch lacks.")
+            return batch.z_future
         if mode == "zero":  # normalised zero: the memory carries no information about this sample
             return mean.expand_as(z_pred)
         if mode == "random":
@@ -129,22 +143,23 @@ class WorldModalityPolicy(nn.Module):
         if mode == "shuffle":
             # No fallback to the batch's own futures: batches are runs of consecutive frames, so a
             # neighbour's future is almost this sample's and the control would leak the answer.
-            if batch.get("z_other") is None:
+            if batch.z_other is None:
                 raise ValueError("memory mode 'shuffle' needs `z_other` (one memory per sample, from another episode); "
                                  "this batch has none.")
-            if batch["z_other"].shape != z_pred.shape:
-                raise ValueError(f"memory mode 'shuffle': `z_other` has shape {tuple(batch['z_other'].shape)}, "
+            if batch.z_other.shape != z_pred.shape:
+                raise ValueError(f"memory mode 'shuffle': `z_other` has shape {tuple(batch.z_other.shape)}, "
                                  f"expected {tuple(z_pred.shape)} (one latent per sample).")
-            return batch["z_other"]
+            return batch.z_other
         raise AssertionError(f"memory mode {mode!r} passed the check but has no branch here")
 
-    def context(self, batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
+    def context(self, batch: Batch, memory_mode: str | None = None, generator=None) -> dict[str, torch.Tensor]:
+        batch = self._on_device(batch)
         hidden, cond = self._backbone_pass(batch)
-        end = int(batch["act_end"])
+        end = batch.act_end
         act_h = hidden[:, end - self.n_act:end].float()
         out = {"act_h": act_h, "hidden": hidden}
         if self.needs_world:
-            z_pred = self.predict_future(batch["z_t"], cond)
+            z_pred = self.predict_future(batch.z_t, cond)
             out["z_pred"] = z_pred
             if self.use_memory:
                 # No mode given (training, and evaluation by default): the configured one, `predicted` or
@@ -160,27 +175,29 @@ class WorldModalityPolicy(nn.Module):
         return out
 
     # -- training and acting --------------------------------------------------------------------
-    def losses(self, batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        batch = self._on_device(batch)
         ctx = self.context(batch)
-        target = (batch["actions"] - self.action_mean) / self.action_std
-        out = {"action_loss": self.head.loss(ctx["act_h"], target, batch["action_mask"])}
+        target = (batch.actions - self.action_mean) / self.action_std
+        out = {"action_loss": self.head.loss(ctx["act_h"], target, batch.action_mask)}
         loss = out["action_loss"]
         if self.needs_world:
-            out["world_loss"] = world_loss(ctx["z_pred"], batch["z_t"], batch["z_future"], self.prophet)
+            out["world_loss"] = world_loss(ctx["z_pred"], batch.z_t, batch.z_future, self.prophet)
             loss = loss + self.cfg.world.lambda_world * out["world_loss"]
         if self.cfg.policy.lambda_text > 0:
-            if "text_ids" not in batch:
+            if batch.text_ids is None:
                 raise ValueError("lambda_text > 0 but the batch has no chain-of-causation tokens (`text_ids`).")
             out["text_loss"] = self.text_loss(ctx["hidden"], batch)
             loss = loss + self.cfg.policy.lambda_text * out["text_loss"]
         out["loss"] = loss
         return out
 
-    def forward(self, batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.losses(batch)
 
     @torch.no_grad()
-    def predict_actions(self, batch, memory_mode: str | None = None, generator=None, return_context: bool = False):
+    def predict_actions(self, batch: Batch, memory_mode: str | None = None, generator=None,
+                        return_context: bool = False):
         """-> (B, chunk, action_dim) actions in the dataset's units (and the context, if asked)."""
         ctx = self.context(batch, memory_mode, generator)
         actions = self.head.sample(ctx["act_h"], generator=generator) * self.action_std + self.action_mean

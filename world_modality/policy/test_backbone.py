@@ -40,10 +40,10 @@ def test_preprocessor_layout(backbone):
     pre = ObservationPreprocessor(backbone, ("cam",), 32, n_act_tokens=3)
     obs = [{"cam": np.zeros((64, 64, 3), np.uint8), "observation.state": np.zeros(8), "task": t} for t in TASKS]
     b = pre(obs)
-    assert b["images"].shape == (2, 1, 3, 32, 32)  # resized to image_size
-    assert (b["mm_token_type_ids"].sum(1) == pre.tokens_per_image).all()
-    assert (b["attention_mask"][:, -4:] == 1).all()  # state + ACT slots are the last tokens of every row
-    assert b["attention_mask"][1].sum() < b["attention_mask"][0].sum()  # shorter prompt is left-padded
+    assert b.images.shape == (2, 1, 3, 32, 32)  # resized to image_size
+    assert (b.mm_token_type_ids.sum(1) == pre.tokens_per_image).all()
+    assert (b.attention_mask[:, -4:] == 1).all()  # state + ACT slots are the last tokens of every row
+    assert b.attention_mask[1].sum() < b.attention_mask[0].sum()  # shorter prompt is left-padded
     with pytest.raises(KeyError, match="cam"):
         pre([{"other": np.zeros((32, 32, 3), np.uint8), "observation.state": np.zeros(8), "task": "x"}])
     with pytest.raises(ValueError, match="multiple"):
@@ -78,6 +78,6 @@ def test_preprocessor_resizes_with_the_shared_uint8_op(backbone):
     img = np.random.default_rng(0).integers(0, 256, (2, 56, 72, 3), dtype=np.uint8)
     obs = [{"cam": im, "observation.state": np.zeros(8), "task": t} for im, t in zip(img, TASKS)]
     want = torch.from_numpy(resize_frames(img, 32)).permute(0, 3, 1, 2).float() / 255
-    assert torch.equal(pre(obs)["images"][:, 0], want)
+    assert torch.equal(pre(obs).images[:, 0], want)
     same = [{**o, "cam": resize_frames(o["cam"], 32)} for o in obs]
-    assert torch.equal(pre(same)["images"], pre(obs)["images"])
+    assert torch.equal(pre(same).images, pre(obs).images)

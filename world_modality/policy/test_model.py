@@ -32,22 +32,22 @@ def make_batch(policy, n=4, seed=0, tasks=TASKS):
     """A random batch through the policy's own preprocessor, with latents and actions for the losses."""
     rng = np.random.default_rng(seed)
     size = policy.cfg.data.image_size
-    obs = [{k: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys} for _ in range(n)]
+    obs = [{k: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys}
+           for _ in range(n)]
     for i, o in enumerate(obs):
         o["observation.state"] = rng.normal(size=8).astype(np.float32)
         o["task"] = tasks[i % len(tasks)]
     batch = build_preprocessor(policy.cfg, policy)(obs)
-    batch["z_t"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)
-    batch["z_future"] = torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32)
-    batch["actions"] = torch.as_tensor(rng.normal(size=(n, 8, 7)), dtype=torch.float32)
-    batch["action_mask"] = torch.ones(n, 8, dtype=torch.bool)
-    return batch
+    return batch.replace(z_t=torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32),
+                         z_future=torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32),
+                         actions=torch.as_tensor(rng.normal(size=(n, 8, 7)), dtype=torch.float32),
+                         action_mask=torch.ones(n, 8, dtype=torch.bool))
 
 
 def test_leakage_guard_true_future_only_reaches_actions_in_oracle_mode():
     policy = make_policy("E2")
     batch = make_batch(policy)
-    other = dict(batch, z_future=batch["z_future"] + 5.0 * torch.randn_like(batch["z_future"]))
+    other = batch.replace(z_future=batch.z_future + 5.0 * torch.randn_like(batch.z_future))
     assert torch.equal(policy.predict_actions(batch), policy.predict_actions(other))
     assert not torch.allclose(policy.predict_actions(batch, "oracle"), policy.predict_actions(other, "oracle"))
 
@@ -55,7 +55,7 @@ def test_leakage_guard_true_future_only_reaches_actions_in_oracle_mode():
 def test_predicted_memory_depends_on_present_latent():
     policy = make_policy("E2")
     batch = make_batch(policy)
-    moved = dict(batch, z_t=batch["z_t"] + 1.0)
+    moved = batch.replace(z_t=batch.z_t + 1.0)
     assert not torch.allclose(policy.predict_actions(batch), policy.predict_actions(moved))
 
 
@@ -63,7 +63,7 @@ def test_predicted_memory_depends_on_present_latent():
 def test_memory_ablations_change_the_memory(mode):
     policy = make_policy("E2")
     batch = make_batch(policy)
-    batch["z_other"] = torch.randn(batch["z_t"].shape, generator=torch.Generator().manual_seed(1))
+    batch = batch.replace(z_other=torch.randn(batch.z_t.shape, generator=torch.Generator().manual_seed(1)))
     gen = torch.Generator().manual_seed(0)
     assert not torch.allclose(policy.predict_actions(batch), policy.predict_actions(batch, mode, generator=gen))
 
@@ -75,18 +75,20 @@ def test_shuffle_reads_the_given_other_memory_and_never_rolls_the_batch():
     batch = make_batch(policy)
     with pytest.raises(ValueError, match="'shuffle' needs `z_other`"):
         policy.predict_actions(batch, "shuffle")
-    other = torch.randn(batch["z_t"].shape, generator=torch.Generator().manual_seed(1))
-    ctx = policy.context(dict(batch, z_other=other), "shuffle")
-    assert torch.allclose(ctx["act_h"], policy.context(dict(batch, z_future=other), "oracle")["act_h"])
+    other = torch.randn(batch.z_t.shape, generator=torch.Generator().manual_seed(1))
+    ctx = policy.context(batch.replace(z_other=other), "shuffle")
+    assert torch.allclose(ctx["act_h"], policy.context(batch.replace(z_future=other), "oracle")["act_h"])
+    with pytest.raises(ValueError, match="Batch.z_other has shape"):
+        batch.replace(z_other=other[:1])  # a row count unlike the batch's: refused before the model sees it
     with pytest.raises(ValueError, match="one latent per sample"):
-        policy.predict_actions(dict(batch, z_other=other[:1]), "shuffle")
+        policy.predict_actions(batch.replace(z_other=other[:, :-1]), "shuffle")
 
 
 def test_e0_has_no_world_branch_and_ignores_latents():
     policy = make_policy("E0")
     assert not hasattr(policy, "xattn") and not hasattr(policy, "prophet") and policy.gate() is None
     batch = make_batch(policy)
-    del batch["z_t"], batch["z_future"]
+    batch = batch.replace(z_t=None, z_future=None)
     out = policy.losses(batch)
     assert set(out) == {"action_loss", "loss"}
 
@@ -116,13 +118,14 @@ def test_chain_of_causation_text_is_invisible_to_the_action_path():
     batch = make_batch(policy)
     pre = build_preprocessor(policy.cfg, policy)
     obs = [{"task": t} for t in TASKS * 2]
-    with_text = dict(batch, **pre.tokens([o["task"] for o in obs], ["the block is left; move right", None, "grasp it", "done"]))
+    with_text = batch.replace(**pre.tokens([o["task"] for o in obs],
+                                           ["the block is left; move right", None, "grasp it", "done"]))
     a = policy.predict_actions(batch)
     b = policy.predict_actions(with_text)
     assert torch.allclose(a, b, atol=1e-5)
     loss = policy.losses(with_text)
     assert float(loss["text_loss"].detach()) > 0
-    assert with_text["text_mask"][1].sum() == 0  # a frame without annotation adds nothing to the loss
+    assert with_text.text_mask[1].sum() == 0  # a frame without annotation adds nothing to the loss
 
 
 def test_present_memory_is_exactly_z_t():
@@ -130,11 +133,11 @@ def test_present_memory_is_exactly_z_t():
     Prophet or of the true future reaches it."""
     policy = make_policy("E2")
     batch = make_batch(policy)
-    assert policy.memory_latent("present", torch.zeros_like(batch["z_t"]), batch) is batch["z_t"]
-    as_oracle = policy.context(dict(batch, z_future=batch["z_t"].clone()), "oracle")["act_h"]
+    assert policy.memory_latent("present", torch.zeros_like(batch.z_t), batch) is batch.z_t
+    as_oracle = policy.context(batch.replace(z_future=batch.z_t.clone()), "oracle")["act_h"]
     assert torch.equal(policy.context(batch, "present")["act_h"], as_oracle)
     assert not torch.allclose(policy.predict_actions(batch, "present"), policy.predict_actions(batch))
-    other = dict(batch, z_future=batch["z_future"] + 5.0)
+    other = batch.replace(z_future=batch.z_future + 5.0)
     assert torch.equal(policy.predict_actions(batch, "present"), policy.predict_actions(other, "present"))
     with torch.no_grad():
         for p in policy.prophet.mlp.parameters():
@@ -183,8 +186,8 @@ def test_world_tokens_make_n_times_n_memory_tokens_and_predict_every_token():
     assert policy.prophet.latent_dim == n * LATENT
     rng = np.random.default_rng(1)
     batch = make_batch(make_policy("E2"))  # the same observations; latents of 4 tokens below
-    batch["z_t"] = torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32)
-    batch["z_future"] = torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32)
+    batch = batch.replace(z_t=torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32),
+                          z_future=torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32))
     seen = {}
     policy.xattn.register_forward_hook(lambda module, args, out: seen.update(memory=args[1]))
     ctx = policy.context(batch)
@@ -198,9 +201,9 @@ def test_world_tokens_make_n_times_n_memory_tokens_and_predict_every_token():
         out = policy.losses(batch)
         assert torch.isfinite(out["loss"]) and float(out["world_loss"]) > 0
         # The world loss covers every token: a change of the last token's future changes it.
-        moved = batch["z_future"].clone()
+        moved = batch.z_future.clone()
         moved[:, -LATENT:] += 1.0
-        assert not torch.equal(policy.losses(dict(batch, z_future=moved))["world_loss"], out["world_loss"])
+        assert not torch.equal(policy.losses(batch.replace(z_future=moved))["world_loss"], out["world_loss"])
 
 
 def test_one_world_token_builds_and_computes_what_it_did_before_the_option():

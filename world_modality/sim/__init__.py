@@ -12,7 +12,8 @@ from world_modality.sim.suites import (
 __all__ = [
     "LiberoEnv",
     "PickPlaceExpert",
-    "run_episode",
+    "expert_episode",
+    "record_demonstration",
     "NOOP_ACTION",
     "PRO_SUITES",
     "SETTLE_STEPS",
@@ -29,8 +30,12 @@ def __getattr__(name):
         from world_modality.sim.env import LiberoEnv
 
         return LiberoEnv
-    if name in ("PickPlaceExpert", "run_episode"):
-        from world_modality.sim import expert
+    if name == "PickPlaceExpert":
+        from world_modality.sim.expert import PickPlaceExpert
 
-        return getattr(expert, name)
+        return PickPlaceExpert
+    if name in ("expert_episode", "record_demonstration"):
+        from world_modality.sim import record
+
+        return getattr(record, name)
     raise AttributeError(name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 PHASE_TEXT = {
     "approach": "The {obj} is {where}; the arm moves above it so the gripper can reach it.",

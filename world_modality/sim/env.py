@@ -1,11 +1,12 @@
 """LIBERO env wrapper: dataset-schema observations, public protocol, render-on-demand cameras."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from world_modality.sim.gl import select_gl
+from world_modality.sim.gl import quiet_robosuite_macros, select_gl
 from world_modality.sim.suites import CONTROL_FREQ, NOOP_ACTION, SETTLE_STEPS, load_task, step_limit
 from world_modality.sim.transforms import flip_image, state8
 
@@ -44,6 +45,7 @@ class LiberoEnv:
         if bad:
             raise ValueError(f"camera_sizes must map cameras {sorted(CAMERAS)} to positive (height, width), got {bad}.")
         self.gl_backend = select_gl(render_mode)  # must precede the first robosuite import
+        quiet_robosuite_macros()
         from libero.libero.envs import OffScreenRenderEnv
 
         self.suite, self.task_id, self.image_size, self.seed = suite, task_id, image_size, seed
@@ -99,8 +101,8 @@ class LiberoEnv:
         else:
             state = np.asarray(self._init_states[init_state_index], dtype=np.float64)
         if state.shape != self._init_states[0].shape:
-            raise ValueError(f"start_state has shape {state.shape}; {self.suite} task {self.task_id} has simulator states "
-                             f"of shape {self._init_states[0].shape}.")
+            raise ValueError(f"start_state has shape {state.shape}; {self.suite} task {self.task_id} has "
+                             f"simulator states of shape {self._init_states[0].shape}.")
         self.start_state = state
         self._raw = self._env.set_init_state(state)
         self._configure_renderer()  # hard reset rebuilt the render context
@@ -209,7 +211,7 @@ class LiberoEnv:
             self._env.close()
             self._env = None
 
-    def __enter__(self) -> "LiberoEnv":
+    def __enter__(self) -> LiberoEnv:
         return self
 
     def __exit__(self, *exc) -> None:

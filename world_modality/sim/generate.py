@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def _run_job(job: Job, staging: str) -> dict:
     global _ENV
     from ..data.starts import OVERLAP_TOLERANCE, nearest
     from .env import LiberoEnv
-    from .record import record_demo
+    from .record import record_demonstration
 
     base = {"task_id": job.task_id, "attempt": job.attempt, "placement_seed": job.placement_seed}
     try:
@@ -70,21 +70,23 @@ def _run_job(job: Job, staging: str) -> dict:
                 _ENV.close()
             _ENV = None
             _ENV = LiberoEnv(job.suite, job.task_id, image_size=job.image_size, seed=job.seed)
-        demo = record_demo(_ENV, job.attempt, seed=job.seed, placement_seed=job.placement_seed)
-        dist, _ = nearest(demo.start_state[None], _ENV.stored_init_states)
+        demonstration = record_demonstration(_ENV, job.attempt, seed=job.seed, placement_seed=job.placement_seed)
+        dist, _ = nearest(demonstration.start_state[None], _ENV.stored_init_states)
     except Exception as e:  # an error, not the expert's failure: the run ends naming it and a rerun retries it
         return {**base, "success": False, "error": f"{type(e).__name__}: {e}"}
     if dist[0] <= OVERLAP_TOLERANCE:  # astronomically unlikely; the stored states stay held out all the same
         return {**base, "success": False, "reason": f"placement within {dist[0]:.2g} of a benchmark initial state"}
-    record = {**base, "success": demo.success, "steps": demo.steps, "frames": len(demo.actions), "task": demo.task,
-              "reason": None if demo.success else f"expert failed in phase {demo.phases[-1]}"}
-    if demo.success:
-        arrays = demo.arrays()
+    record = {**base, "success": demonstration.success, "steps": demonstration.steps,
+              "frames": len(demonstration.actions), "task": demonstration.task,
+              "reason": None if demonstration.success else f"expert failed in phase {demonstration.phases[-1]}"}
+    if demonstration.success:
+        arrays = demonstration.arrays()
         path = Path(staging) / f"{job.name}.npz"
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k.replace(".", "__"): v for k, v in arrays.items()}, start_state=demo.start_state,
-                 phases=np.array(demo.phases), scene=np.array(json.dumps(demo.scene)), task=np.array(demo.task),
-                 env_state_names=np.array(demo.env_state_names, dtype=str))
+        np.savez(tmp, **{k.replace(".", "__"): v for k, v in arrays.items()}, start_state=demonstration.start_state,
+                 phases=np.array(demonstration.phases), scene=np.array(json.dumps(demonstration.scene)),
+                 task=np.array(demonstration.task),
+                 env_state_names=np.array(demonstration.env_state_names, dtype=str))
         os.replace(tmp, path)
     return record
 
@@ -124,7 +126,8 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
         raise ValueError(f"episodes_per_task and workers must be >= 1, got {episodes_per_task} and {workers}.")
     staging = Path(str(out) + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
-    settings = {"suite": suite, "tasks": list(tasks), "image_size": image_size, "seed": seed, "starts": "fresh placements"}
+    settings = {"suite": suite, "tasks": list(tasks), "image_size": image_size, "seed": seed,
+                "starts": "fresh placements"}
     settings_path = staging / "settings.json"
     if settings_path.exists():
         try:
@@ -185,8 +188,9 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
                            f"{staging}; fix the cause and run the same command again to retry them.")
     short = {t: len(w) for t, w in wins.items() if len(w) < episodes_per_task}
     if short:
-        raise RuntimeError(f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} fresh placements "
-                           f"for tasks {short} (successes so far); finished episodes are kept in {staging}.")
+        raise RuntimeError(f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} "
+                           f"fresh placements for tasks {short} (successes so far); finished episodes are kept "
+                           f"in {staging}.")
     return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed)
 
 

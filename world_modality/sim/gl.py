@@ -1,7 +1,9 @@
-"""Pick the MuJoCo OpenGL backend (EGL or OSMesa) before robosuite is imported."""
+"""Pick the MuJoCo OpenGL backend (EGL or OSMesa) and quiet robosuite's setup notices, before robosuite is
+imported."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 GL_BACKENDS = ("egl", "osmesa")
@@ -33,3 +35,20 @@ def select_gl(render_mode: str = "auto") -> str:
     # PyOpenGL must agree with MuJoCo's context type or reads back garbage / fails to bind.
     os.environ.setdefault("PYOPENGL_PLATFORM", backend)
     return backend
+
+
+# robosuite's import-time advice to write a private macro file: the project sets what it needs itself, so the
+# user has nothing to act on. Every other robosuite message still prints.
+_MACRO_NOTICES = ("No private macro file found", "It is recommended to use a private macro file",
+                  "To setup, run: python")
+
+
+def _not_a_macro_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_MACRO_NOTICES)
+
+
+def quiet_robosuite_macros() -> None:
+    """Drop robosuite's macro-file notices (once per process; call before the first robosuite import)."""
+    logger = logging.getLogger("robosuite_logs")  # robosuite.utils.log_utils' logger, filled in on import
+    if _not_a_macro_notice not in logger.filters:
+        logger.addFilter(_not_a_macro_notice)

@@ -1,4 +1,5 @@
-"""One expert demonstration in LIBERO, recorded at the dataset frame rate with its phase per frame.
+"""The expert's one episode loop (`run_expert`), and one demonstration recorded with it at the dataset frame
+rate with its phase per frame.
 
 The simulator runs at 20 Hz; the dataset is written at 10 fps (the public LIBERO sets' rate), so each
 recorded action is held for `control_steps_per_frame` = 2 control steps. Evaluation replays policy
@@ -7,6 +8,7 @@ actions the same way, so the recorded action is exactly what the arm executed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +22,7 @@ CONTROL_STEPS_PER_FRAME = CONTROL_FREQ // DATASET_FPS
 
 
 @dataclass
-class Demo:
+class Demonstration:
     task: str
     task_id: int
     init_index: int
@@ -48,8 +50,58 @@ class Demo:
         return out
 
 
-def record_demo(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0.0,
-                control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME, placement_seed: int | None = None) -> Demo:
+def run_expert(env: LiberoEnv, expert, obs=None, control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
+               on_frame: Callable[..., None] | None = None, render: bool = False) -> tuple[bool, int, int]:
+    """The one expert stepping loop: the expert decides once per saved frame and each action is held for
+    `control_steps_per_frame` control steps, until the episode ends. `on_frame(obs, phase, action)` sees each
+    frame before it is executed; `phase` is the phase that produced the action (act() may move on). With a
+    rendered `obs` (the reset's observation) each next frame is rendered after its steps, else `obs` stays
+    None and nothing is rendered. Returns (success, control steps, frames)."""
+    done = success = False
+    frames, info = 0, {"t": 0}
+    while not done:
+        phase = expert.phase
+        action = expert.act()
+        if on_frame is not None:
+            on_frame(obs, phase, action)
+        frames += 1
+        for _ in range(control_steps_per_frame):
+            _, done, success, info = env.step(action, render=render)
+            if done:
+                break
+        if not done and obs is not None:
+            obs = env.observe()
+    return success, info["t"], frames
+
+
+def expert_episode(env: LiberoEnv, init_state_index: int, render: bool = False,
+                   control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME, trace: list | None = None,
+                   **expert_kw) -> dict:
+    """Roll the expert out once from a stored initial state without recording frames (success benchmarks).
+
+    Returns success, control steps, frames and the phase at the end. If `trace` is a list, one dict per
+    frame (phase, eef, object position, action) is appended to it.
+    """
+    from .expert import PickPlaceExpert
+
+    env.reset(init_state_index, render=False)
+    expert = PickPlaceExpert(env, **expert_kw)
+    frame = iter(range(1 << 62))
+
+    def on_frame(_obs, phase, action):
+        i = next(frame)
+        if trace is not None:
+            trace.append({"frame": i, "phase": phase, "eef": np.array(env.raw_obs["robot0_eef_pos"]),
+                          "obj": expert._pos(expert.plan.obj), "action": action.copy()})
+
+    success, steps, frames = run_expert(env, expert, control_steps_per_frame=control_steps_per_frame,
+                                        on_frame=on_frame, render=render)
+    return {"success": success, "steps": steps, "frames": frames, "phase": expert.phase}
+
+
+def record_demonstration(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0.0,
+                         control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
+                         placement_seed: int | None = None) -> Demonstration:
     """Roll out the expert once, rendering only the frames that are saved. The start is a fresh placement
     when `placement_seed` is given (generation), else the benchmark's stored initial state `init_index`;
     `init_index` also seeds the expert's noise."""
@@ -57,32 +109,26 @@ def record_demo(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0
 
     obs = env.reset(init_index, render=True, placement_seed=placement_seed)
     expert = PickPlaceExpert(env, noise=noise, rng=np.random.default_rng([seed, env.task_id, init_index]))
-    demo = Demo(task=env.task, task_id=env.task_id, init_index=init_index, success=False, steps=0,
-                scene=scene_facts(env, expert), start_state=env.start_state.copy(),
-                env_state_names=env.environment_state_names())
-    done = success = False
-    while not done:
-        phase = expert.phase  # the phase that produces this action (act() may move to the next one)
-        action = expert.act()
-        demo.images[IMAGE_KEY].append(obs[IMAGE_KEY])
-        demo.images[WRIST_KEY].append(obs[WRIST_KEY])
-        demo.states.append(obs[STATE_KEY])
-        demo.env_states.append(env.environment_state())  # the simulator state `obs` was observed in
-        demo.actions.append(action.astype(np.float32))
-        demo.phases.append(phase)
-        for _ in range(control_steps_per_frame):
-            _, done, success, info = env.step(action)
-            if done:
-                break
-        if not done:
-            obs = env.observe()
-    demo.success, demo.steps = success, info["t"]
-    return demo
+    recorded = Demonstration(task=env.task, task_id=env.task_id, init_index=init_index, success=False, steps=0,
+                             scene=scene_facts(env, expert), start_state=env.start_state.copy(),
+                             env_state_names=env.environment_state_names())
+
+    def on_frame(frame_obs, phase, action):
+        recorded.images[IMAGE_KEY].append(frame_obs[IMAGE_KEY])
+        recorded.images[WRIST_KEY].append(frame_obs[WRIST_KEY])
+        recorded.states.append(frame_obs[STATE_KEY])
+        recorded.env_states.append(env.environment_state())  # the simulator state `frame_obs` was observed in
+        recorded.actions.append(action.astype(np.float32))
+        recorded.phases.append(phase)
+
+    recorded.success, recorded.steps, _ = run_expert(env, expert, obs, control_steps_per_frame, on_frame)
+    return recorded
 
 
 def scene_facts(env: LiberoEnv, expert) -> dict:
     """Names and start positions of the object to move and its target, for annotations."""
     plan = expert.plan
     states = env.sim_env.object_states_dict
-    pos = {n: np.asarray(states[n].get_geom_state()["pos"], dtype=float).round(3).tolist() for n in (plan.obj, plan.target)}
+    pos = {n: np.asarray(states[n].get_geom_state()["pos"], dtype=float).round(3).tolist()
+           for n in (plan.obj, plan.target)}
     return {"object": plan.obj, "target": plan.target, "relation": plan.relation, "positions": pos}

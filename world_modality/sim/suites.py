@@ -9,7 +9,7 @@ PRO_PERTURBATIONS = ("lan", "object", "swap", "task")
 PRO_SUITES = tuple(f"{b}_{p}" for b in STANDARD_SUITES[:4] for p in PRO_PERTURBATIONS)
 
 # Policy steps after the settle steps, as in openpi's examples/libero/main.py (longest training
-# demo + margin); LeRobot uses 280 for spatial, we follow openpi and the design notes.
+# demonstration + margin); LeRobot uses 280 for spatial, we follow openpi and the design notes.
 STEP_LIMITS = {
     "libero_spatial": 220,
     "libero_object": 280,
@@ -37,21 +37,28 @@ def step_limit(suite: str) -> int:
 
 def list_suites(all_registered: bool = False) -> list[str]:
     """Suites to offer: the standard and PRO ones, or everything the package registers."""
-    from libero.libero import benchmark
-
-    registered = set(benchmark.get_benchmark_dict())
+    registered = set(_registry())
     if all_registered:
         return sorted(registered)
     return [s for s in (*STANDARD_SUITES, *PRO_SUITES) if s in registered]
 
 
-def _benchmark(suite: str):
+def _registry() -> dict:
     from libero.libero import benchmark
 
-    registry = benchmark.get_benchmark_dict()
+    return benchmark.get_benchmark_dict()
+
+
+def suite_benchmark(suite: str):
+    """The installed LIBERO benchmark object of a suite (task order 0): the one registry lookup."""
+    registry = _registry()
     if suite not in registry:
         raise ValueError(f"Unknown LIBERO suite {suite!r}; available: {', '.join(sorted(registry))}.")
     return registry[suite](task_order_index=0)
+
+
+def num_tasks(suite: str) -> int:
+    return suite_benchmark(suite).n_tasks
 
 
 def _bddl_path(task) -> Path:
@@ -62,7 +69,7 @@ def _bddl_path(task) -> Path:
 
 def load_task(suite: str, task_id: int):
     """(task, init_states, bddl_path) for one task; errors name the suite and the valid range."""
-    bench = _benchmark(suite)
+    bench = suite_benchmark(suite)
     if not 0 <= task_id < bench.n_tasks:
         raise ValueError(f"task_id must be in [0, {bench.n_tasks - 1}] for {suite}, got {task_id}.")
     task = bench.get_task(task_id)
@@ -93,14 +100,14 @@ def task_instruction(suite: str, task_id: int) -> tuple[str, str]:
     differs from its base suite's for the same task, the policy is given that perturbed instruction;
     otherwise (standard suites, `_object`, `_swap`, ...) the file-name instruction, as in training.
     """
-    bench = _benchmark(suite)
+    bench = suite_benchmark(suite)
     if not 0 <= task_id < bench.n_tasks:
         raise ValueError(f"task_id must be in [0, {bench.n_tasks - 1}] for {suite}, got {task_id}.")
     task = bench.get_task(task_id)
     base = base_suite(suite)
     if suite == base:
         return task.language, task.language
-    base_bench = _benchmark(base)
+    base_bench = suite_benchmark(base)
     base_tasks = [base_bench.get_task(i) for i in range(base_bench.n_tasks)]
     # The same task: the same BDDL file name (LIBERO-PRO), else the same file-name instruction (suites
     # whose files carry another scene prefix).

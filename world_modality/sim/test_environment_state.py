@@ -3,10 +3,9 @@ evaluation from the same start, and an E2-State policy trained on it acting in c
 
 import json
 
+import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 import numpy as np
 import pytest
-
-import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 
 from world_modality.data.env_state import ENV_STATE_KEY, read_env_state  # noqa: E402
 from world_modality.data.lerobot import load_dataset  # noqa: E402

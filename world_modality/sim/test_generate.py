@@ -1,4 +1,4 @@
-"""Demo generation in the real simulator: dataset read back, short E2 training, kill and resume."""
+"""Demonstration generation in the real simulator: dataset read back, short E2 training, kill and resume."""
 
 import json
 import os
@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
+import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 import numpy as np
 import pytest
 
-import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
-
 from world_modality.data.coc import join_annotations, read_annotations  # noqa: E402
 from world_modality.data.lerobot import load_dataset  # noqa: E402
+from world_modality.jsonl import read_jsonl  # noqa: E402
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def test_a_generation_setup_error_is_not_an_expert_failure_and_a_rerun_retries_i
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "MUJOCO_GL": "banana"})
     assert bad.returncode != 0 and not (out / "meta").exists()
     log = tmp_path / "ds.partial" / "attempts.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    records, _ = read_jsonl(log)  # none when the log was never written
     assert all(r.get("error") for r in records)  # logged as errors, none as an expert failure
     env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
     subprocess.run(cmd, check=True, capture_output=True, timeout=600, env=env)
@@ -91,7 +91,7 @@ def test_generation_resumes_after_a_kill(tmp_path):
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    first = [json.loads(line) for line in log.read_text().splitlines()]
+    first, _ = read_jsonl(log)  # a line the kill tore is the attempt that reruns
     assert first and not (out / "meta").exists()
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     ds = load_dataset(out)
@@ -112,5 +112,5 @@ def test_e4_trains_on_generated_data_with_its_annotations(generated, tmp_path, c
     out = capsys.readouterr().out
     n = len(load_dataset(generated))
     assert f"{n}/{n} frames annotated, 0 missing" in out
-    record = json.loads((ckpt.parent.parent / "metrics.jsonl").read_text().splitlines()[-1])
+    record = read_jsonl(ckpt.parent.parent / "metrics.jsonl")[0][-1]
     assert record["text_loss"] > 0  # the chain-of-causation tokens were trained on

@@ -2,8 +2,14 @@
 import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 import pytest
 
-from world_modality.sim.suites import (PRO_SUITES, STANDARD_SUITES, base_suite, bddl_language, load_task,
-                                      task_instruction)
+from world_modality.sim.suites import (
+    PRO_SUITES,
+    STANDARD_SUITES,
+    base_suite,
+    bddl_language,
+    load_task,
+    task_instruction,
+)
 
 pytestmark = pytest.mark.sim
 

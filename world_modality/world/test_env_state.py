@@ -148,7 +148,7 @@ def test_e2_state_trains_checkpoints_and_acts_on_state_windows(state_dataset, tm
     # window holds frames r-3s..r, frame 0 repeated before the start, as training windows do.
     assert env.reads == [0, 4, 8]
     assert windows == [[0, 0, 0, 0], [0, 0, 0, 4], [0, 0, 4, 8]]
-    assert runner.inputs(env.observe(), np.zeros((4, 14)))["world_frames"].shape == (1, 4, 14)
+    assert runner.inputs(env.observe(), np.zeros((4, 14))).world_frames.shape == (1, 4, 14)
 
 
 class _StateEnv:

@@ -1,0 +1,183 @@
+"""The client side of a policy server (openpi's protocol, `world-modality serve`): `PolicyClient(host, port).infer(obs)`
+-> {"actions": (chunk, action_dim), "server_timing": {...}}, and `RemoteRunner`, a `PolicyRunner` whose chunks come
+from the server, so a closed-loop loop runs unchanged on a machine that never loads the checkpoint.
+
+Besides openpi's plain observations, a request may name an episode: `{RESET_KEY: {EPISODE_KEY, "seed",
+"instructions"}}` starts one on the server (its noise stream seeded as `PolicyRunner.reset` seeds it), and an
+observation carrying EPISODE_KEY and STEP_KEY (its chunk index in the episode) draws from that stream only."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.sync.client import ClientConnection, connect
+
+from . import wire
+from .runner import PolicyRunner
+
+WORLD_KEY, EPISODE_KEY, STEP_KEY, RESET_KEY = "world_frames", "episode_id", "episode_step", "reset"
+
+
+class ServerLost(ConnectionError):
+    """The policy server could not be reached again after a lost connection, with every retry spent."""
+
+
+class RequestRefused(ValueError):
+    """The server answered a request with an error (a malformed observation, a failed inference)."""
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"a policy server address is HOST:PORT, got {address!r}.")
+    return host, int(port)
+
+
+class PolicyClient:
+    """One connection to a policy server. A lost connection is reopened on the next request, up to `retries`
+    more times with doubling waits from `backoff_s`. Resending is safe: a plain request carries no episode state,
+    and the server answers a resent episode step from its cache instead of drawing noise again."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, retries: int = 3, backoff_s: float = 0.2,
+                 open_timeout_s: float = 10.0):
+        self.uri = host if host.startswith("ws") else f"ws://{host}:{port}"
+        self.retries, self.backoff_s, self.open_timeout_s = retries, backoff_s, open_timeout_s
+        self._ws: ClientConnection | None = None
+        self.metadata: dict = {}
+        self._with_retries(lambda: None)  # connects, with the same retries as a request
+
+    def _connect(self) -> None:
+        # legacy=True: a connection kept open across calls, not one scoped to a `with` block.
+        self._ws = connect(self.uri, compression=None, max_size=None, open_timeout=self.open_timeout_s, legacy=True)
+        self.metadata = wire.unpackb(self._ws.recv())
+
+    def _with_retries(self, call):
+        errors = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                if self._ws is None:
+                    self._connect()
+                return call()
+            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as err:
+                errors.append(f"{type(err).__name__}: {err}")
+                self.close()
+        raise ServerLost(f"policy server {self.uri} lost: {1 + self.retries} tries failed ({errors[-1]}).")
+
+    def _request(self, message: bytes) -> dict:
+        self._ws.send(message)
+        return wire.unpackb(self._ws.recv())
+
+    def _ask(self, message: dict) -> dict:
+        packed = wire.packb(message)
+        reply = self._with_retries(lambda: self._request(packed))
+        if isinstance(reply, str):  # openpi's server sends a traceback as text before closing
+            raise RequestRefused(reply)
+        if "error" in reply:
+            raise RequestRefused(reply["error"])
+        return reply
+
+    def infer(self, obs: dict) -> dict:
+        """The server's reply to one observation; RequestRefused when it answers with an error."""
+        return self._ask(obs)
+
+    def reset_episode(self, episode_id: str, seed: int, instructions: list[str]) -> None:
+        """Start (or restart) the episode `episode_id` on the server with its own noise stream."""
+        self._ask({RESET_KEY: {EPISODE_KEY: episode_id, "seed": int(seed), "instructions": list(instructions)}})
+
+    def get_server_metadata(self) -> dict:
+        return self.metadata
+
+    def close(self) -> None:
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            finally:
+                self._ws = None
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RemoteRunner(PolicyRunner):
+    """`PolicyRunner`'s episode interface (`reset`, `select_action`, `needs_*`, `world_input`) over a server's
+    `act`. Each `reset(seed, instructions)` starts a new episode on the server, seeded as a local runner's reset
+    seeds it, so an episode draws the same noise (flow head, `random` and `shuffle` memory) as it would locally."""
+
+    def __init__(self, address: str, retries: int = 3, backoff_s: float = 0.5):
+        # No super().__init__(): that loads the checkpoint. These are the attributes the episode methods read.
+        host, port = parse_address(address)
+        self.client = PolicyClient(host, port, retries=retries, backoff_s=backoff_s)
+        meta = self.metadata = self.client.get_server_metadata()
+        self.device, self.checkpoint, self.memory_mode = torch.device("cpu"), meta["checkpoint"], meta["memory_mode"]
+        self.cfg = SimpleNamespace(data=SimpleNamespace(image_size=meta["image_size"]))  # what a worker reads
+        self.uses_world, self.world_key = meta["uses_world"], meta["world_key"]
+        self.world_state_names = meta["world_state_names"]
+        self.num_frames, self.frame_stride = meta["num_frames"], meta["frame_stride"]
+        self.image_keys, self.chunk_size = tuple(meta["image_keys"]), meta["chunk_size"]
+        self.control_steps_per_frame = meta["control_steps_per_frame"]
+        self.render_sizes = {k: tuple(v) for k, v in meta["render_sizes"].items()}
+        self.world_frame_size = meta["image_size"]
+        self.generator, self._rng = torch.Generator(), np.random.default_rng(0)  # reset reseeds them; unused here
+        self._bank, self._eligible = None, np.arange(0)  # `shuffle` draws happen on the server
+        self.replan_every = meta["replan_every"]
+        self._queue: deque[np.ndarray] = deque()
+        self._frame = 0
+        self._world: dict[int, np.ndarray] = {}
+        self._episode: str | None = None  # None until reset: requests then use the server's shared stream
+        self._step = 0
+
+    def reset(self, seed: int = 0, instructions=(), replan_every: int | None = None) -> None:
+        super().reset(seed, instructions, replan_every)
+        if isinstance(instructions, str):
+            instructions = (instructions,)
+        # A fresh id each time: a retried episode never meets state its first try left on the server.
+        self._episode, self._step = uuid.uuid4().hex, 0
+        self.client.reset_episode(self._episode, seed, [str(t) for t in instructions])
+
+    def act(self, observation: dict, world_frames: np.ndarray | None = None) -> np.ndarray:
+        request = dict(observation)
+        if self.uses_world:
+            if world_frames is None:
+                raise ValueError("this policy injects the world modality: act() needs the last m world frames.")
+            request[WORLD_KEY] = np.asarray(world_frames)
+        if self._episode is not None:
+            request.update({EPISODE_KEY: self._episode, STEP_KEY: self._step})
+        actions = self.client.infer(request)["actions"]
+        self._step += 1
+        return actions
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def check_server(address: str, weights_sha256: str, memory: str) -> dict:
+    """The metadata of the server at `address`, or ConfigError when it serves other weights or another memory
+    mode than the evaluation names (its outcomes would be another policy's)."""
+    from ..config import ConfigError
+
+    host, port = parse_address(address)
+    try:
+        with PolicyClient(host, port, retries=2) as client:
+            meta = client.get_server_metadata()
+    except ServerLost as err:
+        raise ConfigError(f"--policy_server {address}: {err}") from None
+    if meta.get("weights_sha256") != weights_sha256:
+        raise ConfigError(f"--policy_server {address} serves {meta.get('checkpoint')!r} (weights sha256 "
+                          f"{meta.get('weights_sha256')}), not the checkpoint evaluated (weights sha256 "
+                          f"{weights_sha256}); start the server with the same --checkpoint.")
+    if meta.get("memory_mode") != memory:
+        raise ConfigError(f"--policy_server {address} serves memory mode {meta.get('memory_mode')!r}, the evaluation "
+                          f"asks for {memory!r}; start the server with --memory {memory}.")
+    return meta
