@@ -167,3 +167,55 @@ def test_a_run_that_fails_on_its_data_leaves_no_run_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         train(tiny_config(tmp_path / "nowhere", tmp_path / "runs" / "run"), progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_learning_rate_warms_up_then_holds_or_decays():
+    from world_modality.optim import lr_at
+
+    constant = [lr_at(u, 1.0, warmup=4, schedule="constant", total=20) for u in range(20)]
+    assert constant[:5] == [0.25, 0.5, 0.75, 1.0, 1.0] and set(constant[4:]) == {1.0}
+    cosine = [lr_at(u, 1.0, warmup=4, schedule="cosine", total=20) for u in range(21)]
+    assert cosine[:4] == constant[:4] and cosine[4] == 1.0
+    assert all(a > b for a, b in zip(cosine[4:20], cosine[5:21])) and cosine[12] == pytest.approx(0.5)
+    assert cosine[20] == pytest.approx(0.0, abs=1e-12)
+    # No warmup and a constant schedule: the configured rate at every update, as before schedules existed.
+    assert {lr_at(u, 3e-4, warmup=0, schedule="constant", total=5) for u in range(5)} == {3e-4}
+
+
+def test_ema_averages_trainable_weights_and_swaps_them_in_only_inside_the_block():
+    import torch
+
+    from world_modality.optim import Ema
+
+    model = torch.nn.Linear(2, 1)
+    model.bias.requires_grad_(False)
+    ema = Ema(model, 0.5)
+    assert ema.names == ["weight"]
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model)
+    assert ema.tensors()["weight"].allclose(start + 1.0)
+    with ema.applied(model):
+        assert model.weight.detach().allclose(start + 1.0)
+    assert model.weight.detach().allclose(start + 2.0)
+    other = Ema(model, 0.9)
+    other.load(ema.tensors())
+    assert other.tensors()["weight"].equal(ema.tensors()["weight"])
+    with pytest.raises(ValueError, match="missing"):
+        other.load({})
+
+
+def test_scale_flags_parse_and_defaults_keep_the_old_loop(fixture_dataset, tmp_path):
+    from world_modality.config import parse_train_args
+
+    cfg = parse_train_args(["--dataset", str(fixture_dataset), "--max_grad_norm", "0.5", "--num_workers", "2",
+                            "--warmup_steps", "10", "--lr_schedule", "cosine", "--grad_accum_steps", "4",
+                            "--ema_decay", "0.99", "--no-val_loss"]).train
+    assert (cfg.grad_clip, cfg.num_workers, cfg.warmup_steps, cfg.lr_schedule, cfg.grad_accum_steps, cfg.ema_decay,
+            cfg.val_loss) == (0.5, 2, 10, "cosine", 4, 0.99, False)
+    t = tiny_config(fixture_dataset, tmp_path).train
+    assert (t.num_workers, t.warmup_steps, t.lr_schedule, t.grad_accum_steps, t.ema_decay) == (0, 0, "constant", 1, 0)
+    for bad in ({"lr_schedule": "linear"}, {"ema_decay": 1.0}, {"grad_accum_steps": 0}, {"num_workers": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            tiny_config(fixture_dataset, tmp_path, **bad)

@@ -7,6 +7,7 @@ never mixes with an earlier one; a NaN/inf loss or weight stops the run at that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,17 +24,20 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
 from .errors import run_reporting_errors
+from .jsonl import parse_line
+from .loader import load_batches, validation_losses
+from .optim import Ema, nonfinite_params, schedule_lr
 from .pipeline import FrameSamples, make_collate, prepare_data, random_shift
 from .policy.checkpoint import DONE_MARKER, load_checkpoint, save_checkpoint
 from .policy.checkpoint_store import checkpoints_in
 from .policy.factory import build_policy, build_preprocessor, check_image_size, world_encoder_from_config
 from .policy.model import PolicyShapes
 from .policy.tokenizer import build_tokenizer
-from .policy.training_state import load_training_state, read_trainer_state
+from .policy.training_state import load_ema, load_training_state, read_trainer_state
 
 # Fields that may differ between the run being resumed and the resuming command.
 RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard",
-                     "dist_timeout_minutes"}
+                     "dist_timeout_minutes", "num_workers", "prefetch_factor", "val_loss"}
 
 
 class TrainingDiverged(ValueError):
@@ -77,15 +81,6 @@ def _move_aside(run_dir: Path) -> Path:
     return target
 
 
-def _nonfinite_params(model: torch.nn.Module) -> list[str]:
-    """Trainable parameters holding NaN/inf after an update; one synchronisation for all of them."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        return []
-    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).cpu()
-    return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
-
-
 def _drop_metrics_after(path: Path, step: int) -> None:
     """A run killed between logging an epoch and checkpointing it logs that epoch again on resume:
     keep only the records the resumed checkpoint had reached."""
@@ -93,20 +88,10 @@ def _drop_metrics_after(path: Path, step: int) -> None:
         return
     text = path.read_text()
     lines = text.splitlines()
-    kept = [line for line in lines if (record := _parse_record(line)) is not None and record.get("step", 0) <= step]
+    kept = [line for line in lines if (record := parse_line(line)) is not None and record.get("step", 0) <= step]
     # Rewritten also when the last line lacks its newline, so the next record starts a line of its own.
     if len(kept) != len(lines) or not text.endswith("\n"):
         path.write_text("".join(line + "\n" for line in kept))
-
-
-def _parse_record(line: str) -> dict | None:
-    """A metrics line, or None for one that does not parse: the torn tail of a run killed (or out
-    of disk) mid-write, whose checkpoint was therefore never written."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -133,7 +118,8 @@ class _Logger:
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, step)
+                    tag = f"val/{k[4:]}" if k.startswith("val_") else f"{record.get('kind', 'train')}/{k}"
+                    self.tb.add_scalar(tag, v, step)
             self.tb.flush()
 
     def close(self) -> None:
@@ -172,7 +158,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
     ckpts = checkpoints_in(run_dir) if t.resume else []
     if ckpts:
-        policy = load_checkpoint(ckpts[-1])
+        policy = load_checkpoint(ckpts[-1], weights="raw")
         _check_same_experiment(policy.cfg, cfg, ckpts[-1])
         policy.cfg = cfg
         saved = read_trainer_state(ckpts[-1])
@@ -222,21 +208,30 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    step, start_epoch, skip, partial = 0, 0, 0, {}
+    step, start_epoch, skip, partial, updates = 0, 0, 0, {}, 0
     if ckpts:
         state = load_training_state(ckpts[-1], optimizer)
         step, start_epoch, skip = state["step"], state["epoch"], state["batches_done_in_epoch"]
-        partial = state.get("epoch_partial") or {}
+        partial, updates = state.get("epoch_partial") or {}, state.get("updates", 0)
     if main and t.resume:
         # Without a checkpoint the run starts at step 0: lines an earlier attempt logged go too.
         _drop_metrics_after(run_dir / "metrics.jsonl", step)
 
     samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
+    val_samples = FrameSamples(data, data.val_rows, cfg.data.image_keys) if t.val_loss else None
     collate = make_collate(build_preprocessor(cfg, policy))
     steps_per_epoch = math.ceil(len(samples) / t.batch_size)
+    loader_options = {"num_workers": t.num_workers, "prefetch_factor": t.prefetch_factor,
+                      "pin_memory": t.num_workers > 0 and torch.cuda.is_available()}
+    # Optimizer updates over the whole run (each process does the same count): the cosine's horizon.
+    per_epoch = steps_per_epoch // accelerator.num_processes
+    total_updates = t.max_epochs * math.ceil(per_epoch / t.grad_accum_steps)
     logger = _Logger(run_dir, main, t.tensorboard)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     model = accelerator.unwrap_model(policy)
+    ema = Ema(model, t.ema_decay) if t.ema_decay > 0 else None
+    if ema is not None and ckpts:
+        ema.load(load_ema(ckpts[-1]))
     if main:
         n_train = sum(p.numel() for p in params)
         print(f"[train] {matching_preset(cfg) or 'custom'} | {len(samples)} samples, {steps_per_epoch} steps/epoch, "
@@ -258,8 +253,9 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         if main:
             save_checkpoint(run_dir / "checkpoints" / f"step-{step:08d}", model, step=step, epoch=epoch,
                             optimizer=optimizer,
+                            ema=ema.tensors() if ema is not None else None,
                             trainer_state={"step": step, "epoch": epoch, "batches_done_in_epoch": done_in_epoch,
-                                           "epoch_partial": epoch_partial})
+                                           "epoch_partial": epoch_partial, "updates": updates})
             for old in checkpoints_in(run_dir)[:-t.keep_checkpoints]:
                 # Marker first: a kill mid-delete must not leave a "complete" folder missing files.
                 (old / DONE_MARKER).unlink(missing_ok=True)
@@ -281,17 +277,33 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         policy.train()
         bar = tqdm(mine, desc=f"epoch {epoch + 1}/{t.max_epochs}", disable=not (progress and main), leave=False,
                    mininterval=0.5)
-        for bi in bar:
-            batch = collate([samples[int(i)] for i in batches[bi]])
+        loaded = load_batches(samples, collate, [batches[bi] for bi in mine], **loader_options)
+        accum = t.grad_accum_steps
+        for j, (bi, batch) in enumerate(zip(bar, loaded)):
+            # Updates group `accum` consecutive batches of this process (the epoch's last group may be
+            # shorter); mid-epoch checkpoints fall only after an update, so no partial gradient is ever saved.
+            first, last = j - j % accum, min(j - j % accum + accum, len(mine)) - 1
             # Per-step seed: noise and dropout depend only on (seed, step), so a resumed run repeats them.
             torch.manual_seed(t.seed * 1_000_003 + step * 997 + accelerator.process_index)
-            batch["images"] = random_shift(batch["images"], t.augment_shift)
-            out = policy(batch)  # forward() is losses(); DDP syncs gradients only through forward
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(out["loss"])
-            if t.grad_clip > 0:
-                accelerator.clip_grad_norm_(params, t.grad_clip)
-            optimizer.step()
+            batch = batch.replace(images=random_shift(batch.images, t.augment_shift))
+            if j == first:
+                optimizer.zero_grad(set_to_none=True)
+            with accelerator.no_sync(policy) if j < last else contextlib.nullcontext():
+                out = policy(batch)  # forward() is losses(); DDP syncs gradients only through forward
+                loss = out["loss"]
+                if accum > 1:  # each sample weighs the same in the update, as in one batch of the group
+                    loss = loss * (len(batches[bi]) / sum(len(batches[mine[k]]) for k in range(first, last + 1)))
+                accelerator.backward(loss)
+            if j == last:
+                if t.warmup_steps or t.lr_schedule != "constant":
+                    schedule_lr(optimizer, updates, t.lr, warmup=t.warmup_steps, schedule=t.lr_schedule,
+                                total=total_updates)
+                if t.grad_clip > 0:
+                    accelerator.clip_grad_norm_(params, t.grad_clip)
+                optimizer.step()
+                updates += 1
+                if ema is not None:
+                    ema.update(model)
             step += accelerator.num_processes
             values = {k: float(v.detach()) for k, v in out.items()}
             _stop_if_diverged(accelerator, model, values, step=step, epoch=epoch + 1, batch=bi + 1,
@@ -304,13 +316,17 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             # not), so all of them take the same branch; one alone in save() would wait forever in
             # its gather. The last round is left to the epoch-end save.
             done = bi - accelerator.process_index + n_proc
-            if t.save_every_steps and step % t.save_every_steps == 0 and done + n_proc <= len(batches):
+            if (t.save_every_steps and step % t.save_every_steps == 0 and done + n_proc <= len(batches)
+                    and j == last):
                 save(epoch, done, sums, count)
         skip, partial = 0, {}
         record = {"kind": "train", "epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 2)}
         means = torch.tensor([sums[k] / max(count, 1) for k in sorted(sums)])
         means = accelerator.reduce(means, reduction="mean") if accelerator.num_processes > 1 else means
         record.update({k: float(v) for k, v in zip(sorted(sums), means)})
+        if val_samples is not None and len(val_samples):
+            record.update(validation_losses(accelerator, model, ema, val_samples, collate, t.batch_size,
+                                            seed=t.seed + 7919, **loader_options))
         gate = model.gate()
         if gate is not None:
             record.update({"gate": gate, "gate_tanh": math.tanh(gate)})
@@ -338,7 +354,7 @@ def _stop_if_diverged(accelerator, model: torch.nn.Module, values: dict[str, flo
     process takes the same decision (the flags are summed), or the others would wait in the next
     gradient sync forever."""
     bad_losses = sorted(k for k, v in values.items() if not math.isfinite(v))
-    bad_params = _nonfinite_params(model)
+    bad_params = nonfinite_params(model)
     flags = torch.tensor([float(bool(bad_losses)), float(bool(bad_params))], device=accelerator.device)
     if accelerator.num_processes > 1:
         flags = accelerator.reduce(flags, reduction="sum")

@@ -97,6 +97,16 @@ FIELD_HELP = {
     "tensorboard": "also write TensorBoard logs to <output_dir>/tensorboard",
     "dist_timeout_minutes": "minutes the other processes of a multi-process run wait while the main one builds "
                             "the caches, >= 1",
+    "num_workers": "DataLoader worker processes that assemble batches, >= 0 (0 = in the training process; "
+                   "results are the same bit for bit)",
+    "prefetch_factor": "batches each loader worker builds ahead, >= 1",
+    "warmup_steps": "optimizer updates of linear learning-rate warmup from 0 to --lr, >= 0",
+    "lr_schedule": "learning rate after warmup, one of constant, cosine (decays to 0 at the last update)",
+    "grad_accum_steps": "batches whose gradients add up to one optimizer update, >= 1 (effective batch: "
+                        "batch_size x this x processes)",
+    "ema_decay": "decay of an exponential moving average of the trainable weights, in [0, 1) (0 = off); "
+                 "checkpoints store it as ema.safetensors and evaluation loads it",
+    "val_loss": "log the held-out validation loss at each epoch end (val_* keys in metrics.jsonl)",
 }
 
 
@@ -119,6 +129,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                    help=help_text)
             elif isinstance(default, tuple):
                 group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
+            elif f.name == "grad_clip":
+                group.add_argument(flag, "--max_grad_norm", dest="grad_clip", type=float, default=argparse.SUPPRESS,
+                                   help=help_text)
             elif f.name == "dataset":
                 group.add_argument(flag, "--dataset_root", dest="dataset", default=argparse.SUPPRESS, help=help_text)
             else:

@@ -180,6 +180,9 @@ class PolicyConfig:
         return self.lora_target or DEFAULT_LORA_TARGETS[self.backbone_family]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = "runs/experiment"  # run folder: config, logs, checkpoints
@@ -198,9 +201,23 @@ class TrainConfig:
     # Collective timeout of several processes: the others wait this long while the main one builds
     # the caches (V-JEPA 2 on the public LIBERO sets takes hours; `world-modality encode` first avoids it).
     dist_timeout_minutes: int = 360
+    num_workers: int = 0  # DataLoader worker processes assembling batches; 0 = in the training process
+    prefetch_factor: int = 2  # batches each worker builds ahead
+    warmup_steps: int = 0  # optimizer updates of linear learning-rate warmup
+    lr_schedule: str = "constant"  # after warmup: constant, or cosine decay to 0 at the last update
+    grad_accum_steps: int = 1  # batches whose gradients add up to one optimizer update
+    ema_decay: float = 0.0  # EMA of the trainable weights, what evaluation loads (0 = off; openpi uses 0.99)
+    val_loss: bool = True  # held-out validation loss at each epoch end
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, f"`batch_size` must be >= 1, got {self.batch_size}.")
+        check(self.num_workers >= 0, f"`num_workers` must be >= 0, got {self.num_workers}.")
+        check(self.prefetch_factor >= 1, f"`prefetch_factor` must be >= 1, got {self.prefetch_factor}.")
+        check(self.warmup_steps >= 0, f"`warmup_steps` must be >= 0, got {self.warmup_steps}.")
+        check(self.lr_schedule in LR_SCHEDULES,
+              f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
+        check(self.grad_accum_steps >= 1, f"`grad_accum_steps` must be >= 1, got {self.grad_accum_steps}.")
+        check(0.0 <= self.ema_decay < 1.0, f"`ema_decay` must be in [0, 1) (0 = off), got {self.ema_decay}.")
         check(self.max_epochs >= 1, f"`max_epochs` must be >= 1, got {self.max_epochs}.")
         # Before check_finite, so `--lr inf` (which trained to a NaN "final checkpoint") names the rule.
         check(math.isfinite(self.lr) and self.lr > 0, f"`lr` must be a finite number > 0, got {self.lr}.")

@@ -2,7 +2,8 @@
 
 A checkpoint folder holds config.json (the resolved experiment), policy.json (shapes, world
 encoder identity, the fingerprint of a frozen pretrained backbone it does not store, step), model.safetensors
-(every tensor the policy needs to act), tokenizer.json (embedded default) and, for resuming,
+(every tensor the policy needs to act), tokenizer.json (embedded default), ema.safetensors (the moving average of
+the trainable weights, when training kept one: what loading gives by default) and, for resuming,
 optimizer.safetensors + trainer_state.json (training_state.py).
 
 Reading one checks, before any model is built, that config, policy.json and the tensors agree
@@ -26,7 +27,15 @@ from safetensors.torch import save_file
 from ..config import ExperimentConfig
 from ..optim_state import flatten_optimizer
 from .checkpoint_consistency import check_consistency, check_tokenizer_file, read_meta
-from .checkpoint_store import DONE_MARKER, FORMAT, CheckpointError, read_header, read_tensors, temporary_folder
+from .checkpoint_store import (
+    DONE_MARKER,
+    EMA_FILE,
+    FORMAT,
+    CheckpointError,
+    read_header,
+    read_tensors,
+    temporary_folder,
+)
 from .model import PolicyShapes, WorldModalityPolicy
 
 __all__ = ["CheckpointError", "DONE_MARKER", "checkpoint_keys", "frozen_backbone_fingerprint", "load_checkpoint",
@@ -91,20 +100,22 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 def save_checkpoint(path: str | Path, policy: WorldModalityPolicy, *, step: int = 0, epoch: int = 0,
                     optimizer: torch.optim.Optimizer | None = None,
-                    trainer_state: dict[str, Any] | None = None) -> Path:
+                    trainer_state: dict[str, Any] | None = None, ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Write into a temporary sibling folder, then rename: a kill mid-write leaves the old checkpoints intact.
     Weights with NaN/inf are refused before anything is written: such a checkpoint acts at random, and
     as the newest one it would displace the last good one in rotation."""
     final = Path(path)
     state = policy.state_dict()
     keys = checkpoint_keys(policy)
-    bad = nonfinite_tensors({k: state[k] for k in keys})
+    bad = nonfinite_tensors({k: state[k] for k in keys}) + nonfinite_tensors(ema or {})
     if bad:
         raise CheckpointError(f"refusing to write checkpoint {final}: tensors {bad[:10]}"
                               f"{' …' if len(bad) > 10 else ''} hold NaN/inf values; expected finite weights.")
     tmp = temporary_folder(final)
     tensors = _unshared({k: state[k].detach().cpu().contiguous() for k in keys})
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    if ema is not None:
+        save_file(_unshared(dict(ema)), str(tmp / EMA_FILE), metadata={"format": FORMAT})
     policy.cfg.to_json(tmp / "config.json")
     enc = getattr(policy, "world_encoder", None)
     meta = {
@@ -150,10 +161,13 @@ def read_checkpoint_config(path: str | Path) -> ExperimentConfig:
     return cfg
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> WorldModalityPolicy:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    weights: str | None = None) -> WorldModalityPolicy:
     """Rebuild the policy from its config and load every tensor; a missing or unexpected tensor
     is an error naming it (checkpoints without LoRA or ACT weights once acted at random), and so is
     a config that disagrees with the tensors or policy.json (checked first, before any build).
+    `weights`: "ema" (the moving average of the trainable weights over model.safetensors), "raw" (the
+    weights as trained at the last step) or None (ema when the checkpoint has one, else raw).
     `device`: see policy/device.py (`auto` is CUDA when present); everything, the world encoder
     included, ends up there."""
     from ..world.encoder import build_world_encoder
@@ -162,8 +176,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Wor
     from .tokenizer import tokenizer_from_json
 
     device = resolve_device(device)
-
+    if weights not in (None, "ema", "raw"):
+        raise ValueError(f"weights must be 'ema', 'raw' or None, got {weights!r}.")
     root = Path(path)
+    if weights == "ema" and not (root / EMA_FILE).exists():
+        raise CheckpointError(f"checkpoint {root} has no {EMA_FILE} (trained with ema_decay 0); load weights='raw'.")
     meta = read_meta(root)
     cfg = _read_config(root)
     check_consistency(root, cfg, meta, read_header(root / "model.safetensors"))
@@ -182,6 +199,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Wor
     policy = build_policy(cfg, PolicyShapes(**meta["shapes"]), tokenizer=tokenizer, world_encoder=enc)
     policy.data_info = dict(meta.get("data_info", policy.data_info))
     tensors = read_tensors(root / "model.safetensors")
+    if weights != "raw" and (root / EMA_FILE).exists():
+        averaged = read_tensors(root / EMA_FILE)
+        unknown = sorted(k for k in averaged if k not in tensors or averaged[k].shape != tensors[k].shape)
+        if unknown:
+            raise CheckpointError(f"checkpoint {root}: {EMA_FILE} holds tensors {unknown[:10]} that model.safetensors "
+                                  f"lacks or shapes differently; expected an average of the trained weights.")
+        tensors.update({k: v.to(tensors[k].dtype) for k, v in averaged.items()})
     bad = nonfinite_tensors(tensors)
     if bad:
         # Written before training stopped at NaN (or damaged since): it would act NaN in every episode.

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 FORMAT = "world-modality-checkpoint/1"
 DONE_MARKER = "COMPLETE"
+EMA_FILE = "ema.safetensors"  # the exponential moving average of the trainable weights, when training kept one
 
 
 class CheckpointError(ValueError):

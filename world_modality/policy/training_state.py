@@ -1,5 +1,6 @@
 """The training state a checkpoint carries for an exact resume: trainer_state.json (step, epoch, batches done in
-that epoch, the epoch's running sums, the optimizer layout) and optimizer.safetensors."""
+that epoch, the epoch's running sums, optimizer updates done, the optimizer layout), optimizer.safetensors and,
+with an EMA of the weights, ema.safetensors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 
 from ..optim_state import unflatten_optimizer
-from .checkpoint_store import CheckpointError, read_json, read_tensors
+from .checkpoint_store import EMA_FILE, CheckpointError, read_json, read_tensors
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
@@ -28,3 +29,12 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer) -> d
     tensors = read_tensors(root / "optimizer.safetensors")
     optimizer.load_state_dict(unflatten_optimizer(tensors, state.pop("optimizer")))
     return state
+
+
+def load_ema(path: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA weights a checkpoint of a run with `ema_decay` > 0 holds (by state-dict name)."""
+    file = Path(path) / EMA_FILE
+    if not file.exists():
+        raise CheckpointError(f"{path} has no {EMA_FILE}, but the run keeps an EMA of its weights (ema_decay > 0); "
+                              f"expected a checkpoint written by such a run.")
+    return read_tensors(file)
