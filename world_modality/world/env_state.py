@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class EnvStateEncoder(nn.Module):
             self._set(names, np.asarray(mean, np.float64), np.asarray(std, np.float64))
         super().train(False)
 
-    def train(self, mode: bool = True) -> "EnvStateEncoder":
+    def train(self, mode: bool = True) -> EnvStateEncoder:
         return super().train(False)  # frozen, like the image encoders
 
     # -- statistics -------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class EnvStateEncoder(nn.Module):
         self._scale = torch.where(self.std >= MIN_STD, 1.0 / self.std.clamp_min(MIN_STD), torch.zeros_like(self.std))
         self.refresh_id()
 
-    def fit(self, values: np.ndarray, names: Sequence[str]) -> "EnvStateEncoder":
+    def fit(self, values: np.ndarray, names: Sequence[str]) -> EnvStateEncoder:
         """Per-dimension mean and std (float64 accumulation) of the training rows' states (N, D)."""
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 2 or len(v) == 0:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from world_modality.world.encoder import build_world_encoder
+from world_modality.world.conftest import M, N
 from world_modality.world.latent_cache import (
     LatentCacheError,
     LatentCacheMismatch,
@@ -16,26 +16,6 @@ from world_modality.world.latent_cache import (
     load_cache,
     load_or_build_cache,
 )
-
-M = 2
-N = 10
-
-
-@pytest.fixture(scope="module")
-def enc():
-    return build_world_encoder(num_frames=M, image_size=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def frames():
-    return np.random.default_rng(0).integers(0, 256, (N, 36, 36, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def past_rows():
-    # Clamped at the episode start, as window builders do: [max(i-1,0), i].
-    i = np.arange(N)
-    return np.stack([np.maximum(i - 1, 0), i], axis=1)
 
 
 def _ident(enc, **over):
@@ -99,7 +79,11 @@ def test_build_then_hit_round_trip(enc, frames, past_rows, tmp_path):
     assert hit.meta["num_frames"] == M and "created" in hit.meta
     # A different fingerprint is a different key: a fresh build, not a reuse.
     load_or_build_cache(
-        tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
+        tmp_path,
+        encoder=enc,
+        frames_fn=frames_fn,
+        past_rows=past_rows,
+        progress=False,
         **_ident(enc, dataset_fingerprint="fp-b"),
     )
     assert len(calls) == 2
@@ -116,21 +100,28 @@ def test_an_unwritable_first_folder_falls_through_to_the_next(enc, frames, past_
         calls.append(1)
         return frames
 
-    built = load_or_build_cache(dirs, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
-                                **_ident(enc))
+    built = load_or_build_cache(
+        dirs, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
+    )
     assert built.path.startswith(str(tmp_path / "user")) and len(calls) == 1
-    hit = load_or_build_cache(dirs, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
-                              **_ident(enc))
+    hit = load_or_build_cache(
+        dirs, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
+    )
     assert hit.path == built.path and len(calls) == 1  # found there by the next reader, not rebuilt
     with pytest.raises(LatentCacheError, match=r"no writable folder for the latent cache .*latent_cache_dir"):
-        load_or_build_cache([blocked / "latents"], encoder=enc, frames_fn=frames_fn, past_rows=past_rows,
-                            progress=False, **_ident(enc))
+        load_or_build_cache(
+            [blocked / "latents"], encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
+        )
 
 
 def test_std_is_floored(enc, past_rows, tmp_path):
     constant = np.full((N, 36, 36, 3), 7, dtype=np.uint8)
     c = load_or_build_cache(
-        tmp_path, encoder=enc, frames_fn=lambda: constant, past_rows=past_rows, progress=False,
+        tmp_path,
+        encoder=enc,
+        frames_fn=lambda: constant,
+        past_rows=past_rows,
+        progress=False,
         **_ident(enc),
     )
     assert np.all(c.std > 0)
@@ -149,7 +140,11 @@ def test_std_is_floored(enc, past_rows, tmp_path):
 )
 def test_load_cache_mismatch_names_field(enc, frames, past_rows, tmp_path, field, override):
     c = load_or_build_cache(
-        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        tmp_path,
+        encoder=enc,
+        frames_fn=lambda: frames,
+        past_rows=past_rows,
+        progress=False,
         **_ident(enc),
     )
     expected = dict(encoder_id=enc.encoder_id, num_frames=M, **_ident(enc))
@@ -164,7 +159,11 @@ def test_load_cache_mismatch_names_field(enc, frames, past_rows, tmp_path, field
 
 def test_tampered_meta_is_caught_on_hit(enc, frames, past_rows, tmp_path):
     c = load_or_build_cache(
-        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        tmp_path,
+        encoder=enc,
+        frames_fn=lambda: frames,
+        past_rows=past_rows,
+        progress=False,
         **_ident(enc),
     )
     meta_path = c.path + ".json"
@@ -173,14 +172,22 @@ def test_tampered_meta_is_caught_on_hit(enc, frames, past_rows, tmp_path):
     open(meta_path, "w").write(json.dumps(meta))
     with pytest.raises(LatentCacheMismatch, match="dataset_fingerprint"):
         load_or_build_cache(
-            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+            tmp_path,
+            encoder=enc,
+            frames_fn=lambda: frames,
+            past_rows=past_rows,
+            progress=False,
             **_ident(enc),
         )
 
 
 def test_truncated_cache_file_is_named(enc, frames, past_rows, tmp_path):
     c = load_or_build_cache(
-        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        tmp_path,
+        encoder=enc,
+        frames_fn=lambda: frames,
+        past_rows=past_rows,
+        progress=False,
         **_ident(enc),
     )
     st = c.path + ".safetensors"
@@ -188,7 +195,11 @@ def test_truncated_cache_file_is_named(enc, frames, past_rows, tmp_path):
     open(st, "wb").write(data[: len(data) // 2])
     with pytest.raises(LatentCacheError, match="unreadable.*delete it"):
         load_or_build_cache(
-            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+            tmp_path,
+            encoder=enc,
+            frames_fn=lambda: frames,
+            past_rows=past_rows,
+            progress=False,
             **_ident(enc),
         )
 
@@ -198,68 +209,105 @@ def test_changed_windows_are_caught(enc, frames, past_rows, tmp_path):
     first cache: they get a cache of their own beside it, and neither is deleted for the other (the old
     error advised deleting a cache that was valid for the first configuration)."""
     first = load_or_build_cache(
-        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
+        tmp_path,
+        encoder=enc,
+        frames_fn=lambda: frames,
+        past_rows=past_rows,
+        progress=False,
         **_ident(enc),
     )
     other_rows = past_rows[:, ::-1].copy()
     other = load_or_build_cache(
-        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=other_rows, progress=False, **_ident(enc),
+        tmp_path,
+        encoder=enc,
+        frames_fn=lambda: frames,
+        past_rows=other_rows,
+        progress=False,
+        **_ident(enc),
     )
     assert other.path != first.path and other.path.startswith(first.path + "-w")
     np.testing.assert_allclose(other.latents, encode_latents(frames, other_rows, enc, progress=False), atol=1e-6)
     for rows, cache in ((past_rows, first), (other_rows, other)):  # both are found again, neither rebuilt
-        again = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: 1 / 0, past_rows=rows, progress=False,
-                                    **_ident(enc))
+        again = load_or_build_cache(
+            tmp_path, encoder=enc, frames_fn=lambda: 1 / 0, past_rows=rows, progress=False, **_ident(enc)
+        )
         assert again.path == cache.path and np.array_equal(again.latents, cache.latents)
     with pytest.raises(LatentCacheMismatch, match="past_rows_sha"):  # loaded directly, they are told apart
-        load_cache(first.path, encoder_id=enc.encoder_id, num_frames=M, past_rows_sha=other.meta["past_rows_sha"],
-                   **_ident(enc))
+        load_cache(
+            first.path,
+            encoder_id=enc.encoder_id,
+            num_frames=M,
+            past_rows_sha=other.meta["past_rows_sha"],
+            **_ident(enc),
+        )
 
 
 def test_windows_of_another_m_than_the_encoder_are_refused_before_a_cache_is_judged(enc, frames, past_rows, tmp_path):
     """An m2 config with an m4 encoder (an edited checkpoint) met the encoder's valid cache, called it a
     mismatch and advised deleting it; the next run then failed differently. The windows are the error."""
-    c = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                            **_ident(enc))
-    with pytest.raises(ValueError, match=r"windows of shape \(10, 3\) for the world encoder .* which takes m=2 "
-                                         r"frames: the config's latent_suffix and its world encoder disagree"):
-        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=np.zeros((N, 3), dtype=int),
-                            progress=False, **_ident(enc))
+    c = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"windows of shape \(10, 3\) for the world encoder .* which takes m=2 "
+        r"frames: the config's latent_suffix and its world encoder disagree",
+    ):
+        load_or_build_cache(
+            tmp_path,
+            encoder=enc,
+            frames_fn=lambda: frames,
+            past_rows=np.zeros((N, 3), dtype=int),
+            progress=False,
+            **_ident(enc),
+        )
     assert Path(c.path + ".json").exists() and Path(c.path + ".safetensors").exists()
 
 
 def test_a_cache_whose_record_disagrees_with_its_name_is_the_one_to_delete(enc, frames, past_rows, tmp_path):
     """The advice in the error is right: deleting the two files it names lets the next run rebuild the cache."""
-    c = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                            **_ident(enc))
+    c = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+    )
     meta_path = Path(c.path + ".json")
     meta = json.loads(meta_path.read_text())
     meta["frame_stride"] = 7
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(LatentCacheMismatch, match=r"frame_stride is 7 in the cache but 1 was expected; it is never "
-                                                  r"reused: its file name is derived from these fields") as e:
-        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                            **_ident(enc))
+    with pytest.raises(
+        LatentCacheMismatch,
+        match=r"frame_stride is 7 in the cache but 1 was expected; it is never "
+        r"reused: its file name is derived from these fields",
+    ) as e:
+        load_or_build_cache(
+            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+        )
     assert f"delete {c.path}.json and {c.path}.safetensors and it is rebuilt" in str(e.value)
     for suffix in (".json", ".safetensors"):
         Path(c.path + suffix).unlink()
-    again = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                                **_ident(enc))
+    again = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+    )
     np.testing.assert_array_equal(again.latents, c.latents)
 
 
 def test_a_cache_record_that_is_not_json_is_named_and_rebuilt_once_deleted(enc, frames, past_rows, tmp_path):
-    c = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                            **_ident(enc))
+    c = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+    )
     Path(c.path + ".json").write_text('{"encoder_id": ')
-    with pytest.raises(LatentCacheError, match=rf"latent cache {c.path}.json is not valid JSON \(.*\); delete "
-                                               rf"{c.path}.json and {c.path}.safetensors and it is rebuilt"):
-        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                            **_ident(enc))
+    with pytest.raises(
+        LatentCacheError,
+        match=rf"latent cache {c.path}.json is not valid JSON \(.*\); delete "
+        rf"{c.path}.json and {c.path}.safetensors and it is rebuilt",
+    ):
+        load_or_build_cache(
+            tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+        )
     Path(c.path + ".json").unlink()
     Path(c.path + ".safetensors").unlink()
-    again = load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                                **_ident(enc))
+    again = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+    )
     np.testing.assert_array_equal(again.latents, c.latents)
 
 
@@ -276,15 +324,24 @@ def test_frame_size_is_part_of_the_identity(enc, frames, past_rows, tmp_path):
         calls.append(1)
         return small
 
-    a = load_or_build_cache(tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
-                            frame_size=32, **_ident(enc))
+    a = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, frame_size=32, **_ident(enc)
+    )
     assert a.meta["frame_size"] == 32 and len(calls) == 1
     # Native-size frames give other latents: another cache, never this one.
-    load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                        **_ident(enc))
+    load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False, **_ident(enc)
+    )
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     with pytest.raises(LatentCacheMismatch, match="frame_size"):
         load_cache(a.path, encoder_id=enc.encoder_id, num_frames=M, frame_size=64, **_ident(enc))
     with pytest.raises(ValueError, match="frame_size=24"):
-        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, progress=False,
-                            frame_size=24, **_ident(enc))
+        load_or_build_cache(
+            tmp_path,
+            encoder=enc,
+            frames_fn=lambda: frames,
+            past_rows=past_rows,
+            progress=False,
+            frame_size=24,
+            **_ident(enc),
+        )

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from world_modality.world.conftest import M, N
 from world_modality.world.encoder import build_world_encoder
 from world_modality.world.latent_cache import (
     LatentCacheError,
@@ -20,25 +21,7 @@ from world_modality.world.latent_cache import (
     load_cache,
     load_or_build_cache,
 )
-from world_modality.world.test_latent_cache import M, N, _ident
-
-# The same encoder, frames and windows as test_latent_cache.py's fixtures.
-
-
-@pytest.fixture(scope="module")
-def enc():
-    return build_world_encoder(num_frames=M, image_size=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def frames():
-    return np.random.default_rng(0).integers(0, 256, (N, 36, 36, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def past_rows():
-    i = np.arange(N)
-    return np.stack([np.maximum(i - 1, 0), i], axis=1)
+from world_modality.world.test_latent_cache import _ident
 
 
 def test_memmap_frames_are_read_a_batch_at_a_time(enc, tmp_path):
@@ -78,8 +61,14 @@ def _build_when_both_are_ready(cache_dir, scratch):
         time.sleep(1.0)  # the other process reaches the cache while this one is still building
         return frames
 
-    cache = load_or_build_cache(cache_dir, encoder=enc, frames_fn=frames_fn,
-                                past_rows=np.stack([np.maximum(i - 1, 0), i], 1), progress=False, **_ident(enc))
+    cache = load_or_build_cache(
+        cache_dir,
+        encoder=enc,
+        frames_fn=frames_fn,
+        past_rows=np.stack([np.maximum(i - 1, 0), i], 1),
+        progress=False,
+        **_ident(enc),
+    )
     return cache.path, cache.latents
 
 
@@ -103,10 +92,20 @@ def test_nonfinite_latents_are_never_cached(frames, past_rows, tmp_path, monkeyp
         return z
 
     monkeypatch.setattr(enc, "encode", overflowing)
-    with pytest.raises(LatentCacheError, match=r"gave NaN/inf latents for 4 of 10 windows \(first: row 0\); nothing "
-                                               r"was cached"):
-        load_or_build_cache(tmp_path, encoder=enc, frames_fn=lambda: frames, past_rows=past_rows, batch_size=3,
-                            progress=False, **_ident(enc))
+    with pytest.raises(
+        LatentCacheError,
+        match=r"gave NaN/inf latents for 4 of 10 windows \(first: row 0\); nothing "
+        r"was cached",
+    ):
+        load_or_build_cache(
+            tmp_path,
+            encoder=enc,
+            frames_fn=lambda: frames,
+            past_rows=past_rows,
+            batch_size=3,
+            progress=False,
+            **_ident(enc),
+        )
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.json"))
 
 
@@ -127,15 +126,18 @@ def test_a_cache_of_other_world_tokens_is_never_reused(enc, frames, past_rows, t
         calls.append(1)
         return frames
 
-    one_cache = load_or_build_cache(tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False,
-                                    **_ident(enc))
-    four_cache = load_or_build_cache(tmp_path, encoder=four, frames_fn=frames_fn, past_rows=past_rows, progress=False,
-                                     **_ident(four))
+    one_cache = load_or_build_cache(
+        tmp_path, encoder=enc, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(enc)
+    )
+    four_cache = load_or_build_cache(
+        tmp_path, encoder=four, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(four)
+    )
     assert len(calls) == 2 and four_cache.path != one_cache.path
     assert four_cache.latents.shape == (N, 4 * enc.latent_dim) and four_cache.meta["world_tokens"] == 4
     np.testing.assert_allclose(four_cache.latents.reshape(N, 4, -1).mean(1), one_cache.latents, rtol=1e-4, atol=1e-5)
-    again = load_or_build_cache(tmp_path, encoder=four, frames_fn=frames_fn, past_rows=past_rows, progress=False,
-                                **_ident(four))
+    again = load_or_build_cache(
+        tmp_path, encoder=four, frames_fn=frames_fn, past_rows=past_rows, progress=False, **_ident(four)
+    )
     assert len(calls) == 2 and np.array_equal(again.latents, four_cache.latents)
     # Loading one as the other is a mismatch naming world_tokens (and the encoder, whose id carries N).
     ident = dict(num_frames=M, **_ident(enc))
