@@ -84,6 +84,13 @@ def _cmd_demo(args) -> int:
     return run_demo(quick=args.quick, out=args.out)
 
 
+def _cmd_study(args) -> int:
+    from .study.run import run_study
+    from .study.settings import settings_from_args
+
+    return run_study(settings_from_args(args))
+
+
 def _cmd_pretrain_world(args) -> int:
     import dataclasses
 
@@ -240,6 +247,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo",
                    help="folder for the demonstrations, runs and report (default: 'runs/demo')")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("study", help="the benchmark's table: demonstrations, E0/E2 runs per seed, every suite and "
+                                     "LIBERO-PRO perturbation evaluated, paired statistics (resumable)")
+    p.add_argument("--suites", default="libero_spatial,libero_object,libero_goal,libero_10",
+                   help="suites, comma-separated, of libero_spatial, libero_object, libero_goal, libero_10 "
+                        "(default: all four)")
+    p.add_argument("--experiments", default="E0,E2", help="presets to train, comma-separated; the first two are "
+                                                          "paired, second - first (default: 'E0,E2')")
+    p.add_argument("--seeds", default="0", help="training seeds: '0,1,2' or '0-2' (default: '0')")
+    p.add_argument("--pro", default="", help="LIBERO-PRO perturbations evaluated on each suite, comma-separated, "
+                                             "of swap, object, lan, task (default: none)")
+    p.add_argument("--tasks", default=None, help="task ids of every suite: '0,1' or '0-9' (default: all)")
+    p.add_argument("--budget", default="cpu", choices=("cpu", "gpu"),
+                   help="sizes: cpu fits 2 cores (64 px, tiny backbone, 6 epochs, 20 demonstrations per task); "
+                        "gpu the real-size defaults; the flags below override it (default: 'cpu')")
+    for flag, what in (("demos-per-task", "scripted-expert demonstrations per task, >= 1"),
+                       ("epochs", "training epochs per run, >= 1"), ("batch-size", "training samples per step"),
+                       ("image-size", "side in pixels of the recorded frames and the policy's images"),
+                       ("world-image-size", "world-encoder input side in pixels"),
+                       ("workers", "simulator processes for generation and evaluation, >= 1")):
+        dest = "epochs" if flag == "epochs" else flag.replace("-", "_")
+        p.add_argument(f"--{flag}", dest=dest, type=int, default=None, help=f"{what} (default: the budget's)")
+    p.add_argument("--episodes-per-task", dest="episodes_per_task", type=int, default=None,
+                   help="initial states per task on each standard suite (default: all 50, the public protocol)")
+    p.add_argument("--pro-episodes", dest="pro_episodes", type=int, default=None,
+                   help="initial states per task on each LIBERO-PRO suite (default: all)")
+    p.add_argument("--max-steps", dest="max_steps", type=int, default=None,
+                   help="control steps per episode, >= 1 (default: each suite's public limit)")
+    p.add_argument("--out", default="runs/study", help="folder for the runs, report.md and study.json "
+                                                       "(default: 'runs/study')")
+    p.add_argument("--data", default=None, help="folder of the generated datasets, reusable by other studies "
+                                                "(default: <out>/data)")
+    p.add_argument("--joint", action="store_true", help="train one policy per experiment and seed over all the "
+                                                        "suites' demonstrations (default: one per suite)")
+    p.set_defaults(func=_cmd_study)
+
+    from .serve.command import add_serve_flags
+    from .serve.command import run as run_serve
+
+    p = sub.add_parser("serve", help="serve a policy over WebSocket in openpi's protocol (msgpack numpy arrays), "
+                                     "batching requests that arrive together")
+    add_serve_flags(p)
+    p.set_defaults(func=run_serve)
     return parser
 
 

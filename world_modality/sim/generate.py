@@ -49,6 +49,11 @@ class Job:
         return placement_seed(self.seed, self.task_id, self.attempt)
 
 
+class TooFewDemonstrations(RuntimeError):
+    """The expert's attempts are spent and some task has fewer successes than asked (an expert failure, not an
+    error: rerunning changes nothing)."""
+
+
 def placement_seed(seed: int, task_id: int, attempt: int) -> int:
     """The RNG seed of one fresh placement, fixed by (generation seed, task, attempt) so runs reproduce."""
     return int(np.random.SeedSequence([seed, task_id, attempt, 0x57A27]).generate_state(1)[0])
@@ -112,7 +117,11 @@ def _read_attempts(path: Path) -> list[dict]:
 
 
 def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str | Path, image_size: int = 128,
-             workers: int = 2, seed: int = 0, progress: bool = True, job_timeout_s: float | None = 900) -> Path:
+             workers: int = 2, seed: int = 0, progress: bool = True, job_timeout_s: float | None = 900,
+             allow_short: bool = False) -> Path:
+    """A LeRobot dataset of `episodes_per_task` expert demonstrations per task, each from a fresh placement.
+    A task the expert solves fewer times raises TooFewDemonstrations once its attempts are spent, unless
+    `allow_short`: then the dataset holds what the expert achieved (tasks it never solved left out)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -187,8 +196,11 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
                            f"{'; '.join(errors[:3])}{' ...' if len(errors) > 3 else ''}. Finished attempts are kept in "
                            f"{staging}; fix the cause and run the same command again to retry them.")
     short = {t: len(w) for t, w in wins.items() if len(w) < episodes_per_task}
+    solved = [t for t in tasks if wins[t]]
+    if short and allow_short and solved:
+        return _write_dataset(out, staging, suite, solved, wins, episodes_per_task, image_size, seed)
     if short:
-        raise RuntimeError(f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} "
+        raise TooFewDemonstrations(f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} "
                            f"fresh placements for tasks {short} (successes so far); finished episodes are kept "
                            f"in {staging}.")
     return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed)

@@ -1,0 +1,138 @@
+"""A study's settings: names checked before anything runs, the CPU/GPU budgets, and the identity file that makes a
+rerun into the same folder continue the same study (or be refused)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+SUITE_COLUMNS = {"libero_spatial": "Spatial", "libero_object": "Object", "libero_goal": "Goal", "libero_10": "Long"}
+SETTINGS_FILE = "study_settings.json"
+
+
+@dataclass(frozen=True)
+class Budget:
+    demos_per_task: int  # scripted-expert demonstrations per task
+    epochs: int  # training epochs per run
+    batch_size: int  # training samples per step
+    image_size: int  # policy image side in pixels (also the recorded frames' side)
+    world_image_size: int  # world-encoder input side in pixels
+    workers: int  # simulator processes for generation and evaluation
+
+
+# cpu: fits 2 cores (small images, the tiny backbone, few epochs, as the demo); gpu: the real-size defaults.
+BUDGETS = {"cpu": Budget(demos_per_task=20, epochs=6, batch_size=16, image_size=64, world_image_size=64, workers=2),
+           "gpu": Budget(demos_per_task=50, epochs=20, batch_size=32, image_size=128, world_image_size=128,
+                         workers=8)}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    suites: tuple[str, ...]
+    experiments: tuple[str, ...]
+    seeds: tuple[int, ...]
+    pro: tuple[str, ...]  # LIBERO-PRO perturbations evaluated on each suite
+    tasks: tuple[int, ...] | None  # task ids of every suite; None: all
+    episodes_per_task: int | None  # standard-suite initial states per task; None: all 50
+    pro_episodes: int | None  # LIBERO-PRO initial states per task; None: all
+    max_steps: int | None  # control steps per episode; None: each suite's public limit
+    demos_per_task: int
+    epochs: int
+    batch_size: int
+    image_size: int
+    world_image_size: int
+    workers: int  # not part of the identity: it changes no outcome
+    out: str
+    data: str  # folder of the generated datasets (shared between studies: names carry their settings)
+    joint: bool = False  # one policy per experiment and seed over every suite, instead of one per suite
+
+    def identity(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("workers", "out", "data")}
+
+
+def _names(text: str, choices, what: str, flag: str) -> tuple[str, ...]:
+    from ..config import ConfigError
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise ConfigError(f"{flag} is empty; expected one or more {what} of {', '.join(choices)}.")
+    bad = [v for v in values if v not in choices]
+    if bad:
+        raise ConfigError(f"{flag}: unknown {what} {', '.join(map(repr, bad))}; expected some of {', '.join(choices)}.")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{flag} names a value twice: {text!r}.")
+    return values
+
+
+def _ints(text: str | None, flag: str, what: str) -> tuple[int, ...] | None:
+    from ..ids import parse_ids
+
+    return None if text is None else tuple(parse_ids(text, flag=flag, what=what))
+
+
+def settings_from_args(args) -> StudySettings:
+    """Every name and number checked, so a typo fails before a simulator starts; flags override the budget."""
+    from ..config import PRESETS, ConfigError
+    from ..sim.suites import PRO_PERTURBATIONS
+
+    suites = _names(args.suites, tuple(SUITE_COLUMNS), "suite", "--suites")
+    experiments = _names(args.experiments, tuple(PRESETS), "experiment", "--experiments")
+    pro = _names(args.pro, PRO_PERTURBATIONS, "perturbation", "--pro") if args.pro else ()
+    seeds = _ints(args.seeds, "--seeds", "training seeds")
+    if not seeds:
+        raise ConfigError(f"--seeds {args.seeds!r} names no seed; expected e.g. '0' or '0,1,2'.")
+    b = BUDGETS[args.budget]
+    given = {f.name: getattr(args, f.name) for f in fields(Budget) if getattr(args, f.name, None) is not None}
+    b = replace(b, **given)
+    for name in ("demos_per_task", "epochs", "batch_size", "workers"):
+        if getattr(b, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(b, name)}.")
+    for name in ("episodes_per_task", "pro_episodes", "max_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    s = StudySettings(suites=suites, experiments=experiments, seeds=seeds, pro=pro,
+                      tasks=_ints(args.tasks, "--tasks", "task ids"), episodes_per_task=args.episodes_per_task,
+                      pro_episodes=args.pro_episodes, max_steps=args.max_steps, demos_per_task=b.demos_per_task,
+                      epochs=b.epochs, batch_size=b.batch_size, image_size=b.image_size,
+                      world_image_size=b.world_image_size, workers=b.workers, out=str(args.out),
+                      data=str(args.data or Path(args.out) / "data"), joint=bool(getattr(args, "joint", False)))
+    for e in experiments:  # a preset that needs more than a dataset (E2-Pretrained's encoder) fails here
+        run_config(s, e, "libero_spatial", seeds[0], Path("unused"), Path("unused"))
+    if any(t >= 10 for t in s.tasks or ()):
+        raise ConfigError(f"--tasks {args.tasks}: task ids must be in [0, 9] (each suite has 10 tasks).")
+    return s
+
+
+def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset: Path, run_dir: Path):
+    """One run's config, built as the demo builds E0 and E2: the preset, then the study's sizes."""
+    from ..config import build_config
+
+    return build_config({"dataset": str(dataset), "image_size": s.image_size, "world_image_size": s.world_image_size,
+                         "max_epochs": s.epochs, "batch_size": s.batch_size, "seed": seed,
+                         "output_dir": str(run_dir), "tensorboard": False}, preset=experiment)
+
+
+def check_same_study(s: StudySettings) -> None:
+    """Write <out>/study_settings.json, or refuse when it holds another study."""
+    from ..config import ConfigError
+
+    out = Path(s.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a folder for the study.")
+    path = out / SETTINGS_FILE
+    mine = json.loads(json.dumps(s.identity()))
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old is not None and old != mine:
+            diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+            raise ConfigError(f"{out} holds a study with other settings ({', '.join(diff)}: "
+                              f"{ {k: old.get(k) for k in diff} } there, { {k: mine.get(k) for k in diff} } now); "
+                              "rerun with the same settings to continue it, or use another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(mine, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,192 @@
+"""A study's stages, each resumable: demonstrations per suite (cached), one training run per suite (or, with --joint,
+one over all suites), experiment and seed, closed-loop evaluation of every run on each standard and LIBERO-PRO
+suite; wall times kept in <out>/times.json (accumulated across resumptions). Stages that cannot run are recorded
+with their reason, not hidden."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from .settings import StudySettings, run_config
+
+TIMES_FILE = "times.json"
+
+
+class Times:
+    """Seconds per stage, summed over every resumption; written every few seconds while a stage runs, so a kill
+    loses at most those seconds."""
+
+    FLUSH_S = 5.0
+
+    def __init__(self, out: Path):
+        self.path = out / TIMES_FILE
+        self.seconds: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def _write(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(seconds, 2)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seconds, indent=2) + "\n")
+        tmp.replace(self.path)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        import threading
+
+        base, t0, stop = self.seconds.get(name, 0.0), time.time(), threading.Event()
+
+        def flush() -> None:
+            while not stop.wait(self.FLUSH_S):
+                self._write(name, base + time.time() - t0)
+
+        thread = threading.Thread(target=flush, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self._write(name, base + time.time() - t0)
+
+
+def dataset_path(s: StudySettings, suite: str) -> Path:
+    tasks = "all" if s.tasks is None else "-".join(map(str, s.tasks))
+    return Path(s.data) / f"{suite}-t{tasks}-n{s.demos_per_task}-{s.image_size}px-fresh"
+
+
+def _demonstration_counts(data: Path) -> dict[int, int]:
+    info = json.loads((data / "meta" / "info.json").read_text())
+    counts: dict[int, int] = {}
+    for ep in info.get("source", {}).get("episodes", []):
+        counts[ep["task_id"]] = counts.get(ep["task_id"], 0) + 1
+    return counts
+
+
+def generate_suite(s: StudySettings, suite: str, tasks: list[int]) -> dict:
+    """{"dataset", "demos": {task: n}} or {"not_run": reason}. A task the expert solves fewer times than asked keeps
+    what it has once its attempts are spent; a suite with no demonstration at all cannot be trained."""
+    from ..sim import generate as gen
+
+    data = dataset_path(s, suite)
+    try:
+        gen.generate(suite, tasks, s.demos_per_task, data, image_size=s.image_size, workers=s.workers, seed=0,
+                     progress=False, allow_short=True)
+    except gen.TooFewDemonstrations:  # errors (not expert failures) propagate: a rerun retries them
+        return {"not_run": "the scripted expert solved no task of this suite", "demos": {t: 0 for t in tasks}}
+    counts = _demonstration_counts(data)
+    return {"dataset": str(data), "demos": {t: counts.get(t, 0) for t in tasks}}
+
+
+def run_dir(s: StudySettings, suite: str, experiment: str, seed: int) -> Path:
+    return Path(s.out) / "runs" / suite / f"{experiment.lower()}-seed{seed}"
+
+
+def train_run(s: StudySettings, suite: str, experiment: str, seed: int, dataset: str) -> Path:
+    """Train (or resume, or find finished) one run; its console output goes to the run's train.log."""
+    from ..train import train
+
+    run = run_dir(s, suite, experiment, seed)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = run_config(s, experiment, suite, seed, Path(dataset), run)
+    with (run / "train.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        final = train(cfg, progress=False)
+    (run / "trained.json").write_text(json.dumps({"checkpoint": str(final)}) + "\n")
+    return Path(final)
+
+
+def eval_run(s: StudySettings, checkpoint: Path, train_suite: str, experiment: str, seed: int, suite: str,
+             tasks: list[int], n_episodes: int | None) -> dict:
+    """{"episodes": finished, "errors": errored} of one run on one suite (the same initial states for every run)."""
+    from ..evaluate.closed_loop import EvalSettings, evaluate
+
+    out = run_dir(s, train_suite, experiment, seed) / "eval" / suite
+    log_path = run_dir(s, train_suite, experiment, seed) / "eval.log"
+    with log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        r = evaluate(EvalSettings(checkpoint=str(checkpoint), suite=suite, tasks=tuple(tasks), n_episodes=n_episodes,
+                                  workers=s.workers, max_steps=s.max_steps, out=str(out)), progress=False)
+    return {"episodes": r.finished, "errors": r.errors}
+
+
+def plan(s: StudySettings) -> list[tuple]:
+    """Every stage in order: ("generate", suite), ("merge", "joint") with --joint, ("train", suite, experiment, seed)
+    and ("eval", suite, experiment, seed, eval_suite), where suite is "joint" for the runs over every suite."""
+    stages: list[tuple] = [("generate", suite) for suite in s.suites]
+    groups = [("joint", s.suites)] if s.joint else [(suite, (suite,)) for suite in s.suites]
+    if s.joint:
+        stages.append(("merge", "joint"))
+    for train_suite, suites in groups:
+        for e in s.experiments:
+            for seed in s.seeds:
+                stages.append(("train", train_suite, e, seed))
+                stages += [("eval", train_suite, e, seed, target)
+                           for suite in suites for target in (suite, *(f"{suite}_{p}" for p in s.pro))]
+    return stages
+
+
+def merge_suites(s: StudySettings, suites: dict[str, dict]) -> dict:
+    """--joint: one dataset of every suite that has demonstrations, or {"not_run": reason}."""
+    from .joint import joint_dataset
+
+    parts = {suite: Path(g["dataset"]) for suite, g in suites.items() if "dataset" in g}
+    if not parts:
+        return {"not_run": "no suite has a demonstration"}
+    name = dataset_path(s, "+".join(parts)).name.replace("-fresh", "-joint")
+    return {"dataset": str(joint_dataset(parts, Path(s.data) / name, s.image_size))}
+
+
+def run_stages(s: StudySettings, tasks_of) -> dict:
+    """Run every stage; returns {"suites": {suite: generation}, "evals": [...], "failed": [...]} for the report."""
+    from tqdm.auto import tqdm
+
+    out = Path(s.out)
+    times = Times(out)
+    stages = plan(s)
+    suites: dict[str, dict] = {}
+    checkpoints: dict[tuple, Path | str] = {}
+    evals: list[dict] = []
+    bar = tqdm(total=len(stages), desc="study", unit="stage")
+    for st in stages:
+        name = "/".join(map(str, st))
+        bar.set_description(f"study {name}")
+        kind, suite = st[0], st[1]
+        gen = suites.get(suite, {})
+        with times.stage(name):
+            if kind in ("generate", "merge"):
+                try:
+                    suites[suite] = (generate_suite(s, suite, tasks_of(suite)) if kind == "generate"
+                                     else merge_suites(s, suites))
+                except Exception as e:  # reported in the table; the study exits non-zero so it is rerun
+                    suites[suite] = {"not_run": f"{kind} failed: {type(e).__name__}: {e}", "error": True}
+            elif "not_run" in gen:
+                pass
+            elif kind == "train":
+                key = st[1:4]
+                try:
+                    checkpoints[key] = train_run(s, *key, gen["dataset"])
+                except Exception as e:
+                    checkpoints[key] = f"training failed: {type(e).__name__}: {e}"
+            else:
+                key, target = st[1:4], st[4]
+                base = target if target in s.suites else target.rsplit("_", 1)[0]
+                ckpt = checkpoints.get(key)
+                record = {"train_suite": suite, "experiment": st[2], "seed": st[3], "suite": target}
+                if "not_run" in suites.get(base, {}):  # --joint: a suite without demonstrations is not evaluated
+                    record["not_run"] = suites[base]["not_run"]
+                elif isinstance(ckpt, Path):
+                    n = s.episodes_per_task if target == base else s.pro_episodes
+                    try:
+                        record.update(eval_run(s, ckpt, suite, st[2], st[3], target, tasks_of(base), n))
+                    except Exception as e:
+                        record.update(not_run=f"evaluation failed: {type(e).__name__}: {e}", error=True)
+                else:
+                    record["not_run"] = ckpt or "not trained"
+                evals.append(record)
+        bar.update(1)
+    bar.close()
+    failed = [f"{k}: {v}" for k, v in checkpoints.items() if not isinstance(v, Path)]
+    failed += [f"{k}: {v['not_run']}" for k, v in suites.items() if v.get("error")]
+    failed += [f"{'/'.join(map(str, (r['train_suite'], r['experiment'], r['seed'], r['suite'])))}: {r['not_run']}"
+               for r in evals if r.get("error")]
+    return {"suites": suites, "evals": evals, "failed": failed, "times": dict(times.seconds)}
