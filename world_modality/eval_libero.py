@@ -15,37 +15,74 @@ from .sim.suites import PRO_PERTURBATIONS, STANDARD_SUITES
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
-    p.add_argument("--suite", default="libero_spatial",
-                   help=f"LIBERO suite: {', '.join(STANDARD_SUITES)}, or a LIBERO-PRO variant <suite>_<perturbation> "
-                        f"with perturbation {', '.join(PRO_PERTURBATIONS)} (default: 'libero_spatial')")
-    p.add_argument("--tasks", default=None,
-                   help="task ids of the suite: '0,1', '0-9' or '0-2,5' (default: all tasks of the suite)")
-    p.add_argument("--n_episodes", type=int, default=None,
-                   help="per task: the benchmark's initial states 0..n-1 (default: all 50, the public protocol)")
-    p.add_argument("--memory", default=None, choices=CLOSED_LOOP_MEMORY_MODES,
-                   help=f"world-memory mode, one of {', '.join(CLOSED_LOOP_MEMORY_MODES)} (default: the checkpoint's "
-                        "training mode, predicted or, for E2-Present, present); the others are ablations (oracle is "
-                        "offline-only: the true future depends on actions not yet taken)")
-    p.add_argument("--replan_every", type=int, default=None,
-                   help="dataset frames between replans, >= 1 (default: chunk_size // 2)")
+    p.add_argument(
+        "--suite",
+        default="libero_spatial",
+        help=f"LIBERO suite: {', '.join(STANDARD_SUITES)}, or a LIBERO-PRO variant <suite>_<perturbation> "
+        f"with perturbation {', '.join(PRO_PERTURBATIONS)} (default: 'libero_spatial')",
+    )
+    p.add_argument(
+        "--tasks", default=None, help="task ids of the suite: '0,1', '0-9' or '0-2,5' (default: all tasks of the suite)"
+    )
+    p.add_argument(
+        "--n_episodes",
+        type=int,
+        default=None,
+        help="per task: the benchmark's initial states 0..n-1 (default: all 50, the public protocol)",
+    )
+    p.add_argument(
+        "--memory",
+        default=None,
+        choices=CLOSED_LOOP_MEMORY_MODES,
+        help=f"world-memory mode, one of {', '.join(CLOSED_LOOP_MEMORY_MODES)} (default: the checkpoint's "
+        "training mode, predicted or, for E2-Present, present); the others are ablations (oracle is "
+        "offline-only: the true future depends on actions not yet taken)",
+    )
+    p.add_argument(
+        "--replan_every", type=int, default=None, help="dataset frames between replans, >= 1 (default: chunk_size // 2)"
+    )
     p.add_argument("--workers", type=int, default=2, help="simulator processes, >= 1 (default: 2)")
-    p.add_argument("--seed", type=int, default=7,
-                   help="random seed of the simulator (as in the public LIBERO scripts) and of each episode's policy "
-                        "draws (default: 7)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="random seed of the simulator (as in the public LIBERO scripts) and of each episode's policy "
+        "draws (default: 7)",
+    )
     p.add_argument("--video", type=int, default=0, help="rollouts per task saved as mp4, >= 0 (default: 0)")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th episode starting at i (default: '0/1', all)")
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval/<suite>-<memory>)")
-    p.add_argument("--max_steps", type=int, default=None,
-                   help="control steps per episode, >= 1 (default: the suite's public limit)")
-    p.add_argument("--device", default="auto",
-                   help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N "
-                        "(default: 'auto')")
-    p.add_argument("--allow_train_overlap", action="store_true",
-                   help="evaluate initial states that produced training data (flagged in every record and the report) "
-                        "instead of refusing")
-    p.add_argument("--episode_timeout", type=float, default=1800,
-                   help="seconds one episode may take before its worker is killed and the episode retried once "
-                        "(0: no limit; default: 1800)")
+    p.add_argument(
+        "--max_steps",
+        type=int,
+        default=None,
+        help="control steps per episode, >= 1 (default: the suite's public limit)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the policy runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: 'auto')",
+    )
+    p.add_argument(
+        "--allow_train_overlap",
+        action="store_true",
+        help="evaluate initial states that produced training data (flagged in every record and the report) "
+        "instead of refusing",
+    )
+    p.add_argument(
+        "--episode_timeout",
+        type=float,
+        default=1800,
+        help="seconds one episode may take before its worker is killed and the episode retried once "
+        "(0: no limit; default: 1800)",
+    )
+    p.add_argument(
+        "--policy_server",
+        default=None,
+        metavar="HOST:PORT",
+        help="ask the policy server there (`world-modality serve` of the same --checkpoint, checked by its "
+        "weights' hash) for actions instead of loading the checkpoint in each worker (default: none)",
+    )
 
 
 def settings_from_args(args):
@@ -55,12 +92,24 @@ def settings_from_args(args):
         i, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
         raise ConfigError(f"--shard must look like i/n with 0 <= i < n (e.g. 0/4), got {args.shard!r}.") from None
-    return EvalSettings(checkpoint=args.checkpoint, suite=args.suite,
-                        tasks=tuple(parse_ids(args.tasks)) if args.tasks else None, n_episodes=args.n_episodes,
-                        memory=args.memory, replan_every=args.replan_every, workers=args.workers, seed=args.seed,
-                        video=args.video, shard=(i, n), out=args.out, max_steps=args.max_steps,
-                        device=args.device, episode_timeout_s=args.episode_timeout or None,
-                        allow_train_overlap=args.allow_train_overlap)
+    return EvalSettings(
+        checkpoint=args.checkpoint,
+        suite=args.suite,
+        tasks=tuple(parse_ids(args.tasks)) if args.tasks else None,
+        n_episodes=args.n_episodes,
+        memory=args.memory,
+        replan_every=args.replan_every,
+        workers=args.workers,
+        seed=args.seed,
+        video=args.video,
+        shard=(i, n),
+        out=args.out,
+        max_steps=args.max_steps,
+        device=args.device,
+        episode_timeout_s=args.episode_timeout or None,
+        allow_train_overlap=args.allow_train_overlap,
+        policy_server=args.policy_server,
+    )
 
 
 def run(args) -> int:
@@ -85,8 +134,10 @@ def format_run(result) -> str:
         lines.append(f"WARNING: {flagged} episode(s) started from training start states (train_overlap).")
     if result.errors:
         shown = "; ".join(f"task {r['task_id']} init {r['init_index']}: {r.get('error')}" for r in result.errors[:3])
-        lines.append(f"ERROR: {len(result.errors)} episode(s) ended in an error, not counted in any rate ({shown}"
-                     f"{' ...' if len(result.errors) > 3 else ''}); run the same command again to retry them.")
+        lines.append(
+            f"ERROR: {len(result.errors)} episode(s) ended in an error, not counted in any rate ({shown}"
+            f"{' ...' if len(result.errors) > 3 else ''}); run the same command again to retry them."
+        )
     else:
         lines.append(f"{len(result.finished)} episode(s) finished, 0 errors: {result.path}")
     return "\n".join(lines)
@@ -99,8 +150,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{suite}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f})")
     for (suite, task_id), s in sorted(summary["per_task"].items()):
         lo, hi = s["ci"]
-        lines.append(f"  task {task_id:2d}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% "
-                     f"({100 * lo:.1f}-{100 * hi:.1f})  {s.get('task', '')}")
+        lines.append(
+            f"  task {task_id:2d}: {s['k']}/{s['n']} = {100 * s['rate']:.1f}% "
+            f"({100 * lo:.1f}-{100 * hi:.1f})  {s.get('task', '')}"
+        )
     return "\n".join(lines)
 
 

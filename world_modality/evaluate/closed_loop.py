@@ -7,14 +7,13 @@ once, then recorded as an error, never counted in a rate, and retried by the nex
 A rerun into the same output folder skips the finished episodes of the same evaluation: the folder's
 `settings.json` holds what changes an outcome (checkpoint and its weights' hash, suite, memory, seed, step
 limit, replanning interval, overlap permission), and a rerun with other such settings is refused.
-`--shard i/n` takes every n-th episode so machines can split a suite.
+`--shard i/n` takes every n-th episode so machines can split a suite. With `policy_server` the workers ask a
+`world-modality serve` of the same weights for their chunks (`remote.py`) instead of loading the checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..jsonl import read_jsonl
 from ..workers import JobLost, WorkerPool
 from .episodes import episode_key, is_error, resolve
+from .folder import check_same_evaluation, episodes_path, eval_identity, lock_folder, read_episodes
+from .worker import run_job, worker_init
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class EvalSettings:
     device: str = "auto"  # where each worker's policy runs: auto (CUDA when present), cpu, cuda, cuda:N
     episode_timeout_s: float | None = 1800  # a hung worker is killed and its episode retried once; None: no limit
     allow_train_overlap: bool = False  # evaluate starts that produced training data (flagged), instead of refusing
+    policy_server: str | None = None  # HOST:PORT of `world-modality serve` with this checkpoint; None: load it
 
     def __post_init__(self) -> None:
         # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
@@ -61,16 +62,19 @@ class EvalSettings:
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}.")
         if self.replan_every is not None and self.replan_every < 1:
-            raise ConfigError(f"replan_every must be >= 1 frame (or left out for chunk_size // 2), "
-                              f"got {self.replan_every}.")
+            raise ConfigError(
+                f"replan_every must be >= 1 frame (or left out for chunk_size // 2), got {self.replan_every}."
+            )
         if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1 control step (or left out for the suite's limit), "
-                              f"got {self.max_steps}.")
+            raise ConfigError(
+                f"max_steps must be >= 1 control step (or left out for the suite's limit), got {self.max_steps}."
+            )
         if self.video < 0:
             raise ConfigError(f"video must be >= 0 rollouts per task, got {self.video}.")
         if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
-            raise ConfigError(f"episode_timeout_s must be positive seconds or None (no limit), "
-                              f"got {self.episode_timeout_s}.")
+            raise ConfigError(
+                f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}."
+            )
         if self.memory is not None:
             check_memory_mode(self.memory, "closed-loop")
         try:
@@ -78,6 +82,13 @@ class EvalSettings:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         resolve_device(self.device)
+        if self.policy_server is not None:
+            from .remote import parse_address
+
+            try:
+                parse_address(self.policy_server)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
 
 def resolve_memory(settings: EvalSettings, cfg) -> EvalSettings:
@@ -109,119 +120,6 @@ class EvalRun:
     overlap: dict = field(default_factory=dict)
 
 
-def episodes_path(out: Path, shard: tuple[int, int]) -> Path:
-    i, n = shard
-    return out / ("episodes.jsonl" if n == 1 else f"episodes.shard-{i}-of-{n}.jsonl")
-
-
-def read_episodes(path: Path) -> list[dict]:
-    """Every complete line; a line cut by a kill mid-write is ignored (its episode reruns)."""
-    return read_jsonl(path)[0]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -> dict:
-    """Everything that changes an episode's outcome (not the device, workers, tasks or episode count)."""
-    meta = json.loads((ckpt / "policy.json").read_text())
-    return {"checkpoint": str(ckpt.resolve()), "checkpoint_step": meta.get("step"),
-            "weights_sha256": _file_sha256(ckpt / "model.safetensors"), **_ema_identity(ckpt), "suite": settings.suite,
-            "memory": settings.memory, "seed": settings.seed, "step_limit": limit, "replan_every": replan,
-            "allow_train_overlap": settings.allow_train_overlap}
-
-
-def _ema_identity(ckpt: Path) -> dict:
-    """The EMA weights, which evaluation loads when a checkpoint keeps them; absent before EMA existed, so
-    identities of evaluations of checkpoints without EMA stay as they were."""
-    ema = ckpt / "ema.safetensors"
-    return {"ema_sha256": _file_sha256(ema)} if ema.exists() else {}
-
-
-def _check_same_evaluation(out: Path, identity: dict, path: Path) -> None:
-    from ..config import ConfigError
-
-    settings_file = out / "settings.json"
-    old = None
-    if settings_file.exists():
-        try:
-            old = json.loads(settings_file.read_text()).get("identity")
-        except (json.JSONDecodeError, AttributeError):
-            raise ConfigError(f"{settings_file} is not valid JSON; expected the settings of the evaluation in {out}. "
-                              "Delete the folder or use another --out.") from None
-    has_episodes = any(read_episodes(p) for p in out.glob("episodes*.jsonl"))
-    if old is None and has_episodes:
-        raise ConfigError(f"{out} holds episodes of an evaluation that recorded no settings to compare with; "
-                          "use another --out or delete that folder.")
-    if old is not None and old != identity:
-        diff = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now"
-                         for k in identity if old.get(k) != identity[k])
-        raise ConfigError(f"{out} holds episodes of another evaluation ({diff}); its outcomes would be mixed with "
-                          "these. Use another --out, or delete that folder to start over.")
-
-
-def _lock(out: Path):
-    from ..config import ConfigError
-
-    f = (out / ".lock").open("a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise ConfigError(f"another evaluation is writing to {out} right now; wait for it to finish, "
-                          "or use another --out.") from None
-    return f
-
-
-# --- worker side ----------------------------------------------------------------------------------
-_STATE: dict = {}
-
-
-def _worker_init(settings: dict) -> None:
-    import torch
-
-    from ..policy.device import resolve_device
-    from .runner import PolicyRunner
-
-    if resolve_device(settings["device"]).type == "cpu":
-        torch.set_num_threads(1)  # one core per simulator process; threads would only contend
-    _STATE["runner"] = PolicyRunner(settings["checkpoint"], settings["memory"], seed=settings["seed"],
-                                    device=settings["device"])
-    _STATE["settings"] = settings
-
-
-def _run_job(task_id: int, init_index: int, record_video: bool) -> dict:
-    from ..sim.env import LiberoEnv
-    from .rollout import run_episode
-
-    st, runner = _STATE["settings"], _STATE["runner"]
-    env = _STATE.get("env")
-    task = getattr(env, "task", None) if env is not None and env.task_id == task_id else None
-    try:
-        if env is None or env.task_id != task_id:
-            if env is not None:
-                _STATE.pop("env", None)
-                env.close()
-            env = _STATE["env"] = LiberoEnv(st["suite"], task_id, image_size=runner.cfg.data.image_size,
-                                            seed=st["seed"], max_steps=st["max_steps"],
-                                            camera_sizes=runner.render_sizes)
-        task = env.task
-        seed = st["seed"] * 100_003 + task_id * 1_000 + init_index
-        result = run_episode(env, runner, init_index, st["replan_every"], seed=seed, record_video=record_video)
-        result["outcome"] = "success" if result["success"] else "failure"
-    except Exception as e:  # an error, not the policy's failure: kept apart, retried
-        _STATE.pop("env", None)
-        result = {"outcome": "error", "success": None, "error": f"{type(e).__name__}: {e}", "steps": None,
-                  "frames": None, "failure": None, "seconds": None}
-    result.update(task_id=task_id, init_index=init_index, task=task)
-    return result
-
-
 # --- parent side ----------------------------------------------------------------------------------
 def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     from tqdm.auto import tqdm
@@ -236,8 +134,10 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     cfg = read_checkpoint_config(ckpt)  # the workers load the policy; here only its settings are needed
     settings = resolve_memory(settings, cfg)
     if cfg.policy.disable_future_injection and settings.memory != "predicted":  # before any worker starts
-        raise ConfigError(f"memory mode {settings.memory!r} needs a policy with future injection; the checkpoint "
-                          f"{ckpt} has none (E0): leave --memory out.")
+        raise ConfigError(
+            f"memory mode {settings.memory!r} needs a policy with future injection; the checkpoint "
+            f"{ckpt} has none (E0): leave --memory out."
+        )
     replan = settings.replan_every or max(1, cfg.policy.chunk_size // 2)
     if not 1 <= replan <= cfg.policy.chunk_size:
         raise ConfigError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")
@@ -252,30 +152,64 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     per_task = {t: settings.n_episodes or n_init[t] for t in tasks}
     for t in tasks:
         if per_task[t] > n_init[t]:
-            raise ConfigError(f"n_episodes {settings.n_episodes} exceeds the {n_init[t]} initial states of "
-                              f"{settings.suite} task {t}.")
+            raise ConfigError(
+                f"n_episodes {settings.n_episodes} exceeds the {n_init[t]} initial states of {settings.suite} task {t}."
+            )
     recorded = (json.loads((ckpt / "policy.json").read_text()).get("data_info") or {}).get("training_starts")
-    overlap = check_overlap(cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap,
-                            recorded=recorded)
+    overlap = check_overlap(
+        cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap, recorded=recorded
+    )
     flagged = {tuple(p) for p in overlap["overlapping"]}
     out = eval_folder(ckpt, settings)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder for the episodes file.")
     out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out)
+    lock = lock_folder(out)
     try:
-        return _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, overlap, flagged, progress,
-                                tqdm, matching_preset, describe)
+        return _evaluate_locked(
+            settings,
+            ckpt,
+            cfg,
+            out,
+            tasks,
+            per_task,
+            replan,
+            limit,
+            overlap,
+            flagged,
+            progress,
+            tqdm,
+            matching_preset,
+            describe,
+        )
     finally:
         lock.close()
 
 
-def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, overlap, flagged, progress, tqdm,
-                     matching_preset, describe) -> EvalRun:
+def _evaluate_locked(
+    settings,
+    ckpt,
+    cfg,
+    out,
+    tasks,
+    per_task,
+    replan,
+    limit,
+    overlap,
+    flagged,
+    progress,
+    tqdm,
+    matching_preset,
+    describe,
+) -> EvalRun:
     i, n = settings.shard
     path = episodes_path(out, settings.shard)
     identity = eval_identity(ckpt, settings, replan, limit)
-    _check_same_evaluation(out, identity, path)
+    check_same_evaluation(out, identity, path)
+    if settings.policy_server:  # before anything is written: a server of other weights is refused
+        from .remote import check_server
+
+        check_server(settings.policy_server, identity["weights_sha256"], settings.memory)
     experiment = matching_preset(cfg) or cfg.preset or "custom"
     base = {"suite": settings.suite, "memory": settings.memory, "seed": settings.seed}
     jobs = [(t, k) for t in tasks for k in range(per_task[t])][i::n]
@@ -283,25 +217,47 @@ def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, o
     finished, _ = resolve(read_episodes(path))
     done = {episode_key(r) for r in finished if episode_key(r) in wanted}
     todo = [(t, k) for t, k in jobs if episode_key({**base, "task_id": t, "init_index": k}) not in done]
-    written = {**asdict(settings), "checkpoint": str(ckpt), "replan_every": replan, "step_limit": limit,
-               "n_episodes": per_task, "experiment": experiment, "identity": identity, "overlap": overlap}
+    written = {
+        **asdict(settings),
+        "checkpoint": str(ckpt),
+        "replan_every": replan,
+        "step_limit": limit,
+        "n_episodes": per_task,
+        "experiment": experiment,
+        "identity": identity,
+        "overlap": overlap,
+    }
     (out / "settings.json").write_text(json.dumps(written, indent=2, default=str) + "\n")
     if progress:
         print(f"[eval] {describe(overlap)}")
-        print(f"[eval] {experiment} {settings.suite} memory={settings.memory}: {len(jobs)} episodes in this shard, "
-              f"{len(jobs) - len(todo)} already done, {len(todo)} to run on {settings.workers} worker(s) -> {path}")
-    worker_settings = {"checkpoint": str(ckpt), "memory": settings.memory, "seed": settings.seed,
-                       "suite": settings.suite, "replan_every": replan, "max_steps": settings.max_steps,
-                       "device": settings.device}
+        print(
+            f"[eval] {experiment} {settings.suite} memory={settings.memory}: {len(jobs)} episodes in this shard, "
+            f"{len(jobs) - len(todo)} already done, {len(todo)} to run on {settings.workers} worker(s) -> {path}"
+        )
+    worker_settings = {
+        "checkpoint": str(ckpt),
+        "memory": settings.memory,
+        "seed": settings.seed,
+        "suite": settings.suite,
+        "replan_every": replan,
+        "max_steps": settings.max_steps,
+        "device": settings.device,
+        "policy_server": settings.policy_server,
+    }
     video_dir = out / "videos"
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep",
-               disable=not progress)
+    bar = tqdm(
+        total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {experiment}", unit="ep", disable=not progress
+    )
     wins = sum(1 for r in finished if r.get("success") and episode_key(r) in done)
     n_errors = 0
     if todo:
         workers = max(1, min(settings.workers, len(todo)))
-        with WorkerPool(workers, timeout_s=settings.episode_timeout_s, initializer=_worker_init,
-                        initargs=(worker_settings,)) as pool, path.open("a") as f:
+        with (
+            WorkerPool(
+                workers, timeout_s=settings.episode_timeout_s, initializer=worker_init, initargs=(worker_settings,)
+            ) as pool,
+            path.open("a") as f,
+        ):
             queue = list(todo)
             filmed = video_jobs(jobs, settings.video)
             tries: dict[tuple, int] = {}
@@ -310,22 +266,39 @@ def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, o
                 while queue and pool.free > 0:
                     t, k = queue.pop(0)
                     tries[(t, k)] = tries.get((t, k), 0) + 1
-                    pool.submit((t, k), _run_job, t, k, (t, k) in filmed)
+                    pool.submit((t, k), run_job, t, k, (t, k) in filmed)
 
             submit()
             while len(pool):
                 (t, k), rec = pool.next_finished()
                 if isinstance(rec, JobLost):  # the pool already retried it: an error, never the policy's failure
-                    rec = {"outcome": "error", "success": None, "error": f"JobLost: {rec}", "steps": None,
-                           "frames": None,
-                           "failure": None, "seconds": None, "task_id": t, "init_index": k, "task": None}
+                    rec = {
+                        "outcome": "error",
+                        "success": None,
+                        "error": f"JobLost: {rec}",
+                        "steps": None,
+                        "frames": None,
+                        "failure": None,
+                        "seconds": None,
+                        "task_id": t,
+                        "init_index": k,
+                        "task": None,
+                    }
                 elif is_error(rec) and tries[(t, k)] < 2:
                     queue.insert(0, (t, k))  # an exception is retried once in this run
                     submit()
                     continue
                 frames = rec.pop("video_frames", None)
-                record = {**base, **rec, "experiment": experiment, "checkpoint": str(ckpt), "shard": f"{i}/{n}",
-                          "step_limit": limit, "replan_every": replan, "train_overlap": (t, k) in flagged}
+                record = {
+                    **base,
+                    **rec,
+                    "experiment": experiment,
+                    "checkpoint": str(ckpt),
+                    "shard": f"{i}/{n}",
+                    "step_limit": limit,
+                    "replan_every": replan,
+                    "train_overlap": (t, k) in flagged,
+                }
                 if frames is not None:
                     record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
                 f.write(json.dumps(record) + "\n")
@@ -340,9 +313,13 @@ def _evaluate_locked(settings, ckpt, cfg, out, tasks, per_task, replan, limit, o
                 submit()
     bar.close()
     finished, errors = resolve(read_episodes(path))
-    return EvalRun(path=path, settings=written, overlap=overlap,
-                   finished=[r for r in finished if episode_key(r) in wanted],
-                   errors=[r for r in errors if episode_key(r) in wanted])
+    return EvalRun(
+        path=path,
+        settings=written,
+        overlap=overlap,
+        finished=[r for r in finished if episode_key(r) in wanted],
+        errors=[r for r in errors if episode_key(r) in wanted],
+    )
 
 
 def video_jobs(jobs: list[tuple[int, int]], video: int) -> set[tuple[int, int]]:
@@ -365,8 +342,11 @@ def write_rollout_video(video_dir: Path, record: dict, frames: list[np.ndarray])
         canvas.paste(Image.fromarray(img), (0, 28))
         d = ImageDraw.Draw(canvas)
         d.text((3, 1), (record.get("task") or "")[:70], fill=(255, 255, 255))
-        d.text((3, 14), f"task {record['task_id']} init {record['init_index']} | {record['memory']} | {outcome}",
-               fill=(120, 255, 120) if record["success"] else (255, 120, 120))
+        d.text(
+            (3, 14),
+            f"task {record['task_id']} init {record['init_index']} | {record['memory']} | {outcome}",
+            fill=(120, 255, 120) if record["success"] else (255, 120, 120),
+        )
         drawn.append(np.asarray(canvas))
     arr = np.stack(drawn)
     arr = arr[:, : arr.shape[1] // 2 * 2, : arr.shape[2] // 2 * 2]

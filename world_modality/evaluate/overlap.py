@@ -46,16 +46,30 @@ def training_start_states(dataset: str | Path, recorded: dict | None = None) -> 
     return [], "the training dataset records no start states"
 
 
-def check_overlap(dataset: str | Path, suite: str, episodes: dict[int, int], allow: bool = False,
-                  tolerance: float = OVERLAP_TOLERANCE, recorded: dict | None = None) -> dict:
+def check_overlap(
+    dataset: str | Path,
+    suite: str,
+    episodes: dict[int, int],
+    allow: bool = False,
+    tolerance: float = OVERLAP_TOLERANCE,
+    recorded: dict | None = None,
+) -> dict:
     """Compare the first `episodes[task]` stored initial states of each task of `suite` with the training
     starts. Returns the record kept in the evaluation's settings.json; raises TrainOverlapError on an
     overlap unless `allow`, in which case the overlapping (task, init) pairs are listed and flagged."""
     from ..sim.suites import load_task
 
     train, how = training_start_states(dataset, recorded)
-    result = {"checked": bool(len(train)), "dataset": str(dataset), "how": how, "training_starts": len(train),
-              "tolerance": tolerance, "min_distance": None, "overlapping": [], "allowed": bool(allow)}
+    result = {
+        "checked": bool(len(train)),
+        "dataset": str(dataset),
+        "how": how,
+        "training_starts": len(train),
+        "tolerance": tolerance,
+        "min_distance": None,
+        "overlapping": [],
+        "allowed": bool(allow),
+    }
     if not len(train):
         return result
     by_shape: dict[tuple, list] = {}
@@ -76,7 +90,8 @@ def check_overlap(dataset: str | Path, suite: str, episodes: dict[int, int], all
             f"{len(result['overlapping'])} evaluation start(s) of {suite} are training starts of {dataset} "
             f"(within {tolerance:g} of a demonstration's start state): {pairs}{more}. Evaluation must start from "
             "held-out states: regenerate the data (`world-modality generate` samples fresh placements), or pass "
-            "--allow_train_overlap to evaluate them anyway, flagged in every record and the report.")
+            "--allow_train_overlap to evaluate them anyway, flagged in every record and the report."
+        )
     return result
 
 
@@ -85,9 +100,11 @@ def describe(overlap: dict) -> str:
     if not overlap.get("checked"):
         return f"held-out starts NOT checked: {overlap.get('how')}"
     d = overlap.get("min_distance")
-    line = (f"held-out starts checked against {overlap['training_starts']} training starts ({overlap['how']}): "
-            f"nearest {'n/a' if d is None else f'{d:.3g}'} (tolerance {overlap['tolerance']:g}), "
-            f"{len(overlap['overlapping'])} overlapping")
+    line = (
+        f"held-out starts checked against {overlap['training_starts']} training starts ({overlap['how']}): "
+        f"nearest {'n/a' if d is None else f'{d:.3g}'} (tolerance {overlap['tolerance']:g}), "
+        f"{len(overlap['overlapping'])} overlapping"
+    )
     if overlap["overlapping"]:
         line += " -- WARNING: those episodes start from training states and are flagged train_overlap"
     return line

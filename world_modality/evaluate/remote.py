@@ -45,8 +45,14 @@ class PolicyClient:
     more times with doubling waits from `backoff_s`. Resending is safe: a plain request carries no episode state,
     and the server answers a resent episode step from its cache instead of drawing noise again."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8000, retries: int = 3, backoff_s: float = 0.2,
-                 open_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        open_timeout_s: float = 10.0,
+    ):
         self.uri = host if host.startswith("ws") else f"ws://{host}:{port}"
         self.retries, self.backoff_s, self.open_timeout_s = retries, backoff_s, open_timeout_s
         self._ws: ClientConnection | None = None
@@ -174,10 +180,14 @@ def check_server(address: str, weights_sha256: str, memory: str) -> dict:
     except ServerLost as err:
         raise ConfigError(f"--policy_server {address}: {err}") from None
     if meta.get("weights_sha256") != weights_sha256:
-        raise ConfigError(f"--policy_server {address} serves {meta.get('checkpoint')!r} (weights sha256 "
-                          f"{meta.get('weights_sha256')}), not the checkpoint evaluated (weights sha256 "
-                          f"{weights_sha256}); start the server with the same --checkpoint.")
+        raise ConfigError(
+            f"--policy_server {address} serves {meta.get('checkpoint')!r} (weights sha256 "
+            f"{meta.get('weights_sha256')}), not the checkpoint evaluated (weights sha256 "
+            f"{weights_sha256}); start the server with the same --checkpoint."
+        )
     if meta.get("memory_mode") != memory:
-        raise ConfigError(f"--policy_server {address} serves memory mode {meta.get('memory_mode')!r}, the evaluation "
-                          f"asks for {memory!r}; start the server with --memory {memory}.")
+        raise ConfigError(
+            f"--policy_server {address} serves memory mode {meta.get('memory_mode')!r}, the evaluation "
+            f"asks for {memory!r}; start the server with --memory {memory}."
+        )
     return meta

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 
-def run_episode(env, runner, init_index: int, replan_every: int, seed: int = 0,
-                record_video: bool = False) -> dict[str, Any]:
+def run_episode(
+    env, runner, init_index: int, replan_every: int, seed: int = 0, record_video: bool = False
+) -> dict[str, Any]:
     """-> {success, steps, frames, failure, seconds, video_frames?}. `env` is a `sim.LiberoEnv`, `runner` a
     `PolicyRunner` (or anything with its `reset`, `select_action`, `needs_observation`, `needs_world_frame`,
     `world_input`, `image_keys` and `control_steps_per_frame`)."""
@@ -33,8 +34,13 @@ def run_episode(env, runner, init_index: int, replan_every: int, seed: int = 0,
         if done:
             break
         obs = env.observe() if runner.needs_observation else None
-    result = {"success": bool(success), "steps": int(info["t"]), "frames": frame,
-              "failure": None if success else "timeout", "seconds": round(time.time() - t0, 2)}
+    result = {
+        "success": bool(success),
+        "steps": int(info["t"]),
+        "frames": frame,
+        "failure": None if success else "timeout",
+        "seconds": round(time.time() - t0, 2),
+    }
     if video is not None:
         result["video_frames"] = video
     return result

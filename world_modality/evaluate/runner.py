@@ -70,8 +70,14 @@ class PolicyRunner:
     Passing the observation and the world frame on every call is always allowed (what is not needed is
     ignored or dropped once no later window reaches it)."""
 
-    def __init__(self, checkpoint, memory_mode: str | None = None, seed: int = 0, device: str = "auto",
-                 replan_every: int | None = None):
+    def __init__(
+        self,
+        checkpoint,
+        memory_mode: str | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        replan_every: int | None = None,
+    ):
         from ..config import check_memory_mode
         from ..policy.checkpoint_store import resolve_checkpoint
 
@@ -83,8 +89,9 @@ class PolicyRunner:
         cfg = self.policy.cfg
         memory_mode = memory_mode or cfg.policy.memory_mode
         if not self.policy.use_memory and memory_mode != "predicted":
-            raise ValueError(f"memory mode {memory_mode!r} needs a policy with future injection; "
-                             "this one has none (E0).")
+            raise ValueError(
+                f"memory mode {memory_mode!r} needs a policy with future injection; this one has none (E0)."
+            )
         self.cfg, self.memory_mode = cfg, memory_mode
         self.preprocess = build_preprocessor(cfg, self.policy)
         self.uses_world = self.policy.use_memory
@@ -160,8 +167,12 @@ class PolicyRunner:
         (an object the training scenes lacked is an error, one this scene lacks is 0 as in training)."""
         if self.world_state_names is None:
             return observation[self.world_key] if observation is not None else env.render(self.world_key)
-        return align(env.environment_state(), env.environment_state_names(), self.world_state_names,
-                     f"{env.suite} task {env.task_id}'s")
+        return align(
+            env.environment_state(),
+            env.environment_state_names(),
+            self.world_state_names,
+            f"{env.suite} task {env.task_id}'s",
+        )
 
     def inputs(self, observation: dict, world_frames: np.ndarray | None = None) -> Batch:
         """`model_inputs` of one observation and its world window: (m, H, W, 3) frames, or (m, D) states."""
@@ -184,8 +195,9 @@ class PolicyRunner:
             batch = batch.replace(z_t=self.policy.world_encoder.encode(batch.world_frames), world_frames=None)
             if self._bank is not None:
                 pick = self._eligible[self._rng.integers(len(self._eligible))]
-                batch = batch.replace(z_other=torch.as_tensor(self._bank[pick][None], dtype=torch.float32,
-                                                              device=self.device))
+                batch = batch.replace(
+                    z_other=torch.as_tensor(self._bank[pick][None], dtype=torch.float32, device=self.device)
+                )
         actions = self.policy.predict_actions(batch, memory_mode=self.memory_mode, generator=self.generator)[0]
         actions = actions.float().cpu().numpy()
         if self.binary_gripper:

@@ -32,14 +32,33 @@ def checkpoint(fixture_dataset, tmp_path_factory):
 
 
 def eval_cmd(ckpt, out, *extra):
-    return [sys.executable, "-m", "world_modality.eval_libero", "--checkpoint", str(ckpt), "--suite", "libero_spatial",
-            "--tasks", "0,1", "--n_episodes", "2", "--workers", "1", "--max_steps", "24", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "world_modality.eval_libero",
+        "--checkpoint",
+        str(ckpt),
+        "--suite",
+        "libero_spatial",
+        "--tasks",
+        "0,1",
+        "--n_episodes",
+        "2",
+        "--workers",
+        "1",
+        "--max_steps",
+        "24",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path):
     out = tmp_path / "eval"
-    proc = subprocess.Popen(eval_cmd(checkpoint, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        eval_cmd(checkpoint, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     path = out / "episodes.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and len(read_episodes(path)) < 2:
@@ -62,10 +81,24 @@ def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path)
 
 def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):
     out = tmp_path / "eval"
-    paths = [evaluate(EvalSettings(checkpoint=str(checkpoint), suite="libero_spatial", tasks=(0,), n_episodes=2,
-                                   workers=1, max_steps=16, video=1, shard=(i, 2), out=str(out), device="cpu"),
-                      progress=False).path
-             for i in range(2)]
+    paths = [
+        evaluate(
+            EvalSettings(
+                checkpoint=str(checkpoint),
+                suite="libero_spatial",
+                tasks=(0,),
+                n_episodes=2,
+                workers=1,
+                max_steps=16,
+                video=1,
+                shard=(i, 2),
+                out=str(out),
+                device="cpu",
+            ),
+            progress=False,
+        ).path
+        for i in range(2)
+    ]
     recs = [read_episodes(p) for p in paths]
     assert [len(r) for r in recs] == [1, 1]
     assert {r[0]["init_index"] for r in recs} == {0, 1}
@@ -86,8 +119,10 @@ def test_a_checkpoint_the_workers_cannot_load_fails_with_its_own_error(checkpoin
     del tensors["act_queries"]
     save_file(tensors, str(broken / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"missing tensors \['act_queries'\]"):
-        evaluate(EvalSettings(checkpoint=str(broken), tasks=(0,), n_episodes=1, workers=1, out=str(tmp_path / "eval")),
-                 progress=False)
+        evaluate(
+            EvalSettings(checkpoint=str(broken), tasks=(0,), n_episodes=1, workers=1, out=str(tmp_path / "eval")),
+            progress=False,
+        )
     assert read_episodes(episodes_path(tmp_path / "eval", (0, 1))) == []
 
 
@@ -111,26 +146,51 @@ def test_cameras_render_at_the_recorded_size_and_the_policy_acts(tmp_path):
     data = make_fixture_dataset(tmp_path / "data", n_episodes=4, length=12, image_size=48, seed=1)
     ckpt = train(tiny_config(data, tmp_path / "run", max_epochs=1), progress=False)
     runner = PolicyRunner(ckpt, device="cpu")
-    with LiberoEnv("libero_spatial", 0, image_size=runner.cfg.data.image_size, camera_sizes=runner.render_sizes,
-                   max_steps=8) as env:
+    with LiberoEnv(
+        "libero_spatial", 0, image_size=runner.cfg.data.image_size, camera_sizes=runner.render_sizes, max_steps=8
+    ) as env:
         obs = env.reset(0)
         assert obs[IMAGE_KEY].shape == obs[WRIST_KEY].shape == (48, 48, 3) and runner.cfg.data.image_size == 32
         result = run_episode(env, runner, 0, replan_every=4)
     assert result["failure"] in (None, "timeout") and 0 < result["steps"] <= 8
 
 
-@pytest.mark.parametrize("suite, given", [
-    ("libero_spatial_lan", "lift the black bowl between the plate and ramekin and set it on the plate"),
-    ("libero_spatial_task", "pick the akita black bowl not between the plate and the ramekin and place it on the"
-                            " plate"),
-], ids=["lan", "task"])
+@pytest.mark.parametrize(
+    "suite, given",
+    [
+        ("libero_spatial_lan", "lift the black bowl between the plate and ramekin and set it on the plate"),
+        (
+            "libero_spatial_task",
+            "pick the akita black bowl not between the plate and the ramekin and place it on the plate",
+        ),
+    ],
+    ids=["lan", "task"],
+)
 def test_perturbed_suites_record_the_instruction_the_policy_was_given(checkpoint, tmp_path, suite, given):
     # LIBERO-PRO keeps the BDDL file name (the registry's instruction) and rewrites its (:language ...): the policy
     # is told, and episodes.jsonl records, the perturbed instruction, not the file-name one of the training data.
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "world_modality.eval_libero", "--checkpoint", str(checkpoint), "--suite", suite,
-           "--tasks", "0", "--n_episodes", "1", "--workers", "1", "--max_steps", "4", "--out", str(out),
-           "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "world_modality.eval_libero",
+        "--checkpoint",
+        str(checkpoint),
+        "--suite",
+        suite,
+        "--tasks",
+        "0",
+        "--n_episodes",
+        "1",
+        "--workers",
+        "1",
+        "--max_steps",
+        "4",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (rec,) = read_episodes(out / "episodes.jsonl")

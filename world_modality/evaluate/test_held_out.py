@@ -92,23 +92,41 @@ def _retarget(checkpoint: Path, dataset: Path, dest: Path) -> Path:
 
 
 def test_training_records_its_start_states_in_the_checkpoint_and_evaluation_checks_them_without_the_dataset(
-        checkpoint, tmp_path):
+    checkpoint, tmp_path
+):
     meta = json.loads((checkpoint / "policy.json").read_text())
     assert meta["data_info"]["training_starts"] == {"kind": "none"}  # the synthetic fixture records none
     data = _dataset_with_starts(tmp_path / "d", [(0, _stored(0)[2])])
     ck = _retarget(checkpoint, data, tmp_path / "ck")
     shutil.rmtree(data)  # the run was moved to another machine without its dataset
     with pytest.raises(TrainOverlapError, match="task 0 init 2"):
-        evaluate(EvalSettings(checkpoint=str(ck), tasks=(0,), n_episodes=3, workers=1, out=str(tmp_path / "e")),
-                 progress=False)
+        evaluate(
+            EvalSettings(checkpoint=str(ck), tasks=(0,), n_episodes=3, workers=1, out=str(tmp_path / "e")),
+            progress=False,
+        )
 
 
 @pytest.mark.slow
 def test_evaluation_of_a_policy_trained_on_an_evaluation_start_stops_before_any_episode(checkpoint, tmp_path):
     data = _dataset_with_starts(tmp_path / "d", [(0, _stored(0)[1])])
     ck = _retarget(checkpoint, data, tmp_path / "ck")
-    cmd = [sys.executable, "-m", "world_modality.eval_libero", "--checkpoint", str(ck), "--tasks", "0", "--n_episodes",
-           "2", "--workers", "1", "--max_steps", "8", "--out", str(tmp_path / "eval")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "world_modality.eval_libero",
+        "--checkpoint",
+        str(ck),
+        "--tasks",
+        "0",
+        "--n_episodes",
+        "2",
+        "--workers",
+        "1",
+        "--max_steps",
+        "8",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "task 0 init 1" in refused.stderr and "held-out" in refused.stderr
     assert not (tmp_path / "eval" / "episodes.jsonl").exists()
@@ -120,7 +138,7 @@ def test_evaluation_of_a_policy_trained_on_an_evaluation_start_stops_before_any_
 
 
 def test_an_exception_in_an_episode_is_an_error_not_a_failure():
-    from world_modality.evaluate import closed_loop
+    from world_modality.evaluate import worker
 
     class Env:
         task_id, task = 0, "pick up the black bowl"
@@ -129,30 +147,70 @@ def test_an_exception_in_an_episode_is_an_error_not_a_failure():
         def reset(self, *a, **k):
             raise MemoryError("CUDA out of memory in the world encoder")
 
-    closed_loop._STATE.update(settings={"seed": 7, "replan_every": 4}, runner=Runner(), env=Env())
+    worker._STATE.update(settings={"seed": 7, "replan_every": 4}, runner=Runner(), env=Env())
     try:
-        rec = closed_loop._run_job(0, 3, False)
+        rec = worker.run_job(0, 3, False)
     finally:
-        closed_loop._STATE.clear()
+        worker._STATE.clear()
     assert rec["outcome"] == "error" and rec["success"] is None and "MemoryError" in rec["error"]
     assert rec["task"] == "pick up the black bowl" and rec["failure"] is None
 
 
 def test_errors_are_left_out_of_rates_and_a_fixed_rerun_supersedes_them():
-    recs = [{"suite": "s", "task_id": 0, "init_index": 0, "memory": "predicted", "seed": 7, "outcome": "error",
-             "success": None, "error": "RuntimeError: x"},
-            {"suite": "s", "task_id": 0, "init_index": 1, "memory": "predicted", "seed": 7, "outcome": "error",
-             "success": None, "error": "RuntimeError: y"},
-            {"suite": "s", "task_id": 0, "init_index": 1, "memory": "predicted", "seed": 7, "outcome": "failure",
-             "success": False}]
+    recs = [
+        {
+            "suite": "s",
+            "task_id": 0,
+            "init_index": 0,
+            "memory": "predicted",
+            "seed": 7,
+            "outcome": "error",
+            "success": None,
+            "error": "RuntimeError: x",
+        },
+        {
+            "suite": "s",
+            "task_id": 0,
+            "init_index": 1,
+            "memory": "predicted",
+            "seed": 7,
+            "outcome": "error",
+            "success": None,
+            "error": "RuntimeError: y",
+        },
+        {
+            "suite": "s",
+            "task_id": 0,
+            "init_index": 1,
+            "memory": "predicted",
+            "seed": 7,
+            "outcome": "failure",
+            "success": False,
+        },
+    ]
     finished, errors = resolve(recs)
     assert [r["init_index"] for r in finished] == [1] and [r["init_index"] for r in errors] == [0]
 
 
 @pytest.mark.slow
 def test_a_hung_episode_is_an_error_the_run_exits_nonzero_and_a_rerun_retries_it(checkpoint, tmp_path):
-    cmd = [sys.executable, "-m", "world_modality.eval_libero", "--checkpoint", str(checkpoint), "--tasks", "0",
-           "--n_episodes", "1", "--workers", "1", "--max_steps", "8", "--out", str(tmp_path / "eval")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "world_modality.eval_libero",
+        "--checkpoint",
+        str(checkpoint),
+        "--tasks",
+        "0",
+        "--n_episodes",
+        "1",
+        "--workers",
+        "1",
+        "--max_steps",
+        "8",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     hung = subprocess.run(cmd + ["--episode_timeout", "0.5"], capture_output=True, text=True, timeout=600)
     assert hung.returncode == 1, hung.stdout[-2000:] + hung.stderr[-2000:]
     last = hung.stdout.strip().splitlines()[-1]
@@ -182,7 +240,7 @@ def test_a_rerun_with_another_checkpoint_or_step_limit_into_the_same_folder_is_r
 
 
 def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
-    from world_modality.evaluate.closed_loop import _lock
+    from world_modality.evaluate.folder import lock_folder as _lock
 
     first = _lock(tmp_path)
     try:

@@ -45,10 +45,13 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         resolve_device("cuda")
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval", "--checkpoint", "CKPT", "--device", "tpu"],
-    ["eval-offline", "--checkpoint", "CKPT", "--device", "tpu"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--checkpoint", "CKPT", "--device", "tpu"],
+        ["eval-offline", "--checkpoint", "CKPT", "--device", "tpu"],
+    ],
+)
 def test_unknown_device_on_the_command_line_exits_2(argv, tmp_path, capsys):
     from world_modality.cli import main
 
@@ -142,8 +145,23 @@ def test_offline_evaluation_runs_on_the_cpu_device(native_run, tmp_path):
 
     _, ckpt = native_run
     out = tmp_path / "offline.json"
-    assert main(["eval-offline", "--checkpoint", str(ckpt), "--device", "cpu", "--memory", "predicted", "zero",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval-offline",
+                "--checkpoint",
+                str(ckpt),
+                "--device",
+                "cpu",
+                "--memory",
+                "predicted",
+                "zero",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result["action_mse"]) == {"predicted", "zero"} and np.isfinite(result["action_mse"]["predicted"])
     assert np.isfinite(result["world_mse"])
@@ -235,8 +253,9 @@ def test_checkpoint_trained_with_another_memory_mode_is_refused(native_run, tmp_
 # --- E2-Present: history without foresight --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    return make_fixture_dataset(tmp_path_factory.mktemp("small") / "data", n_episodes=4, length=12, image_size=SIZE,
-                                seed=2)
+    return make_fixture_dataset(
+        tmp_path_factory.mktemp("small") / "data", n_episodes=4, length=12, image_size=SIZE, seed=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -278,12 +297,15 @@ def test_runner_defaults_to_the_checkpoints_training_memory(present_run, native_
     settings = EvalSettings(checkpoint=str(ckpt), device="cpu")
     assert settings.memory is None
     resolved = resolve_memory(settings, read_checkpoint_config(ckpt))
-    assert resolved.memory == "present" and eval_folder(ckpt, resolved) == ckpt.parent.parent / "eval" / \
-        "libero_spatial-present"
+    assert (
+        resolved.memory == "present"
+        and eval_folder(ckpt, resolved) == ckpt.parent.parent / "eval" / "libero_spatial-present"
+    )
     explicit = EvalSettings(checkpoint=str(ckpt), memory="zero", device="cpu")
     assert resolve_memory(explicit, read_checkpoint_config(ckpt)).memory == "zero"
-    e2 = resolve_memory(EvalSettings(checkpoint=str(native_run[1]), device="cpu"),
-                        read_checkpoint_config(native_run[1]))
+    e2 = resolve_memory(
+        EvalSettings(checkpoint=str(native_run[1]), device="cpu"), read_checkpoint_config(native_run[1])
+    )
     assert e2.memory == "predicted" and eval_folder(native_run[1], e2).name == "libero_spatial-predicted"
     # Acting in its trained mode: the memory is the window's own latent z_t.
     seen = {}
@@ -356,8 +378,11 @@ def test_four_world_tokens_from_encoder_to_action(small_data, tmp_path):
     saved = json.loads((edited / "config.json").read_text())
     saved["world"]["world_tokens"] = 1
     (edited / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(CheckpointError, match=r"`world_tokens` is 1, but policy.json records a world encoder of 4 "
-                                              r"spatial token\(s\) per latent"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"`world_tokens` is 1, but policy.json records a world encoder of 4 "
+        r"spatial token\(s\) per latent",
+    ):
         load_checkpoint(edited)
 
 

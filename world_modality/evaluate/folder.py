@@ -1,0 +1,105 @@
+"""One evaluation's folder: its episodes files, the identity that keeps evaluations apart (checkpoint
+weights, suite, memory, seed, limits), and the lock that keeps two writers out."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from .closed_loop import EvalSettings
+
+
+def episodes_path(out: Path, shard: tuple[int, int]) -> Path:
+    i, n = shard
+    return out / ("episodes.jsonl" if n == 1 else f"episodes.shard-{i}-of-{n}.jsonl")
+
+
+def read_episodes(path: Path) -> list[dict]:
+    """Every complete line; a line cut by a kill mid-write is ignored (its episode reruns)."""
+    return read_jsonl(path)[0]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def weights_sha256(ckpt: Path) -> str:
+    """The checkpoint's weights' hash (16 hex digits): the evaluation identity's and a policy server's."""
+    return _file_sha256(Path(ckpt) / "model.safetensors")
+
+
+def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -> dict:
+    """Everything that changes an episode's outcome (not the device, workers, tasks or episode count)."""
+    meta = json.loads((ckpt / "policy.json").read_text())
+    return {
+        "checkpoint": str(ckpt.resolve()),
+        "checkpoint_step": meta.get("step"),
+        "weights_sha256": _file_sha256(ckpt / "model.safetensors"),
+        **_ema_identity(ckpt),
+        "suite": settings.suite,
+        "memory": settings.memory,
+        "seed": settings.seed,
+        "step_limit": limit,
+        "replan_every": replan,
+        "allow_train_overlap": settings.allow_train_overlap,
+    }
+
+
+def _ema_identity(ckpt: Path) -> dict:
+    """The EMA weights, which evaluation loads when a checkpoint keeps them; absent before EMA existed, so
+    identities of evaluations of checkpoints without EMA stay as they were."""
+    ema = ckpt / "ema.safetensors"
+    return {"ema_sha256": _file_sha256(ema)} if ema.exists() else {}
+
+
+def check_same_evaluation(out: Path, identity: dict, path: Path) -> None:
+    from ..config import ConfigError
+
+    settings_file = out / "settings.json"
+    old = None
+    if settings_file.exists():
+        try:
+            old = json.loads(settings_file.read_text()).get("identity")
+        except (json.JSONDecodeError, AttributeError):
+            raise ConfigError(
+                f"{settings_file} is not valid JSON; expected the settings of the evaluation in {out}. "
+                "Delete the folder or use another --out."
+            ) from None
+    has_episodes = any(read_episodes(p) for p in out.glob("episodes*.jsonl"))
+    if old is None and has_episodes:
+        raise ConfigError(
+            f"{out} holds episodes of an evaluation that recorded no settings to compare with; "
+            "use another --out or delete that folder."
+        )
+    if old is not None and old != identity:
+        diff = "; ".join(
+            f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in identity if old.get(k) != identity[k]
+        )
+        raise ConfigError(
+            f"{out} holds episodes of another evaluation ({diff}); its outcomes would be mixed with "
+            "these. Use another --out, or delete that folder to start over."
+        )
+
+
+def lock_folder(out: Path):
+    from ..config import ConfigError
+
+    f = (out / ".lock").open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ConfigError(
+            f"another evaluation is writing to {out} right now; wait for it to finish, or use another --out."
+        ) from None
+    return f

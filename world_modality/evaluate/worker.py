@@ -1,0 +1,72 @@
+"""The worker side of closed-loop evaluation (`closed_loop.evaluate`): each simulator process holds one policy
+runner, local (the checkpoint loaded) or remote (`RemoteRunner`, asking a policy server), and one `LiberoEnv`,
+and runs one episode per job; an exception, a lost server included, ends the episode as an error."""
+
+from __future__ import annotations
+
+_STATE: dict = {}
+
+
+def worker_init(settings: dict) -> None:
+    import torch
+
+    from ..policy.device import resolve_device
+    from .runner import PolicyRunner
+
+    _STATE["settings"] = settings
+    if settings.get("policy_server"):
+        torch.set_num_threads(1)
+        return  # connected by the first job, so an unreachable server is that episode's error, not the run's
+    if resolve_device(settings["device"]).type == "cpu":
+        torch.set_num_threads(1)  # one core per simulator process; threads would only contend
+    _STATE["runner"] = PolicyRunner(
+        settings["checkpoint"], settings["memory"], seed=settings["seed"], device=settings["device"]
+    )
+
+
+def _runner():
+    if "runner" not in _STATE:
+        from .remote import RemoteRunner
+
+        _STATE["runner"] = RemoteRunner(_STATE["settings"]["policy_server"])
+    return _STATE["runner"]
+
+
+def run_job(task_id: int, init_index: int, record_video: bool) -> dict:
+    from ..sim.env import LiberoEnv
+    from .rollout import run_episode
+
+    st = _STATE["settings"]
+    env = _STATE.get("env")
+    task = getattr(env, "task", None) if env is not None and env.task_id == task_id else None
+    try:
+        runner = _runner()
+        if env is None or env.task_id != task_id:
+            if env is not None:
+                _STATE.pop("env", None)
+                env.close()
+            env = _STATE["env"] = LiberoEnv(
+                st["suite"],
+                task_id,
+                image_size=runner.cfg.data.image_size,
+                seed=st["seed"],
+                max_steps=st["max_steps"],
+                camera_sizes=runner.render_sizes,
+            )
+        task = env.task
+        seed = st["seed"] * 100_003 + task_id * 1_000 + init_index
+        result = run_episode(env, runner, init_index, st["replan_every"], seed=seed, record_video=record_video)
+        result["outcome"] = "success" if result["success"] else "failure"
+    except Exception as e:  # an error, not the policy's failure: kept apart, retried
+        _STATE.pop("env", None)
+        result = {
+            "outcome": "error",
+            "success": None,
+            "error": f"{type(e).__name__}: {e}",
+            "steps": None,
+            "frames": None,
+            "failure": None,
+            "seconds": None,
+        }
+    result.update(task_id=task_id, init_index=init_index, task=task)
+    return result

@@ -1,0 +1,179 @@
+"""`world-modality serve`: one policy loaded once, answering action-chunk requests over WebSocket in openpi's protocol.
+On connect the server sends its metadata; each client message is an observation, each reply {"actions": (chunk,
+action_dim) float32, "server_timing": {...}} or {"error": "..."}. Requests arriving within `batch_window_ms` of each
+other go through the model as one batch."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import http
+import logging
+import threading
+import time
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ..evaluate import wire
+from ..evaluate.remote import RESET_KEY
+from .batched import BadRequest, BatchedPolicy
+
+log = logging.getLogger(__name__)
+
+
+class PolicyServer:
+    """Serves a `BatchedPolicy`. `run()` blocks (the command line); `start()` serves from a background thread
+    and returns the bound port (tests, benchmarks), `stop()` closes every connection and the listening socket."""
+
+    def __init__(
+        self,
+        policy: BatchedPolicy,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        batch_window_ms: float = 5.0,
+        max_batch: int = 16,
+    ):
+        self.policy, self.host, self.port = policy, host, port
+        self.batch_window_s, self.max_batch = batch_window_ms / 1000.0, max_batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        # The model runs on one worker thread, so the event loop keeps accepting (and batching) meanwhile.
+        self._model = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+
+    # --- life cycle -------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    def start(self, timeout: float = 30.0) -> int:
+        self._thread = threading.Thread(target=self.run, name="policy-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("the policy server did not start listening in time")
+        return self.port
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():  # once is enough
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._model.shutdown(wait=True)
+
+    async def _main(self) -> None:
+        self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        batcher = asyncio.create_task(self._batcher())
+        async with serve(
+            self._handle, self.host, self.port, compression=None, max_size=None, process_request=self._health
+        ) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            log.info("serving %s on ws://%s:%d", self.policy.runner.checkpoint, self.host, self.port)
+            self._ready.set()
+            await self._stopping.wait()
+            server.close()
+            await server.wait_closed()
+        batcher.cancel()
+
+    @staticmethod
+    def _health(connection: ServerConnection, request):
+        """Plain HTTP GET /healthz answers OK (as openpi's server does); everything else is the WebSocket."""
+        if request.path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        return None
+
+    # --- requests ---------------------------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        await ws.send(wire.packb(self.policy.metadata()))
+        try:
+            async for message in ws:
+                arrived = time.perf_counter()
+                try:
+                    message = wire.unpackb(message)
+                    if isinstance(message, dict) and RESET_KEY in message:
+                        reset = self.policy.check_reset(message)
+                    else:
+                        request = self.policy.check(message)
+                except Exception as err:  # noqa: BLE001 -- unreadable msgpack included; the connection stays open
+                    await ws.send(wire.packb({"error": f"bad request: {err}"}))
+                    continue
+                if isinstance(message, dict) and RESET_KEY in message:
+                    # On the model's thread: an episode's state is swapped into the runner there.
+                    try:
+                        await self._loop.run_in_executor(self._model, self.policy.reset_episode, *reset)
+                        reply = {RESET_KEY: reset[0]}
+                    except Exception as err:  # noqa: BLE001 -- answered; serving goes on
+                        reply = {"error": f"reset failed: {type(err).__name__}: {err}"}
+                    await ws.send(wire.packb(reply))
+                    continue
+                done = self._loop.create_future()
+                await self._queue.put((request, done, arrived))
+                await ws.send(wire.packb(await done))
+        except ConnectionClosed:
+            pass
+
+    async def _batcher(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = self._loop.time() + self.batch_window_s
+            while len(batch) < self.max_batch:
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            started = time.perf_counter()
+            try:
+                chunks = await self._loop.run_in_executor(self._model, self.policy.act_batch, [b[0] for b in batch])
+                error = None
+            except Exception as err:  # a failure of the model answers every request of the batch, then serving goes on
+                log.exception("inference failed for a batch of %d", len(batch))
+                chunks, error = None, f"inference failed: {type(err).__name__}: {err}"
+            finished = time.perf_counter()
+            infer_ms = (finished - started) * 1000.0
+            latencies = []
+            for i, (_, done, arrived) in enumerate(batch):
+                latency = (finished - arrived) * 1000.0
+                latencies.append(latency)
+                timing = {
+                    "infer_ms": infer_ms,
+                    "queue_ms": (started - arrived) * 1000.0,
+                    "total_ms": latency,
+                    "batch_size": len(batch),
+                }
+                if error or isinstance(chunks[i], BadRequest):
+                    reply = {"error": error or f"bad request: {chunks[i]}"}
+                else:
+                    reply = {"actions": chunks[i]}
+                if not done.done():  # its client may have gone meanwhile
+                    done.set_result({**reply, "server_timing": timing})
+            log.info(
+                "batch of %d: infer %.1f ms, request latency %s ms",
+                len(batch),
+                infer_ms,
+                " ".join(f"{x:.1f}" for x in latencies),
+            )
+
+
+def serve_checkpoint(
+    checkpoint,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    batch_window_ms: float = 5.0,
+    memory_mode: str | None = None,
+    seed: int = 0,
+) -> None:
+    """The command line's `serve`: load the checkpoint once, serve until interrupted."""
+    from ..evaluate.runner import PolicyRunner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    runner = PolicyRunner(checkpoint, memory_mode=memory_mode, seed=seed, device=device)
+    server = PolicyServer(BatchedPolicy(runner), host=host, port=port, batch_window_ms=batch_window_ms)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        log.info("stopped")
