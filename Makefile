@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo lint test test-fast clean
 
 # Mesa renders the simulator's cameras on the CPU (EGL or OSMesa).
 MESA_PKGS := libosmesa6 libegl1 libgl1-mesa-dri
@@ -27,7 +27,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/world-modality demo $(if $(QUICK),--quick,)
 
-test: $(STAMP)
+# Lint and format check first (ruff, configured in pyproject.toml): seconds, before minutes of tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -12,13 +12,22 @@ from world_modality.data.fixture import make_fixture_dataset
 
 @pytest.fixture(scope="session")
 def fixture_dataset(tmp_path_factory):
-    return make_fixture_dataset(tmp_path_factory.mktemp("data") / "fixture", n_episodes=12, length=24, image_size=32, n_tasks=2, seed=0)
+    return make_fixture_dataset(
+        tmp_path_factory.mktemp("data") / "fixture", n_episodes=12, length=24, image_size=32, n_tasks=2, seed=0
+    )
 
 
 def tiny_config(dataset, out, preset="E2", **overrides):
     """The embedded default shrunk for tests: 32-px images, few epochs."""
-    base = {"dataset": str(dataset), "image_size": 32, "world_image_size": 32, "output_dir": str(out), "max_epochs": 2,
-            "batch_size": 8, "tensorboard": False}
+    base = {
+        "dataset": str(dataset),
+        "image_size": 32,
+        "world_image_size": 32,
+        "output_dir": str(out),
+        "max_epochs": 2,
+        "batch_size": 8,
+        "tensorboard": False,
+    }
     base.update(overrides)
     return build_config(base, preset=preset)
 
@@ -47,8 +56,10 @@ def _skip_reason(longrepr) -> str:
 
 
 def _forbidden(what: str, reason: str) -> str:
-    return (f"{what} skipped ({reason}), but simulator tests may not skip under CI / WORLD_MODALITY_NO_SIM_SKIP: "
-            "the simulator is a hard dependency.")
+    return (
+        f"{what} skipped ({reason}), but simulator tests may not skip under CI / WORLD_MODALITY_NO_SIM_SKIP: "
+        "the simulator is a hard dependency."
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,5 +1,6 @@
 """Shared by the benchmarks: a cheap trained checkpoint, timing helpers, results output, and the rule that a figure
 is measured or else named as derived with its formula beside it."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,11 @@ def undeclared_derived(figures: dict) -> list[str]:
     formula in figures["derived"], and "derived" or "derived_assumptions" entries that name no figure."""
     formulas = figures.get("derived") or {}
     keys = set(_keys(figures))
-    problems = [f"{k}: no formula in 'derived'" for k in sorted(keys)
-                if DERIVED_NAME.search(k.rsplit(".", 1)[-1]) and not str(formulas.get(k) or "").strip()]
+    problems = [
+        f"{k}: no formula in 'derived'"
+        for k in sorted(keys)
+        if DERIVED_NAME.search(k.rsplit(".", 1)[-1]) and not str(formulas.get(k) or "").strip()
+    ]
     for meta in ("derived", "derived_assumptions"):
         problems += [f"{meta}[{k!r}] names no figure" for k in figures.get(meta) or {} if k not in keys]
     return problems
@@ -56,8 +60,12 @@ def peak_rss_mb() -> float:
 
 
 def host() -> dict:
-    return {"host": platform.node(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-            "python": platform.python_version()}
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }
 
 
 def fixture_dataset(root: Path, n_episodes: int = 8, length: int = 24, image_size: int = 128) -> Path:
@@ -71,8 +79,14 @@ def tiny_config(dataset: Path, out: Path, preset: str = "E2", **overrides):
     """The embedded default (128-px policy images, tiny VJEPA2 + tiny Qwen2.5-VL) on `dataset`."""
     from world_modality.config import build_config
 
-    base = {"dataset": str(dataset), "output_dir": str(out), "max_epochs": 1, "batch_size": 8,
-            "tensorboard": False, "num_threads": 1}
+    base = {
+        "dataset": str(dataset),
+        "output_dir": str(out),
+        "max_epochs": 1,
+        "batch_size": 8,
+        "tensorboard": False,
+        "num_threads": 1,
+    }
     base.update(overrides)
     return build_config(base, preset=preset)
 

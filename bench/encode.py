@@ -5,6 +5,7 @@ and z_{t+k}, every epoch). Both arms in one run, interleaved round by round.
     .venv/bin/python bench/encode.py            # fixture, 32 episodes x 48 frames, 3 rounds
     .venv/bin/python bench/encode.py --quick    # 4 x 16, 1 round
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,16 @@ def cached(frames, past, encoder, spec, fingerprint, key, cache_dir) -> float:
     from world_modality.world.latent_cache import load_or_build_cache
 
     t0 = time.perf_counter()
-    load_or_build_cache(cache_dir, encoder=encoder, frames_fn=lambda: frames, past_rows=past, frame_stride=spec.frame_stride,
-                        image_key=key, dataset_fingerprint=fingerprint, progress=False)
+    load_or_build_cache(
+        cache_dir,
+        encoder=encoder,
+        frames_fn=lambda: frames,
+        past_rows=past,
+        frame_stride=spec.frame_stride,
+        image_key=key,
+        dataset_fingerprint=fingerprint,
+        progress=False,
+    )
     return time.perf_counter() - t0
 
 
@@ -40,7 +49,9 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=32)
     ap.add_argument("--length", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=None, help="epochs the naive arm re-encodes (default: the training default)")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="epochs the naive arm re-encodes (default: the training default)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="4 episodes x 16 frames, 1 round")
     ap.add_argument("--out", default=None)
@@ -70,24 +81,34 @@ def main() -> None:
     n, m = len(past), encoder.num_frames
     tc, tn = median(t_cache), median(t_naive)
     rate = {"cache": n / tc, "naive": n / tn}
-    table = [f"encode: {n} frames ({args.episodes} episodes x {args.length}), m={m}, {encoder.image_size}-px encoder input, "
-             f"{args.threads} thread(s), {args.rounds} interleaved rounds",
-             f"{'arm':<28} {'median s':>9} {'frames/s':>9} {'windows encoded':>16}",
-             f"{'cache (each window once)':<28} {tc:9.2f} {rate['cache']:9.1f} {n:>16}",
-             f"{'naive (per sample, 1 epoch)':<28} {tn:9.2f} {rate['naive']:9.1f} {2 * n:>16}",
-             f"ratio one epoch (measured): {tn / tc:.2f}x; over {epochs} epochs, derived, not measured "
-             f"({epochs} x the one-epoch ratio: the naive arm re-encodes each epoch): {epochs * tn / tc:.2f}x "
-             "(goal >= 5x)"]
+    table = [
+        f"encode: {n} frames ({args.episodes} episodes x {args.length}), m={m}, {encoder.image_size}-px encoder input, "
+        f"{args.threads} thread(s), {args.rounds} interleaved rounds",
+        f"{'arm':<28} {'median s':>9} {'frames/s':>9} {'windows encoded':>16}",
+        f"{'cache (each window once)':<28} {tc:9.2f} {rate['cache']:9.1f} {n:>16}",
+        f"{'naive (per sample, 1 epoch)':<28} {tn:9.2f} {rate['naive']:9.1f} {2 * n:>16}",
+        f"ratio one epoch (measured): {tn / tc:.2f}x; over {epochs} epochs, derived, not measured "
+        f"({epochs} x the one-epoch ratio: the naive arm re-encodes each epoch): {epochs * tn / tc:.2f}x "
+        "(goal >= 5x)",
+    ]
     multi = f"ratio_cache_vs_naive_{epochs}_epochs_derived"
     figures = {
-        "frames_per_s_cache": round(rate["cache"], 1), "frames_per_s_naive": round(rate["naive"], 1),
-        "ratio_cache_vs_naive_one_epoch": round(tn / tc, 2), multi: round(epochs * tn / tc, 2), "epochs": epochs,
+        "frames_per_s_cache": round(rate["cache"], 1),
+        "frames_per_s_naive": round(rate["naive"], 1),
+        "ratio_cache_vs_naive_one_epoch": round(tn / tc, 2),
+        multi: round(epochs * tn / tc, 2),
+        "epochs": epochs,
         "derived": {multi: "epochs * ratio_cache_vs_naive_one_epoch"},
-        "derived_assumptions": {multi: "only one epoch of each arm is timed: every naive epoch is assumed to cost the "
-                                       "measured one, and reading the built cache in later epochs to cost nothing"},
+        "derived_assumptions": {
+            multi: "only one epoch of each arm is timed: every naive epoch is assumed to cost the "
+            "measured one, and reading the built cache in later epochs to cost nothing"
+        },
         "frames_per_s_definition": "dataset frames whose z_t and z_{t+k} are made available per second "
-                                   "(cache: build incl. write; naive: one epoch of per-sample encodes)",
-        "frames": n, "num_frames_per_window": m, "threads": args.threads, "rounds": args.rounds,
+        "(cache: build incl. write; naive: one epoch of per-sample encodes)",
+        "frames": n,
+        "num_frames_per_window": m,
+        "threads": args.threads,
+        "rounds": args.rounds,
     }
     emit("encode", table, figures, {"seconds_cache": t_cache, "seconds_naive_epoch": t_naive}, args.out)
 

@@ -7,6 +7,7 @@ in one process, episode by episode, the project's rollout vs the naive loop on o
     .venv/bin/python bench/eval_throughput.py --quick               # 2 episodes of 16 steps
     .venv/bin/python bench/eval_throughput.py --episodes 10 --max-steps 0   # the suite's step limit
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ import numpy as np
 from _common import emit, median, tiny_checkpoint
 
 ENV_SEED = 7  # EvalSettings' default, as in the public LIBERO scripts
-EPH_DEFINITION = ("episodes / seconds; project: evaluate()'s wall time incl. worker start; naive: its env and policy "
-                  "load plus the sum of its timed episodes (run interleaved with the in-process rollouts, not counted)")
+EPH_DEFINITION = (
+    "episodes / seconds; project: evaluate()'s wall time incl. worker start; naive: its env and policy "
+    "load plus the sum of its timed episodes (run interleaved with the in-process rollouts, not counted)"
+)
 # The steady-state figures are not measured: they scale one episode's median time to an hour.
 STEADY_FORMULAS = {
     "episodes_per_hour_steady_project_derived": "3600 * workers / per_episode_median_s_evaluate_worker",
@@ -28,7 +31,7 @@ STEADY_FORMULAS = {
 }
 STEADY_ASSUMPTIONS = {
     "episodes_per_hour_steady_project_derived": "the workers run in parallel with no loss (perfect scaling) and "
-                                                "worker start-up is amortised; neither measured",
+    "worker start-up is amortised; neither measured",
     "episodes_per_hour_steady_naive_derived": "start-up (env and policy load) is amortised; not measured",
     "ratio_steady_state_derived": "both of the above",
 }
@@ -50,8 +53,13 @@ def naive_episode(env, runner, init_index: int, replan_every: int, seed: int) ->
         frame += 1
         if not done:
             obs = step_obs
-    return {"success": bool(success), "steps": int(info["t"]), "frames": frame,
-            "seconds": time.perf_counter() - t0, "final_state": env.state().tolist()}
+    return {
+        "success": bool(success),
+        "steps": int(info["t"]),
+        "frames": frame,
+        "seconds": time.perf_counter() - t0,
+        "final_state": env.state().tolist(),
+    }
 
 
 def project_episode(env, runner, init_index: int, replan_every: int, seed: int) -> dict:
@@ -75,8 +83,14 @@ def run_paired(ckpt, suite, task, inits, replan, max_steps) -> tuple[list[dict],
     t0 = time.perf_counter()
     runner = PolicyRunner(ckpt, "predicted", seed=ENV_SEED, device="cpu")  # CPU in every arm, as measured
     proj, naive = [], []
-    with LiberoEnv(suite, task, image_size=runner.cfg.data.image_size, seed=ENV_SEED, max_steps=max_steps,
-                   camera_sizes=runner.render_sizes) as env:
+    with LiberoEnv(
+        suite,
+        task,
+        image_size=runner.cfg.data.image_size,
+        seed=ENV_SEED,
+        max_steps=max_steps,
+        camera_sizes=runner.render_sizes,
+    ) as env:
         setup = time.perf_counter() - t0
         for k in inits:
             seed = ENV_SEED * 100_003 + task * 1_000 + k  # the evaluation's per-episode seed
@@ -89,12 +103,25 @@ def run_project(ckpt, suite, task, n, max_steps, workers, out_dir) -> tuple[list
     from world_modality.evaluate.closed_loop import EvalSettings, evaluate, read_episodes
 
     t0 = time.perf_counter()
-    run = evaluate(EvalSettings(checkpoint=str(ckpt), suite=suite, tasks=(task,), n_episodes=n, workers=workers,
-                                seed=ENV_SEED, max_steps=max_steps, out=str(out_dir), device="cpu"), progress=False)
+    run = evaluate(
+        EvalSettings(
+            checkpoint=str(ckpt),
+            suite=suite,
+            tasks=(task,),
+            n_episodes=n,
+            workers=workers,
+            seed=ENV_SEED,
+            max_steps=max_steps,
+            out=str(out_dir),
+            device="cpu",
+        ),
+        progress=False,
+    )
     wall = time.perf_counter() - t0
     if run.errors:
-        raise RuntimeError(f"{len(run.errors)} episode(s) of the timed evaluation ended in an error: "
-                           f"{run.errors[0]['error']}")
+        raise RuntimeError(
+            f"{len(run.errors)} episode(s) of the timed evaluation ended in an error: {run.errors[0]['error']}"
+        )
     return sorted(read_episodes(run.path), key=lambda r: r["init_index"]), wall
 
 
@@ -136,8 +163,9 @@ def main() -> None:
         pcfg = load_checkpoint(ckpt).cfg.policy
         replan = max(1, pcfg.chunk_size // 2)  # the evaluation's default
         warm_s = warm_simulator(args.suite, args.task)
-        proj, proj_wall = run_project(ckpt, args.suite, args.task, args.episodes, max_steps, args.workers,
-                                      Path(tmp) / "eval")
+        proj, proj_wall = run_project(
+            ckpt, args.suite, args.task, args.episodes, max_steps, args.workers, Path(tmp) / "eval"
+        )
         inproc, naive, setup = run_paired(ckpt, args.suite, args.task, inits, replan, max_steps)
     keys = ("success", "steps", "frames")
     same = [all(p[k] == q[k] for k in keys) for p, q in zip(proj, naive)]
@@ -147,37 +175,46 @@ def main() -> None:
     eph = {"project": 3600 * len(proj) / proj_wall, "naive": 3600 * len(naive) / naive_wall}
     ratio = eph["project"] / eph["naive"]
     # Without start-up costs: each worker's episode time, as a long evaluation would see it.
-    steady = {"project": 3600 * args.workers / median([p["seconds"] for p in proj]),
-              "naive": 3600 / median([q["seconds"] for q in naive])}
+    steady = {
+        "project": 3600 * args.workers / median([p["seconds"] for p in proj]),
+        "naive": 3600 / median([q["seconds"] for q in naive]),
+    }
     paired = median([q["seconds"] / p["seconds"] for p, q in zip(inproc, naive)])
-    table = [f"eval throughput: {args.suite} task {args.task}, init states 0-{args.episodes - 1}, "
-             f"{max_steps} control steps max, "
-             f"replan every {replan} frames; project evaluation on {args.workers} workers vs a naive loop in 1 process",
-             f"{'init':>4}  {'evaluate(): ok steps frames  s':>31}  {'rollout 1 core: s':>17}  "
-             f"{'naive: ok steps frames  s':>26}"
-             f"  agree  |final state diff|",
-             *(f"{k:>4}  {int(p['success']):>13} {p['steps']:>5} {p['frames']:>6} {p['seconds']:5.1f}  "
-               f"{r['seconds']:17.1f}  "
-               f"{int(q['success']):>8} {q['steps']:>5} {q['frames']:>6} {q['seconds']:5.1f}  {str(a):>5}  {d:.1e}"
-               for k, p, r, q, a, d in zip(inits, proj, inproc, naive, same, state_diff)),
-             f"simulator warm-up before timing (robosuite's numba kernels; not counted in either arm): {warm_s:.1f} s",
-             f"project evaluate(): {proj_wall:6.1f} s wall (incl. worker start) -> {eph['project']:6.0f} episodes/h",
-             f"naive loop:         {naive_wall:6.1f} s wall (incl. env/policy load) -> {eph['naive']:6.0f} episodes/h",
-             f"steady state, derived, not measured (3600 x workers / per-episode median: assumes the workers scale "
-             f"perfectly and start-up is amortised): {steady['project']:6.0f} vs {steady['naive']:6.0f} episodes/h "
-             f"= {steady['project'] / steady['naive']:.2f}x",
-             f"ratio {ratio:.2f}x (goal >= 3x); on one core, episode by episode: {paired:.2f}x "
-             f"(median of naive/rollout seconds); outcomes agree {sum(same)}/{len(same)}, "
-             f"final states identical {sum(d == 0 for d in state_diff)}/{len(state_diff)}"]
+    table = [
+        f"eval throughput: {args.suite} task {args.task}, init states 0-{args.episodes - 1}, "
+        f"{max_steps} control steps max, "
+        f"replan every {replan} frames; project evaluation on {args.workers} workers vs a naive loop in 1 process",
+        f"{'init':>4}  {'evaluate(): ok steps frames  s':>31}  {'rollout 1 core: s':>17}  "
+        f"{'naive: ok steps frames  s':>26}"
+        f"  agree  |final state diff|",
+        *(
+            f"{k:>4}  {int(p['success']):>13} {p['steps']:>5} {p['frames']:>6} {p['seconds']:5.1f}  "
+            f"{r['seconds']:17.1f}  "
+            f"{int(q['success']):>8} {q['steps']:>5} {q['frames']:>6} {q['seconds']:5.1f}  {str(a):>5}  {d:.1e}"
+            for k, p, r, q, a, d in zip(inits, proj, inproc, naive, same, state_diff)
+        ),
+        f"simulator warm-up before timing (robosuite's numba kernels; not counted in either arm): {warm_s:.1f} s",
+        f"project evaluate(): {proj_wall:6.1f} s wall (incl. worker start) -> {eph['project']:6.0f} episodes/h",
+        f"naive loop:         {naive_wall:6.1f} s wall (incl. env/policy load) -> {eph['naive']:6.0f} episodes/h",
+        f"steady state, derived, not measured (3600 x workers / per-episode median: assumes the workers scale "
+        f"perfectly and start-up is amortised): {steady['project']:6.0f} vs {steady['naive']:6.0f} episodes/h "
+        f"= {steady['project'] / steady['naive']:.2f}x",
+        f"ratio {ratio:.2f}x (goal >= 3x); on one core, episode by episode: {paired:.2f}x "
+        f"(median of naive/rollout seconds); outcomes agree {sum(same)}/{len(same)}, "
+        f"final states identical {sum(d == 0 for d in state_diff)}/{len(state_diff)}",
+    ]
     figures = {
-        "episodes_per_hour_project": round(eph["project"], 1), "episodes_per_hour_naive": round(eph["naive"], 1),
-        "ratio_project_vs_naive": round(ratio, 2), "simulator_warmup_s_untimed": round(warm_s, 1),
+        "episodes_per_hour_project": round(eph["project"], 1),
+        "episodes_per_hour_naive": round(eph["naive"], 1),
+        "ratio_project_vs_naive": round(ratio, 2),
+        "simulator_warmup_s_untimed": round(warm_s, 1),
         "ratio_per_episode_single_core": round(paired, 2),
         "episodes_per_hour_definition": EPH_DEFINITION,
         "episodes_per_hour_steady_project_derived": round(steady["project"], 1),
         "episodes_per_hour_steady_naive_derived": round(steady["naive"], 1),
         "ratio_steady_state_derived": round(steady["project"] / steady["naive"], 2),
-        "derived": STEADY_FORMULAS, "derived_assumptions": STEADY_ASSUMPTIONS,
+        "derived": STEADY_FORMULAS,
+        "derived_assumptions": STEADY_ASSUMPTIONS,
         "per_episode_median_s_rollout_single_core": round(median([p["seconds"] for p in inproc]), 2),
         "per_episode_median_s_naive": round(median([q["seconds"] for q in naive]), 2),
         "per_episode_median_s_evaluate_worker": round(median([p["seconds"] for p in proj]), 2),
@@ -185,15 +222,27 @@ def main() -> None:
         "outcome_agreement_rate_in_process": sum(same_inproc) / len(same_inproc),
         "outcome_agreement_rate_definition": "same success, control steps and frames per episode",
         "max_final_state_diff": max(state_diff),
-        "successes_project": sum(p["success"] for p in proj), "successes_naive": sum(q["success"] for q in naive),
-        "suite": args.suite, "task": args.task, "episodes": args.episodes, "max_steps": max_steps,
-        "workers": args.workers, "replan_every": replan,
+        "successes_project": sum(p["success"] for p in proj),
+        "successes_naive": sum(q["success"] for q in naive),
+        "suite": args.suite,
+        "task": args.task,
+        "episodes": args.episodes,
+        "max_steps": max_steps,
+        "workers": args.workers,
+        "replan_every": replan,
     }
+
     def strip(eps):
         return [{k: v for k, v in e.items() if k not in ("final_state", "checkpoint")} for e in eps]
 
-    details = {"evaluate_episodes": strip(proj), "rollout_episodes": strip(inproc), "naive_episodes": strip(naive),
-               "final_state_diff": state_diff, "project_wall_s": proj_wall, "naive_wall_s": naive_wall}
+    details = {
+        "evaluate_episodes": strip(proj),
+        "rollout_episodes": strip(inproc),
+        "naive_episodes": strip(naive),
+        "final_state_diff": state_diff,
+        "project_wall_s": proj_wall,
+        "naive_wall_s": naive_wall,
+    }
     emit("eval_throughput", table, figures, details, args.out)
 
 

@@ -9,6 +9,7 @@ bench/results/expert_success_<suite>.json (or --out).
     .venv/bin/python bench/expert_success.py --suite libero_spatial --workers 2
     .venv/bin/python bench/expert_success.py --suite libero_object --tasks 0,3 --init-states 0-9
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,10 @@ def run_task(job: tuple) -> dict:
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['task_id']:>4d}  {r['successes']:>3d}/{r['episodes']:<3d} {100 * r['success_rate']:6.1f}%  "
-            f"{r['seconds']:7.1f}s  failed={r['failed_init_states']}  {r['instruction']}")
+    return (
+        f"{r['task_id']:>4d}  {r['successes']:>3d}/{r['episodes']:<3d} {100 * r['success_rate']:6.1f}%  "
+        f"{r['seconds']:7.1f}s  failed={r['failed_init_states']}  {r['instruction']}"
+    )
 
 
 def main() -> None:
@@ -83,8 +86,11 @@ def main() -> None:
     jobs = [(args.suite, t, args.init_states, args.seed, args.control_steps_per_frame) for t in task_ids]
     t0 = time.time()
     rows = []
-    print(f"{args.suite}: tasks {task_ids}, init states {args.init_states or '0-49'}, "
-          f"{args.workers} workers, {args.control_steps_per_frame} control steps per frame", flush=True)
+    print(
+        f"{args.suite}: tasks {task_ids}, init states {args.init_states or '0-49'}, "
+        f"{args.workers} workers, {args.control_steps_per_frame} control steps per frame",
+        flush=True,
+    )
     if args.workers <= 1:
         for job in jobs:
             rows.append(run_task(job))

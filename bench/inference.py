@@ -4,6 +4,7 @@
     .venv/bin/python bench/inference.py            # 60 timed calls per arm
     .venv/bin/python bench/inference.py --quick    # 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,14 +19,21 @@ from _common import emit, median, tiny_checkpoint
 GOAL_HZ = 20.0  # LIBERO's control rate
 # Actions per second are not timed: they multiply the measured calls per second by the chunk length.
 ACTION_FORMULAS = {f"actions_per_s_{arm}_derived": f"calls_per_s_{arm} * chunk_size" for arm in ("e2", "e0")}
-ACTION_ASSUMPTIONS = {k: "counts every predicted action of a chunk; closed-loop evaluation executes "
-                         "actions_executed_per_call of them per call, then replans" for k in ACTION_FORMULAS}
+ACTION_ASSUMPTIONS = {
+    k: "counts every predicted action of a chunk; closed-loop evaluation executes "
+    "actions_executed_per_call of them per call, then replans"
+    for k in ACTION_FORMULAS
+}
 
 
 def observation(size: int, m: int, rng: np.random.Generator, task: str):
     img = lambda: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)  # noqa: E731
-    obs = {"observation.images.image": img(), "observation.images.wrist_image": img(),
-           "observation.state": rng.normal(size=8).astype(np.float32), "task": task}
+    obs = {
+        "observation.images.image": img(),
+        "observation.images.wrist_image": img(),
+        "observation.state": rng.normal(size=8).astype(np.float32),
+        "task": task,
+    }
     return obs, np.stack([img() for _ in range(m)])
 
 
@@ -47,7 +55,7 @@ def part_times(runner, obs, frames) -> dict[str, float]:
             batch = batch.replace(z_t=z_t, world_frames=None)
         (hidden, cond), t["backbone"] = timed(lambda: pol._backbone_pass(batch))
         end = batch.act_end
-        act_h = hidden[:, end - pol.n_act:end].float()
+        act_h = hidden[:, end - pol.n_act : end].float()
         if runner.uses_world:
             z_pred, t["prophet"] = timed(lambda: pol.predict_future(batch.z_t, cond))
 
@@ -57,7 +65,9 @@ def part_times(runner, obs, frames) -> dict[str, float]:
                 return pol.xattn(act_h, mem)
 
             act_h, t["memory_xattn"] = timed(inject)
-        _, t["head"] = timed(lambda: pol.head.sample(act_h, generator=runner.generator) * pol.action_std + pol.action_mean)
+        _, t["head"] = timed(
+            lambda: pol.head.sample(act_h, generator=runner.generator) * pol.action_std + pol.action_mean
+        )
     return t
 
 
@@ -96,28 +106,43 @@ def main() -> None:
     med_parts = {k: median([d[k] for d in parts]) for k in parts[0]}
     chunk, replan = r2.chunk_size, max(1, r2.chunk_size // 2)
     hz = {p: 1.0 / med[p] for p in med}
-    table = [f"inference, 1 thread, {size}-px images, world window m={m}, chunk {chunk}: {args.calls} calls per arm",
-             f"{'arm':<4} {'median ms':>10} {'calls/s':>8} {'actions/s':>10}  (actions/s derived: calls/s x chunk, "
-             f"every predicted action; evaluation executes {replan} per call)",
-             *(f"{p:<4} {1e3 * med[p]:10.1f} {hz[p]:8.1f} {hz[p] * chunk:10.0f}" for p in med),
-             "E2 split (each part timed by its own call on the policy's submodules, median over calls):",
-             *(f"  {k:<14} {1e3 * v:8.2f} ms  {100 * v / sum(med_parts.values()):5.1f}%" for k, v in med_parts.items()),
-             f"  {'sum of parts':<14} {1e3 * sum(med_parts.values()):8.2f} ms (full call {1e3 * med['E2']:.2f} ms)"]
+    table = [
+        f"inference, 1 thread, {size}-px images, world window m={m}, chunk {chunk}: {args.calls} calls per arm",
+        f"{'arm':<4} {'median ms':>10} {'calls/s':>8} {'actions/s':>10}  (actions/s derived: calls/s x chunk, "
+        f"every predicted action; evaluation executes {replan} per call)",
+        *(f"{p:<4} {1e3 * med[p]:10.1f} {hz[p]:8.1f} {hz[p] * chunk:10.0f}" for p in med),
+        "E2 split (each part timed by its own call on the policy's submodules, median over calls):",
+        *(f"  {k:<14} {1e3 * v:8.2f} ms  {100 * v / sum(med_parts.values()):5.1f}%" for k, v in med_parts.items()),
+        f"  {'sum of parts':<14} {1e3 * sum(med_parts.values()):8.2f} ms (full call {1e3 * med['E2']:.2f} ms)",
+    ]
     figures = {
-        "calls_per_s_e2": round(hz["E2"], 2), "actions_per_s_e2_derived": round(hz["E2"] * chunk, 1),
-        "calls_per_s_e0": round(hz["E0"], 2), "actions_per_s_e0_derived": round(hz["E0"] * chunk, 1),
-        "derived": ACTION_FORMULAS, "derived_assumptions": ACTION_ASSUMPTIONS,
-        "median_ms_e2": round(1e3 * med["E2"], 2), "median_ms_e0": round(1e3 * med["E0"], 2),
+        "calls_per_s_e2": round(hz["E2"], 2),
+        "actions_per_s_e2_derived": round(hz["E2"] * chunk, 1),
+        "calls_per_s_e0": round(hz["E0"], 2),
+        "actions_per_s_e0_derived": round(hz["E0"] * chunk, 1),
+        "derived": ACTION_FORMULAS,
+        "derived_assumptions": ACTION_ASSUMPTIONS,
+        "median_ms_e2": round(1e3 * med["E2"], 2),
+        "median_ms_e0": round(1e3 * med["E0"], 2),
         "ratio_e2_calls_per_s_vs_20hz_goal": round(hz["E2"] / GOAL_HZ, 2),
         "ratio_e2_time_vs_e0": round(med["E2"] / med["E0"], 3),
         "split_ms_e2": {k: round(1e3 * v, 2) for k, v in med_parts.items()},
         "split_method": "each part timed by its own call on the policy's submodules (preprocess, world_encoder.encode, "
-                        "_backbone_pass, predict_future, memory_proj+xattn, head.sample), median per part over calls",
-        "chunk_size": chunk, "actions_executed_per_call": replan,
+        "_backbone_pass, predict_future, memory_proj+xattn, head.sample), median per part over calls",
+        "chunk_size": chunk,
+        "actions_executed_per_call": replan,
         "control_steps_per_call": replan * r2.control_steps_per_frame,
-        "calls": args.calls, "threads": torch.get_num_threads(), "image_size": size,
+        "calls": args.calls,
+        "threads": torch.get_num_threads(),
+        "image_size": size,
     }
-    emit("inference", table, figures, {"times_ms": {p: [round(1e3 * x, 3) for x in v] for p, v in full.items()}}, args.out)
+    emit(
+        "inference",
+        table,
+        figures,
+        {"times_ms": {p: [round(1e3 * x, 3) for x in v] for p, v in full.items()}},
+        args.out,
+    )
 
 
 if __name__ == "__main__":

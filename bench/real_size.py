@@ -8,6 +8,7 @@ step split into world encoder / Prophet / backbone / head.
 
 Without a GPU (and without --tiny) it says so and exits 0. The last line printed is one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,21 +29,47 @@ INSTRUCTION = "put the black bowl on the plate"
 
 # Qwen/Qwen2.5-VL-3B-Instruct config.json (token ids are taken from the tokenizer in use).
 QWEN25_VL_3B_TEXT = dict(
-    vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-    num_key_value_heads=2, hidden_act="silu", max_position_embeddings=128000, rms_norm_eps=1e-6,
+    vocab_size=151936,
+    hidden_size=2048,
+    intermediate_size=11008,
+    num_hidden_layers=36,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    hidden_act="silu",
+    max_position_embeddings=128000,
+    rms_norm_eps=1e-6,
     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
     tie_word_embeddings=True,
 )
 QWEN25_VL_3B_VISION = dict(
-    depth=32, hidden_act="silu", hidden_size=1280, intermediate_size=3420, num_heads=16, in_chans=3,
-    out_hidden_size=2048, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+    depth=32,
+    hidden_act="silu",
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    in_chans=3,
+    out_hidden_size=2048,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
 )
 # facebook/vjepa2-vitl-fpc64-256 (the encoder part is what the policy runs; the predictor is skipped).
 VJEPA2_VITL_256 = dict(
-    crop_size=256, patch_size=16, frames_per_clip=64, tubelet_size=2, hidden_size=1024, num_hidden_layers=24,
-    num_attention_heads=16, mlp_ratio=4.0, pred_hidden_size=384, pred_num_hidden_layers=12,
-    pred_num_attention_heads=12, pred_num_mask_tokens=10,
+    crop_size=256,
+    patch_size=16,
+    frames_per_clip=64,
+    tubelet_size=2,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    mlp_ratio=4.0,
+    pred_hidden_size=384,
+    pred_num_hidden_layers=12,
+    pred_num_attention_heads=12,
+    pred_num_mask_tokens=10,
 )
 PARTS = ("preprocess", "world_encoder", "backbone", "prophet", "head", "step")
 
@@ -55,8 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=None, help="timed calls (default 50; 5 with --tiny)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5; 1 with --tiny)")
     ap.add_argument("--batch", type=int, default=1, help="observations per policy call")
-    ap.add_argument("--image-size", type=int, default=None,
-                    help="side of the policy's camera images (default 224, a multiple of Qwen's 28; 64 with --tiny)")
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="side of the policy's camera images (default 224, a multiple of Qwen's 28; 64 with --tiny)",
+    )
     ap.add_argument("--frames", type=int, default=4, help="m: frames per world latent")
     ap.add_argument("--action-head", choices=("mse", "flow"), default="mse")
     ap.add_argument("--out", default=None, help=f"results file in real mode (default {RESULT_PATH.relative_to(ROOT)})")
@@ -84,7 +115,9 @@ def qwen_config(args, token_ids: dict[str, int]):
     if args.qwen_config:
         cfg = _local_config(args.qwen_config, "qwen-config")
         if cfg.model_type != "qwen2_5_vl":
-            raise SystemExit(f"--qwen-config {args.qwen_config!r} holds a {cfg.model_type!r} config, expected qwen2_5_vl")
+            raise SystemExit(
+                f"--qwen-config {args.qwen_config!r} holds a {cfg.model_type!r} config, expected qwen2_5_vl"
+            )
     else:
         cfg = Qwen2_5_VLConfig(text_config=dict(QWEN25_VL_3B_TEXT), vision_config=dict(QWEN25_VL_3B_VISION))
     # The prompt's special tokens must be the ids the model treats as image/vision tokens.
@@ -99,7 +132,9 @@ def vjepa2_config(args):
     if args.vjepa2_config:
         cfg = _local_config(args.vjepa2_config, "vjepa2-config")
         if cfg.model_type != "vjepa2":
-            raise SystemExit(f"--vjepa2-config {args.vjepa2_config!r} holds a {cfg.model_type!r} config, expected vjepa2")
+            raise SystemExit(
+                f"--vjepa2-config {args.vjepa2_config!r} holds a {cfg.model_type!r} config, expected vjepa2"
+            )
         return cfg
     return VJEPA2Config(**VJEPA2_VITL_256)
 
@@ -140,17 +175,32 @@ def build(args, device: torch.device):
         encoder = build_world_encoder(num_frames=args.frames, image_size=64, device=device)
     else:
         dtype = torch.bfloat16
-        cfg = build_config({**overrides, "backbone": "qwen2.5-vl", "backbone_path": "random-init",
-                            "backbone_dtype": "bfloat16", "world_encoder": "vjepa2",
-                            "world_encoder_path": "random-init"}, preset="E2")
+        cfg = build_config(
+            {
+                **overrides,
+                "backbone": "qwen2.5-vl",
+                "backbone_path": "random-init",
+                "backbone_dtype": "bfloat16",
+                "world_encoder": "vjepa2",
+                "world_encoder_path": "random-init",
+            },
+            preset="E2",
+        )
         # Random init straight on the GPU: a 3B model initialised on the CPU takes minutes.
         with torch.device(device):
             qwen = Qwen2_5_VLForConditionalGeneration._from_config(qwen_config(args, token_ids), dtype=dtype)
             vjepa = VJEPA2Model._from_config(vjepa2_config(args), dtype=dtype)
         backbone = QwenBackbone(qwen.eval(), tokenizer, pretrained=True)
         crop = int(vjepa.config.crop_size)
-        encoder = WorldEncoder(vjepa, name="vjepa2", num_frames=args.frames, image_size=crop, seed=None,
-                               pretrained_path="random-init", processing=VJEPA2Processing.for_crop(crop))
+        encoder = WorldEncoder(
+            vjepa,
+            name="vjepa2",
+            num_frames=args.frames,
+            image_size=crop,
+            seed=None,
+            pretrained_path="random-init",
+            processing=VJEPA2Processing.for_crop(crop),
+        )
     shapes = PolicyShapes(state_dim=8, action_dim=7, latent_dim=encoder.latent_dim)
     policy = WorldModalityPolicy(cfg, backbone, shapes, encoder).to(device).eval()
     preprocess = build_preprocessor(cfg, policy)
@@ -159,21 +209,34 @@ def build(args, device: torch.device):
         return round(sum(p.numel() for p in m.parameters()) / 1e6, 3)
 
     head_params = sum(millions(getattr(policy, n)) for n in ("memory_proj", "xattn", "head", "state_proj"))
-    info = {"tokenizer": tok_kind, "backbone_dtype": str(backbone.dtype).removeprefix("torch."),
-            "world_dtype": str(encoder.dtype).removeprefix("torch."), "world_image_size": encoder.image_size,
-            "latent_dim": encoder.latent_dim,
-            "params_m": {"world_encoder": millions(encoder), "backbone": millions(backbone),
-                         "prophet": millions(policy.prophet), "head": round(head_params, 3)}}
+    info = {
+        "tokenizer": tok_kind,
+        "backbone_dtype": str(backbone.dtype).removeprefix("torch."),
+        "world_dtype": str(encoder.dtype).removeprefix("torch."),
+        "world_image_size": encoder.image_size,
+        "latent_dim": encoder.latent_dim,
+        "params_m": {
+            "world_encoder": millions(encoder),
+            "backbone": millions(backbone),
+            "prophet": millions(policy.prophet),
+            "head": round(head_params, 3),
+        },
+    }
     return policy, preprocess, info
 
 
 def inputs(args, world_size: int, seed: int = 0):
     """Observations in the dataset schema (LIBERO's 256x256 cameras) and the world encoder's m frames."""
     rng = np.random.default_rng(seed)
-    obs = [{"observation.images.image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
+    obs = [
+        {
+            "observation.images.image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
             "observation.images.wrist_image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
-            "observation.state": rng.normal(size=8).astype(np.float32), "task": INSTRUCTION}
-           for _ in range(args.batch)]
+            "observation.state": rng.normal(size=8).astype(np.float32),
+            "task": INSTRUCTION,
+        }
+        for _ in range(args.batch)
+    ]
     frames = rng.integers(0, 256, (args.batch, args.frames, 256, 256, 3), dtype=np.uint8)
     return obs, frames
 
@@ -196,6 +259,7 @@ class Timer:
             self.sync()
             self._last[name] = time.perf_counter() - t0
             return out
+
         return timed
 
     def start_step(self) -> None:
@@ -203,7 +267,9 @@ class Timer:
 
 
 @torch.no_grad()
-def run_steps(policy, preprocess, obs, frames, device: torch.device, n: int, warmup: int) -> tuple[dict[str, float], bool]:
+def run_steps(
+    policy, preprocess, obs, frames, device: torch.device, n: int, warmup: int
+) -> tuple[dict[str, float], bool]:
     """Median milliseconds per part over n policy steps after `warmup` untimed ones. A step is what
     closed-loop evaluation does per replanning: preprocess, encode the world window, predict actions
     (backbone, Prophet, then the memory, cross-attention and action head, timed as `head`). `step` is
@@ -219,6 +285,7 @@ def run_steps(policy, preprocess, obs, frames, device: torch.device, n: int, war
     preprocess_t = timer.wrap("preprocess", lambda: model_inputs(preprocess, obs, frames, world_size).to(device))
     encode_t = timer.wrap("world_encoder", policy.world_encoder.encode)
     predict_t = timer.wrap("predict", policy.predict_actions)
+
     def step():
         batch = preprocess_t()
         batch = batch.replace(z_t=encode_t(batch.world_frames), world_frames=None)
@@ -259,8 +326,10 @@ def main(argv=None) -> int:
     if args.tiny:
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
-        print("real_size: no CUDA GPU found; the real-size benchmark needs one (--tiny runs the same code "
-              "on CPU with the tiny configs). Nothing measured.")
+        print(
+            "real_size: no CUDA GPU found; the real-size benchmark needs one (--tiny runs the same code "
+            "on CPU with the tiny configs). Nothing measured."
+        )
         print(json.dumps({"gpu": False, "mode": "real", "measured": False, "reason": "no CUDA GPU"}))
         return 0
     else:
@@ -277,20 +346,39 @@ def main(argv=None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     ms, finite = run_steps(policy, preprocess, obs, frames, device, args.n, args.warmup)
     if device.type == "cuda":
-        mem = {"weights_gib": round(weights / 2**30, 3),
-               "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+        mem = {
+            "weights_gib": round(weights / 2**30, 3),
+            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+        }
     prompt_tokens = int(preprocess(obs[:1]).input_ids.shape[1])
-    result = {"gpu": device.type == "cuda", "mode": "tiny" if args.tiny else "real", "measured": True,
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "models": "tiny Qwen2.5-VL + tiny VJEPA2" if args.tiny else
-              f"Qwen2.5-VL ({args.qwen_config or '3B config'}) + V-JEPA 2 ({args.vjepa2_config or 'ViT-L 256 config'})",
-              "weights": "random init", "batch": args.batch, "image_size": args.image_size, "frames": args.frames,
-              "action_head": args.action_head, "n": args.n, "warmup": args.warmup, "prompt_tokens": prompt_tokens,
-              "build_s": round(build_s, 2), "median_ms": ms, "finite_actions": finite, **info, **(mem or {}),
-              # head is the one part not timed on its own: predict_actions minus backbone and Prophet, per step.
-              "derived": {"median_ms.head": "median over steps of (predict_actions - backbone - prophet) ms: "
-                                            "memory, cross-attention, action head and their glue"},
-              "torch": torch.__version__}
+    result = {
+        "gpu": device.type == "cuda",
+        "mode": "tiny" if args.tiny else "real",
+        "measured": True,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "models": "tiny Qwen2.5-VL + tiny VJEPA2"
+        if args.tiny
+        else f"Qwen2.5-VL ({args.qwen_config or '3B config'}) + V-JEPA 2 ({args.vjepa2_config or 'ViT-L 256 config'})",
+        "weights": "random init",
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "frames": args.frames,
+        "action_head": args.action_head,
+        "n": args.n,
+        "warmup": args.warmup,
+        "prompt_tokens": prompt_tokens,
+        "build_s": round(build_s, 2),
+        "median_ms": ms,
+        "finite_actions": finite,
+        **info,
+        **(mem or {}),
+        # head is the one part not timed on its own: predict_actions minus backbone and Prophet, per step.
+        "derived": {
+            "median_ms.head": "median over steps of (predict_actions - backbone - prophet) ms: "
+            "memory, cross-attention, action head and their glue"
+        },
+        "torch": torch.__version__,
+    }
     print(table(ms, info, mem))
     if not args.tiny:
         out = Path(args.out) if args.out else RESULT_PATH

@@ -6,6 +6,7 @@ Prints a table, writes bench/results/scaling.json and a log-log plot bench/resul
     .venv/bin/python bench/scaling.py --quick           # sizes 1,2, 16-step evaluation episodes
     .venv/bin/python bench/scaling.py --tasks 0,1 --sizes 2,4,8 --eval-steps 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ from pathlib import Path
 from _common import RESULTS_DIR, emit, tiny_config
 
 STAGES = ("generate", "encode", "train", "evaluate")
-PLOT_REFERENCE = ("the dashed 'linear in size' line in the plot is drawn, not measured: "
-                  "seconds.generate[0] * size / sizes[0]")
+PLOT_REFERENCE = (
+    "the dashed 'linear in size' line in the plot is drawn, not measured: seconds.generate[0] * size / sizes[0]"
+)
 
 
 def timed(fn) -> float:
@@ -36,15 +38,30 @@ def run_size(n: int, args, tmp: Path) -> dict:
     data, run = tmp / f"data{n}", tmp / f"e2-{n}"
     tasks = [int(t) for t in args.tasks.split(",")]
     row = {"episodes_per_task": n}
-    row["generate"] = timed(lambda: generate(args.suite, tasks, n, data, image_size=128, workers=args.workers, seed=0, progress=False))
+    row["generate"] = timed(
+        lambda: generate(args.suite, tasks, n, data, image_size=128, workers=args.workers, seed=0, progress=False)
+    )
     cfg = tiny_config(data, run, "E2", max_epochs=args.epochs)
     prepared = {}
-    row["encode"] = timed(lambda: prepared.setdefault("d", prepare_data(cfg, world_encoder_from_config(cfg), progress=False)))
+    row["encode"] = timed(
+        lambda: prepared.setdefault("d", prepare_data(cfg, world_encoder_from_config(cfg), progress=False))
+    )
     row["frames"] = len(prepared["d"].dataset)
     row["train"] = timed(lambda: prepared.setdefault("ckpt", train(cfg, progress=False)))
-    row["evaluate"] = timed(lambda: evaluate(EvalSettings(checkpoint=str(prepared["ckpt"]), suite=args.suite, tasks=tuple(tasks),
-                                                          n_episodes=n, workers=args.workers, max_steps=args.eval_steps or None,
-                                                          out=str(tmp / f"eval{n}")), progress=False))
+    row["evaluate"] = timed(
+        lambda: evaluate(
+            EvalSettings(
+                checkpoint=str(prepared["ckpt"]),
+                suite=args.suite,
+                tasks=tuple(tasks),
+                n_episodes=n,
+                workers=args.workers,
+                max_steps=args.eval_steps or None,
+                out=str(tmp / f"eval{n}"),
+            ),
+            progress=False,
+        )
+    )
     return row
 
 
@@ -78,7 +95,9 @@ def main() -> None:
     ap.add_argument("--tasks", default="0")
     ap.add_argument("--sizes", default="1,2,4", help="demos (and evaluation episodes) per task")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--eval-steps", type=int, default=40, help="control steps per evaluation episode (0: the suite's limit)")
+    ap.add_argument(
+        "--eval-steps", type=int, default=40, help="control steps per evaluation episode (0: the suite's limit)"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="sizes 1,2 and 16-step evaluation episodes")
     ap.add_argument("--out", default=None)
@@ -104,18 +123,30 @@ def main() -> None:
     plot(rows, Path(args.plot))
     first, last = rows[0], rows[-1]
     size_ratio = last["episodes_per_task"] / first["episodes_per_task"]
-    table = [f"scaling: {args.suite} tasks {args.tasks}, E2 {args.epochs} epoch(s), evaluation "
-             f"{args.eval_steps or 'suite-limit'} steps, {args.workers} workers",
-             f"{'demos/task':>10} {'frames':>7} " + " ".join(f"{s + ' s':>11}" for s in STAGES),
-             *(f"{r['episodes_per_task']:>10} {r['frames']:>7} " + " ".join(f"{r[s]:11.1f}" for s in STAGES) for r in rows),
-             f"growth {first['episodes_per_task']} -> {last['episodes_per_task']} demos/task ({size_ratio:.0f}x data): "
-             + ", ".join(f"{s} {last[s] / first[s]:.2f}x" for s in STAGES), f"plot: {args.plot}"]
-    figures = {"sizes": sizes, "size_ratio": size_ratio,
-               **{f"growth_ratio_{s}": round(last[s] / first[s], 2) for s in STAGES},
-               "seconds": {s: [round(r[s], 1) for r in rows] for s in STAGES}, "frames": [r["frames"] for r in rows],
-               "suite": args.suite, "tasks": args.tasks, "eval_steps": args.eval_steps, "workers": args.workers,
-               "plot_reference_line": PLOT_REFERENCE,
-               "plot": str(Path(args.plot).relative_to(RESULTS_DIR.parent.parent)) if Path(args.plot).is_relative_to(RESULTS_DIR.parent.parent) else args.plot}
+    table = [
+        f"scaling: {args.suite} tasks {args.tasks}, E2 {args.epochs} epoch(s), evaluation "
+        f"{args.eval_steps or 'suite-limit'} steps, {args.workers} workers",
+        f"{'demos/task':>10} {'frames':>7} " + " ".join(f"{s + ' s':>11}" for s in STAGES),
+        *(f"{r['episodes_per_task']:>10} {r['frames']:>7} " + " ".join(f"{r[s]:11.1f}" for s in STAGES) for r in rows),
+        f"growth {first['episodes_per_task']} -> {last['episodes_per_task']} demos/task ({size_ratio:.0f}x data): "
+        + ", ".join(f"{s} {last[s] / first[s]:.2f}x" for s in STAGES),
+        f"plot: {args.plot}",
+    ]
+    figures = {
+        "sizes": sizes,
+        "size_ratio": size_ratio,
+        **{f"growth_ratio_{s}": round(last[s] / first[s], 2) for s in STAGES},
+        "seconds": {s: [round(r[s], 1) for r in rows] for s in STAGES},
+        "frames": [r["frames"] for r in rows],
+        "suite": args.suite,
+        "tasks": args.tasks,
+        "eval_steps": args.eval_steps,
+        "workers": args.workers,
+        "plot_reference_line": PLOT_REFERENCE,
+        "plot": str(Path(args.plot).relative_to(RESULTS_DIR.parent.parent))
+        if Path(args.plot).is_relative_to(RESULTS_DIR.parent.parent)
+        else args.plot,
+    }
     emit("scaling", table, figures, out=args.out)
 
 

@@ -8,6 +8,7 @@ is probed instead and labelled so). The ordering is measured here, not assumed.
 
 DATASET must record observation.environment_state (`world-modality generate` writes it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ def probe_arm(arm: str, args) -> dict:
     from world_modality.config import WORLD_ENCODERS, build_config
     from world_modality.policy.factory import world_encoder_from_config
 
-    base = {"dataset": args.dataset, "image_size": args.image_size, "latent_suffix": args.latent_suffix,
-            "frame_stride": args.frame_stride, "seed": args.seed}
+    base = {
+        "dataset": args.dataset,
+        "image_size": args.image_size,
+        "latent_suffix": args.latent_suffix,
+        "frame_stride": args.frame_stride,
+        "seed": args.seed,
+    }
     raw = False
     if arm == "random":
         cfg = build_config({**base, "world_image_size": args.world_image_size})
@@ -36,12 +42,19 @@ def probe_arm(arm: str, args) -> dict:
         cfg, raw = build_config(base), True
     t0 = time.perf_counter()
     r = probe_dataset(cfg, None if raw else world_encoder_from_config(cfg), raw_env_state=raw, progress=args.progress)
-    return {"features": r["features"], "overall_r2": r["present"]["overall"], "per_object_r2": r["present"]["objects"],
-            "ridge_lambda": r["ridge"]["lambda"], "feature_dim": r["feature_dim"],
-            "label": "env_state_raw (upper bound: the input holds the targets)" if raw else arm,
-            "n_train_rows": r["n_train_rows"], "n_test_rows": r["n_test_rows"],
-            "n_train_episodes": len(r["train_episodes"]), "n_test_episodes": len(r["test_episodes"]),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "features": r["features"],
+        "overall_r2": r["present"]["overall"],
+        "per_object_r2": r["present"]["objects"],
+        "ridge_lambda": r["ridge"]["lambda"],
+        "feature_dim": r["feature_dim"],
+        "label": "env_state_raw (upper bound: the input holds the targets)" if raw else arm,
+        "n_train_rows": r["n_train_rows"],
+        "n_test_rows": r["n_test_rows"],
+        "n_train_episodes": len(r["train_episodes"]),
+        "n_test_episodes": len(r["test_episodes"]),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def main() -> None:
@@ -65,24 +78,32 @@ def main() -> None:
     objects = list(next(iter(results.values()))["per_object_r2"])
     first = next(iter(results.values()))
     width = max(12, *(len(o) for o in objects))
-    table = [f"world probe: ridge z_t -> object positions at t on {args.dataset}; fit on {first['n_train_episodes']} "
-             f"training episodes ({first['n_train_rows']} rows), R² on {first['n_test_episodes']} held-out episodes "
-             f"({first['n_test_rows']} rows); 1 = exact, 0 = their mean",
-             f"{'object':<{width}} " + " ".join(f"{results[a]['label'].split(' ')[0]:>14}" for a in arms)]
+    table = [
+        f"world probe: ridge z_t -> object positions at t on {args.dataset}; fit on {first['n_train_episodes']} "
+        f"training episodes ({first['n_train_rows']} rows), R² on {first['n_test_episodes']} held-out episodes "
+        f"({first['n_test_rows']} rows); 1 = exact, 0 = their mean",
+        f"{'object':<{width}} " + " ".join(f"{results[a]['label'].split(' ')[0]:>14}" for a in arms),
+    ]
     for obj in objects + [None]:
         cells = [results[a]["overall_r2"] if obj is None else results[a]["per_object_r2"].get(obj) for a in arms]
-        table.append(f"{obj or 'overall':<{width}} " + " ".join("             -" if c is None else f"{c:>+14.3f}"
-                                                             for c in cells))
-    table.append("features: " + "; ".join(f"{a}: {results[a]['features']} ({results[a]['feature_dim']}-d)"
-                                          for a in arms))
+        table.append(
+            f"{obj or 'overall':<{width}} " + " ".join("             -" if c is None else f"{c:>+14.3f}" for c in cells)
+        )
+    table.append(
+        "features: " + "; ".join(f"{a}: {results[a]['features']} ({results[a]['feature_dim']}-d)" for a in arms)
+    )
     overall = {a: results[a]["overall_r2"] for a in arms}
     ranked = sorted((a for a in arms if overall[a] is not None), key=lambda a: -overall[a])
     table.append("ordering (measured): " + " > ".join(ranked))
     figures = {f"r2_overall_{a}": overall[a] for a in arms}
     figures["ordering_measured"] = " > ".join(ranked)
-    details = {"dataset": args.dataset, "pretrained": args.pretrained, "encoders": results,
-               "what": "R² of a ridge probe from z_t to the objects' positions at t (observation.environment_state "
-                       "'.pos.' entries), fit on training episodes, scored on held-out episodes"}
+    details = {
+        "dataset": args.dataset,
+        "pretrained": args.pretrained,
+        "encoders": results,
+        "what": "R² of a ridge probe from z_t to the objects' positions at t (observation.environment_state "
+        "'.pos.' entries), fit on training episodes, scored on held-out episodes",
+    }
     emit("world_probe", table, figures, details, out=args.out)
 
 

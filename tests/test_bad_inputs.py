@@ -31,49 +31,113 @@ def cli_error(argv, capsys):
     return message
 
 
-@pytest.mark.parametrize("argv,needles", [
-    (["train", "--dataset", "{tmp}/nowhere", "--output_dir", "{tmp}/run"],
-     ["{tmp}/nowhere does not exist", "meta/info.json"]),
-    (["train", "--dataset", "{data}", "--batch_size", "-1"], ["`batch_size` must be >= 1, got -1"]),
-    (["train", "--dataset", "{data}", "--image_size", "8"], ["`image_size` must be in [16, 1024], got 8"]),
-    (["train", "--dataset", "{data}", "--memory_mode", "future"],
-     ["`memory_mode` must be 'predicted' or 'present' in training", "'future'"]),
-    (["train", "--dataset", "{data}", "--memory_mode", "oracle", "--output_dir", "{tmp}/run"],
-     ["`memory_mode` must be 'predicted' or 'present' in training", "got 'oracle'", "evaluation ablations"]),
-    (["train", "--dataset", "{data}", "--memory_mode", "shuffle", "--output_dir", "{tmp}/run"],
-     ["`memory_mode` must be 'predicted' or 'present' in training", "'shuffle'"]),
-    (["train", "--dataset", "{data}", "--instruction_key", "instruction", "--output_dir", "{tmp}/run",
-      "--no-tensorboard"],
-     ["instruction_key 'instruction' was not found", "keys that hold instructions: ['task']"]),
-    (["encode", "--dataset", "{data}", "--latent_suffix", "m0"], ["`latent_suffix` must look like 'm4'", "got 'm0'"]),
-    (["encode"], ["--dataset PATH is required"]),
-    (["eval-offline", "--checkpoint", "{tmp}"], ["is neither a checkpoint folder nor a run folder"]),
-    (["eval", "--checkpoint", "{tmp}", "--shard", "3/2"], ["shard must be i/n with 0 <= i < n, got 3/2"]),
-    (["eval", "--checkpoint", "{tmp}", "--shard", "a/b"], ["--shard must look like i/n", "'a/b'"]),
-    (["eval", "--checkpoint", "{tmp}", "--suite", "libero_spatail"],
-     ["Unknown LIBERO suite 'libero_spatail'", "'libero_spatial'"]),
-    (["eval", "--checkpoint", "{tmp}", "--tasks", "0,x"], ["--tasks must look like '0,1,4' or '0-9', got '0,x'"]),
-    (["eval", "--checkpoint", "{tmp}", "--n_episodes", "0"], ["n_episodes must be >= 1", "got 0"]),
-    (["eval", "--checkpoint", "{tmp}", "--tasks", "3-1"], ["--tasks range '3-1' is empty"]),
-    (["eval", "--checkpoint", "{tmp}", "--tasks", "1,1"], ["distinct task ids", "'1,1'"]),
-    (["eval", "--checkpoint", "{tmp}", "--replan_every", "0"], ["replan_every must be >= 1", "got 0"]),
-    (["eval", "--checkpoint", "{tmp}", "--max_steps", "0"], ["max_steps must be >= 1", "got 0"]),
-    (["generate", "--suite", "libero_spatial", "--tasks", "0", "--out", "{data}/meta"],
-     ["a non-empty folder without a dataset", "expected a new or empty folder"]),
-    (["train", "--dataset", "{data}", "--lr", "inf", "--output_dir", "{tmp}/run"],
-     ["`lr` must be a finite number > 0, got inf."]),
-    (["train", "--dataset", "{data}", "--lr", "0", "--output_dir", "{tmp}/run"],
-     ["`lr` must be a finite number > 0, got 0.0."]),
-    (["train", "--dataset", "{data}", "--lambda_world", "inf"], ["`lambda_world` must be a finite number, got inf."]),
-    (["train", "--dataset", "{data}", "--grad_clip", "nan"], ["`grad_clip` must be a finite number, got nan."]),
-    (["train", "--dataset", "{data}", "--output_dir", "{data}/meta/info.json"],
-     ["--output_dir {data}/meta/info.json is a file; expected a folder for the run"]),
-    (["eval-offline", "--checkpoint", "{tmp}", "--batch_size", "0"], ["--batch_size must be an integer >= 1, got 0."]),
-], ids=["no-dataset-dir", "negative-batch", "image-size-8", "memory-mode", "train-memory-oracle",
-        "train-memory-shuffle", "instruction-key", "latent-suffix",
-        "encode-without-dataset", "no-checkpoint", "shard-3-of-2", "shard-not-i-n", "misspelt-suite", "bad-tasks",
-        "zero-episodes", "empty-task-range", "repeated-task", "zero-replan", "zero-max-steps", "generate-into-data",
-        "lr-inf", "lr-zero", "lambda-world-inf", "grad-clip-nan", "output-dir-is-a-file", "offline-batch-0"])
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (
+            ["train", "--dataset", "{tmp}/nowhere", "--output_dir", "{tmp}/run"],
+            ["{tmp}/nowhere does not exist", "meta/info.json"],
+        ),
+        (["train", "--dataset", "{data}", "--batch_size", "-1"], ["`batch_size` must be >= 1, got -1"]),
+        (["train", "--dataset", "{data}", "--image_size", "8"], ["`image_size` must be in [16, 1024], got 8"]),
+        (
+            ["train", "--dataset", "{data}", "--memory_mode", "future"],
+            ["`memory_mode` must be 'predicted' or 'present' in training", "'future'"],
+        ),
+        (
+            ["train", "--dataset", "{data}", "--memory_mode", "oracle", "--output_dir", "{tmp}/run"],
+            ["`memory_mode` must be 'predicted' or 'present' in training", "got 'oracle'", "evaluation ablations"],
+        ),
+        (
+            ["train", "--dataset", "{data}", "--memory_mode", "shuffle", "--output_dir", "{tmp}/run"],
+            ["`memory_mode` must be 'predicted' or 'present' in training", "'shuffle'"],
+        ),
+        (
+            [
+                "train",
+                "--dataset",
+                "{data}",
+                "--instruction_key",
+                "instruction",
+                "--output_dir",
+                "{tmp}/run",
+                "--no-tensorboard",
+            ],
+            ["instruction_key 'instruction' was not found", "keys that hold instructions: ['task']"],
+        ),
+        (
+            ["encode", "--dataset", "{data}", "--latent_suffix", "m0"],
+            ["`latent_suffix` must look like 'm4'", "got 'm0'"],
+        ),
+        (["encode"], ["--dataset PATH is required"]),
+        (["eval-offline", "--checkpoint", "{tmp}"], ["is neither a checkpoint folder nor a run folder"]),
+        (["eval", "--checkpoint", "{tmp}", "--shard", "3/2"], ["shard must be i/n with 0 <= i < n, got 3/2"]),
+        (["eval", "--checkpoint", "{tmp}", "--shard", "a/b"], ["--shard must look like i/n", "'a/b'"]),
+        (
+            ["eval", "--checkpoint", "{tmp}", "--suite", "libero_spatail"],
+            ["Unknown LIBERO suite 'libero_spatail'", "'libero_spatial'"],
+        ),
+        (["eval", "--checkpoint", "{tmp}", "--tasks", "0,x"], ["--tasks must look like '0,1,4' or '0-9', got '0,x'"]),
+        (["eval", "--checkpoint", "{tmp}", "--n_episodes", "0"], ["n_episodes must be >= 1", "got 0"]),
+        (["eval", "--checkpoint", "{tmp}", "--tasks", "3-1"], ["--tasks range '3-1' is empty"]),
+        (["eval", "--checkpoint", "{tmp}", "--tasks", "1,1"], ["distinct task ids", "'1,1'"]),
+        (["eval", "--checkpoint", "{tmp}", "--replan_every", "0"], ["replan_every must be >= 1", "got 0"]),
+        (["eval", "--checkpoint", "{tmp}", "--max_steps", "0"], ["max_steps must be >= 1", "got 0"]),
+        (
+            ["generate", "--suite", "libero_spatial", "--tasks", "0", "--out", "{data}/meta"],
+            ["a non-empty folder without a dataset", "expected a new or empty folder"],
+        ),
+        (
+            ["train", "--dataset", "{data}", "--lr", "inf", "--output_dir", "{tmp}/run"],
+            ["`lr` must be a finite number > 0, got inf."],
+        ),
+        (
+            ["train", "--dataset", "{data}", "--lr", "0", "--output_dir", "{tmp}/run"],
+            ["`lr` must be a finite number > 0, got 0.0."],
+        ),
+        (
+            ["train", "--dataset", "{data}", "--lambda_world", "inf"],
+            ["`lambda_world` must be a finite number, got inf."],
+        ),
+        (["train", "--dataset", "{data}", "--grad_clip", "nan"], ["`grad_clip` must be a finite number, got nan."]),
+        (
+            ["train", "--dataset", "{data}", "--output_dir", "{data}/meta/info.json"],
+            ["--output_dir {data}/meta/info.json is a file; expected a folder for the run"],
+        ),
+        (
+            ["eval-offline", "--checkpoint", "{tmp}", "--batch_size", "0"],
+            ["--batch_size must be an integer >= 1, got 0."],
+        ),
+    ],
+    ids=[
+        "no-dataset-dir",
+        "negative-batch",
+        "image-size-8",
+        "memory-mode",
+        "train-memory-oracle",
+        "train-memory-shuffle",
+        "instruction-key",
+        "latent-suffix",
+        "encode-without-dataset",
+        "no-checkpoint",
+        "shard-3-of-2",
+        "shard-not-i-n",
+        "misspelt-suite",
+        "bad-tasks",
+        "zero-episodes",
+        "empty-task-range",
+        "repeated-task",
+        "zero-replan",
+        "zero-max-steps",
+        "generate-into-data",
+        "lr-inf",
+        "lr-zero",
+        "lambda-world-inf",
+        "grad-clip-nan",
+        "output-dir-is-a-file",
+        "offline-batch-0",
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(argv, needles, fixture_dataset, tmp_path, capsys):
     fill = {"tmp": str(tmp_path), "data": str(fixture_dataset)}
     message = cli_error([a.format(**fill) for a in argv], capsys)
@@ -81,10 +145,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, needles, fixture_dataset, tm
         assert needle.format(**fill) in message, message
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["train", "--preset", "E9"], "invalid choice: 'E9'"),
-    (["eval", "--checkpoint", "x", "--memory", "oracle"], "invalid choice: 'oracle'"),
-], ids=["unknown-preset", "oracle-closed-loop"])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--preset", "E9"], "invalid choice: 'E9'"),
+        (["eval", "--checkpoint", "x", "--memory", "oracle"], "invalid choice: 'oracle'"),
+    ],
+    ids=["unknown-preset", "oracle-closed-loop"],
+)
 def test_cli_choices_are_checked_by_argparse(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(argv)
@@ -92,20 +160,28 @@ def test_cli_choices_are_checked_by_argparse(argv, needle, capsys):
 
 
 def test_train_module_reports_a_bad_flag_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "world_modality.train", "--dataset", str(tmp_path),
-                           "--lambda_world", "-1"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "world_modality.train", "--dataset", str(tmp_path), "--lambda_world", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "world_modality.train: error: `lambda_world` must be >= 0, got -1.0."
 
 
-@pytest.mark.parametrize("settings,needle", [
-    ({"shard": (3, 2)}, "got 3/2"),
-    ({"memory": "oracle"}, "oracle is offline-only"),
-    ({"suite": "libero_spatail"}, "Unknown LIBERO suite 'libero_spatail'"),
-    ({"n_episodes": 0}, "n_episodes must be >= 1"),
-    ({"workers": 0}, "workers must be >= 1"),
-    ({"episode_timeout_s": 0}, "episode_timeout_s must be positive seconds or None"),
-], ids=["shard-3-of-2", "oracle", "misspelt-suite", "zero-episodes", "zero-workers", "zero-timeout"])
+@pytest.mark.parametrize(
+    "settings,needle",
+    [
+        ({"shard": (3, 2)}, "got 3/2"),
+        ({"memory": "oracle"}, "oracle is offline-only"),
+        ({"suite": "libero_spatail"}, "Unknown LIBERO suite 'libero_spatail'"),
+        ({"n_episodes": 0}, "n_episodes must be >= 1"),
+        ({"workers": 0}, "workers must be >= 1"),
+        ({"episode_timeout_s": 0}, "episode_timeout_s must be positive seconds or None"),
+    ],
+    ids=["shard-3-of-2", "oracle", "misspelt-suite", "zero-episodes", "zero-workers", "zero-timeout"],
+)
 def test_evaluation_settings_fail_before_anything_loads(settings, needle):
     # The checkpoint does not exist: the settings must be refused before anything reads it.
     with pytest.raises(ConfigError, match=needle):
@@ -212,11 +288,18 @@ def _copy_dataset(fixture_dataset, tmp_path):
     return root
 
 
-@pytest.mark.parametrize("victim,needle", [
-    ("meta/info.json", "{root}/meta/info.json is not valid JSON ("),
-    ("data/chunk-000/file-000.parquet", "{root}/data/chunk-000/file-000.parquet is not a readable parquet file"),
-    ("meta/episodes/chunk-000/file-000.parquet", "{root}/meta/episodes/chunk-000/file-000.parquet is not a readable"),
-], ids=["info-json", "data-parquet", "episodes-parquet"])
+@pytest.mark.parametrize(
+    "victim,needle",
+    [
+        ("meta/info.json", "{root}/meta/info.json is not valid JSON ("),
+        ("data/chunk-000/file-000.parquet", "{root}/data/chunk-000/file-000.parquet is not a readable parquet file"),
+        (
+            "meta/episodes/chunk-000/file-000.parquet",
+            "{root}/meta/episodes/chunk-000/file-000.parquet is not a readable",
+        ),
+    ],
+    ids=["info-json", "data-parquet", "episodes-parquet"],
+)
 def test_a_damaged_dataset_file_is_named_before_training(fixture_dataset, tmp_path, capsys, victim, needle):
     root = _copy_dataset(fixture_dataset, tmp_path)
     data = (root / victim).read_bytes()
@@ -227,10 +310,14 @@ def test_a_damaged_dataset_file_is_named_before_training(fixture_dataset, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim,needle", [
-    ("config.json", "{ck}/config.json is not valid JSON ("),
-    ("policy.json", "{ck}/policy.json is not valid JSON ("),
-], ids=["config-json", "policy-json"])
+@pytest.mark.parametrize(
+    "victim,needle",
+    [
+        ("config.json", "{ck}/config.json is not valid JSON ("),
+        ("policy.json", "{ck}/policy.json is not valid JSON ("),
+    ],
+    ids=["config-json", "policy-json"],
+)
 def test_a_checkpoint_json_that_is_not_json_is_named(trained_e2, tmp_path, capsys, victim, needle):
     ck = Path(shutil.copytree(trained_e2, tmp_path / "ck"))
     (ck / victim).write_text((ck / victim).read_text()[:40])
@@ -250,8 +337,9 @@ def test_a_latent_cache_record_that_is_not_json_is_named(fixture_dataset, tmp_pa
 
 
 @pytest.mark.slow
-def test_offline_evaluation_of_an_edited_checkpoint_names_the_field_and_keeps_the_latent_cache(trained_e2, capsys,
-                                                                                              tmp_path):
+def test_offline_evaluation_of_an_edited_checkpoint_names_the_field_and_keeps_the_latent_cache(
+    trained_e2, capsys, tmp_path
+):
     """config.json edited from m4 to m2: eval-offline called the dataset's valid latent cache a mismatch and said
     to delete it; deleted, the next run failed differently. The checkpoint is the error, and the cache stays."""
     ck = Path(shutil.copytree(trained_e2, tmp_path / "ck"))

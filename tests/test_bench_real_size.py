@@ -1,5 +1,6 @@
 """bench/real_size.py: the tiny mode runs the real-size code path on CPU; the written configs are the
 real models' (parameter counts on the meta device); without a GPU the real mode exits cleanly."""
+
 import importlib.util
 import json
 import subprocess

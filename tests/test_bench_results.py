@@ -4,6 +4,7 @@ A figure whose name says derived, projected, steady-state or estimated needs an 
 (bench/_common.py undeclared_derived, also enforced when a benchmark writes its results); each top-level formula is
 an arithmetic expression over the file's other figures and must give the stored number (up to rounding).
 """
+
 import ast
 import importlib.util
 import json
@@ -26,6 +27,7 @@ def _common():
 
 def evaluate(formula: str, figures: dict) -> float:
     """+ - * / over numbers and the names of numeric top-level figures; anything else is refused."""
+
     def ev(node):
         if isinstance(node, ast.Expression):
             return ev(node.body)
@@ -38,6 +40,7 @@ def evaluate(formula: str, figures: dict) -> float:
         if isinstance(node, ast.Name) and isinstance(figures.get(node.id), (int, float)):
             return figures[node.id]
         raise ValueError(f"{formula!r}: {ast.dump(node)} is not a number, a numeric figure or + - * /")
+
     return ev(ast.parse(formula, mode="eval"))
 
 
@@ -63,7 +66,8 @@ def test_known_projections_are_labelled():
     # The multi-epoch ratio is epochs x the one-epoch ratio: never under an unqualified or measured-looking name.
     assert "ratio_cache_vs_naive" not in enc and f"ratio_cache_vs_naive_{enc['epochs']}_epochs" not in enc
     assert enc[f"ratio_cache_vs_naive_{enc['epochs']}_epochs_derived"] == pytest.approx(
-        enc["epochs"] * enc["ratio_cache_vs_naive_one_epoch"], rel=0.01)
+        enc["epochs"] * enc["ratio_cache_vs_naive_one_epoch"], rel=0.01
+    )
     thr = json.loads((ROOT / "bench" / "results" / "eval_throughput.json").read_text())
     assert not [k for k in thr if "steady" in k and not k.endswith("_derived")]
     inf = json.loads((ROOT / "bench" / "results" / "inference.json").read_text())
@@ -76,11 +80,14 @@ def test_the_checker_catches_what_it_should():
     check = _common().undeclared_derived
     assert check({"ratio_steady_state": 6.3}) == ["ratio_steady_state: no formula in 'derived'"]
     assert check({"fps_projected": 1.0, "derived": {"fps_projected": " "}}) == [
-        "fps_projected: no formula in 'derived'"]
+        "fps_projected: no formula in 'derived'"
+    ]
     assert check({"split": {"head_estimate": 1.0}}) == ["split.head_estimate: no formula in 'derived'"]
     assert check({"x_derived": 2.0, "y": 1.0, "derived": {"x_derived": "2 * y"}}) == []
     assert check({"derived": {"gone": "1"}, "derived_assumptions": {"gone2": "a"}}) == [
-        "derived['gone'] names no figure", "derived_assumptions['gone2'] names no figure"]
+        "derived['gone'] names no figure",
+        "derived_assumptions['gone2'] names no figure",
+    ]
     with pytest.raises(ValueError, match="ratio_steady_state: no formula"):
         _common().emit("x", [], {"ratio_steady_state": 6.3}, out="/nonexistent/never-written.json")
     with pytest.raises(ValueError, match="not a number"):

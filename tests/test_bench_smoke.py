@@ -12,10 +12,19 @@ pytestmark = pytest.mark.slow
 META = ("derived", "derived_assumptions")
 
 CASES = {
-    "inference": ("calls_per_s_e2", "actions_per_s_e2_derived", "ratio_e2_calls_per_s_vs_20hz_goal",
-                  "ratio_e2_time_vs_e0", "split_ms_e2"),
-    "encode": ("frames_per_s_cache", "frames_per_s_naive", "ratio_cache_vs_naive_5_epochs_derived",
-               "ratio_cache_vs_naive_one_epoch"),
+    "inference": (
+        "calls_per_s_e2",
+        "actions_per_s_e2_derived",
+        "ratio_e2_calls_per_s_vs_20hz_goal",
+        "ratio_e2_time_vs_e0",
+        "split_ms_e2",
+    ),
+    "encode": (
+        "frames_per_s_cache",
+        "frames_per_s_naive",
+        "ratio_cache_vs_naive_5_epochs_derived",
+        "ratio_cache_vs_naive_one_epoch",
+    ),
     "training": ("samples_per_s_e0", "samples_per_s_e2", "ratio_e2_vs_e0_samples_per_s", "ratio_e2_vs_e0_peak_rss"),
 }
 
@@ -23,8 +32,13 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_prints_its_figures_as_the_last_line(name, tmp_path):
     out = tmp_path / f"{name}.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["benchmark"] == name

@@ -16,15 +16,36 @@ pytestmark = pytest.mark.slow
 
 
 def test_world_probe_bench_on_the_fixture(tmp_path):
-    data = make_fixture_dataset(tmp_path / "fixture", n_episodes=12, length=24, image_size=32, n_tasks=2, seed=0,
-                                with_environment_state=True)
+    data = make_fixture_dataset(
+        tmp_path / "fixture", n_episodes=12, length=24, image_size=32, n_tasks=2, seed=0, with_environment_state=True
+    )
     enc = tmp_path / "enc"
-    pretrain(PretrainSettings(dataset=str(data), image_size=32, world_image_size=32, steps=4, batch_size=4,
-                              num_threads=1), enc, progress=False, log=lambda _: None)
+    pretrain(
+        PretrainSettings(dataset=str(data), image_size=32, world_image_size=32, steps=4, batch_size=4, num_threads=1),
+        enc,
+        progress=False,
+        log=lambda _: None,
+    )
     out = tmp_path / "world_probe.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "world_probe.py"), str(data), "--pretrained", str(enc),
-                           "--image_size", "32", "--world_image_size", "32", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "world_probe.py"),
+            str(data),
+            "--pretrained",
+            str(enc),
+            "--image_size",
+            "32",
+            "--world_image_size",
+            "32",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["benchmark"] == "world_probe"
@@ -39,8 +60,13 @@ def test_world_probe_bench_on_the_fixture(tmp_path):
 
 def test_world_probe_bench_without_environment_state_is_one_line(tmp_path):
     data = make_fixture_dataset(tmp_path / "plain", n_episodes=4, length=8, image_size=32, seed=0)
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "world_probe.py"), str(data),
-                           "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "world_probe.py"), str(data), "--out", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and "observation.environment_state" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.json").exists()

@@ -1,4 +1,5 @@
 """The demo trains E0 and E2 side by side in two processes and scores both offline."""
+
 import json
 
 import pytest

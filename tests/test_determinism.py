@@ -23,10 +23,32 @@ def test_same_seed_same_weights_metrics_and_offline_results(fixture_dataset, tra
     run_a = trained_e2.parent.parent
     run_b = tmp_path / "again"
     # The flags spell out conftest's tiny_config for trained_e2 (E2, 32 px, 4 epochs, batch 8).
-    train = subprocess.run([sys.executable, "-m", "world_modality.cli", "train", "--preset", "E2",
-                            "--dataset", str(fixture_dataset), "--image_size", "32", "--world_image_size", "32",
-                            "--max_epochs", "4", "--batch_size", "8", "--no-tensorboard", "--output_dir", str(run_b)],
-                           capture_output=True, text=True, timeout=600)
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "world_modality.cli",
+            "train",
+            "--preset",
+            "E2",
+            "--dataset",
+            str(fixture_dataset),
+            "--image_size",
+            "32",
+            "--world_image_size",
+            "32",
+            "--max_epochs",
+            "4",
+            "--batch_size",
+            "8",
+            "--no-tensorboard",
+            "--output_dir",
+            str(run_b),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
 
     a, b = (json.loads(r.read_text()) for r in (run_a / "config.json", run_b / "config.json"))
@@ -43,9 +65,12 @@ def test_same_seed_same_weights_metrics_and_offline_results(fixture_dataset, tra
 
     out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
     assert cli_main(["eval-offline", "--checkpoint", str(run_a), "--out", str(out_a)]) == 0
-    proc = subprocess.run([sys.executable, "-m", "world_modality.cli", "eval-offline", "--checkpoint", str(run_b),
-                           "--out", str(out_b)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "world_modality.cli", "eval-offline", "--checkpoint", str(run_b), "--out", str(out_b)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ra, rb = (json.loads(p.read_text()) for p in (out_a, out_b))
     assert ra.pop("checkpoint") != rb.pop("checkpoint")

@@ -32,9 +32,29 @@ FINAL = f"step-{EPOCHS * STEPS_PER_EPOCH:08d}"
 
 
 def train_args(dataset, out):
-    return ["--preset", "E2", "--dataset", str(dataset), "--image_size", "32", "--world_image_size", "32",
-            "--output_dir", str(out), "--max_epochs", str(EPOCHS), "--batch_size", "8", "--no-tensorboard",
-            "--save_every_steps", str(SAVE_EVERY), "--num_threads", "1", "--seed", "3"]
+    return [
+        "--preset",
+        "E2",
+        "--dataset",
+        str(dataset),
+        "--image_size",
+        "32",
+        "--world_image_size",
+        "32",
+        "--output_dir",
+        str(out),
+        "--max_epochs",
+        str(EPOCHS),
+        "--batch_size",
+        "8",
+        "--no-tensorboard",
+        "--save_every_steps",
+        str(SAVE_EVERY),
+        "--num_threads",
+        "1",
+        "--seed",
+        "3",
+    ]
 
 
 def train_cmd(dataset, out):
@@ -114,8 +134,12 @@ DYING_WRITER = textwrap.dedent("""
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(fixture_dataset, reference, tmp_path):
     run = tmp_path / "torn"
-    proc = subprocess.run([sys.executable, "-c", DYING_WRITER, *train_args(fixture_dataset, run)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", DYING_WRITER, *train_args(fixture_dataset, run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]
     folder = run / "checkpoints"
     torn = list(folder.glob(".tmp-step-00000045-*"))
@@ -154,15 +178,39 @@ def test_a_diverging_run_exits_2_naming_the_step_and_keeps_only_finite_checkpoin
     import torch
 
     run = tmp_path / "diverged"
-    proc = subprocess.run([sys.executable, "-m", "world_modality.train", "--preset", "E0", "--dataset",
-                           str(fixture_dataset), "--image_size", "32", "--output_dir", str(run), "--max_epochs", "1",
-                           "--no-tensorboard", "--num_threads", "1", "--save_every_steps", "1", "--lr", "1e30"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "world_modality.train",
+            "--preset",
+            "E0",
+            "--dataset",
+            str(fixture_dataset),
+            "--image_size",
+            "32",
+            "--output_dir",
+            str(run),
+            "--max_epochs",
+            "1",
+            "--no-tensorboard",
+            "--num_threads",
+            "1",
+            "--save_every_steps",
+            "1",
+            "--lr",
+            "1e30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     err = proc.stderr.strip().splitlines()[-1]  # after the progress bars of the frame cache
-    assert err.startswith("world_modality.train: error: training diverged at step 2 (epoch 1, batch 2 of 30): "
-                          "action_loss = nan;"), err
+    assert err.startswith(
+        "world_modality.train: error: training diverged at step 2 (epoch 1, batch 2 of 30): action_loss = nan;"
+    ), err
     assert f"the last finite checkpoint, {run / 'checkpoints' / 'step-00000001'}, is kept" in err
     assert "lower --lr (now 1e+30)" in err and "final checkpoint" not in proc.stdout
     assert [p.name for p in checkpoints_in(run)] == ["step-00000001"] and not (run / "LATEST").exists()

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "scripts" / "run_fplus_experiments.sh"
@@ -22,8 +21,11 @@ def new_shell_env(**settings: str) -> dict[str, str]:
     """A new shell's environment: no virtual environment active, no PY, nothing of the project's on PATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT", "PYTHONPATH", "PY")}
     venv_bin = Path(sys.executable).parent
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if p and Path(p) != venv_bin and not (Path(p) / "world-modality").exists())
+    env["PATH"] = os.pathsep.join(
+        p
+        for p in env.get("PATH", "").split(os.pathsep)
+        if p and Path(p) != venv_bin and not (Path(p) / "world-modality").exists()
+    )
     env.update(settings)
     return env
 
@@ -49,13 +51,34 @@ def test_launcher_runs_all_presets_over_two_seeds(fixture_dataset, tmp_path):
 
     ds = load_dataset(fixture_dataset)
     coc = tmp_path / "coc.jsonl"
-    coc.write_text("".join(json.dumps({"episode_index": e.index, "frame_index": f, "text": "move the block"}) + "\n"
-                           for e in ds.episodes for f in range(e.length)))
-    env = dict(os.environ, DATASET=str(fixture_dataset), SEEDS="0 1", OUT=str(tmp_path / "sweep"), COC_JSONL=str(coc),
-               TASKS="0", N_EPISODES="1", WORKERS="1", MAX_EPOCHS="1", PY=sys.executable,
-               TRAIN_ARGS="--image_size 32 --world_image_size 32 --no-tensorboard", EVAL_ARGS="--max_steps 8")
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_fplus_experiments.sh")], env=env, capture_output=True,
-                          text=True, timeout=1200)
+    coc.write_text(
+        "".join(
+            json.dumps({"episode_index": e.index, "frame_index": f, "text": "move the block"}) + "\n"
+            for e in ds.episodes
+            for f in range(e.length)
+        )
+    )
+    env = dict(
+        os.environ,
+        DATASET=str(fixture_dataset),
+        SEEDS="0 1",
+        OUT=str(tmp_path / "sweep"),
+        COC_JSONL=str(coc),
+        TASKS="0",
+        N_EPISODES="1",
+        WORKERS="1",
+        MAX_EPOCHS="1",
+        PY=sys.executable,
+        TRAIN_ARGS="--image_size 32 --world_image_size 32 --no-tensorboard",
+        EVAL_ARGS="--max_steps 8",
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_fplus_experiments.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.name != "report")
     assert runs == sorted(f"{e}-seed{s}" for e in ("E0", "E2", "E4", "E0-Flow", "E2-Flow") for s in (0, 1))
@@ -67,8 +90,13 @@ def test_launcher_runs_all_presets_over_two_seeds(fixture_dataset, tmp_path):
 
 
 def test_launcher_refuses_a_dataset_without_the_instruction_key(fixture_dataset, tmp_path):
-    env = dict(os.environ, DATASET=str(fixture_dataset), INSTRUCTION_KEY="instruction", OUT=str(tmp_path / "x"),
-               PY=sys.executable)
+    env = dict(
+        os.environ,
+        DATASET=str(fixture_dataset),
+        INSTRUCTION_KEY="instruction",
+        OUT=str(tmp_path / "x"),
+        PY=sys.executable,
+    )
     proc = launch(env, tmp_path)
     # One line: what was wrong and the keys that do hold instructions; no DatasetError traceback before it.
     assert_one_line_error(proc, "dataset check failed", MISSING_KEY, "['task']")
@@ -76,8 +104,13 @@ def test_launcher_refuses_a_dataset_without_the_instruction_key(fixture_dataset,
 
 
 def test_launcher_shows_the_traceback_only_with_the_traceback_switch(fixture_dataset, tmp_path):
-    env = dict(os.environ, DATASET=str(fixture_dataset), INSTRUCTION_KEY="instruction", PY=sys.executable,
-               WORLD_MODALITY_TRACEBACK="1")
+    env = dict(
+        os.environ,
+        DATASET=str(fixture_dataset),
+        INSTRUCTION_KEY="instruction",
+        PY=sys.executable,
+        WORLD_MODALITY_TRACEBACK="1",
+    )
     proc = launch(env, tmp_path)
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and f"DatasetError: {MISSING_KEY}" in proc.stderr, proc.stderr
@@ -118,7 +151,12 @@ def test_launcher_names_a_python_that_cannot_run_it(fixture_dataset, tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
     bare = tmp_path / "bare" / "bin" / "python"
     proc = launch(new_shell_env(DATASET=str(fixture_dataset), PY=str(bare)), ROOT)
-    assert_one_line_error(proc, f"PY={bare}", "cannot import the world_modality package (No module named",
-                          ".venv/bin/python", "make setup")
+    assert_one_line_error(
+        proc,
+        f"PY={bare}",
+        "cannot import the world_modality package (No module named",
+        ".venv/bin/python",
+        "make setup",
+    )
     proc = launch(new_shell_env(DATASET=str(fixture_dataset), PY=str(tmp_path / "no-python")), ROOT)
     assert_one_line_error(proc, "cannot be run", "make setup")

@@ -1,5 +1,5 @@
 """The package's layers, lowest first, and the rule every import keeps: a module imports only from its own
-top-level unit or a lower layer (within the first and the tenth layer, only from units listed before its own),
+top-level unit or a lower layer (within a layer of several units, only from units listed before its own),
 and no chain of imports leads back to where it started. Imports inside functions count: a circle closed at
 call time is still a circle. README.md and docs/ARCHITECTURE.md state this order, each once."""
 
@@ -20,11 +20,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("policy",),
     ("loader", "pipeline"),
     ("sim",),
-    ("train",),
+    ("train_output", "train"),
     ("evaluate",),
     ("analysis",),
     ("demo", "eval_libero", "study", "serve"),  # entry points
-    ("cli",),
+    ("commands", "cli"),
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 ORDER = {unit: i for units in LAYERS for i, unit in enumerate(units)}
@@ -100,8 +100,10 @@ def _where(path: Path, line: int) -> str:
 def test_every_module_is_in_a_layer():
     modules, _ = _graph()
     missing = sorted(f"{p.relative_to(ROOT)} (unit {_unit(m)!r})" for m, p in modules.items() if _unit(m) not in RANK)
-    assert not missing, ("modules in no layer; place their unit in LAYERS (tests/test_layers.py) and in the order "
-                         f"README.md and docs/ARCHITECTURE.md state: {missing}")
+    assert not missing, (
+        "modules in no layer; place their unit in LAYERS (tests/test_layers.py) and in the order "
+        f"README.md and docs/ARCHITECTURE.md state: {missing}"
+    )
 
 
 def _upward(graph: dict[str, list[tuple[str, int]]]) -> list[tuple[str, str, int]]:
@@ -119,8 +121,11 @@ def _upward(graph: dict[str, list[tuple[str, int]]]) -> list[tuple[str, str, int
 
 def test_no_import_reaches_up():
     modules, graph = _graph()
-    bad = [f"{_where(modules[m], line)}: {m} (rank {RANK[_unit(m)]}, {_unit(m)}) imports {t} "
-           f"(rank {RANK[_unit(t)]}, {_unit(t)})" for m, t, line in _upward(graph)]
+    bad = [
+        f"{_where(modules[m], line)}: {m} (rank {RANK[_unit(m)]}, {_unit(m)}) imports {t} "
+        f"(rank {RANK[_unit(t)]}, {_unit(t)})"
+        for m, t, line in _upward(graph)
+    ]
     assert not bad, "imports that reach up a layer:\n" + "\n".join(bad)
 
 
@@ -200,21 +205,31 @@ def test_the_documents_state_the_layer_order_once():
 
 def test_the_checker_sees_a_call_time_circle_and_an_upward_import(tmp_path):
     """The checker itself: cli <-> eval_libero was a circle closed inside functions."""
-    graph = {"world_modality.cli": [("world_modality.eval_libero", 3)],
-             "world_modality.eval_libero": [("world_modality.cli", 40)]}
+    graph = {
+        "world_modality.cli": [("world_modality.eval_libero", 3)],
+        "world_modality.eval_libero": [("world_modality.cli", 40)],
+    }
     assert _cycles(graph) == [["world_modality.cli", "world_modality.eval_libero"]]
     assert _one_circle(["world_modality.cli", "world_modality.eval_libero"], graph) == [
         ("world_modality.cli", "world_modality.eval_libero", 3),
-        ("world_modality.eval_libero", "world_modality.cli", 40)]
+        ("world_modality.eval_libero", "world_modality.cli", 40),
+    ]
     assert _upward(graph) == [("world_modality.eval_libero", "world_modality.cli", 40)]
     # Within the foundation and the entry points, only units listed earlier: ids may use config, not the reverse.
-    assert _upward({"world_modality.ids": [("world_modality.config.checks", 5)],
-                    "world_modality.config.flags": [("world_modality.errors", 9)],
-                    "world_modality.data.lerobot": [("world_modality.config", 1), ("world_modality.world.encoder", 2)]}
-                   ) == [("world_modality.config.flags", "world_modality.errors", 9),
-                         ("world_modality.data.lerobot", "world_modality.world.encoder", 2)]
+    assert _upward(
+        {
+            "world_modality.ids": [("world_modality.config.checks", 5)],
+            "world_modality.config.flags": [("world_modality.errors", 9)],
+            "world_modality.data.lerobot": [("world_modality.config", 1), ("world_modality.world.encoder", 2)],
+        }
+    ) == [
+        ("world_modality.config.flags", "world_modality.errors", 9),
+        ("world_modality.data.lerobot", "world_modality.world.encoder", 2),
+    ]
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from ..train import x\n    from . import y\n")
     modules = {"world_modality.policy.m": src, "world_modality.train": src, "world_modality.policy.y": src}
-    assert _imports("world_modality.policy.m", src, modules) == [("world_modality.train", 2),
-                                                                 ("world_modality.policy.y", 3)]
+    assert _imports("world_modality.policy.m", src, modules) == [
+        ("world_modality.train", 2),
+        ("world_modality.policy.y", 3),
+    ]

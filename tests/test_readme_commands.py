@@ -27,7 +27,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +50,15 @@ SHRINK_FLAGS = {
     "eval": {"--tasks": "0", "--n_episodes": "1", "--max_steps": "8", "--workers": "1"},
 }
 # The launcher's settings that shrink it likewise (environment variables the README command does not set).
-SHRINK_LAUNCHER = {"EXPERIMENTS": "E2", "TASKS": "0", "N_EPISODES": "1", "WORKERS": "1", "MAX_EPOCHS": "1",
-                   "TRAIN_ARGS": "--image_size 32 --world_image_size 32 --no-tensorboard", "EVAL_ARGS": "--max_steps 8"}
+SHRINK_LAUNCHER = {
+    "EXPERIMENTS": "E2",
+    "TASKS": "0",
+    "N_EPISODES": "1",
+    "WORKERS": "1",
+    "MAX_EPOCHS": "1",
+    "TRAIN_ARGS": "--image_size 32 --world_image_size 32 --no-tensorboard",
+    "EVAL_ARGS": "--max_steps 8",
+}
 _ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
 
 
@@ -158,17 +164,25 @@ def activation_command() -> str:
     text = README.read_text()
     section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     found = re.findall(r"`((?:source|\.) [^`]+)`", section)
-    assert len(found) == 1, ("README.md must say once, under '## Two commands', how to enter the environment in a new "
-                             f"shell (an inline `source .venv/bin/activate`); found {found}")
+    assert len(found) == 1, (
+        "README.md must say once, under '## Two commands', how to enter the environment in a new "
+        f"shell (an inline `source .venv/bin/activate`); found {found}"
+    )
     return found[0]
 
 
 def fresh_env(**extra: str) -> dict[str, str]:
     """A new shell's environment: no virtual environment active, nothing of the project's on PATH."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT", "PYTHONHOME", "PYTHONPATH", "PY")}
-    keep = [p for p in env.get("PATH", "").split(os.pathsep)
-            if p and not (Path(p) / "world-modality").exists() and Path(p).resolve() != VENV_BIN.resolve()]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT", "PYTHONHOME", "PYTHONPATH", "PY")
+    }
+    keep = [
+        p
+        for p in env.get("PATH", "").split(os.pathsep)
+        if p and not (Path(p) / "world-modality").exists() and Path(p).resolve() != VENV_BIN.resolve()
+    ]
     env["PATH"] = os.pathsep.join(keep)
     env.update(extra)
     return env
@@ -183,6 +197,7 @@ def _tail(proc: subprocess.CompletedProcess) -> str:
 
 
 # --- every command's arguments through its program's own parser (fast) --------------------------------------
+
 
 class _Parsed(BaseException):
     """Raised in place of running the program once its parser has read the arguments."""
@@ -203,8 +218,11 @@ def parse_with_program(cmd: Command) -> None:
         raise _Parsed
 
     err = io.StringIO()
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_args), contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()) as out:
+    with (
+        mock.patch.object(argparse.ArgumentParser, "parse_args", parse_args),
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()) as out,
+    ):
         try:
             main(args)
         except _Parsed:
@@ -248,9 +266,11 @@ def test_readme_command_is_accepted_by_its_program(cmd):
 
 
 def test_the_parser_check_catches_an_unknown_flag_and_subcommand():
-    bad = readme_commands("```bash\nworld-modality train --preset E2 --dataset DATA --no_such_flag 1\n"
-                          "python -m world_modality.train --dataset DATA \\\n    --lambda_wrld 0.2  # typo\n"
-                          "world-modality evaluate --checkpoint runs/e2\n```\n")
+    bad = readme_commands(
+        "```bash\nworld-modality train --preset E2 --dataset DATA --no_such_flag 1\n"
+        "python -m world_modality.train --dataset DATA \\\n    --lambda_wrld 0.2  # typo\n"
+        "world-modality evaluate --checkpoint runs/e2\n```\n"
+    )
     assert [c.line for c in bad] == [2, 3, 5]
     for cmd, wrong in zip(bad, ("--no_such_flag", "--lambda_wrld", "'evaluate'")):
         with pytest.raises(pytest.fail.Exception, match=wrong):
@@ -264,16 +284,22 @@ def test_readme_says_how_to_enter_the_environment_and_that_command_works():
     proc = _run("command -v world-modality", ROOT, fresh_env(), timeout=60)
     assert proc.returncode != 0, f"the test's fresh shell already finds world-modality: {proc.stdout}"
     # ... with it, the README's programs are there.
-    proc = _run(f"{activate} && command -v world-modality && python -c 'import pyarrow, world_modality'",
-                ROOT, fresh_env(), timeout=120)
+    proc = _run(
+        f"{activate} && command -v world-modality && python -c 'import pyarrow, world_modality'",
+        ROOT,
+        fresh_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, _tail(proc)
     assert proc.stdout.strip() == str(VENV_BIN / "world-modality"), proc.stdout
 
 
 # --- every command run as typed, or its program's help (slow) -------------------------------------------------
 
+
 def shrunk(cmd: Command, data: Path) -> tuple[str, dict[str, str]]:
     """The command as a shell line with its placeholders filled in and fixture-sized flags added; extra env."""
+
     def fill(s: str) -> str:
         return re.sub(rf"\b({'|'.join(PLACEHOLDERS)})\b", str(data), s)
 

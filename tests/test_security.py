@@ -119,30 +119,36 @@ def test_no_pickle_and_no_remote_code_anywhere():
     assert not found, "unsafe deserialisation or remote code:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("source", [
-    "import pickle\npickle.load(open('f', 'rb'))",
-    "import pickle as pk\nx = pk.loads(b'')",
-    "from pickle import loads\nloads(b'')",
-    "import torch\ntorch.load('m.pt')",
-    "import torch\ntorch.load('m.pt', weights_only=False)",
-    "import numpy as np\nnp.load('a.npy', allow_pickle=True)",
-    "import joblib\njoblib.load('m.joblib')",
-    "import dill",
-    "from transformers import AutoModel\nAutoModel.from_pretrained('p', trust_remote_code=True)",
-    "kwargs = {'trust_remote_code': True}",
-    "import pandas as pd\npd.read_pickle('f')",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import pickle\npickle.load(open('f', 'rb'))",
+        "import pickle as pk\nx = pk.loads(b'')",
+        "from pickle import loads\nloads(b'')",
+        "import torch\ntorch.load('m.pt')",
+        "import torch\ntorch.load('m.pt', weights_only=False)",
+        "import numpy as np\nnp.load('a.npy', allow_pickle=True)",
+        "import joblib\njoblib.load('m.joblib')",
+        "import dill",
+        "from transformers import AutoModel\nAutoModel.from_pretrained('p', trust_remote_code=True)",
+        "kwargs = {'trust_remote_code': True}",
+        "import pandas as pd\npd.read_pickle('f')",
+    ],
+)
 def test_the_scan_catches_each_pattern(source):
     assert scan_source(source), source
 
 
-@pytest.mark.parametrize("source", [
-    "import torch\ntorch.load('m.pt', weights_only=True)",
-    "import numpy as np\nnp.load('a.npy')",
-    "import numpy as np\nnp.load('a.npy', allow_pickle=False)",
-    "# pickle.load(f) in a comment\ns = 'torch.load(p) trust_remote_code=True'",
-    "from safetensors.torch import load_file\nload_file('m.safetensors')",
-    "AutoModel.from_pretrained('p', trust_remote_code=False)",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import torch\ntorch.load('m.pt', weights_only=True)",
+        "import numpy as np\nnp.load('a.npy')",
+        "import numpy as np\nnp.load('a.npy', allow_pickle=False)",
+        "# pickle.load(f) in a comment\ns = 'torch.load(p) trust_remote_code=True'",
+        "from safetensors.torch import load_file\nload_file('m.safetensors')",
+        "AutoModel.from_pretrained('p', trust_remote_code=False)",
+    ],
+)
 def test_the_scan_passes_safe_code(source):
     assert scan_source(source) == []

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TESTS = '''
+TESTS = """
 import pytest
 
 @pytest.mark.sim
@@ -37,9 +37,9 @@ def test_sim_passes():
 
 def test_plain_skip_is_still_allowed():
     pytest.skip("not a simulator test")
-'''
+"""
 
-MODULE_SKIP = '''
+MODULE_SKIP = """
 import pytest
 
 pytest.importorskip("no_such_simulator_package_xyz")
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.sim
 
 def test_never_collected():
     pass
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,14 @@ def project(tmp_path_factory):
 def run(project, files, **env_vars):
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "WORLD_MODALITY_NO_SIM_SKIP", "PYTEST_ADDOPTS")}
     env.update(env_vars)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider", *files],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider", *files],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     outcomes = dict(re.findall(r"^\S+::(\w+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)", proc.stdout, re.M))
     return proc, outcomes
 

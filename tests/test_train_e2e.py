@@ -46,8 +46,21 @@ def test_e2_learns_the_world_and_opens_the_gate(trained_e2):
 
 def test_eval_offline_cli_writes_json(trained_e2, tmp_path, capsys):
     out = tmp_path / "off.json"
-    assert cli_main(["eval-offline", "--checkpoint", str(trained_e2.parent.parent), "--memory", "predicted", "zero",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "eval-offline",
+                "--checkpoint",
+                str(trained_e2.parent.parent),
+                "--memory",
+                "predicted",
+                "zero",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result["action_mse"]) == {"predicted", "zero"} and "world_mse_copy_last" in result
     assert "copy-last" in capsys.readouterr().out
@@ -73,6 +86,7 @@ def test_resume_mid_epoch_from_a_step_checkpoint(fixture_dataset, tmp_path):
     # Drop the epoch-end checkpoint: the newest left is mid-epoch (step 20 of 30).
     ckpts = checkpoints_in(run)
     import shutil
+
     shutil.rmtree(ckpts[-1])
     assert checkpoints_in(run)[-1].name == "step-00000020"
     resumed = train(tiny_config(fixture_dataset, run, max_epochs=1, preset="E0", save_every_steps=10), progress=False)
@@ -105,12 +119,32 @@ def test_two_process_training(launcher, fixture_dataset, tmp_path):
 
     exe = str(Path(sys.executable).with_name(launcher))
     # accelerate's --cpu flag starts one process without MPI; --multi_gpu runs torch's launcher, gloo on CPU.
-    start = ([exe, "--nproc_per_node", "2", "--master_port", "29517"] if launcher == "torchrun" else
-             [exe, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29518"])
-    cmd = start + ["-m", "world_modality.train", "--preset", "E2", "--dataset", str(fixture_dataset),
-           "--image_size", "32", "--world_image_size", "32",
-           "--output_dir", str(tmp_path / "ddp"), "--max_epochs", "1", "--no-tensorboard", "--batch_size", "16",
-           "--save_every_steps", "2"]
+    start = (
+        [exe, "--nproc_per_node", "2", "--master_port", "29517"]
+        if launcher == "torchrun"
+        else [exe, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29518"]
+    )
+    cmd = start + [
+        "-m",
+        "world_modality.train",
+        "--preset",
+        "E2",
+        "--dataset",
+        str(fixture_dataset),
+        "--image_size",
+        "32",
+        "--world_image_size",
+        "32",
+        "--output_dir",
+        str(tmp_path / "ddp"),
+        "--max_epochs",
+        "1",
+        "--no-tensorboard",
+        "--batch_size",
+        "16",
+        "--save_every_steps",
+        "2",
+    ]
     # Output to files, not pipes: workers of a hung run outlive a killed launcher and would hold a pipe open.
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with out.open("w") as fo, err.open("w") as fe:
@@ -144,10 +178,15 @@ def test_e4_trains_with_annotations_and_counts_the_missing(fixture_dataset, tmp_
     with ann.open("w") as f:
         for ep in ds.episodes:
             for frame in range(0, ep.length, 2):  # every other frame annotated
-                f.write(json.dumps({"episode_index": ep.index, "frame_index": frame,
-                                    "text": f"the block heads to {ep.task[18:]}"}) + "\n")
-    ckpt = train(tiny_config(fixture_dataset, tmp_path / "e4", preset="E4", coc_jsonl=str(ann), max_epochs=1),
-                 progress=False)
+                f.write(
+                    json.dumps(
+                        {"episode_index": ep.index, "frame_index": frame, "text": f"the block heads to {ep.task[18:]}"}
+                    )
+                    + "\n"
+                )
+    ckpt = train(
+        tiny_config(fixture_dataset, tmp_path / "e4", preset="E4", coc_jsonl=str(ann), max_epochs=1), progress=False
+    )
     out = capsys.readouterr().out
     assert f"{len(ds) // 2}/{len(ds)} frames annotated, {len(ds) // 2} missing" in out
     metrics = read_metrics(tmp_path / "e4")
@@ -173,8 +212,15 @@ def _without_seconds(run):
 
 def test_loader_workers_give_the_same_bits(fixture_dataset, tmp_path):
     """Workers only assemble the batches the main process chose; augmentation stays in the main process."""
-    runs = {n: train(tiny_config(fixture_dataset, tmp_path / f"w{n}", preset="E2", max_epochs=1, num_workers=n,
-                                 prefetch_factor=2), progress=False) for n in (0, 2)}
+    runs = {
+        n: train(
+            tiny_config(
+                fixture_dataset, tmp_path / f"w{n}", preset="E2", max_epochs=1, num_workers=n, prefetch_factor=2
+            ),
+            progress=False,
+        )
+        for n in (0, 2)
+    }
     _same(_weights(runs[0]), _weights(runs[2]))
     assert _without_seconds(tmp_path / "w0") == _without_seconds(tmp_path / "w2")
 
@@ -184,8 +230,9 @@ def test_accumulating_two_batches_equals_one_batch_of_twice_the_size(fixture_dat
     # two differ only in float summation order.
     common = {"preset": "E0", "max_epochs": 1, "augment_shift": 0, "chunk_size": 1, "val_loss": False}
     one = train(tiny_config(fixture_dataset, tmp_path / "one", batch_size=8, **common), progress=False)
-    two = train(tiny_config(fixture_dataset, tmp_path / "two", batch_size=4, grad_accum_steps=2, **common),
-                progress=False)
+    two = train(
+        tiny_config(fixture_dataset, tmp_path / "two", batch_size=4, grad_accum_steps=2, **common), progress=False
+    )
     small = train(tiny_config(fixture_dataset, tmp_path / "small", batch_size=4, **common), progress=False)
     a, b, c = _weights(one), _weights(two), _weights(small)
     for k in a:
@@ -202,19 +249,51 @@ def test_accumulating_two_batches_equals_one_batch_of_twice_the_size(fixture_dat
 
 
 # Warmup + cosine, clipping, accumulation and EMA, spelled as flags; one torch thread, as in tests/test_faults.py.
-SCALE_FLAGS = ["--preset", "E2", "--image_size", "32", "--world_image_size", "32", "--max_epochs", "2",
-               "--batch_size", "8", "--no-tensorboard", "--num_threads", "1", "--save_every_steps", "4",
-               "--warmup_steps", "3", "--lr_schedule", "cosine", "--max_grad_norm", "0.5", "--grad_accum_steps", "2",
-               "--ema_decay", "0.9"]
+SCALE_FLAGS = [
+    "--preset",
+    "E2",
+    "--image_size",
+    "32",
+    "--world_image_size",
+    "32",
+    "--max_epochs",
+    "2",
+    "--batch_size",
+    "8",
+    "--no-tensorboard",
+    "--num_threads",
+    "1",
+    "--save_every_steps",
+    "4",
+    "--warmup_steps",
+    "3",
+    "--lr_schedule",
+    "cosine",
+    "--max_grad_norm",
+    "0.5",
+    "--grad_accum_steps",
+    "2",
+    "--ema_decay",
+    "0.9",
+]
 
 
 def test_sigkill_mid_epoch_resumes_exactly_with_schedule_clipping_accumulation_and_ema(fixture_dataset, tmp_path):
     """SIGKILLed mid epoch 2 (fixture: 30 steps per epoch, 60 in all) and rerun with the same command, the run
     ends where an uninterrupted one ends: the schedule position, the EMA weights and the accumulation position
     come back from the checkpoint."""
+
     def cmd(out):
-        return [sys.executable, "-m", "world_modality.train", "--dataset", str(fixture_dataset),
-                "--output_dir", str(out), *SCALE_FLAGS]
+        return [
+            sys.executable,
+            "-m",
+            "world_modality.train",
+            "--dataset",
+            str(fixture_dataset),
+            "--output_dir",
+            str(out),
+            *SCALE_FLAGS,
+        ]
 
     subprocess.run(cmd(tmp_path / "a"), check=True, capture_output=True, timeout=600)
     run = tmp_path / "b"
@@ -238,8 +317,9 @@ def test_sigkill_mid_epoch_resumes_exactly_with_schedule_clipping_accumulation_a
     _same(ema, _weights(straight, "ema"))
     assert any(not ema[k].equal(raw[k]) for k in ema)
     records = read_metrics(run)
-    assert len(records) == 2 and all(math.isfinite(r["val_loss"]) and math.isfinite(r["val_world_loss"])
-                                     for r in records)
+    assert len(records) == 2 and all(
+        math.isfinite(r["val_loss"]) and math.isfinite(r["val_world_loss"]) for r in records
+    )
 
 
 def test_ema_weights_are_refused_where_none_were_kept(trained_e2):

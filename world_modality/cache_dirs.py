@@ -1,12 +1,13 @@
 """Where derived caches (decoded frames, world latents) live: beside the dataset, else, when the
 dataset folder is read-only (a shared or hub-cache copy), in the user's cache folder."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def user_cache_dir(kind: str) -> Path:

@@ -5,139 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from .config import MEMORY_MODES, ConfigError, add_config_flags, config_from_args
+from .commands import (
+    cmd_demo,
+    cmd_encode,
+    cmd_eval_offline,
+    cmd_generate,
+    cmd_pretrain_world,
+    cmd_probe,
+    cmd_report,
+    cmd_study,
+    cmd_train,
+)
+from .config import MEMORY_MODES, add_config_flags
 from .errors import run_reporting_errors
-from .ids import parse_ids
 from .sim.suites import STANDARD_SUITES
-
-
-def _cmd_train(args) -> int:
-    from .train import train
-
-    final = train(config_from_args(args))
-    print(f"[train] final checkpoint: {final}")
-    return 0
-
-
-def _cmd_encode(args) -> int:
-    from .pipeline import prepare_data
-    from .policy.factory import world_encoder_from_config
-
-    cfg = config_from_args(args)
-    if not cfg.data.dataset:
-        raise ConfigError("--dataset PATH is required: the root of a LeRobot v3-layout dataset.")
-    encoder = world_encoder_from_config(cfg)
-    data = prepare_data(cfg, encoder)
-    c = data.latents
-    print(f"[encode] {c.n_frames} frames -> {c.latent_dim}-d latents with {encoder.encoder_id} "
-          f"(m={cfg.world.num_frames}, stride={cfg.world.frame_stride}); cache: {c.path}")
-    return 0
-
-
-def _cmd_eval_offline(args) -> int:
-    from .analysis.offline import check_output_file, check_settings, evaluate_offline, format_table, write_result
-    from .policy.checkpoint_store import resolve_checkpoint
-    from .policy.device import resolve_device
-
-    # Every setting, and where the result goes, is checked before the checkpoint or dataset loads.
-    check_settings(args.batch_size, args.memory, args.split)
-    resolve_device(args.device)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt.parent.parent / f"eval_offline_{args.split}.json"
-    check_output_file(out)
-    result = evaluate_offline(ckpt, dataset=args.dataset, batch_size=args.batch_size,
-                              modes=args.memory, seed=args.seed, split=args.split, device=args.device)
-    print(format_table(result))
-    write_result(result, out)
-    print(f"[eval-offline] wrote {out}")
-    return 0
-
-
-def _cmd_generate(args) -> int:
-    from .sim.generate import generate
-
-    out = generate(args.suite, parse_ids(args.tasks), args.episodes_per_task, args.out, image_size=args.image_size,
-                   workers=args.workers, seed=args.seed, job_timeout_s=args.job_timeout or None)
-    print(f"[generate] dataset: {out} (annotations: {out / 'coc.jsonl'})")
-    return 0
-
-
-def _cmd_report(args) -> int:
-    from .analysis.report import write_report
-
-    result = write_report(args.run_dirs, args.out, compare=tuple(args.compare) if args.compare else None)
-    paired = result.get("paired") or result.get("paired_pooled")
-    if paired:
-        lo, hi = paired["diff_ci"]
-        print(f"[report] {paired['b']} - {paired['a']} over {paired['n_pairs']} paired episodes: "
-              f"{100 * paired['diff']:+.1f} pts (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), "
-              f"{paired['test']} p = {paired['p']:.3g}")
-    print(f"[report] {result['report_md']}\n[report] {result['report_html']}")
-    return 0
-
-
-def _cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    return run_demo(quick=args.quick, out=args.out)
-
-
-def _cmd_study(args) -> int:
-    from .study.run import run_study
-    from .study.settings import settings_from_args
-
-    return run_study(settings_from_args(args))
-
-
-def _cmd_pretrain_world(args) -> int:
-    import dataclasses
-
-    from .world.pretrain import PretrainSettings, pretrain
-
-    fields = {f.name for f in dataclasses.fields(PretrainSettings)}
-    pretrain(PretrainSettings(**{k: v for k, v in vars(args).items() if k in fields}), args.out)
-    return 0
-
-
-def _cmd_probe(args) -> int:
-    from .analysis.offline import check_output_file
-    from .analysis.probe import format_table, probe_dataset, probe_run, write_result
-    from .config import FIELD_SECTION
-
-    given = sorted(k for k in vars(args) if k in FIELD_SECTION)  # config flags default to absent
-    if args.checkpoint:
-        other = [k for k in given if k not in ("dataset", "seed")]
-        if other or args.preset or args.config:
-            raise ConfigError(f"--checkpoint probes the run with its own config; only --dataset and --seed may be "
-                              f"given beside it, got {['--' + k for k in other] or '--preset/--config'}.")
-        from .policy.checkpoint_store import resolve_checkpoint
-
-        out = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint).parent.parent / "probe.json"
-        check_output_file(out)
-        result = probe_run(args.checkpoint, dataset=getattr(args, "dataset", None), seed=getattr(args, "seed", 0),
-                           device=args.device)
-    else:
-        cfg = config_from_args(args)
-        if not cfg.data.dataset:
-            raise ConfigError("--dataset PATH (a dataset with observation.environment_state) or --checkpoint RUN "
-                              "is required.")
-        if not args.out:
-            raise ConfigError("--out FILE.json is required with --dataset (with --checkpoint it defaults to "
-                              "<run>/probe.json).")
-        out = Path(args.out)
-        check_output_file(out)
-        from .analysis.probe import require_env_state
-        from .policy.factory import world_encoder_from_config
-
-        require_env_state(cfg.data.dataset)  # before the encoder loads or any frame is decoded
-        result = probe_dataset(cfg, world_encoder_from_config(cfg))
-    print(format_table(result))
-    write_result(result, out)
-    print(f"[probe] wrote {out}")
-    return 0
-
 
 DEVICE_HELP = "where the policy runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: 'auto')"
 
@@ -151,42 +33,77 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=f"train a policy (presets {', '.join(PRESETS)})")
     add_config_flags(p)
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("encode", help="encode a dataset's frames into cached world latents")
     add_config_flags(p)
-    p.set_defaults(func=_cmd_encode)
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("eval-offline", help="held-out action MSE, memory ablations, world error vs copy-last")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
     p.add_argument("--dataset", default=None, help="dataset root folder (default: the one the policy trained on)")
-    p.add_argument("--memory", nargs="+", default=list(MEMORY_MODES), choices=MEMORY_MODES,
-                   help=f"memory ablations to score, one or more of {', '.join(MEMORY_MODES)} (default: all)")
-    p.add_argument("--split", default="val", choices=("val", "train"),
-                   help="episodes to score: val (held out from training) or train (default: 'val')")
+    p.add_argument(
+        "--memory",
+        nargs="+",
+        default=list(MEMORY_MODES),
+        choices=MEMORY_MODES,
+        help=f"memory ablations to score, one or more of {', '.join(MEMORY_MODES)} (default: all)",
+    )
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=("val", "train"),
+        help="episodes to score: val (held out from training) or train (default: 'val')",
+    )
     p.add_argument("--batch_size", type=int, default=32, help="samples per forward pass, >= 1 (default: 32)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed of the random and shuffle ablations and of flow sampling (default: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the random and shuffle ablations and of flow sampling (default: 0)",
+    )
     p.add_argument("--out", default=None, help="JSON file to write (default: <run>/eval_offline_<split>.json)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.set_defaults(func=_cmd_eval_offline)
+    p.set_defaults(func=cmd_eval_offline)
 
     p = sub.add_parser("generate", help="scripted-expert demonstrations in LIBERO, written as a LeRobot dataset")
-    p.add_argument("--suite", default="libero_spatial",
-                   help=f"LIBERO suite to record in, one of {', '.join(STANDARD_SUITES)} (default: 'libero_spatial')")
+    p.add_argument(
+        "--suite",
+        default="libero_spatial",
+        help=f"LIBERO suite to record in, one of {', '.join(STANDARD_SUITES)} (default: 'libero_spatial')",
+    )
     p.add_argument("--tasks", default="0,1", help="task ids of the suite: '0,1,4', '0-9' or '0-2,5' (default: '0,1')")
-    p.add_argument("--episodes-per-task", dest="episodes_per_task", type=int, default=10,
-                   help="successful demonstrations recorded per task, >= 1 (default: 10)")
-    p.add_argument("--out", required=True, help="dataset root folder to write (a new or empty folder, or a "
-                                                "dataset this command wrote, which it completes)")
-    p.add_argument("--image-size", dest="image_size", type=int, default=128,
-                   help="side in pixels of the square camera frames recorded (default: 128)")
+    p.add_argument(
+        "--episodes-per-task",
+        dest="episodes_per_task",
+        type=int,
+        default=10,
+        help="successful demonstrations recorded per task, >= 1 (default: 10)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="dataset root folder to write (a new or empty folder, or a "
+        "dataset this command wrote, which it completes)",
+    )
+    p.add_argument(
+        "--image-size",
+        dest="image_size",
+        type=int,
+        default=128,
+        help="side in pixels of the square camera frames recorded (default: 128)",
+    )
     p.add_argument("--workers", type=int, default=2, help="simulator processes, >= 1 (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the objects' fresh placements (default: 0)")
-    p.add_argument("--job-timeout", dest="job_timeout", type=float, default=900,
-                   help="seconds one episode may take before its worker is killed and the episode retried once, "
-                        "then skipped as failed (0: no limit; default: 900)")
-    p.set_defaults(func=_cmd_generate)
+    p.add_argument(
+        "--job-timeout",
+        dest="job_timeout",
+        type=float,
+        default=900,
+        help="seconds one episode may take before its worker is killed and the episode retried once, "
+        "then skipped as failed (0: no limit; default: 900)",
+    )
+    p.set_defaults(func=cmd_generate)
 
     from .eval_libero import add_eval_flags
     from .eval_libero import run as run_eval
@@ -197,97 +114,158 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="markdown + HTML report: curves, success with intervals, ablations, paired test")
     p.add_argument("run_dirs", nargs="+", help="training run folders (with their eval/ results), one or more")
-    p.add_argument("--out", default="runs/report",
-                   help="folder for report.md, report.html and the PNGs (default: 'runs/report')")
-    p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
-                   help="two experiments (preset names) to pair, B - A (default: E0 E2)")
-    p.set_defaults(func=_cmd_report)
+    p.add_argument(
+        "--out", default="runs/report", help="folder for report.md, report.html and the PNGs (default: 'runs/report')"
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        default=None,
+        metavar=("A", "B"),
+        help="two experiments (preset names) to pair, B - A (default: E0 E2)",
+    )
+    p.set_defaults(func=cmd_report)
 
     from .world.pretrain import PretrainSettings
 
     d = PretrainSettings(dataset="")
-    p = sub.add_parser("pretrain-world", help="self-supervised V-JEPA training of the tiny world encoder on a "
-                                              "dataset's own frames (resumable); --out loads as --world_encoder vjepa2")
+    p = sub.add_parser(
+        "pretrain-world",
+        help="self-supervised V-JEPA training of the tiny world encoder on a "
+        "dataset's own frames (resumable); --out loads as --world_encoder vjepa2",
+    )
     p.add_argument("--dataset", required=True, help="root folder of a LeRobot v3-layout dataset")
     p.add_argument("--out", required=True, help="folder for the encoder (HF model folder), checkpoints and losses")
-    for name, what in (("steps", "optimiser steps in all (a rerun with more continues)"),
-                       ("batch_size", "windows per optimiser step"), ("lr", "AdamW learning rate after warm-up"),
-                       ("weight_decay", "AdamW weight decay"),
-                       ("warmup_steps", "optimiser steps of linear learning-rate warm-up"),
-                       ("ema", "momentum of the EMA target encoder, in [0, 1)"),
-                       ("seed", "random seed of the init and of every step's draws"),
-                       ("save_every", "optimiser steps between checkpoints"),
-                       ("num_threads", "CPU threads for torch; 0 = half the cores"),
-                       ("image_size", "side in pixels the frames are read at: the --image_size training will use"),
-                       ("world_image_size", "the encoder's input side in pixels (its crop)"),
-                       ("latent_suffix", "frames per window, written m<m> ('m4')"),
-                       ("frame_stride", "dataset frames between a window's frames"),
-                       ("world_image_key", "camera column the world encoder watches"),
-                       ("val_fraction", "share of episodes held out, in (0, 1), as training holds them out"),
-                       ("instruction_key", "instruction column (the split is per task)"),
-                       ("episode_id_key", "column naming each frame's episode")):
+    for name, what in (
+        ("steps", "optimiser steps in all (a rerun with more continues)"),
+        ("batch_size", "windows per optimiser step"),
+        ("lr", "AdamW learning rate after warm-up"),
+        ("weight_decay", "AdamW weight decay"),
+        ("warmup_steps", "optimiser steps of linear learning-rate warm-up"),
+        ("ema", "momentum of the EMA target encoder, in [0, 1)"),
+        ("seed", "random seed of the init and of every step's draws"),
+        ("save_every", "optimiser steps between checkpoints"),
+        ("num_threads", "CPU threads for torch; 0 = half the cores"),
+        ("image_size", "side in pixels the frames are read at: the --image_size training will use"),
+        ("world_image_size", "the encoder's input side in pixels (its crop)"),
+        ("latent_suffix", "frames per window, written m<m> ('m4')"),
+        ("frame_stride", "dataset frames between a window's frames"),
+        ("world_image_key", "camera column the world encoder watches"),
+        ("val_fraction", "share of episodes held out, in (0, 1), as training holds them out"),
+        ("instruction_key", "instruction column (the split is per task)"),
+        ("episode_id_key", "column naming each frame's episode"),
+    ):
         default = getattr(d, name)
         p.add_argument(f"--{name}", type=type(default), default=default, help=f"{what} (default: {default!r})")
-    p.set_defaults(func=_cmd_pretrain_world)
+    p.set_defaults(func=cmd_pretrain_world)
 
     p = sub.add_parser("probe", help="ridge probes from world latents (and a run's Prophet) to object positions")
     add_config_flags(p)
-    p.add_argument("--checkpoint", default=None,
-                   help="a trained run (or checkpoint): probe its encoder and Prophet (only --dataset and --seed may "
-                        "be given beside it)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a trained run (or checkpoint): probe its encoder and Prophet (only --dataset and --seed may "
+        "be given beside it)",
+    )
     p.add_argument("--out", default=None, help="JSON file to write (default with --checkpoint: <run>/probe.json)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.set_defaults(func=_cmd_probe)
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("demo", help="`make demo`: the main job on the embedded default (CPU, no downloads)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smaller budget, to try it out: {QUICK.episodes_per_task} demonstrations and "
-                        f"{QUICK.eval_episodes} closed-loop episodes per task, {QUICK.max_epochs} epochs (full: "
-                        f"{FULL.episodes_per_task}, {FULL.eval_episodes}, {FULL.max_epochs})")
-    p.add_argument("--out", default="runs/demo",
-                   help="folder for the demonstrations, runs and report (default: 'runs/demo')")
-    p.set_defaults(func=_cmd_demo)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smaller budget, to try it out: {QUICK.episodes_per_task} demonstrations and "
+        f"{QUICK.eval_episodes} closed-loop episodes per task, {QUICK.max_epochs} epochs (full: "
+        f"{FULL.episodes_per_task}, {FULL.eval_episodes}, {FULL.max_epochs})",
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="folder for the demonstrations, runs and report (default: 'runs/demo')"
+    )
+    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("study", help="the benchmark's table: demonstrations, E0/E2 runs per seed, every suite and "
-                                     "LIBERO-PRO perturbation evaluated, paired statistics (resumable)")
-    p.add_argument("--suites", default="libero_spatial,libero_object,libero_goal,libero_10",
-                   help="suites, comma-separated, of libero_spatial, libero_object, libero_goal, libero_10 "
-                        "(default: all four)")
-    p.add_argument("--experiments", default="E0,E2", help="presets to train, comma-separated; the first two are "
-                                                          "paired, second - first (default: 'E0,E2')")
+    p = sub.add_parser(
+        "study",
+        help="the benchmark's table: demonstrations, E0/E2 runs per seed, every suite and "
+        "LIBERO-PRO perturbation evaluated, paired statistics (resumable)",
+    )
+    p.add_argument(
+        "--suites",
+        default="libero_spatial,libero_object,libero_goal,libero_10",
+        help="suites, comma-separated, of libero_spatial, libero_object, libero_goal, libero_10 (default: all four)",
+    )
+    p.add_argument(
+        "--experiments",
+        default="E0,E2",
+        help="presets to train, comma-separated; the first two are paired, second - first (default: 'E0,E2')",
+    )
     p.add_argument("--seeds", default="0", help="training seeds: '0,1,2' or '0-2' (default: '0')")
-    p.add_argument("--pro", default="", help="LIBERO-PRO perturbations evaluated on each suite, comma-separated, "
-                                             "of swap, object, lan, task (default: none)")
+    p.add_argument(
+        "--pro",
+        default="",
+        help="LIBERO-PRO perturbations evaluated on each suite, comma-separated, "
+        "of swap, object, lan, task (default: none)",
+    )
     p.add_argument("--tasks", default=None, help="task ids of every suite: '0,1' or '0-9' (default: all)")
-    p.add_argument("--budget", default="cpu", choices=("cpu", "gpu"),
-                   help="sizes: cpu fits 2 cores (64 px, tiny backbone, 6 epochs, 20 demonstrations per task); "
-                        "gpu the real-size defaults; the flags below override it (default: 'cpu')")
-    for flag, what in (("demos-per-task", "scripted-expert demonstrations per task, >= 1"),
-                       ("epochs", "training epochs per run, >= 1"), ("batch-size", "training samples per step"),
-                       ("image-size", "side in pixels of the recorded frames and the policy's images"),
-                       ("world-image-size", "world-encoder input side in pixels"),
-                       ("workers", "simulator processes for generation and evaluation, >= 1")):
+    p.add_argument(
+        "--budget",
+        default="cpu",
+        choices=("cpu", "gpu"),
+        help="sizes: cpu fits 2 cores (64 px, tiny backbone, 6 epochs, 20 demonstrations per task); "
+        "gpu the real-size defaults; the flags below override it (default: 'cpu')",
+    )
+    for flag, what in (
+        ("demos-per-task", "scripted-expert demonstrations per task, >= 1"),
+        ("epochs", "training epochs per run, >= 1"),
+        ("batch-size", "training samples per step"),
+        ("image-size", "side in pixels of the recorded frames and the policy's images"),
+        ("world-image-size", "world-encoder input side in pixels"),
+        ("workers", "simulator processes for generation and evaluation, >= 1"),
+    ):
         dest = "epochs" if flag == "epochs" else flag.replace("-", "_")
         p.add_argument(f"--{flag}", dest=dest, type=int, default=None, help=f"{what} (default: the budget's)")
-    p.add_argument("--episodes-per-task", dest="episodes_per_task", type=int, default=None,
-                   help="initial states per task on each standard suite (default: all 50, the public protocol)")
-    p.add_argument("--pro-episodes", dest="pro_episodes", type=int, default=None,
-                   help="initial states per task on each LIBERO-PRO suite (default: all)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, default=None,
-                   help="control steps per episode, >= 1 (default: each suite's public limit)")
-    p.add_argument("--out", default="runs/study", help="folder for the runs, report.md and study.json "
-                                                       "(default: 'runs/study')")
-    p.add_argument("--data", default=None, help="folder of the generated datasets, reusable by other studies "
-                                                "(default: <out>/data)")
-    p.add_argument("--joint", action="store_true", help="train one policy per experiment and seed over all the "
-                                                        "suites' demonstrations (default: one per suite)")
-    p.set_defaults(func=_cmd_study)
+    p.add_argument(
+        "--episodes-per-task",
+        dest="episodes_per_task",
+        type=int,
+        default=None,
+        help="initial states per task on each standard suite (default: all 50, the public protocol)",
+    )
+    p.add_argument(
+        "--pro-episodes",
+        dest="pro_episodes",
+        type=int,
+        default=None,
+        help="initial states per task on each LIBERO-PRO suite (default: all)",
+    )
+    p.add_argument(
+        "--max-steps",
+        dest="max_steps",
+        type=int,
+        default=None,
+        help="control steps per episode, >= 1 (default: each suite's public limit)",
+    )
+    p.add_argument(
+        "--out", default="runs/study", help="folder for the runs, report.md and study.json (default: 'runs/study')"
+    )
+    p.add_argument(
+        "--data", default=None, help="folder of the generated datasets, reusable by other studies (default: <out>/data)"
+    )
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="train one policy per experiment and seed over all the suites' demonstrations (default: one per suite)",
+    )
+    p.set_defaults(func=cmd_study)
 
     from .serve.command import add_serve_flags
     from .serve.command import run as run_serve
 
-    p = sub.add_parser("serve", help="serve a policy over WebSocket in openpi's protocol (msgpack numpy arrays), "
-                                     "batching requests that arrive together")
+    p = sub.add_parser(
+        "serve",
+        help="serve a policy over WebSocket in openpi's protocol (msgpack numpy arrays), "
+        "batching requests that arrive together",
+    )
     add_serve_flags(p)
     p.set_defaults(func=run_serve)
     return parser

@@ -94,7 +94,7 @@ def _follow(pool, cfgs: dict, runs: dict[str, Path], seen: dict[str, int], bar) 
             f.result()  # a failed run stops the demo with its own error
         for name, run in runs.items():
             records = _epochs_logged(run)
-            for r in records[seen[name]:]:
+            for r in records[seen[name] :]:
                 losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss") or k == "gate_tanh")
                 bar.write(f"[{name}] epoch {r['epoch']}/{cfgs[name].train.max_epochs} {losses} ({r['seconds']:.0f} s)")
                 bar.update(1)
@@ -116,18 +116,44 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     _stage(f"1/5 demonstrations: {b.episodes_per_task} per task, {b.suite} tasks {tasks} -> {data}", t0)
     generate(b.suite, b.tasks, b.episodes_per_task, data, image_size=b.image_size, workers=b.workers, seed=0)
 
-    cfgs = {preset: build_config({"dataset": str(data), "image_size": b.image_size, "max_epochs": b.max_epochs,
-                                  "batch_size": b.batch_size, "seed": 0, "output_dir": str(out / preset.lower())},
-                                 preset=preset)
-            for preset in ("E0", "E2")}
-    _stage(f"2-3/5 train E0 and E2 side by side, one core each ({b.max_epochs} epochs, seed 0; "
-           f"E2 encodes its world latents first; logs in each run's train.log)", t0)
+    cfgs = {
+        preset: build_config(
+            {
+                "dataset": str(data),
+                "image_size": b.image_size,
+                "max_epochs": b.max_epochs,
+                "batch_size": b.batch_size,
+                "seed": 0,
+                "output_dir": str(out / preset.lower()),
+            },
+            preset=preset,
+        )
+        for preset in ("E0", "E2")
+    }
+    _stage(
+        f"2-3/5 train E0 and E2 side by side, one core each ({b.max_epochs} epochs, seed 0; "
+        f"E2 encodes its world latents first; logs in each run's train.log)",
+        t0,
+    )
     runs = _train_side_by_side(cfgs)
-    _stage(f"4/5 closed-loop evaluation: {b.eval_episodes} of the 50 stored initial states x {len(b.tasks)} tasks "
-           "(the public protocol uses all 50), the same for E0 and E2, held out from the demonstrations", t0)
-    results = {preset: evaluate(EvalSettings(checkpoint=str(run), suite=b.suite, tasks=b.tasks,
-                                             n_episodes=b.eval_episodes, workers=b.workers, video=1))
-               for preset, run in runs.items()}
+    _stage(
+        f"4/5 closed-loop evaluation: {b.eval_episodes} of the 50 stored initial states x {len(b.tasks)} tasks "
+        "(the public protocol uses all 50), the same for E0 and E2, held out from the demonstrations",
+        t0,
+    )
+    results = {
+        preset: evaluate(
+            EvalSettings(
+                checkpoint=str(run),
+                suite=b.suite,
+                tasks=b.tasks,
+                n_episodes=b.eval_episodes,
+                workers=b.workers,
+                video=1,
+            )
+        )
+        for preset, run in runs.items()
+    }
     errors = {preset: len(r.errors) for preset, r in results.items() if r.errors}
 
     _stage("5/5 report", t0)
@@ -135,14 +161,18 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     lines = []
     for name, r in report["experiments"].items():
         lo, hi = r["ci"]
-        lines.append(f"  {name:<18} {r['k']:>3}/{r['n']:<3} = {100 * r['rate']:5.1f}%  "
-                     f"(95% Wilson {100 * lo:.1f}-{100 * hi:.1f})")
+        lines.append(
+            f"  {name:<18} {r['k']:>3}/{r['n']:<3} = {100 * r['rate']:5.1f}%  "
+            f"(95% Wilson {100 * lo:.1f}-{100 * hi:.1f})"
+        )
     p = report.get("paired")
     if p:
         lo, hi = p["diff_ci"]
-        lines.append(f"  paired E2 - E0 over {p['n_pairs']} identical initial states: {100 * p['diff']:+.1f} pts "
-                     f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}); E2-only successes {p['b_only']}, "
-                     f"E0-only {p['a_only']}; {p['test']} p = {p['p']:.3g}")
+        lines.append(
+            f"  paired E2 - E0 over {p['n_pairs']} identical initial states: {100 * p['diff']:+.1f} pts "
+            f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}); E2-only successes {p['b_only']}, "
+            f"E0-only {p['a_only']}; {p['test']} p = {p['p']:.3g}"
+        )
     from .evaluate.overlap import describe
 
     overlap = {preset: r.overlap for preset, r in results.items()}
@@ -150,13 +180,28 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     lines.append("  errors (not counted in any rate): " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
     minutes = (time.time() - t0) / 60
     summary = "\n".join(lines)
-    print(f"\n[demo] closed-loop success on {b.suite} tasks {tasks}, {b.eval_episodes} held-out initial states "
-          f"per task:\n{summary}\n[demo] report: {report['report_html']}\n[demo] total {minutes:.1f} min")
-    (out / "summary.json").write_text(json.dumps({"experiments": report["experiments"], "paired": p, "overlap": overlap,
-                                                  "errors": errors, "minutes": round(minutes, 2)},
-                                                 indent=2, default=str) + "\n")
+    print(
+        f"\n[demo] closed-loop success on {b.suite} tasks {tasks}, {b.eval_episodes} held-out initial states "
+        f"per task:\n{summary}\n[demo] report: {report['report_html']}\n[demo] total {minutes:.1f} min"
+    )
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "experiments": report["experiments"],
+                "paired": p,
+                "overlap": overlap,
+                "errors": errors,
+                "minutes": round(minutes, 2),
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     if errors:
-        print(f"[demo] ERROR: {sum(errors.values())} closed-loop episode(s) ended in an error ({errors}); "
-              "run `make demo` again to retry them.")
+        print(
+            f"[demo] ERROR: {sum(errors.values())} closed-loop episode(s) ended in an error ({errors}); "
+            "run `make demo` again to retry them."
+        )
         return 1
     return 0

@@ -16,8 +16,9 @@ def parse_ids(text: str, flag: str = "--tasks", what: str = "task ids") -> list[
             if "-" in part[1:]:  # a range; a leading '-' alone is a negative id, refused below
                 lo, hi = (int(x) for x in part.split("-"))
                 if hi < lo:
-                    raise ConfigError(f"{flag} range {part!r} is empty (it ends before it starts); "
-                                      f"expected e.g. '0-9'.")
+                    raise ConfigError(
+                        f"{flag} range {part!r} is empty (it ends before it starts); expected e.g. '0-9'."
+                    )
                 ids.extend(range(lo, hi + 1))
             else:
                 ids.append(int(part))

@@ -1,5 +1,6 @@
 """The one image resize: uint8 frames to the square size the models see, shared by the frame
 cache (training data) and the policy's preprocessor (training and evaluation observations)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -14,8 +14,15 @@ import torch
 from .optim import Ema
 
 
-def load_batches(samples: torch.utils.data.Dataset, collate: Callable[[list], Any], index_batches: Sequence[np.ndarray],
-            *, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False) -> Iterable[Any]:
+def load_batches(
+    samples: torch.utils.data.Dataset,
+    collate: Callable[[list], Any],
+    index_batches: Sequence[np.ndarray],
+    *,
+    num_workers: int = 0,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+) -> Iterable[Any]:
     """The collated batches of `index_batches` (sample indices), in that order. With `num_workers` 0 they are
     built here, one at a time; otherwise worker processes build them ahead, `prefetch_factor` each. Workers
     draw no random numbers (augmentation runs in the training process, seeded per step), so a batch is the
@@ -25,8 +32,14 @@ def load_batches(samples: torch.utils.data.Dataset, collate: Callable[[list], An
         return (collate([samples[i] for i in b]) for b in chosen)
     # A tokenizer used before the fork would otherwise warn in every worker and drop its own threads.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return torch.utils.data.DataLoader(samples, batch_sampler=chosen, collate_fn=collate, num_workers=num_workers,
-                                       prefetch_factor=prefetch_factor, pin_memory=pin_memory)
+    return torch.utils.data.DataLoader(
+        samples,
+        batch_sampler=chosen,
+        collate_fn=collate,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor,
+        pin_memory=pin_memory,
+    )
 
 
 @torch.no_grad()
@@ -47,15 +60,23 @@ def loss_sums(model: torch.nn.Module, loaded: Iterable[Any], seed: int) -> tuple
     return sums, n
 
 
-def validation_losses(accelerator, model: torch.nn.Module, ema: Ema | None, samples: torch.utils.data.Dataset,
-                      collate: Callable[[list], Any], batch_size: int, *, seed: int,
-                      **loader_options) -> dict[str, float]:
+def validation_losses(
+    accelerator,
+    model: torch.nn.Module,
+    ema: Ema | None,
+    samples: torch.utils.data.Dataset,
+    collate: Callable[[list], Any],
+    batch_size: int,
+    *,
+    seed: int,
+    **loader_options,
+) -> dict[str, float]:
     """Mean losses on held-out samples as `val_<loss>` (each process takes every n-th batch), with the weights
     evaluation loads (the EMA when kept). Offline losses tell training health, never which policy acts better."""
     n_proc = accelerator.num_processes
     index_batches = [np.arange(i, min(i + batch_size, len(samples))) for i in range(0, len(samples), batch_size)]
     with ema.applied(model) if ema is not None else contextlib.nullcontext():
-        loaded = load_batches(samples, collate, index_batches[accelerator.process_index::n_proc], **loader_options)
+        loaded = load_batches(samples, collate, index_batches[accelerator.process_index :: n_proc], **loader_options)
         sums, n = loss_sums(model, loaded, seed)
     keys = sorted(sums) or ["loss"]
     totals = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(n)], dtype=torch.float64, device=accelerator.device)

@@ -67,8 +67,10 @@ class Ema:
         """Restore a saved average (resume); its names must be exactly this model's trainable parameters."""
         if set(tensors) != set(self.names):
             missing, extra = sorted(set(self.names) - set(tensors)), sorted(set(tensors) - set(self.names))
-            raise ValueError(f"saved EMA weights do not match the trainable parameters: missing {missing[:5]}, "
-                             f"unexpected {extra[:5]}.")
+            raise ValueError(
+                f"saved EMA weights do not match the trainable parameters: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}."
+            )
         for n in self.names:
             self.shadow[n].copy_(tensors[n])
 

@@ -58,8 +58,10 @@ class PreparedData:
     def action_state_stats(self) -> dict[str, np.ndarray]:
         a, s = self.dataset.action[self.train_rows], self.dataset.state[self.train_rows]
         return {
-            "action_mean": a.mean(0), "action_std": np.maximum(a.std(0), 1e-6),
-            "state_mean": s.mean(0), "state_std": np.maximum(s.std(0), 1e-6),
+            "action_mean": a.mean(0),
+            "action_std": np.maximum(a.std(0), 1e-6),
+            "state_mean": s.mean(0),
+            "state_std": np.maximum(s.std(0), 1e-6),
         }
 
 
@@ -67,8 +69,13 @@ def _load_with_latents(cfg: ExperimentConfig, world_encoder, progress: bool):
     """(dataset, window spec, train/val episodes, latents or None): the dataset loaded and checked, and its
     world latents (cached) when the experiment uses the world."""
     d = cfg.data
-    dataset = load_dataset(d.dataset, instruction_key=d.instruction_key, episode_id_key=d.episode_id_key,
-                           state_key=d.state_key, action_key=d.action_key)
+    dataset = load_dataset(
+        d.dataset,
+        instruction_key=d.instruction_key,
+        episode_id_key=d.episode_id_key,
+        state_key=d.state_key,
+        action_key=d.action_key,
+    )
     dataset.progress = progress
     for key in d.image_keys + ((cfg.world.world_image_key,) if world_encoder is not None else ()):
         if key not in dataset.image_keys:
@@ -78,8 +85,13 @@ def _load_with_latents(cfg: ExperimentConfig, world_encoder, progress: bool):
     latents = None
     if is_env_state_encoder(world_encoder):
         # The privileged state: same windows, computed in memory, training-row statistics (world/env_state.py).
-        latents = env_state_latents(dataset, world_encoder, past_frame_rows(dataset.episodes, spec),
-                                    dataset.rows_of(train_eps), spec.frame_stride)
+        latents = env_state_latents(
+            dataset,
+            world_encoder,
+            past_frame_rows(dataset.episodes, spec),
+            dataset.rows_of(train_eps),
+            spec.frame_stride,
+        )
     elif world_encoder is not None:
         past = past_frame_rows(dataset.episodes, spec)
         latents = load_or_build_cache(
@@ -117,8 +129,10 @@ def prepare_data(cfg: ExperimentConfig, world_encoder=None, progress: bool = Tru
 
         texts, missing = join_annotations(dataset, read_annotations(d.coc_jsonl))
         if missing == len(texts):
-            raise ValueError(f"no frame of {dataset.root} has an annotation in {d.coc_jsonl}: check that its "
-                             f"episode_index/frame_index refer to this dataset.")
+            raise ValueError(
+                f"no frame of {dataset.root} has an annotation in {d.coc_jsonl}: check that its "
+                f"episode_index/frame_index refer to this dataset."
+            )
     return PreparedData(
         texts=texts,
         texts_missing=missing,
@@ -157,8 +171,10 @@ def shuffle_memory_rows(dataset: LeRobotDataset, rows: np.ndarray, pool: np.ndar
             here = mine[dataset.episode_ids[rows[mine]] == ep]
             others = pool[dataset.episode_ids[pool] != ep]
             if not len(others):
-                raise ValueError(f"memory mode 'shuffle' needs rows of another episode than episode {ep} of "
-                                 f"{dataset.root}; the pool has none.")
+                raise ValueError(
+                    f"memory mode 'shuffle' needs rows of another episode than episode {ep} of "
+                    f"{dataset.root}; the pool has none."
+                )
             out[here] = rng.choice(others, size=len(here))
     return out
 
@@ -168,12 +184,14 @@ class FrameSamples(torch.utils.data.Dataset):
     With `memory_rows` (one per row, see `shuffle_memory_rows`), each sample also carries
     `z_other`, the true future latent of that row: the `shuffle` ablation's memory."""
 
-    def __init__(self, data: PreparedData, rows: np.ndarray, image_keys: tuple[str, ...],
-                 memory_rows: np.ndarray | None = None):
+    def __init__(
+        self, data: PreparedData, rows: np.ndarray, image_keys: tuple[str, ...], memory_rows: np.ndarray | None = None
+    ):
         self.data, self.rows, self.image_keys = data, np.asarray(rows), image_keys
         if memory_rows is not None and len(memory_rows) != len(self.rows):
-            raise ValueError(f"memory_rows has {len(memory_rows)} entries for {len(self.rows)} rows; "
-                             f"expected one per row.")
+            raise ValueError(
+                f"memory_rows has {len(memory_rows)} entries for {len(self.rows)} rows; expected one per row."
+            )
         self.memory_rows = None if memory_rows is None else np.asarray(memory_rows)
         # Read at the policy's image size, so the preprocessor's resize is a no-op here and the
         # cache holds S×S frames, not the dataset's native ones (evaluation applies the same resize).
@@ -209,9 +227,11 @@ def make_collate(preprocessor):
         return torch.as_tensor(np.stack([s[key] for s in samples]), dtype=torch.float32)
 
     def collate(samples: list[dict[str, Any]]) -> Batch:
-        targets = {"actions": stack(samples, "actions"),
-                   "action_mask": torch.as_tensor(np.stack([s["action_mask"] for s in samples])),
-                   "row": torch.as_tensor([s["row"] for s in samples])}  # for debugging; the model ignores it
+        targets = {
+            "actions": stack(samples, "actions"),
+            "action_mask": torch.as_tensor(np.stack([s["action_mask"] for s in samples])),
+            "row": torch.as_tensor([s["row"] for s in samples]),
+        }  # for debugging; the model ignores it
         if "z_t" in samples[0]:
             targets["z_t"], targets["z_future"] = stack(samples, "z_t"), stack(samples, "z_future")
         if "z_other" in samples[0]:

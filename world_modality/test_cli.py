@@ -18,8 +18,9 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 def test_every_subcommand_is_checked():
-    assert {"train", "encode", "eval-offline", "generate", "eval", "report", "pretrain-world", "probe",
-            "demo"} <= set(_subcommands())
+    assert {"train", "encode", "eval-offline", "generate", "eval", "report", "pretrain-world", "probe", "demo"} <= set(
+        _subcommands()
+    )
 
 
 @pytest.mark.parametrize("command", sorted(_subcommands()))
@@ -38,8 +39,13 @@ def test_every_config_field_has_its_help():
 
 
 def test_train_help_names_every_backbone_and_the_suites_flag_says_what_it_takes():
-    out = subprocess.run([sys.executable, "-m", "world_modality.cli", "train", "--help"], capture_output=True,
-                         text=True, check=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "world_modality.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
     assert all(b in out for b in BACKBONES) and "SmolVLM" in out, out
     for command in ("eval", "generate"):
         (suite,) = [a for a in _subcommands()[command]._actions if "--suite" in a.option_strings]
@@ -51,9 +57,14 @@ def test_task_ids_one_parser_for_every_command():
     from world_modality.ids import parse_ids
 
     assert parse_ids("0,1,4") == [0, 1, 4] and parse_ids("0-3") == [0, 1, 2, 3] and parse_ids("0-2,5") == [0, 1, 2, 5]
-    for text, needle in (("3-1", "--tasks range '3-1' is empty"), ("1,1", "distinct task ids"),
-                         ("0,x", "--tasks must look like '0,1,4' or '0-9', got '0,x'"), ("-1", "distinct task ids"),
-                         ("", "distinct task ids"), ("1-2-3", "must look like")):
+    for text, needle in (
+        ("3-1", "--tasks range '3-1' is empty"),
+        ("1,1", "distinct task ids"),
+        ("0,x", "--tasks must look like '0,1,4' or '0-9', got '0,x'"),
+        ("-1", "distinct task ids"),
+        ("", "distinct task ids"),
+        ("1-2-3", "must look like"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(needle)):
             parse_ids(text)
     with pytest.raises(ConfigError, match=r"--init-states must name distinct initial-state ids"):

@@ -16,18 +16,31 @@ from world_modality.config import (
     parse_train_args,
 )
 
-NOTES_FLAGS = ["--instruction_key", "--episode_id_key", "--lambda_world", "--delta_prediction", "--latent_suffix",
-               "--freeze_backbone", "--use_lora", "--batch_size", "--max_epochs", "--disable_future_injection",
-               "--lambda_text", "--coc_jsonl"]
-COMMON = ("--instruction_key task --episode_id_key episode_index --freeze_backbone --use_lora --batch_size 8 "
-          "--max_epochs 5").split()
+NOTES_FLAGS = [
+    "--instruction_key",
+    "--episode_id_key",
+    "--lambda_world",
+    "--delta_prediction",
+    "--latent_suffix",
+    "--freeze_backbone",
+    "--use_lora",
+    "--batch_size",
+    "--max_epochs",
+    "--disable_future_injection",
+    "--lambda_text",
+    "--coc_jsonl",
+]
+COMMON = (
+    "--instruction_key task --episode_id_key episode_index --freeze_backbone --use_lora --batch_size 8 --max_epochs 5"
+).split()
 E2_LINE = COMMON + "--lambda_world 0.2 --delta_prediction --latent_suffix m4".split()
 E0_LINE = COMMON + ["--disable_future_injection"]
 
 
 def test_help_lists_every_research_flag():
-    out = subprocess.run([sys.executable, "-m", "world_modality.train", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "world_modality.train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     missing = [f for f in NOTES_FLAGS if f not in out]
     assert not missing, f"flags missing from --help: {missing}"
 
@@ -63,15 +76,18 @@ def test_config_json_round_trip(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["world"]["lambda_world"] == 0.2
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    ({"latent_suffix": "4"}, "latent_suffix"),
-    ({"lambda_world": -1.0}, "lambda_world"),
-    ({"memory_mode": "future"}, "memory_mode"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"lambda_text": 0.1}, "coc_jsonl"),
-    ({"backbone": "qwen2.5-vl"}, "backbone_path"),
-    ({"dist_timeout_minutes": 0}, r"`dist_timeout_minutes` must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"latent_suffix": "4"}, "latent_suffix"),
+        ({"lambda_world": -1.0}, "lambda_world"),
+        ({"memory_mode": "future"}, "memory_mode"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lambda_text": 0.1}, "coc_jsonl"),
+        ({"backbone": "qwen2.5-vl"}, "backbone_path"),
+        ({"dist_timeout_minutes": 0}, r"`dist_timeout_minutes` must be >= 1, got 0"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         build_config(overrides)
@@ -93,8 +109,10 @@ def test_training_memory_mode_is_predicted_or_present(mode):
     """Training with `oracle` (or `shuffle`) fed the action path the true future while it learned, and closed-loop
     evaluation then ran the policy on its predictions: the ablations are evaluation flags, not training settings.
     `present` (z_t, no future) is the one other training mode."""
-    needle = rf"`memory_mode` must be 'predicted' or 'present' in training .*got '{mode}'; oracle, zero, random, " \
-             rf"shuffle are evaluation ablations.*eval-offline"
+    needle = (
+        rf"`memory_mode` must be 'predicted' or 'present' in training .*got '{mode}'; oracle, zero, random, "
+        rf"shuffle are evaluation ablations.*eval-offline"
+    )
     with pytest.raises(ConfigError, match=needle):
         build_config({"memory_mode": mode}, preset="E2")
     assert TRAIN_MEMORY_MODES == ("predicted", "present")
@@ -142,21 +160,37 @@ def test_saved_config_trained_with_another_memory_mode_names_the_file(tmp_path):
         ExperimentConfig.from_json(tmp_path / "config.json")
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    ({"lr": float("inf")}, r"`lr` must be a finite number > 0, got inf."),
-    ({"lr": float("nan")}, r"`lr` must be a finite number > 0, got nan."),
-    ({"lr": 0.0}, r"`lr` must be a finite number > 0, got 0.0."),
-    ({"lambda_world": float("inf")}, r"`lambda_world` must be a finite number, got inf."),
-    ({"lambda_text": float("nan")}, r"`lambda_text` must be a finite number, got nan."),
-    ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0, got -0.1."),
-    ({"grad_clip": float("nan")}, r"`grad_clip` must be a finite number, got nan."),
-    ({"grad_clip": -1.0}, r"`grad_clip` must be >= 0 \(0 = no clipping\), got -1.0."),
-    ({"save_every_steps": -5}, r"`save_every_steps` must be >= 0"),
-    ({"prophet_hidden": 0}, r"`prophet_hidden` must be >= 1, got 0."),
-    ({"world_image_size": 8}, r"`world_image_size` must be in \[16, 1024\], got 8."),
-    ({"max_text_tokens": 0}, r"`max_text_tokens` must be >= 1, got 0."),
-], ids=["lr-inf", "lr-nan", "lr-zero", "lambda-world-inf", "lambda-text-nan", "weight-decay", "grad-clip-nan",
-        "grad-clip-negative", "save-every", "prophet-hidden", "world-image-size", "text-tokens"])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"lr": float("inf")}, r"`lr` must be a finite number > 0, got inf."),
+        ({"lr": float("nan")}, r"`lr` must be a finite number > 0, got nan."),
+        ({"lr": 0.0}, r"`lr` must be a finite number > 0, got 0.0."),
+        ({"lambda_world": float("inf")}, r"`lambda_world` must be a finite number, got inf."),
+        ({"lambda_text": float("nan")}, r"`lambda_text` must be a finite number, got nan."),
+        ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0, got -0.1."),
+        ({"grad_clip": float("nan")}, r"`grad_clip` must be a finite number, got nan."),
+        ({"grad_clip": -1.0}, r"`grad_clip` must be >= 0 \(0 = no clipping\), got -1.0."),
+        ({"save_every_steps": -5}, r"`save_every_steps` must be >= 0"),
+        ({"prophet_hidden": 0}, r"`prophet_hidden` must be >= 1, got 0."),
+        ({"world_image_size": 8}, r"`world_image_size` must be in \[16, 1024\], got 8."),
+        ({"max_text_tokens": 0}, r"`max_text_tokens` must be >= 1, got 0."),
+    ],
+    ids=[
+        "lr-inf",
+        "lr-nan",
+        "lr-zero",
+        "lambda-world-inf",
+        "lambda-text-nan",
+        "weight-decay",
+        "grad-clip-nan",
+        "grad-clip-negative",
+        "save-every",
+        "prophet-hidden",
+        "world-image-size",
+        "text-tokens",
+    ],
+)
 def test_nonfinite_and_out_of_range_numbers_are_refused(overrides, needle):
     """`--lr inf` trained with action_loss=nan to a "final checkpoint"; a NaN passes every `x >= 0` check, and
     `--grad_clip nan` switched clipping off without a word."""
@@ -164,12 +198,16 @@ def test_nonfinite_and_out_of_range_numbers_are_refused(overrides, needle):
         build_config(overrides)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ('{"world": {"lambda_world": 0.2', r"c.json is not valid JSON \(.*\); expected the config.json written by"),
-    ('[1, 2]', r"c.json: a config must be a JSON object with sections"),
-    ('{"world": 3}', r"c.json: config section `world` must be an object of fields, got int."),
-    ('{"train": {"batch_size": "8"}}', r"c.json: config section `train` has a value of the wrong type"),
-], ids=["not-json", "not-object", "section-not-object", "wrong-type"])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('{"world": {"lambda_world": 0.2', r"c.json is not valid JSON \(.*\); expected the config.json written by"),
+        ("[1, 2]", r"c.json: a config must be a JSON object with sections"),
+        ('{"world": 3}', r"c.json: config section `world` must be an object of fields, got int."),
+        ('{"train": {"batch_size": "8"}}', r"c.json: config section `train` has a value of the wrong type"),
+    ],
+    ids=["not-json", "not-object", "section-not-object", "wrong-type"],
+)
 def test_a_saved_config_that_is_not_a_config_names_the_file(tmp_path, text, needle):
     (tmp_path / "c.json").write_text(text)
     with pytest.raises(ConfigError, match=needle):
@@ -191,12 +229,19 @@ def test_a_config_never_changes_once_made_and_replace_checks_again():
         cfg.replace(lambda_wrld=0.1)
 
 
-@pytest.mark.parametrize("use,ok,bad,needle", [
-    ("training", ("predicted", "present"), "oracle", r"`memory_mode` must be 'predicted' or 'present' in training"),
-    ("closed-loop", ("predicted", "present", "zero", "random", "shuffle"), "oracle",
-     r"closed-loop memory mode must be one of .*got 'oracle' \(oracle is offline-only"),
-    ("offline", MEMORY_MODES, "future", r"offline memory mode must be one of .*got 'future'\."),
-])
+@pytest.mark.parametrize(
+    "use,ok,bad,needle",
+    [
+        ("training", ("predicted", "present"), "oracle", r"`memory_mode` must be 'predicted' or 'present' in training"),
+        (
+            "closed-loop",
+            ("predicted", "present", "zero", "random", "shuffle"),
+            "oracle",
+            r"closed-loop memory mode must be one of .*got 'oracle' \(oracle is offline-only",
+        ),
+        ("offline", MEMORY_MODES, "future", r"offline memory mode must be one of .*got 'future'\."),
+    ],
+)
 def test_one_memory_mode_check_for_every_use(use, ok, bad, needle):
     from world_modality.config import check_memory_mode
 

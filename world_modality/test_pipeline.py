@@ -51,14 +51,28 @@ def test_cameras_are_read_at_the_size_evaluation_renders(tmp_path):
     assert data.latents.meta["frame_size"] == 32
     np.testing.assert_allclose(enc.encode(world[past]).numpy(), data.latents.latents[:5], atol=1e-5)
 
-    pre = ObservationPreprocessor(build_tiny_qwen(build_tokenizer(sorted(set(data.dataset.instructions)))),
-                                  cfg.data.image_keys, 32, n_act_tokens=2)
+    pre = ObservationPreprocessor(
+        build_tiny_qwen(build_tokenizer(sorted(set(data.dataset.instructions)))),
+        cfg.data.image_keys,
+        32,
+        n_act_tokens=2,
+    )
     batch = [samples[i] for i in range(8)]
     new = pre(batch).images
     rows = [s["row"] for s in batch]
-    old = torch.stack([F.interpolate(torch.from_numpy(np.array(data.dataset.images(k)[rows])).permute(0, 3, 1, 2)
-                                     .float() / 255, size=(32, 32), mode="bilinear", antialias=True,
-                                     align_corners=False) for k in cfg.data.image_keys], dim=1)
+    old = torch.stack(
+        [
+            F.interpolate(
+                torch.from_numpy(np.array(data.dataset.images(k)[rows])).permute(0, 3, 1, 2).float() / 255,
+                size=(32, 32),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+            for k in cfg.data.image_keys
+        ],
+        dim=1,
+    )
     diff = (new - old).abs()
     assert 0 < diff.max() <= 0.5 / 255 + 1e-6, diff.max()
 

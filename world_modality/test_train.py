@@ -9,7 +9,8 @@ import pytest
 
 from conftest import tiny_config
 from world_modality.config import ConfigError
-from world_modality.train import _drop_metrics_after, train
+from world_modality.train import train
+from world_modality.train_output import drop_metrics_after
 
 
 class _Built(Exception):
@@ -40,9 +41,9 @@ def test_a_torn_last_metrics_line_is_dropped(tmp_path):
     records = [{"kind": "train", "epoch": 1, "step": 30}, {"kind": "train", "epoch": 2, "step": 60}]
     # Killed (or out of disk) half-way through the third record.
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "train", "epoch": 3, "st')
-    _drop_metrics_after(path, 60)
+    drop_metrics_after(path, 60)
     assert path.read_text() == "".join(json.dumps(r) + "\n" for r in records)
-    _drop_metrics_after(path, 30)
+    drop_metrics_after(path, 30)
     assert [json.loads(line) for line in path.read_text().splitlines()] == records[:1]
 
 
@@ -70,8 +71,9 @@ def test_no_resume_into_an_existing_run_starts_a_clean_run(fixture_dataset, tmp_
     old_final = train(tiny_config(fixture_dataset, run, preset="E0", max_epochs=2, num_threads=1), progress=False)
     assert old_final.name == "step-00000060"
     capsys.readouterr()
-    final = train(tiny_config(fixture_dataset, run, preset="E0", max_epochs=1, num_threads=1, resume=False),
-                  progress=False)
+    final = train(
+        tiny_config(fixture_dataset, run, preset="E0", max_epochs=1, num_threads=1, resume=False), progress=False
+    )
     assert final == run / "checkpoints" / "step-00000030"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000030"]
     assert [(r["epoch"], r["step"]) for r in _metrics(run)] == [(1, 30)]
@@ -85,8 +87,11 @@ def test_resuming_a_run_past_max_epochs_is_refused(fixture_dataset, tmp_path):
     """Its "final checkpoint" was the longer-trained model of the earlier command."""
     run = tmp_path / "run"
     train(tiny_config(fixture_dataset, run, preset="E0", max_epochs=2, num_threads=1), progress=False)
-    with pytest.raises(ConfigError, match=r"cannot resume .*run to --max_epochs 1: its newest checkpoint "
-                                          r"step-00000060 has already trained 2 epoch\(s\)\. Use --max_epochs >= 2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot resume .*run to --max_epochs 1: its newest checkpoint "
+        r"step-00000060 has already trained 2 epoch\(s\)\. Use --max_epochs >= 2",
+    ):
         train(tiny_config(fixture_dataset, run, preset="E0", max_epochs=1, num_threads=1), progress=False)
     # Killed mid-epoch 2 (its epoch-end checkpoint gone): resuming to one epoch would report 1.67 epochs as final.
     import shutil
@@ -140,8 +145,10 @@ def test_a_nonfinite_loss_or_weight_stops_training_at_that_step(fixture_dataset,
         needle = r"training diverged at step 8 \(epoch 1, batch 8 of 30\): the losses were finite but the update"
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=needle) as e:
-        train(tiny_config(fixture_dataset, run, preset="E0", max_epochs=1, num_threads=1, save_every_steps=5),
-              progress=False)
+        train(
+            tiny_config(fixture_dataset, run, preset="E0", max_epochs=1, num_threads=1, save_every_steps=5),
+            progress=False,
+        )
     assert f"the last finite checkpoint, {run / 'checkpoints' / 'step-00000005'}, is kept" in str(e.value)
     assert [p.name for p in checkpoints_in(run)] == ["step-00000005"]
     assert not (run / "LATEST").exists() and not (run / "metrics.jsonl").exists()
@@ -209,11 +216,34 @@ def test_ema_averages_trainable_weights_and_swaps_them_in_only_inside_the_block(
 def test_scale_flags_parse_and_defaults_keep_the_old_loop(fixture_dataset, tmp_path):
     from world_modality.config import parse_train_args
 
-    cfg = parse_train_args(["--dataset", str(fixture_dataset), "--max_grad_norm", "0.5", "--num_workers", "2",
-                            "--warmup_steps", "10", "--lr_schedule", "cosine", "--grad_accum_steps", "4",
-                            "--ema_decay", "0.99", "--no-val_loss"]).train
-    assert (cfg.grad_clip, cfg.num_workers, cfg.warmup_steps, cfg.lr_schedule, cfg.grad_accum_steps, cfg.ema_decay,
-            cfg.val_loss) == (0.5, 2, 10, "cosine", 4, 0.99, False)
+    cfg = parse_train_args(
+        [
+            "--dataset",
+            str(fixture_dataset),
+            "--max_grad_norm",
+            "0.5",
+            "--num_workers",
+            "2",
+            "--warmup_steps",
+            "10",
+            "--lr_schedule",
+            "cosine",
+            "--grad_accum_steps",
+            "4",
+            "--ema_decay",
+            "0.99",
+            "--no-val_loss",
+        ]
+    ).train
+    assert (
+        cfg.grad_clip,
+        cfg.num_workers,
+        cfg.warmup_steps,
+        cfg.lr_schedule,
+        cfg.grad_accum_steps,
+        cfg.ema_decay,
+        cfg.val_loss,
+    ) == (0.5, 2, 10, "cosine", 4, 0.99, False)
     t = tiny_config(fixture_dataset, tmp_path).train
     assert (t.num_workers, t.warmup_steps, t.lr_schedule, t.grad_accum_steps, t.ema_decay) == (0, 0, "constant", 1, 0)
     for bad in ({"lr_schedule": "linear"}, {"ema_decay": 1.0}, {"grad_accum_steps": 0}, {"num_workers": -1}):

@@ -127,8 +127,9 @@ def _policy(_):
     return os.sched_getscheduler(0)
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setscheduler") or os.geteuid() != 0,
-                    reason="needs Linux and root to go real-time")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setscheduler") or os.geteuid() != 0, reason="needs Linux and root to go real-time"
+)
 def test_workers_of_a_real_time_parent_run_at_normal_scheduling():
     before = (os.sched_getscheduler(0), os.sched_getparam(0))
     with WorkerPool(1, timeout_s=60) as pool:

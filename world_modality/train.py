@@ -8,23 +8,21 @@ never mixes with an earlier one; a NaN/inf loss or weight stops the run at that 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ConfigError, ExperimentConfig, flatten, matching_preset, parse_train_args
+from .config import ConfigError, ExperimentConfig, matching_preset, parse_train_args
 from .errors import run_reporting_errors
-from .jsonl import parse_line
 from .loader import load_batches, validation_losses
 from .optim import Ema, nonfinite_params, schedule_lr
 from .pipeline import FrameSamples, make_collate, prepare_data, random_shift
@@ -34,97 +32,15 @@ from .policy.factory import build_policy, build_preprocessor, check_image_size, 
 from .policy.model import PolicyShapes
 from .policy.tokenizer import build_tokenizer
 from .policy.training_state import load_ema, load_training_state, read_trainer_state
-
-# Fields that may differ between the run being resumed and the resuming command.
-RESUMABLE_CHANGES = {"max_epochs", "resume", "save_every_steps", "keep_checkpoints", "tensorboard",
-                     "dist_timeout_minutes", "num_workers", "prefetch_factor", "val_loss"}
+from .train_output import MetricsLogger, check_output_dir, check_same_experiment, drop_metrics_after, move_aside
 
 
 class TrainingDiverged(ValueError):
     """A loss or a weight became NaN/inf: training stops at that step and keeps its last finite checkpoint."""
 
 
-def _check_same_experiment(saved: ExperimentConfig, cfg: ExperimentConfig, where: Path) -> None:
-    a, b = flatten(saved), flatten(cfg)
-    diff = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
-    if diff:
-        details = ", ".join(f"{k}: saved {a[k]!r} vs now {b[k]!r}" for k in diff[:6])
-        raise ConfigError(f"cannot resume {where}: the run was started with another config ({details}). "
-                          f"Use another --output_dir or --no-resume.")
-
-
-def check_output_dir(run_dir: Path) -> None:
-    """Refuse an output folder that cannot be one before any data is read or latent encoded: a file,
-    a path through a file, or a place where nothing can be created."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--output_dir {run_dir} is a file; expected a folder for the run (config, metrics, "
-                          f"checkpoints).")
-    parent = run_dir
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--output_dir {run_dir} cannot be created: {parent} is a file; expected a folder path.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output_dir {run_dir} cannot be written: {parent} is not writable.")
-
-
-def _move_aside(run_dir: Path) -> Path:
-    """Move an earlier run's folder to <run>.old-<timestamp> (never overwriting one): a fresh run in the
-    same folder would sort the old run's higher step numbers last, so rotation deleted the new checkpoints."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
-    n = 1
-    while target.exists():
-        target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
-        n += 1
-    os.rename(run_dir, target)
-    return target
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """A run killed between logging an epoch and checkpointing it logs that epoch again on resume:
-    keep only the records the resumed checkpoint had reached."""
-    if not path.exists():
-        return
-    text = path.read_text()
-    lines = text.splitlines()
-    kept = [line for line in lines if (record := parse_line(line)) is not None and record.get("step", 0) <= step]
-    # Rewritten also when the last line lacks its newline, so the next record starts a line of its own.
-    if len(kept) != len(lines) or not text.endswith("\n"):
-        path.write_text("".join(line + "\n" for line in kept))
-
-
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-class _Logger:
-    """Console + JSONL + TensorBoard, only on the main process."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
-        self.enabled = enabled
-        self.jsonl = run_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def log(self, record: dict, step: int) -> None:
-        if not self.enabled:
-            return
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    tag = f"val/{k[4:]}" if k.startswith("val_") else f"{record.get('kind', 'train')}/{k}"
-                    self.tb.add_scalar(tag, v, step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
@@ -140,8 +56,10 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     check_image_size(cfg)
     # The other processes wait in a barrier while the main one builds the frame and latent caches
     # (hours for V-JEPA 2 on the public LIBERO sets): NCCL's 10-minute default would kill them.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
-        InitProcessGroupKwargs(timeout=timedelta(minutes=t.dist_timeout_minutes))])
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=t.dist_timeout_minutes))],
+    )
     if accelerator.device.type == "cpu":
         # Measured on 2 cores: 2 threads beside one busy simulator took 6 s/step, 1 thread 0.13 s/step.
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 2) // 2))
@@ -159,16 +77,18 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     ckpts = checkpoints_in(run_dir) if t.resume else []
     if ckpts:
         policy = load_checkpoint(ckpts[-1], weights="raw")
-        _check_same_experiment(policy.cfg, cfg, ckpts[-1])
+        check_same_experiment(policy.cfg, cfg, ckpts[-1])
         policy.cfg = cfg
         saved = read_trainer_state(ckpts[-1])
         done = saved["epoch"] + (saved["batches_done_in_epoch"] > 0)  # epochs begun
         if done > t.max_epochs:
             # Its "final checkpoint" would be a model trained longer than this command asks for.
             trained = f"{saved['epoch']} epoch(s)" + (" and part of the next" if saved["batches_done_in_epoch"] else "")
-            raise ConfigError(f"cannot resume {run_dir} to --max_epochs {t.max_epochs}: its newest checkpoint "
-                              f"{ckpts[-1].name} has already trained {trained}. Use --max_epochs >= {done}, "
-                              f"another --output_dir, or --no-resume.")
+            raise ConfigError(
+                f"cannot resume {run_dir} to --max_epochs {t.max_epochs}: its newest checkpoint "
+                f"{ckpts[-1].name} has already trained {trained}. Use --max_epochs >= {done}, "
+                f"another --output_dir, or --no-resume."
+            )
     else:
         corpus = sorted(set(ds.instructions) | set(t for t in (data.texts or []) if t))
         tokenizer = build_tokenizer(corpus) if cfg.policy.backbone.startswith("tiny") else None
@@ -183,19 +103,23 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
         # Public LIBERO conversions store every 20 Hz control step (labelled 10 fps): one step per row
         # unless the dataset says otherwise (generated demonstrations hold each action for 2 steps).
-        policy.data_info = {"fps": ds.fps, "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1)),
-                            # LIBERO's gripper command is binary (-1 open, +1 close) in the data: acting
-                            # snaps the regressed value back to it rather than half-closing the fingers.
-                            "binary_gripper": bool(np.isin(ds.action[:, -1], (-1.0, 1.0)).all()),
-                            # The cameras' recorded size: evaluation renders at it, then resizes as the frame cache did.
-                            "frame_size": native_frame_sizes(ds.features, tuple(cfg.data.image_keys) + (
-                                (cfg.world.world_image_key,) if encoder is not None else ())),
-                            # The demonstrations' start states travel with the policy, so evaluation can
-                            # check held-out starts even where the dataset is not (data/starts.py).
-                            "training_starts": read_training_starts(ds.root)}
+        policy.data_info = {
+            "fps": ds.fps,
+            "control_steps_per_frame": int(ds.info.get("control_steps_per_frame", 1)),
+            # LIBERO's gripper command is binary (-1 open, +1 close) in the data: acting
+            # snaps the regressed value back to it rather than half-closing the fingers.
+            "binary_gripper": bool(np.isin(ds.action[:, -1], (-1.0, 1.0)).all()),
+            # The cameras' recorded size: evaluation renders at it, then resizes as the frame cache did.
+            "frame_size": native_frame_sizes(
+                ds.features, tuple(cfg.data.image_keys) + ((cfg.world.world_image_key,) if encoder is not None else ())
+            ),
+            # The demonstrations' start states travel with the policy, so evaluation can
+            # check held-out starts even where the dataset is not (data/starts.py).
+            "training_starts": read_training_starts(ds.root),
+        }
     if main:
         if not t.resume and run_dir.is_dir() and any(run_dir.iterdir()):
-            moved = _move_aside(run_dir)
+            moved = move_aside(run_dir)
             print(f"[train] --no-resume: moved the earlier contents of {run_dir} to {moved}")
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -203,8 +127,10 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         cfg.to_json(run_dir / "config.json")
         if data.texts is not None:
             n = len(data.texts)
-            print(f"[train] chain-of-causation annotations: {n - data.texts_missing}/{n} frames annotated, "
-                  f"{data.texts_missing} missing (left out of the text loss)")
+            print(
+                f"[train] chain-of-causation annotations: {n - data.texts_missing}/{n} frames annotated, "
+                f"{data.texts_missing} missing (left out of the text loss)"
+            )
 
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -215,18 +141,21 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         partial, updates = state.get("epoch_partial") or {}, state.get("updates", 0)
     if main and t.resume:
         # Without a checkpoint the run starts at step 0: lines an earlier attempt logged go too.
-        _drop_metrics_after(run_dir / "metrics.jsonl", step)
+        drop_metrics_after(run_dir / "metrics.jsonl", step)
 
     samples = FrameSamples(data, data.train_rows, cfg.data.image_keys)
     val_samples = FrameSamples(data, data.val_rows, cfg.data.image_keys) if t.val_loss else None
     collate = make_collate(build_preprocessor(cfg, policy))
     steps_per_epoch = math.ceil(len(samples) / t.batch_size)
-    loader_options = {"num_workers": t.num_workers, "prefetch_factor": t.prefetch_factor,
-                      "pin_memory": t.num_workers > 0 and torch.cuda.is_available()}
+    loader_options = {
+        "num_workers": t.num_workers,
+        "prefetch_factor": t.prefetch_factor,
+        "pin_memory": t.num_workers > 0 and torch.cuda.is_available(),
+    }
     # Optimizer updates over the whole run (each process does the same count): the cosine's horizon.
     per_epoch = steps_per_epoch // accelerator.num_processes
     total_updates = t.max_epochs * math.ceil(per_epoch / t.grad_accum_steps)
-    logger = _Logger(run_dir, main, t.tensorboard)
+    logger = MetricsLogger(run_dir, main, t.tensorboard)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     model = accelerator.unwrap_model(policy)
     ema = Ema(model, t.ema_decay) if t.ema_decay > 0 else None
@@ -234,10 +163,11 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         ema.load(load_ema(ckpts[-1]))
     if main:
         n_train = sum(p.numel() for p in params)
-        print(f"[train] {matching_preset(cfg) or 'custom'} | {len(samples)} samples, {steps_per_epoch} steps/epoch, "
-              f"{accelerator.num_processes} process(es) on {accelerator.device}, "
-              f"{n_train / 1e6:.2f} M trainable params | run {run_dir}"
-              + (f" | resumed at step {step}" if ckpts else ""))
+        print(
+            f"[train] {matching_preset(cfg) or 'custom'} | {len(samples)} samples, {steps_per_epoch} steps/epoch, "
+            f"{accelerator.num_processes} process(es) on {accelerator.device}, "
+            f"{n_train / 1e6:.2f} M trainable params | run {run_dir}" + (f" | resumed at step {step}" if ckpts else "")
+        )
 
     def save(epoch: int, done_in_epoch: int, sums: dict[str, float] | None = None, count: int = 0) -> None:
         # A mid-epoch checkpoint keeps each process's running sums, so the resumed epoch logs the
@@ -245,25 +175,36 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         epoch_partial = {}
         if sums:
             keys = sorted(sums)
-            local = torch.tensor([[sums[k] for k in keys] + [float(count)]], dtype=torch.float64,
-                                 device=accelerator.device)
+            local = torch.tensor(
+                [[sums[k] for k in keys] + [float(count)]], dtype=torch.float64, device=accelerator.device
+            )
             rows = accelerator.gather(local) if accelerator.num_processes > 1 else local
             epoch_partial = {"keys": keys, "per_process": rows.cpu().tolist()}
         accelerator.wait_for_everyone()
         if main:
-            save_checkpoint(run_dir / "checkpoints" / f"step-{step:08d}", model, step=step, epoch=epoch,
-                            optimizer=optimizer,
-                            ema=ema.tensors() if ema is not None else None,
-                            trainer_state={"step": step, "epoch": epoch, "batches_done_in_epoch": done_in_epoch,
-                                           "epoch_partial": epoch_partial, "updates": updates})
-            for old in checkpoints_in(run_dir)[:-t.keep_checkpoints]:
+            save_checkpoint(
+                run_dir / "checkpoints" / f"step-{step:08d}",
+                model,
+                step=step,
+                epoch=epoch,
+                optimizer=optimizer,
+                ema=ema.tensors() if ema is not None else None,
+                trainer_state={
+                    "step": step,
+                    "epoch": epoch,
+                    "batches_done_in_epoch": done_in_epoch,
+                    "epoch_partial": epoch_partial,
+                    "updates": updates,
+                },
+            )
+            for old in checkpoints_in(run_dir)[: -t.keep_checkpoints]:
                 # Marker first: a kill mid-delete must not leave a "complete" folder missing files.
                 (old / DONE_MARKER).unlink(missing_ok=True)
                 shutil.rmtree(old, ignore_errors=True)
 
     for epoch in range(start_epoch, t.max_epochs):
         order = _epoch_order(len(samples), t.seed, epoch)
-        batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
+        batches = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
         # Each process takes every n-th batch, so launchers split work without a sampler; every
         # process gets the same count (a trailing odd batch is dropped), or gradient sync would hang.
         n_proc = accelerator.num_processes
@@ -275,8 +216,13 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             sums = dict(zip(partial["keys"], saved_rows[accelerator.process_index][:-1]))
             count = int(saved_rows[accelerator.process_index][-1])
         policy.train()
-        bar = tqdm(mine, desc=f"epoch {epoch + 1}/{t.max_epochs}", disable=not (progress and main), leave=False,
-                   mininterval=0.5)
+        bar = tqdm(
+            mine,
+            desc=f"epoch {epoch + 1}/{t.max_epochs}",
+            disable=not (progress and main),
+            leave=False,
+            mininterval=0.5,
+        )
         loaded = load_batches(samples, collate, [batches[bi] for bi in mine], **loader_options)
         accum = t.grad_accum_steps
         for j, (bi, batch) in enumerate(zip(bar, loaded)):
@@ -296,8 +242,9 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                 accelerator.backward(loss)
             if j == last:
                 if t.warmup_steps or t.lr_schedule != "constant":
-                    schedule_lr(optimizer, updates, t.lr, warmup=t.warmup_steps, schedule=t.lr_schedule,
-                                total=total_updates)
+                    schedule_lr(
+                        optimizer, updates, t.lr, warmup=t.warmup_steps, schedule=t.lr_schedule, total=total_updates
+                    )
                 if t.grad_clip > 0:
                     accelerator.clip_grad_norm_(params, t.grad_clip)
                 optimizer.step()
@@ -306,8 +253,17 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                     ema.update(model)
             step += accelerator.num_processes
             values = {k: float(v.detach()) for k, v in out.items()}
-            _stop_if_diverged(accelerator, model, values, step=step, epoch=epoch + 1, batch=bi + 1,
-                              n_batches=len(batches), run_dir=run_dir, cfg=cfg)
+            _stop_if_diverged(
+                accelerator,
+                model,
+                values,
+                step=step,
+                epoch=epoch + 1,
+                batch=bi + 1,
+                n_batches=len(batches),
+                run_dir=run_dir,
+                cfg=cfg,
+            )
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
@@ -316,8 +272,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             # not), so all of them take the same branch; one alone in save() would wait forever in
             # its gather. The last round is left to the epoch-end save.
             done = bi - accelerator.process_index + n_proc
-            if (t.save_every_steps and step % t.save_every_steps == 0 and done + n_proc <= len(batches)
-                    and j == last):
+            if t.save_every_steps and step % t.save_every_steps == 0 and done + n_proc <= len(batches) and j == last:
                 save(epoch, done, sums, count)
         skip, partial = 0, {}
         record = {"kind": "train", "epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 2)}
@@ -325,15 +280,19 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         means = accelerator.reduce(means, reduction="mean") if accelerator.num_processes > 1 else means
         record.update({k: float(v) for k, v in zip(sorted(sums), means)})
         if val_samples is not None and len(val_samples):
-            record.update(validation_losses(accelerator, model, ema, val_samples, collate, t.batch_size,
-                                            seed=t.seed + 7919, **loader_options))
+            record.update(
+                validation_losses(
+                    accelerator, model, ema, val_samples, collate, t.batch_size, seed=t.seed + 7919, **loader_options
+                )
+            )
         gate = model.gate()
         if gate is not None:
             record.update({"gate": gate, "gate_tanh": math.tanh(gate)})
         logger.log(record, step)
         if main:
-            shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in record.items() if k != "kind")
+            shown = " ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "kind"
+            )
             print(f"[train] {shown}")
         save(epoch + 1, 0)
     logger.close()
@@ -347,8 +306,18 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
     return final
 
 
-def _stop_if_diverged(accelerator, model: torch.nn.Module, values: dict[str, float], *, step: int, epoch: int,
-                      batch: int, n_batches: int, run_dir: Path, cfg: ExperimentConfig) -> None:
+def _stop_if_diverged(
+    accelerator,
+    model: torch.nn.Module,
+    values: dict[str, float],
+    *,
+    step: int,
+    epoch: int,
+    batch: int,
+    n_batches: int,
+    run_dir: Path,
+    cfg: ExperimentConfig,
+) -> None:
     """Stop at the first step whose loss (on any process) or updated weights are NaN/inf, naming the step,
     epoch and loss; nothing of it is saved, so the newest checkpoint is the last finite one. Every
     process takes the same decision (the flags are summed), or the others would wait in the next
@@ -366,14 +335,18 @@ def _stop_if_diverged(accelerator, model: torch.nn.Module, values: dict[str, flo
     elif flags[0] > 0:
         what = "the loss of another process is NaN/inf"
     else:
-        what = (f"the losses were finite but the update made parameters {bad_params[:5]}"
-                f"{' …' if len(bad_params) > 5 else ''} NaN/inf")
+        what = (
+            f"the losses were finite but the update made parameters {bad_params[:5]}"
+            f"{' …' if len(bad_params) > 5 else ''} NaN/inf"
+        )
     kept = checkpoints_in(run_dir)
     keep = f"the last finite checkpoint, {kept[-1]}, is kept" if kept else "no checkpoint had been written yet"
     fp16 = " or train the backbone in bfloat16 (float16 overflows)" if cfg.policy.backbone_dtype == "float16" else ""
-    raise TrainingDiverged(f"training diverged at step {step} (epoch {epoch}, batch {batch} of {n_batches}): "
-                           f"{what}; nothing of this step was saved and {keep}. Expected finite losses: "
-                           f"lower --lr (now {cfg.train.lr:g}){fp16}.")
+    raise TrainingDiverged(
+        f"training diverged at step {step} (epoch {epoch}, batch {batch} of {n_batches}): "
+        f"{what}; nothing of this step was saved and {keep}. Expected finite losses: "
+        f"lower --lr (now {cfg.train.lr:g}){fp16}."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

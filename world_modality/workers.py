@@ -98,8 +98,15 @@ class WorkerPool:
     initializer, is raised by `next_finished`.
     """
 
-    def __init__(self, workers: int, timeout_s: float | None = None, retries: int = 1,
-                 initializer: Callable | None = None, initargs: tuple = (), max_deaths_in_a_row: int = 3):
+    def __init__(
+        self,
+        workers: int,
+        timeout_s: float | None = None,
+        retries: int = 1,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        max_deaths_in_a_row: int = 3,
+    ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}.")
         if timeout_s is not None and timeout_s <= 0:
@@ -116,8 +123,9 @@ class WorkerPool:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # Fresh interpreters: MuJoCo's GL context and robosuite's globals must not be forked.
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_initialize, initargs=self._init)
+        return ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_initialize, initargs=self._init
+        )
 
     @property
     def free(self) -> int:
@@ -132,8 +140,9 @@ class WorkerPool:
 
     def submit(self, key: Hashable, fn: Callable, *args) -> None:
         if self.free <= 0:
-            raise RuntimeError(f"all {self.workers} workers are busy; wait for next_finished() "
-                               f"before submitting {key!r}.")
+            raise RuntimeError(
+                f"all {self.workers} workers are busy; wait for next_finished() before submitting {key!r}."
+            )
         self._start(key, _Running(fn, args, 0.0, 1), time.monotonic())
 
     def _start(self, key: Hashable, job: _Running, now: float) -> None:
@@ -171,8 +180,10 @@ class WorkerPool:
         if died:
             self._deaths_in_a_row += 1
             if self._deaths_in_a_row >= self._max_deaths:
-                raise WorkersKeepDying(f"worker processes died {self._deaths_in_a_row} times in a row with no job "
-                                       "finishing in between; their output above says why.")
+                raise WorkersKeepDying(
+                    f"worker processes died {self._deaths_in_a_row} times in a row with no job "
+                    "finishing in between; their output above says why."
+                )
         running, self._running = self._running, {}
         self._pool = self._new_pool()
         for fut, (key, job) in running.items():

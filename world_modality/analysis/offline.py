@@ -29,9 +29,15 @@ from ..world.prophet import world_mse
 
 
 @torch.no_grad()
-def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_size: int = 32,
-                     modes: Sequence[str] = MEMORY_MODES, seed: int = 0, split: str = "val",
-                     device: str = "auto") -> dict:
+def evaluate_offline(
+    checkpoint: str | Path,
+    dataset: str | None = None,
+    batch_size: int = 32,
+    modes: Sequence[str] = MEMORY_MODES,
+    seed: int = 0,
+    split: str = "val",
+    device: str = "auto",
+) -> dict:
     check_settings(batch_size, modes, split)
     device = resolve_device(device)
     ckpt = resolve_checkpoint(checkpoint)
@@ -42,8 +48,10 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
     data = prepare_data(cfg, policy.world_encoder if policy.needs_world else None, progress=False)
     ds, shapes = data.dataset, policy.shapes
     if (ds.state.shape[1], ds.action.shape[1]) != (shapes.state_dim, shapes.action_dim):
-        raise ValueError(f"dataset {ds.root} has {ds.state.shape[1]}-D states and {ds.action.shape[1]}-D actions; the "
-                         f"checkpoint {ckpt} was trained on {shapes.state_dim}-D states and {shapes.action_dim}-D actions.")
+        raise ValueError(
+            f"dataset {ds.root} has {ds.state.shape[1]}-D states and {ds.action.shape[1]}-D actions; the "
+            f"checkpoint {ckpt} was trained on {shapes.state_dim}-D states and {shapes.action_dim}-D actions."
+        )
     rows = data.val_rows if split == "val" else data.train_rows
     if len(rows) == 0:
         raise ValueError(f"no {split} rows to evaluate in {cfg.data.dataset}.")
@@ -60,7 +68,9 @@ def evaluate_offline(checkpoint: str | Path, dataset: str | None = None, batch_s
         mask = batch.action_mask.float()[..., None]
         for mode in modes:
             gen = torch.Generator(device=device).manual_seed(seed + start)
-            pred, ctx = policy.predict_actions(batch, memory_mode=None if mode == "none" else mode, generator=gen, return_context=True)
+            pred, ctx = policy.predict_actions(
+                batch, memory_mode=None if mode == "none" else mode, generator=gen, return_context=True
+            )
             err = (pred - batch.actions) ** 2
             err_norm = err / policy.action_std**2
             s = sums[mode]
@@ -117,13 +127,20 @@ def check_output_file(path: str | Path) -> None:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"offline evaluation of {result['checkpoint']} on {result['n_episodes']} {result['split']} episodes "
-             f"({result['n_frames']} frames)", "", f"{'memory':<10} {'action MSE (norm.)':>19} {'action MSE (raw)':>17}"]
+    lines = [
+        f"offline evaluation of {result['checkpoint']} on {result['n_episodes']} {result['split']} episodes "
+        f"({result['n_frames']} frames)",
+        "",
+        f"{'memory':<10} {'action MSE (norm.)':>19} {'action MSE (raw)':>17}",
+    ]
     for mode, v in result["action_mse"].items():
         lines.append(f"{mode:<10} {v:>19.4f} {result['action_mse_raw'][mode]:>17.5f}")
     if "world_mse" in result:
-        lines += ["", f"world MSE (normalised latents): prophet {result['world_mse']:.4f} | "
-                      f"copy-last {result['world_mse_copy_last']:.4f} | skill {result['world_skill']:+.3f}"]
+        lines += [
+            "",
+            f"world MSE (normalised latents): prophet {result['world_mse']:.4f} | "
+            f"copy-last {result['world_mse_copy_last']:.4f} | skill {result['world_skill']:+.3f}",
+        ]
     if result.get("gate") is not None:
         lines.append(f"gate: raw {result['gate']:+.4f}, tanh {np.tanh(result['gate']):+.4f}")
     return "\n".join(lines)

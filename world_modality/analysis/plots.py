@@ -52,8 +52,16 @@ def plot_training_curves(runs: Mapping[str, Sequence[dict]], path: str | Path) -
             x, y = _series(records, metric)
             if len(x) == 0:
                 continue
-            ax.plot(x, y, ls=styles[i % len(styles)], marker=markers[i % len(markers)] if len(x) <= 30 else None,
-                    ms=5, mfc="none", color=colors[i % len(colors)], label=name)
+            ax.plot(
+                x,
+                y,
+                ls=styles[i % len(styles)],
+                marker=markers[i % len(markers)] if len(x) <= 30 else None,
+                ms=5,
+                mfc="none",
+                color=colors[i % len(colors)],
+                label=name,
+            )
             drawn += 1
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -92,21 +100,25 @@ def plot_success_bars(groups: Mapping[str, Mapping], path: str | Path, title: st
     long_names = max(len(str(n)) for n in names) > 10 or len(names) > 8
     fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(names) + 2.0), 4.6 if long_names else 4.0))
     ax.bar(x, rate, width=0.65, color="#4C72B0", alpha=0.85, label="success rate")
-    ax.errorbar(x, rate, yerr=[rate - lo, hi - rate], fmt="none", ecolor="black", capsize=4, lw=1.2,
-                label="95% Wilson interval")
+    ax.errorbar(
+        x, rate, yerr=[rate - lo, hi - rate], fmt="none", ecolor="black", capsize=4, lw=1.2, label="95% Wilson interval"
+    )
     labels = list(dict.fromkeys(lab for n in names for lab in groups[n].get("points", {})))
     for j, lab in enumerate(labels):  # dots spread across the bar so that equal rates stay visible
         off = 0.0 if len(labels) == 1 else (j / (len(labels) - 1) - 0.5) * 0.36
-        pts = [(xi + off, 100 * groups[n]["points"][lab]) for xi, n in zip(x, names)
-               if lab in groups[n].get("points", {})]
-        ax.scatter(*zip(*pts), s=30, marker="osD^vP*X"[j % 8], color="#DD8452", edgecolor="black", lw=0.6, zorder=3,
-                   label=lab)
+        pts = [
+            (xi + off, 100 * groups[n]["points"][lab]) for xi, n in zip(x, names) if lab in groups[n].get("points", {})
+        ]
+        ax.scatter(
+            *zip(*pts), s=30, marker="osD^vP*X"[j % 8], color="#DD8452", edgecolor="black", lw=0.6, zorder=3, label=lab
+        )
     for xi, hi_i, k, name in zip(x, hi, ks, names):
         hi_i = max([hi_i, *(100 * v + 2 for v in groups[name].get("points", {}).values())])  # label above the dots
         ax.text(xi, min(hi_i + 2, 103), f"{k}/{groups[name]['n']}", ha="center", va="bottom", fontsize=9)
     ax.set_xticks(x)
-    ax.set_xticklabels([str(n) for n in names], rotation=30 if long_names else 0,
-                       ha="right" if long_names else "center")
+    ax.set_xticklabels(
+        [str(n) for n in names], rotation=30 if long_names else 0, ha="right" if long_names else "center"
+    )
     ax.set_ylim(0, 118 if labels else 112)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("closed-loop success rate (%)")
@@ -117,22 +129,29 @@ def plot_success_bars(groups: Mapping[str, Mapping], path: str | Path, title: st
     return _save(fig, path)
 
 
-def frame_strip(frames: Sequence[np.ndarray], path: str | Path, labels: Sequence[str] | None = None,
-                title: str | None = None) -> Path:
+def frame_strip(
+    frames: Sequence[np.ndarray], path: str | Path, labels: Sequence[str] | None = None, title: str | None = None
+) -> Path:
     """A row of HxWx3 uint8 frames saved as one PNG, each with an optional label underneath."""
     if len(frames) == 0:
         raise ValueError("frame_strip needs at least one frame; got none.")
     if labels is not None and len(labels) != len(frames):
-        raise ValueError(f"frame_strip got {len(labels)} labels for {len(frames)} frames; expected one label per "
-                         f"frame.")
+        raise ValueError(
+            f"frame_strip got {len(labels)} labels for {len(frames)} frames; expected one label per frame."
+        )
     for i, f in enumerate(frames):
         f = np.asarray(f)
         if f.ndim != 3 or f.shape[2] != 3:
             raise ValueError(f"frame {i} has shape {f.shape}; expected HxWx3 (uint8 RGB).")
     h, w = np.asarray(frames[0]).shape[:2]
     panel = 2.0  # inches per frame: small 32-128 px frames stay legible after upscaling
-    fig, axes = plt.subplots(1, len(frames), figsize=(panel * len(frames), panel * h / w + (0.6 if title else 0.35)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(frames),
+        figsize=(panel * len(frames), panel * h / w + (0.6 if title else 0.35)),
+        squeeze=False,
+        layout="constrained",
+    )
     for i, (ax, f) in enumerate(zip(axes[0], frames)):
         ax.imshow(np.asarray(f, dtype=np.uint8), interpolation="nearest")
         ax.set_xticks([])

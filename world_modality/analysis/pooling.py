@@ -88,11 +88,17 @@ def pool_runs(runs: list[dict]) -> dict:
         per_seed = {r["train_seed"]: {k: r["summary"]["overall"][k] for k in ("n", "k", "rate", "errors")} for r in rs}
         n, k = sum(c["n"] for c in per_seed.values()), sum(c["k"] for c in per_seed.values())
         rates = [c["rate"] for c in per_seed.values() if c["n"]]
-        out[p] = {"n": n, "k": k, "rate": k / n if n else float("nan"), "ci": wilson_interval(k, n),
-                  "errors": sum(c["errors"] for c in per_seed.values()), "per_seed": per_seed,
-                  "seed_mean": float(np.mean(rates)) if rates else float("nan"),
-                  "seed_std": float(np.std(rates, ddof=1)) if len(rates) > 1 else None,
-                  "memory": sorted({r["mode"] for r in rs}, key=str)}
+        out[p] = {
+            "n": n,
+            "k": k,
+            "rate": k / n if n else float("nan"),
+            "ci": wilson_interval(k, n),
+            "errors": sum(c["errors"] for c in per_seed.values()),
+            "per_seed": per_seed,
+            "seed_mean": float(np.mean(rates)) if rates else float("nan"),
+            "seed_std": float(np.std(rates, ddof=1)) if len(rates) > 1 else None,
+            "memory": sorted({r["mode"] for r in rs}, key=str),
+        }
     return out
 
 
@@ -129,13 +135,35 @@ def pooled_paired(runs: list[dict], pair: tuple[str, str]) -> dict | None:
         sa, sb = ({k: v for k, v in d.items() if k[0] == s} for d in (a, b))
         if usable_pairs(sa, sb):
             pc = paired_comparison(sa, sb)
-            per_seed[s] = {k: pc[k] for k in ("n_pairs", "success_a", "success_b", "rate_a", "rate_b", "diff",
-                                              "diff_ci", "diff_ci_method", "b_only", "a_only", "error_pairs", "p")}
+            per_seed[s] = {
+                k: pc[k]
+                for k in (
+                    "n_pairs",
+                    "success_a",
+                    "success_b",
+                    "rate_a",
+                    "rate_b",
+                    "diff",
+                    "diff_ci",
+                    "diff_ci_method",
+                    "b_only",
+                    "a_only",
+                    "error_pairs",
+                    "p",
+                )
+            }
             per_seed[s]["test"] = f"{pc['test']} (per seed)"
     diffs = [v["diff"] for v in per_seed.values()]
-    return {"a": pair[0], "b": pair[1], **clustered_paired_comparison(a, b, cluster_of), "per_seed": per_seed,
-            "seed_diff_mean": float(np.mean(diffs)),
-            "seed_diff_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
-            "unpaired_seeds": {"a": sorted({k[0] for k in a} - set(per_seed), key=seed_key),
-                               "b": sorted({k[0] for k in b} - set(per_seed), key=seed_key)},
-            "extra_eval_seeds": {"a": extra[0], "b": extra[1]}}
+    return {
+        "a": pair[0],
+        "b": pair[1],
+        **clustered_paired_comparison(a, b, cluster_of),
+        "per_seed": per_seed,
+        "seed_diff_mean": float(np.mean(diffs)),
+        "seed_diff_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
+        "unpaired_seeds": {
+            "a": sorted({k[0] for k in a} - set(per_seed), key=seed_key),
+            "b": sorted({k[0] for k in b} - set(per_seed), key=seed_key),
+        },
+        "extra_eval_seeds": {"a": extra[0], "b": extra[1]},
+    }

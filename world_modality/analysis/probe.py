@@ -20,9 +20,10 @@ cannot swing) and overall (pooled over every position entry). 0 is the held-out 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,8 +55,10 @@ def position_targets(dataset) -> tuple[np.ndarray, list[str], dict[str, list[int
     if not idx:
         from ..data.lerobot import DatasetError
 
-        raise DatasetError(f"dataset {dataset.root}: no entry of {ENV_STATE_KEY!r} names a position "
-                           f"('<object>.pos.x'); its entries: {names[:6]}{' ...' if len(names) > 6 else ''}.")
+        raise DatasetError(
+            f"dataset {dataset.root}: no entry of {ENV_STATE_KEY!r} names a position "
+            f"('<object>.pos.x'); its entries: {names[:6]}{' ...' if len(names) > 6 else ''}."
+        )
     return values[:, idx].astype(np.float64), [names[i] for i in idx], objects
 
 
@@ -106,9 +109,11 @@ def r2_scores(y: np.ndarray, pred: np.ndarray, names: Sequence[str], objects: di
         t = float(tot[cols].sum())
         return None if t <= SS_FLOOR else 1.0 - float(res[cols].sum()) / t
 
-    return {"overall": pooled(list(range(y.shape[1]))),
-            "objects": {o: pooled(cols) for o, cols in objects.items()},
-            "entries": {n: pooled([j]) for j, n in enumerate(names)}}
+    return {
+        "overall": pooled(list(range(y.shape[1]))),
+        "objects": {o: pooled(cols) for o, cols in objects.items()},
+        "entries": {n: pooled([j]) for j, n in enumerate(names)},
+    }
 
 
 def episode_split(episode_of_row: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +127,14 @@ def episode_split(episode_of_row: np.ndarray, fraction: float, seed: int) -> tup
     return np.flatnonzero(~out), np.flatnonzero(out)
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, episode_of_row: np.ndarray, names: Sequence[str],
-              objects: dict[str, list[int]], seed: int = 0) -> tuple[Ridge, dict[str, Any]]:
+def fit_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    episode_of_row: np.ndarray,
+    names: Sequence[str],
+    objects: dict[str, list[int]],
+    seed: int = 0,
+) -> tuple[Ridge, dict[str, Any]]:
     """The ridge strength with the best overall R² on a seeded episode split of these (training) rows, then
     that strength refitted on all of them. Ties go to the stronger ridge."""
     fit, val = episode_split(episode_of_row, INNER_VAL_FRACTION, seed)
@@ -132,31 +143,51 @@ def fit_probe(x: np.ndarray, y: np.ndarray, episode_of_row: np.ndarray, names: S
         r2 = r2_scores(y[val], ridge.predict(x[val]), names, objects)["overall"]
         scores[ridge.lam] = -np.inf if r2 is None else r2
     best = max(scores, key=lambda lam: (scores[lam], lam))
-    selection = {"lambda": best, "alpha": best * len(x), "validation_r2": {f"{k:g}": v for k, v in scores.items()},
-                 "validation_episodes": sorted(int(e) for e in np.unique(episode_of_row[val])), "seed": int(seed)}
+    selection = {
+        "lambda": best,
+        "alpha": best * len(x),
+        "validation_r2": {f"{k:g}": v for k, v in scores.items()},
+        "validation_episodes": sorted(int(e) for e in np.unique(episode_of_row[val])),
+        "seed": int(seed),
+    }
     return fit_ridge(x, y, [best])[0], selection
 
 
 # -- probes -----------------------------------------------------------------------------------------------
-def probe_arrays(x: np.ndarray, positions: np.ndarray, names: Sequence[str], objects: dict[str, list[int]],
-                 episode_ids: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray, seed: int = 0,
-                 future_rows: np.ndarray | None = None, z_pred_test: np.ndarray | None = None,
-                 k: int | None = None) -> dict[str, Any]:
+def probe_arrays(
+    x: np.ndarray,
+    positions: np.ndarray,
+    names: Sequence[str],
+    objects: dict[str, list[int]],
+    episode_ids: np.ndarray,
+    train_rows: np.ndarray,
+    test_rows: np.ndarray,
+    seed: int = 0,
+    future_rows: np.ndarray | None = None,
+    z_pred_test: np.ndarray | None = None,
+    k: int | None = None,
+) -> dict[str, Any]:
     """The probe on arrays: features `x` (N, D) of every row, `positions` (N, P). With `future_rows` (row t+k of
     every row) and `z_pred_test` (the Prophet's prediction for each test row), the future readouts too."""
     x, positions = np.asarray(x, np.float64), np.asarray(positions, np.float64)
     train_rows, test_rows = np.asarray(train_rows), np.asarray(test_rows)
     if not len(test_rows):
-        raise ValueError("the probe has no held-out rows to score: the dataset needs at least two episodes of a "
-                         "task (one is held out)")
+        raise ValueError(
+            "the probe has no held-out rows to score: the dataset needs at least two episodes of a "
+            "task (one is held out)"
+        )
     if np.intersect1d(episode_ids[train_rows], episode_ids[test_rows]).size:
         raise ValueError("training and held-out rows share an episode; the probe is scored on unseen episodes")
     ridge, selection = fit_probe(x[train_rows], positions[train_rows], episode_ids[train_rows], names, objects, seed)
     result: dict[str, Any] = {
-        "format": FORMAT, "targets": list(names), "objects": list(objects),
+        "format": FORMAT,
+        "targets": list(names),
+        "objects": list(objects),
         "train_episodes": sorted(int(e) for e in np.unique(episode_ids[train_rows])),
         "test_episodes": sorted(int(e) for e in np.unique(episode_ids[test_rows])),
-        "n_train_rows": int(len(train_rows)), "n_test_rows": int(len(test_rows)), "feature_dim": int(x.shape[1]),
+        "n_train_rows": int(len(train_rows)),
+        "n_test_rows": int(len(test_rows)),
+        "feature_dim": int(x.shape[1]),
         "ridge": selection,
         "present": r2_scores(positions[test_rows], ridge.predict(x[test_rows]), names, objects),
     }
@@ -166,11 +197,13 @@ def probe_arrays(x: np.ndarray, positions: np.ndarray, names: Sequence[str], obj
         result["future"] = {"k": k}
         if z_pred_test is not None:
             result["future"]["prophet"] = r2_scores(truth, ridge.predict(z_pred_test), names, objects)
-        result["future"].update({
-            "latent_copy_last": r2_scores(truth, ridge.predict(x[test_rows]), names, objects),
-            "true_future_latent": r2_scores(truth, ridge.predict(x[fut]), names, objects),
-            "copy_last": r2_scores(truth, positions[test_rows], names, objects),
-        })
+        result["future"].update(
+            {
+                "latent_copy_last": r2_scores(truth, ridge.predict(x[test_rows]), names, objects),
+                "true_future_latent": r2_scores(truth, ridge.predict(x[fut]), names, objects),
+                "copy_last": r2_scores(truth, positions[test_rows], names, objects),
+            }
+        )
     return result
 
 
@@ -191,22 +224,40 @@ def probe_dataset(cfg, encoder=None, *, raw_env_state: bool = False, progress: b
     positions, names, objects = position_targets(data.dataset)
     if raw_env_state:
         x = read_env_state(data.dataset, what=WHAT)[0]
-        features = {"features": "environment_state (raw vector: an upper bound, it contains the targets)",
-                    "encoder": None}
+        features = {
+            "features": "environment_state (raw vector: an upper bound, it contains the targets)",
+            "encoder": None,
+        }
     else:
         x = data.latents.latents
         features = {"features": f"z_t of {encoder.encoder_id}", "encoder": encoder.config_dict()}
     train_rows, test_rows = _split_rows(data)
-    result = probe_arrays(x, positions, names, objects, data.dataset.episode_ids, train_rows, test_rows,
-                          seed=cfg.train.seed)
-    return {**features, "dataset": str(data.dataset.root), "checkpoint": None,
-            "window": {"m": cfg.world.num_frames, "frame_stride": cfg.world.frame_stride,
-                       "camera": cfg.world.world_image_key, "image_size": cfg.data.image_size},
-            "val_fraction": cfg.data.val_fraction, **result}
+    result = probe_arrays(
+        x, positions, names, objects, data.dataset.episode_ids, train_rows, test_rows, seed=cfg.train.seed
+    )
+    return {
+        **features,
+        "dataset": str(data.dataset.root),
+        "checkpoint": None,
+        "window": {
+            "m": cfg.world.num_frames,
+            "frame_stride": cfg.world.frame_stride,
+            "camera": cfg.world.world_image_key,
+            "image_size": cfg.data.image_size,
+        },
+        "val_fraction": cfg.data.val_fraction,
+        **result,
+    }
 
 
-def probe_run(checkpoint: str | Path, dataset: str | None = None, seed: int = 0, batch_size: int = 32,
-              device: str = "auto", progress: bool = True) -> dict[str, Any]:
+def probe_run(
+    checkpoint: str | Path,
+    dataset: str | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Probe a trained run: its encoder's z_t (present) and its Prophet's prediction of z_{t+k} (future), on
     the run's own held-out episodes, which neither the Prophet nor the probe saw."""
     import torch
@@ -226,8 +277,10 @@ def probe_run(checkpoint: str | Path, dataset: str | None = None, seed: int = 0,
         cfg = cfg.replace(dataset=dataset)
     require_env_state(cfg.data.dataset)
     if cfg.policy.disable_future_injection and cfg.world.lambda_world == 0:
-        raise ConfigError(f"run {ckpt} was trained without the world modality (no world encoder, no Prophet); "
-                          f"probe an encoder on its dataset with --dataset instead.")
+        raise ConfigError(
+            f"run {ckpt} was trained without the world modality (no world encoder, no Prophet); "
+            f"probe an encoder on its dataset with --dataset instead."
+        )
     policy = load_checkpoint(ckpt, device)
     cfg = policy.cfg
     if dataset:
@@ -243,14 +296,34 @@ def probe_run(checkpoint: str | Path, dataset: str | None = None, seed: int = 0,
             batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))]).to(device)
             preds.append(policy.context(batch)["z_pred"].float().cpu().numpy())
     z_pred = np.concatenate(preds) if preds else np.zeros((0, data.latents.latent_dim))
-    result = probe_arrays(data.latents.latents, positions, names, objects, data.dataset.episode_ids, train_rows,
-                          test_rows, seed=seed, future_rows=data.future_rows, z_pred_test=z_pred,
-                          k=cfg.world.future_offset)
+    result = probe_arrays(
+        data.latents.latents,
+        positions,
+        names,
+        objects,
+        data.dataset.episode_ids,
+        train_rows,
+        test_rows,
+        seed=seed,
+        future_rows=data.future_rows,
+        z_pred_test=z_pred,
+        k=cfg.world.future_offset,
+    )
     enc = policy.world_encoder
-    return {"features": f"z_t of {enc.encoder_id}", "encoder": enc.config_dict(), "dataset": str(data.dataset.root),
-            "checkpoint": str(ckpt), "window": {"m": cfg.world.num_frames, "frame_stride": cfg.world.frame_stride,
-                                                "camera": cfg.world.world_image_key, "image_size": cfg.data.image_size},
-            "val_fraction": cfg.data.val_fraction, **result}
+    return {
+        "features": f"z_t of {enc.encoder_id}",
+        "encoder": enc.config_dict(),
+        "dataset": str(data.dataset.root),
+        "checkpoint": str(ckpt),
+        "window": {
+            "m": cfg.world.num_frames,
+            "frame_stride": cfg.world.frame_stride,
+            "camera": cfg.world.world_image_key,
+            "image_size": cfg.data.image_size,
+        },
+        "val_fraction": cfg.data.val_fraction,
+        **result,
+    }
 
 
 # -- output -----------------------------------------------------------------------------------------------
@@ -258,8 +331,12 @@ def _r2(x: float | None) -> str:
     return "-" if x is None else f"{x:+.3f}"
 
 
-FUTURE_COLUMNS = (("prophet", "pred z_t+k"), ("latent_copy_last", "z_t"), ("true_future_latent", "true z_t+k"),
-                  ("copy_last", "copy-last pos_t"))
+FUTURE_COLUMNS = (
+    ("prophet", "pred z_t+k"),
+    ("latent_copy_last", "z_t"),
+    ("true_future_latent", "true z_t+k"),
+    ("copy_last", "copy-last pos_t"),
+)
 
 
 def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -270,8 +347,10 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["object", "z_t -> pos_t"] + [f"{label} -> pos_t+{k}" for _, label in cols]
     rows = []
     for obj in [*result["objects"], None]:
+
         def pick(scores):
             return scores["overall"] if obj is None else scores["objects"].get(obj)
+
         rows.append([obj or "overall", _r2(pick(result["present"]))] + [_r2(pick(fut[c])) for c, _ in cols])
     return header, rows
 
@@ -285,11 +364,13 @@ def format_table(result: dict[str, Any]) -> str:
 
     ridge = result["ridge"]
     # probe_arrays alone names neither the features nor the dataset; probe_dataset and probe_run add them.
-    head = [f"probe of {result.get('features', 'the features given')} on {result.get('dataset', 'the rows given')}",
-            f"ridge (lambda {ridge['lambda']:g}, chosen on {len(ridge['validation_episodes'])} training episodes) fit "
-            f"on {len(result['train_episodes'])} training episodes ({result['n_train_rows']} rows); R² on "
-            f"{len(result['test_episodes'])} held-out episodes ({result['n_test_rows']} rows), 1 = exact, "
-            f"0 = their mean"]
+    head = [
+        f"probe of {result.get('features', 'the features given')} on {result.get('dataset', 'the rows given')}",
+        f"ridge (lambda {ridge['lambda']:g}, chosen on {len(ridge['validation_episodes'])} training episodes) fit "
+        f"on {len(result['train_episodes'])} training episodes ({result['n_train_rows']} rows); R² on "
+        f"{len(result['test_episodes'])} held-out episodes ({result['n_test_rows']} rows), 1 = exact, "
+        f"0 = their mean",
+    ]
     return "\n".join(head + ["", line(header), *map(line, rows)])
 
 

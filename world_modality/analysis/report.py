@@ -1,6 +1,7 @@
 """Markdown + HTML report over training runs: curves, closed-loop success (errored episodes counted apart), the
 train/evaluation overlap check, memory ablation, paired A/B test. Loads runs (runs.py), builds the sections
-(sections.py, tables.py) and renders them (render.py); the statistics are stats.py's and pooling.py's."""
+(sections.py, sections_detail.py, tables.py) and renders them (render.py); the statistics are stats.py's and
+pooling.py's."""
 
 from __future__ import annotations
 
@@ -12,17 +13,8 @@ from .plots import plot_training_curves
 from .pooling import assign_seeds, choose_pooled_pair, pool_runs, pooled_paired
 from .render import render_html, render_md
 from .runs import headline_mode, load_run
-from .sections import (
-    ablation_blocks,
-    offline_vs_closed_blocks,
-    overlap_blocks,
-    overlap_warnings,
-    pooled_blocks,
-    probe_blocks,
-    strip_blocks,
-    success_blocks,
-    summary_blocks,
-)
+from .sections import overlap_blocks, overlap_warnings, success_blocks, summary_blocks
+from .sections_detail import ablation_blocks, offline_vs_closed_blocks, pooled_blocks, probe_blocks, strip_blocks
 from .stats import summarize_episodes
 from .tables import paired_blocks, pooled_paired_blocks
 
@@ -64,8 +56,14 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
         seen[r["name"]] += 1
         r["name"] += f" #{seen[r['name']]}" if counts[r["name"]] > 1 else ""
     images: list[Path] = []
-    result: dict = {"experiments": {}, "paired": None, "duplicates": {}, "images": images, "pooled": {},
-                    "paired_pooled": None}
+    result: dict = {
+        "experiments": {},
+        "paired": None,
+        "duplicates": {},
+        "images": images,
+        "pooled": {},
+        "paired_pooled": None,
+    }
     for r in runs:
         r["mode"] = headline_mode(r)
         r["head"] = [e for e in r["episodes"] if e["memory"] == r["mode"]]
@@ -74,21 +72,38 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
         result["duplicates"][r["name"]] = r["duplicates"]
         if r["summary"]:
             o = r["summary"]["overall"]
-            result["experiments"][r["name"]] = {"memory": r["mode"], "n": o["n"], "k": o["k"], "rate": o["rate"],
-                                                "ci": o["ci"], "errors": o["errors"]}
+            result["experiments"][r["name"]] = {
+                "memory": r["mode"],
+                "n": o["n"],
+                "k": o["k"],
+                "rate": o["rate"],
+                "ci": o["ci"],
+                "errors": o["errors"],
+            }
     evald = [r for r in runs if r["episodes"] or r["errors"]]
-    result["overlap"] = {r["name"]: [{"eval": ev["dir"].name, "overlap": ev["overlap"], "note": ev["note"],
-                                      "train_overlap": ev["train_overlap"]} for ev in r["evals"]] for r in evald}
+    result["overlap"] = {
+        r["name"]: [
+            {"eval": ev["dir"].name, "overlap": ev["overlap"], "note": ev["note"], "train_overlap": ev["train_overlap"]}
+            for ev in r["evals"]
+        ]
+        for r in evald
+    }
     pair = _choose_compare(runs, compare, multi)
     result["pooled"], ppair = pool_runs(runs), choose_pooled_pair(runs, compare)
     result["paired_pooled"] = pooled_paired(runs, ppair) if ppair else None
 
-    blocks: list[tuple] = [("h", 1, "World-modality evaluation report"), *overlap_warnings(evald),
-                           *summary_blocks(runs, evald, pair, ppair if multi else None), ("h", 2, "Training curves")]
+    blocks: list[tuple] = [
+        ("h", 1, "World-modality evaluation report"),
+        *overlap_warnings(evald),
+        *summary_blocks(runs, evald, pair, ppair if multi else None),
+        ("h", 2, "Training curves"),
+    ]
     if any(r["metrics"] for r in runs):
         images.append(plot_training_curves({r["name"]: r["metrics"] for r in runs}, out_dir / "training_curves.png"))
-        blocks += [("img", "training_curves.png", "Training curves: action loss, world loss, tanh(gate) per epoch"),
-                   ("p", "Per-epoch training-set means; they describe optimisation, not which policy is better.")]
+        blocks += [
+            ("img", "training_curves.png", "Training curves: action loss, world loss, tanh(gate) per epoch"),
+            ("p", "Per-epoch training-set means; they describe optimisation, not which policy is better."),
+        ]
     else:
         blocks.append(("p", "No metrics.jsonl found in any run."))
     blocks += success_blocks(evald, out_dir, images)

@@ -40,8 +40,9 @@ def load_episodes(run_dir: Path) -> dict:
             r = {**r, "memory": r.get("memory") or "none", "_source": f.parent}
             missing = [k for k in ("suite", "task_id", "init_index", "success") if k not in r]
             if missing:
-                raise ValueError(f"an episode in {f} lacks {missing}; expected the closed-loop episode fields, "
-                                 f"got {sorted(r)}.")
+                raise ValueError(
+                    f"an episode in {f} lacks {missing}; expected the closed-loop episode fields, got {sorted(r)}."
+                )
             try:
                 outcome(r)
             except ValueError as e:
@@ -52,10 +53,17 @@ def load_episodes(run_dir: Path) -> dict:
     repeats = [r for r in recs if not is_error(r) and first[episode_key(r)] is not r]
     conflicts = sum(outcome(r) != outcome(first[episode_key(r)]) for r in repeats)
     retried = sum(1 for r in recs if is_error(r) and episode_key(r) in first)
-    evals = [_eval_folder(d, [r for r in finished if r["_source"] == d])
-             for d in sorted({f.parent for f in files})]
-    return {"episodes": finished, "errors": errors, "retried_errors": retried, "files": files,
-            "duplicates": len(repeats), "conflicts": conflicts, "bad_lines": bad, "evals": evals}
+    evals = [_eval_folder(d, [r for r in finished if r["_source"] == d]) for d in sorted({f.parent for f in files})]
+    return {
+        "episodes": finished,
+        "errors": errors,
+        "retried_errors": retried,
+        "files": files,
+        "duplicates": len(repeats),
+        "conflicts": conflicts,
+        "bad_lines": bad,
+        "evals": evals,
+    }
 
 
 def _eval_folder(folder: Path, episodes: list[dict]) -> dict:
@@ -73,25 +81,34 @@ def _eval_folder(folder: Path, episodes: list[dict]) -> dict:
         overlap = data.get("overlap") if isinstance(data, dict) else None
         if not isinstance(overlap, dict):
             overlap, note = None, note or "settings.json has no overlap record: evaluated before the check existed"
-    flagged = sorted(((e["suite"], e["task_id"], e["init_index"], e["memory"]) for e in episodes
-                      if e.get("train_overlap")), key=repr)
+    flagged = sorted(
+        ((e["suite"], e["task_id"], e["init_index"], e["memory"]) for e in episodes if e.get("train_overlap")), key=repr
+    )
     return {"dir": folder, "overlap": overlap, "note": note, "train_overlap": flagged}
 
 
 def load_run(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; expected a training run folder with "
-                                f"config.json.")
+        raise FileNotFoundError(
+            f"run directory {run_dir} does not exist; expected a training run folder with config.json."
+        )
     cfg = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     metrics = read_jsonl(run_dir / "metrics.jsonl")[0]
     offline_path = run_dir / "eval_offline_val.json"
     probe_path = run_dir / "probe.json"  # `world-modality probe --checkpoint RUN`
-    return {"dir": run_dir, "name": cfg.get("preset") or run_dir.name, "preset": cfg.get("preset") or run_dir.name,
-            "config": cfg, "metrics": metrics, "probe": read_json(probe_path) if probe_path.exists() else None,
-            "offline": read_json(offline_path) if offline_path.exists() else None, **load_episodes(run_dir),
-            "videos": sorted((run_dir / "eval").glob("*/videos/*.mp4")),
-            "strips": sorted((run_dir / "eval").glob("*/videos/*.png"))}
+    return {
+        "dir": run_dir,
+        "name": cfg.get("preset") or run_dir.name,
+        "preset": cfg.get("preset") or run_dir.name,
+        "config": cfg,
+        "metrics": metrics,
+        "probe": read_json(probe_path) if probe_path.exists() else None,
+        "offline": read_json(offline_path) if offline_path.exists() else None,
+        **load_episodes(run_dir),
+        "videos": sorted((run_dir / "eval").glob("*/videos/*.mp4")),
+        "strips": sorted((run_dir / "eval").glob("*/videos/*.png")),
+    }
 
 
 def headline_mode(run: dict) -> str | None:
@@ -114,8 +131,10 @@ def video_frames(path: Path, n: int = 6) -> tuple[list[np.ndarray], list[str]]:
     if not decoded:
         raise ValueError(f"{path} has no video frames.")
     idx = np.unique(np.linspace(0, len(decoded) - 1, n).round().astype(int))
-    labels = [f"frame {i + 1}/{len(decoded)}" + (f" · {decoded[i][1]:.1f} s" if decoded[i][1] is not None else "")
-              for i in idx]
+    labels = [
+        f"frame {i + 1}/{len(decoded)}" + (f" · {decoded[i][1]:.1f} s" if decoded[i][1] is not None else "")
+        for i in idx
+    ]
     return [decoded[i][0] for i in idx], labels
 
 
@@ -127,8 +146,9 @@ def video_outcome(path: Path, episodes: list[dict]) -> tuple[bool | None, dict |
     same = [e for e in episodes if e["_source"] == path.parent.parent]
     hits = [e for e in same + episodes if e.get("video") and Path(e["video"]).name == path.name]
     if not hits and task and init:
-        hits = [e for e in same + episodes
-                if e["task_id"] == int(task.group(1)) and e["init_index"] == int(init.group(1))]
+        hits = [
+            e for e in same + episodes if e["task_id"] == int(task.group(1)) and e["init_index"] == int(init.group(1))
+        ]
     if hits:
         return bool(hits[0]["success"]), hits[0]
     return (False if "fail" in stem else True if "succ" in stem or stem.endswith("_ok") else None), None

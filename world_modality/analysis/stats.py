@@ -58,8 +58,13 @@ def exact_mcnemar(b: int, c: int) -> float:
     return float(min(1.0, sps.binomtest(b, b + c, 0.5).pvalue))
 
 
-def paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bool | None], confidence: float = 0.95,
-                      n_boot: int = 10000, seed: int = 0) -> dict:
+def paired_comparison(
+    a: Mapping[Hashable, bool | None],
+    b: Mapping[Hashable, bool | None],
+    confidence: float = 0.95,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict:
     """Compare two policies on the episodes they share (same suite, task and initial state).
 
     A value of None is an errored episode: a shared key with None on either side is left out and counted in
@@ -73,9 +78,11 @@ def paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bo
     errored = {k for k in shared if a[k] is None or b[k] is None}
     common = sorted(shared - errored, key=repr)  # repr: keys may mix types, order only needs to be stable
     if not common:
-        raise ValueError(f"paired_comparison needs keys present in both results; a has {len(a)} keys, b has {len(b)}, "
-                         f"{len(shared)} are shared, {len(errored)} of them with an error on a side "
-                         "(keys should be (suite, task_id, init_index) tuples).")
+        raise ValueError(
+            f"paired_comparison needs keys present in both results; a has {len(a)} keys, b has {len(b)}, "
+            f"{len(shared)} are shared, {len(errored)} of them with an error on a side "
+            "(keys should be (suite, task_id, init_index) tuples)."
+        )
     xa = np.array([bool(a[k]) for k in common])
     xb = np.array([bool(b[k]) for k in common])
     n = len(common)
@@ -107,8 +114,16 @@ def _pair_bootstrap(d: np.ndarray, confidence: float, n_boot: int, seed: int) ->
     """Percentile bootstrap interval of mean(d), resampling pairs; one pair has nothing to resample."""
     if len(d) < 2:
         return (float(d.mean()), float(d.mean()))
-    res = sps.bootstrap((d,), np.mean, vectorized=True, n_resamples=n_boot, confidence_level=confidence,
-                        method="percentile", rng=np.random.default_rng(seed), batch=1000)
+    res = sps.bootstrap(
+        (d,),
+        np.mean,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+        batch=1000,
+    )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
@@ -130,17 +145,29 @@ def cluster_sign_flip_test(cluster_sums, n_resamples: int = 100_000, seed: int =
     x = x[x != 0]
     m = len(x)
     if m <= 1:  # no sign pattern is more extreme than the observed one (scipy needs two observations)
-        return {"p": 1.0, "exact": True, "n_informative": m, "n_resamples": 2 ** m}
-    res = sps.permutation_test((x,), lambda v, axis: np.sum(v, axis=axis), permutation_type="samples",
-                               vectorized=True, n_resamples=n_resamples, alternative="two-sided",
-                               rng=np.random.default_rng(seed), batch=20_000)
-    exact = 2.0 ** m <= n_resamples  # scipy enumerates every sign pattern in that case
-    return {"p": float(min(1.0, res.pvalue)), "exact": exact, "n_informative": m,
-            "n_resamples": 2 ** m if exact else n_resamples}
+        return {"p": 1.0, "exact": True, "n_informative": m, "n_resamples": 2**m}
+    res = sps.permutation_test(
+        (x,),
+        lambda v, axis: np.sum(v, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+        batch=20_000,
+    )
+    exact = 2.0**m <= n_resamples  # scipy enumerates every sign pattern in that case
+    return {
+        "p": float(min(1.0, res.pvalue)),
+        "exact": exact,
+        "n_informative": m,
+        "n_resamples": 2**m if exact else n_resamples,
+    }
 
 
-def cluster_bootstrap_diff(cluster_sums, cluster_pairs, confidence: float = 0.95, n_boot: int = 10000,
-                           seed: int = 0) -> tuple[float, float]:
+def cluster_bootstrap_diff(
+    cluster_sums, cluster_pairs, confidence: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of sum(d) / sum(n) resampling whole clusters (each cluster's summed difference d
     and its number of pairs n go together). (nan, nan) with fewer than two clusters: nothing to resample."""
     conf = _check_confidence(confidence)
@@ -148,15 +175,28 @@ def cluster_bootstrap_diff(cluster_sums, cluster_pairs, confidence: float = 0.95
     d, n = np.asarray(cluster_sums, dtype=float), np.asarray(cluster_pairs, dtype=float)
     if len(d) < 2:
         return (float("nan"), float("nan"))
-    res = sps.bootstrap((d, n), lambda dd, nn, axis=-1: dd.sum(axis=axis) / nn.sum(axis=axis), paired=True,
-                        vectorized=True, n_resamples=n_boot, confidence_level=conf, method="percentile",
-                        rng=np.random.default_rng(seed))
+    res = sps.bootstrap(
+        (d, n),
+        lambda dd, nn, axis=-1: dd.sum(axis=axis) / nn.sum(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=conf,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
-def clustered_paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Hashable, bool | None],
-                                cluster: Callable[[Hashable], Hashable], confidence: float = 0.95, n_boot: int = 10000,
-                                n_perm: int = 100_000, seed: int = 0) -> dict:
+def clustered_paired_comparison(
+    a: Mapping[Hashable, bool | None],
+    b: Mapping[Hashable, bool | None],
+    cluster: Callable[[Hashable], Hashable],
+    confidence: float = 0.95,
+    n_boot: int = 10000,
+    n_perm: int = 100_000,
+    seed: int = 0,
+) -> dict:
     """paired_comparison's counts, with the p-value and interval that respect clustering: pairs whose keys map to
     one cluster (e.g. several training seeds on one (suite, task, initial state)) are not independent.
 
@@ -175,14 +215,22 @@ def clustered_paired_comparison(a: Mapping[Hashable, bool | None], b: Mapping[Ha
     order = sorted(sums, key=repr)
     d, n = [sums[c] for c in order], [pairs[c] for c in order]
     t = cluster_sign_flip_test(d, n_perm, seed)
-    how = (f"exact over 2^{t['n_informative']} sign patterns" if t["exact"]
-           else f"Monte Carlo, {t['n_resamples']} draws, seed {seed}")
+    how = (
+        f"exact over 2^{t['n_informative']} sign patterns"
+        if t["exact"]
+        else f"Monte Carlo, {t['n_resamples']} draws, seed {seed}"
+    )
     out = {k: v for k, v in base.items() if k not in ("mcnemar_p", "p", "test", "diff_ci", "diff_ci_method")}
-    return {**out, "p": t["p"], "p_exact": t["exact"],
-            "test": f"{CLUSTER_TEST} ({how}; {t['n_informative']} of {len(order)} clusters with a nonzero sum)",
-            "diff_ci": cluster_bootstrap_diff(d, n, confidence, n_boot, seed),
-            "diff_ci_method": f"{CLUSTER_BOOTSTRAP} ({len(order)} clusters, {n_boot} draws, seed {seed})",
-            "n_clusters": len(order), "n_informative_clusters": t["n_informative"]}
+    return {
+        **out,
+        "p": t["p"],
+        "p_exact": t["exact"],
+        "test": f"{CLUSTER_TEST} ({how}; {t['n_informative']} of {len(order)} clusters with a nonzero sum)",
+        "diff_ci": cluster_bootstrap_diff(d, n, confidence, n_boot, seed),
+        "diff_ci_method": f"{CLUSTER_BOOTSTRAP} ({len(order)} clusters, {n_boot} draws, seed {seed})",
+        "n_clusters": len(order),
+        "n_informative_clusters": t["n_informative"],
+    }
 
 
 def _cell(k: int, n: int, errors: int, confidence: float) -> dict:
@@ -207,8 +255,9 @@ def summarize_episodes(records: list[dict], confidence: float = 0.95) -> dict:
         missing = [f for f in ("suite", "task_id") if f not in r]
         missing += [] if "success" in r or "outcome" in r else ["success"]
         if missing:
-            raise ValueError(f"episode record {i} lacks {missing}; expected fields suite, task_id, success, "
-                             f"got {sorted(r)}.")
+            raise ValueError(
+                f"episode record {i} lacks {missing}; expected fields suite, task_id, success, got {sorted(r)}."
+            )
         key = (r["suite"], r["task_id"])
         out = outcome(r)
         for acc in (per_task[key], per_suite[r["suite"]]):

@@ -59,14 +59,38 @@ def paired_table(a: str, b: str, comparisons: Sequence[dict], first: tuple[str, 
     clustered_paired_comparison's dict). A "clusters" column follows "pairs" when every comparison is clustered;
     first = (header, values) puts a leading column before them (e.g. the training seed of each row)."""
     clustered = bool(comparisons) and all("n_clusters" in pc for pc in comparisons)
-    header = [*([first[0]] if first else []), "pairs", *(["clusters"] if clustered else []), f"{a} success",
-              f"{b} success", "difference", "95% interval", "interval method", f"{b} only", f"{a} only", "p", "test"]
+    header = [
+        *([first[0]] if first else []),
+        "pairs",
+        *(["clusters"] if clustered else []),
+        f"{a} success",
+        f"{b} success",
+        "difference",
+        "95% interval",
+        "interval method",
+        f"{b} only",
+        f"{a} only",
+        "p",
+        "test",
+    ]
     rows = []
     for i, pc in enumerate(comparisons):
-        rows.append([*([first[1][i]] if first else []), pc["n_pairs"], *([pc["n_clusters"]] if clustered else []),
-                     f"{pc['success_a']} ({pct(pc['rate_a'])})", f"{pc['success_b']} ({pct(pc['rate_b'])})",
-                     f"{100 * pc['diff']:+.1f} pp", interval_pp(pc["diff_ci"]), pc["diff_ci_method"], pc["b_only"],
-                     pc["a_only"], f"{pc['p']:.4g}", pc["test"]])
+        rows.append(
+            [
+                *([first[1][i]] if first else []),
+                pc["n_pairs"],
+                *([pc["n_clusters"]] if clustered else []),
+                f"{pc['success_a']} ({pct(pc['rate_a'])})",
+                f"{pc['success_b']} ({pct(pc['rate_b'])})",
+                f"{100 * pc['diff']:+.1f} pp",
+                interval_pp(pc["diff_ci"]),
+                pc["diff_ci_method"],
+                pc["b_only"],
+                pc["a_only"],
+                f"{pc['p']:.4g}",
+                pc["test"],
+            ]
+        )
     return ("table", header, rows)
 
 
@@ -75,24 +99,42 @@ def paired_blocks(runs: list[dict], pair, result: dict, multi: bool = False) -> 
     episodes; sets result["paired"]."""
     blocks: list[tuple] = [("h", 2, "Paired comparison")]
     if not pair:
-        return [] if multi else blocks + [("p", "No paired comparison: it needs two experiments with closed-loop "
-                                                "results.")]
+        return (
+            []
+            if multi
+            else blocks + [("p", "No paired comparison: it needs two experiments with closed-loop results.")]
+        )
     ra, rb = (next(r for r in runs if r["name"] == n) for n in pair)
     (ka, xa), (kb, xb) = pair_keys(ra["head"], ra["head_errors"]), pair_keys(rb["head"], rb["head_errors"])
     if not usable_pairs(ka, kb):
-        return blocks + [("p", f"No paired comparison: {pair[0]} and {pair[1]} share no finished closed-loop "
-                               "(suite, task, initial state) episodes.")]
+        return blocks + [
+            (
+                "p",
+                f"No paired comparison: {pair[0]} and {pair[1]} share no finished closed-loop "
+                "(suite, task, initial state) episodes.",
+            )
+        ]
     pc = paired_comparison(ka, kb)
     result["paired"] = {"a": pair[0], "b": pair[1], **pc}
-    left = (f"Episodes without a partner were left out: {pc['unpaired_keys']['a']} of {pair[0]}, "
-            f"{pc['unpaired_keys']['b']} of {pair[1]}; pairs left out because an episode ended in an error on either "
-            f"side: {pc['error_pairs']}"
-            + (f"; extra seeds at one initial state (lowest seed kept): {xa} of {pair[0]}, {xb} of {pair[1]}."
-               if xa or xb else "."))
+    left = (
+        f"Episodes without a partner were left out: {pc['unpaired_keys']['a']} of {pair[0]}, "
+        f"{pc['unpaired_keys']['b']} of {pair[1]}; pairs left out because an episode ended in an error on either "
+        f"side: {pc['error_pairs']}"
+        + (
+            f"; extra seeds at one initial state (lowest seed kept): {xa} of {pair[0]}, {xb} of {pair[1]}."
+            if xa or xb
+            else "."
+        )
+    )
     return blocks + [
-        ("p", f"{pair[1]} (memory {rb['mode']}) against {pair[0]} (memory {ra['mode']}) on {pc['n_pairs']} identical "
-              f"(suite, task, initial state) episodes. Difference = {pair[1]} − {pair[0]}."),
-        paired_table(pair[0], pair[1], [pc]), ("p", left)]
+        (
+            "p",
+            f"{pair[1]} (memory {rb['mode']}) against {pair[0]} (memory {ra['mode']}) on {pc['n_pairs']} identical "
+            f"(suite, task, initial state) episodes. Difference = {pair[1]} − {pair[0]}.",
+        ),
+        paired_table(pair[0], pair[1], [pc]),
+        ("p", left),
+    ]
 
 
 def pooled_paired_blocks(pair, pc: dict | None) -> list[tuple]:
@@ -101,27 +143,39 @@ def pooled_paired_blocks(pair, pc: dict | None) -> list[tuple]:
     if not pair:
         return blocks + [("p", "No paired comparison: it needs two experiments with closed-loop results.")]
     if pc is None:
-        return blocks + [("p", f"No paired comparison: {pair[0]} and {pair[1]} share no finished (training seed, "
-                               "suite, task, initial state) episodes.")]
+        return blocks + [
+            (
+                "p",
+                f"No paired comparison: {pair[0]} and {pair[1]} share no finished (training seed, "
+                "suite, task, initial state) episodes.",
+            )
+        ]
     ua, ub, xa, xb = pc["unpaired_keys"]["a"], pc["unpaired_keys"]["b"], *pc["extra_eval_seeds"].values()
     left = f"Keys that could not be paired (left out): {ua} of {pair[0]}, {ub} of {pair[1]}"
     for side, name in (("a", pair[0]), ("b", pair[1])):
         if pc["unpaired_seeds"][side]:
             left += f"; {name} training seed(s) without a partner: {', '.join(map(str, pc['unpaired_seeds'][side]))}"
     left += f"; pairs left out because an episode ended in an error on either side: {pc['error_pairs']}"
-    left += (f"; extra evaluation seeds at one initial state (lowest kept): {xa} of {pair[0]}, {xb} of {pair[1]}."
-             if xa or xb else ".")
+    left += (
+        f"; extra evaluation seeds at one initial state (lowest kept): {xa} of {pair[0]}, {xb} of {pair[1]}."
+        if xa or xb
+        else "."
+    )
     return blocks + [
-        ("p", f"{pair[1]} against {pair[0]}: training seed s of {pair[1]} is paired with training seed s of {pair[0]} "
-              f"on identical (suite, task, initial state) episodes, i.e. pairs keyed by (training seed, suite, task, "
-              f"initial state); {pc['n_pairs']} pairs over {len(pc['per_seed'])} seed(s) and {pc['n_clusters']} "
-              f"(suite, task, initial state) clusters. Difference = {pair[1]} − {pair[0]}. The seeds share their "
-              "initial states, so pairs of one cluster are not independent: the pooled p-value flips the sign of each "
-              "cluster's summed difference (the seeds move together) and the pooled interval resamples whole "
-              "clusters. An exact McNemar test on the pooled pairs would count each seed's repeat of an initial state "
-              "as new evidence, so it is used only per seed, where each cluster holds one pair."),
+        (
+            "p",
+            f"{pair[1]} against {pair[0]}: training seed s of {pair[1]} is paired with training seed s of {pair[0]} "
+            f"on identical (suite, task, initial state) episodes, i.e. pairs keyed by (training seed, suite, task, "
+            f"initial state); {pc['n_pairs']} pairs over {len(pc['per_seed'])} seed(s) and {pc['n_clusters']} "
+            f"(suite, task, initial state) clusters. Difference = {pair[1]} − {pair[0]}. The seeds share their "
+            "initial states, so pairs of one cluster are not independent: the pooled p-value flips the sign of each "
+            "cluster's summed difference (the seeds move together) and the pooled interval resamples whole "
+            "clusters. An exact McNemar test on the pooled pairs would count each seed's repeat of an initial state "
+            "as new evidence, so it is used only per seed, where each cluster holds one pair.",
+        ),
         paired_table(pair[0], pair[1], [pc]),
         ("p", left),
         ("h", 3, "Per training seed"),
         paired_table(pair[0], pair[1], list(pc["per_seed"].values()), ("training seed", list(pc["per_seed"]))),
-        ("p", f"Per-seed differences: mean ± std = {mean_std(pc['seed_diff_mean'], pc['seed_diff_std'], 'pp')}.")]
+        ("p", f"Per-seed differences: mean ± std = {mean_std(pc['seed_diff_mean'], pc['seed_diff_std'], 'pp')}."),
+    ]

@@ -91,14 +91,35 @@ def test_cli_without_environment_state_is_one_line(fixture_dataset, tmp_path, ca
 @pytest.fixture(scope="module")
 def env_dataset(tmp_path_factory):
     # The session fixture's episodes (same seed and sizes), with the environment state recorded.
-    return make_fixture_dataset(tmp_path_factory.mktemp("envdata") / "fixture", n_episodes=12, length=24,
-                                image_size=32, n_tasks=2, seed=0, with_environment_state=True)
+    return make_fixture_dataset(
+        tmp_path_factory.mktemp("envdata") / "fixture",
+        n_episodes=12,
+        length=24,
+        image_size=32,
+        n_tasks=2,
+        seed=0,
+        with_environment_state=True,
+    )
 
 
 def test_cli_probes_an_encoder_and_env_state_reads_back_exactly(env_dataset, tmp_path, capsys):
     out = tmp_path / "p.json"
-    assert main(["probe", "--dataset", str(env_dataset), "--image_size", "32", "--world_image_size", "32",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--dataset",
+                str(env_dataset),
+                "--image_size",
+                "32",
+                "--world_image_size",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["objects"] == ["block_1", "goal_1"] and result["encoder"]["name"] == "tiny-vjepa2"
     assert result["present"]["overall"] is not None and "future" not in result
@@ -107,8 +128,9 @@ def test_cli_probes_an_encoder_and_env_state_reads_back_exactly(env_dataset, tmp
     from world_modality.analysis.probe import probe_dataset
     from world_modality.config import build_config
 
-    raw = probe_dataset(build_config({"dataset": str(env_dataset), "image_size": 32}), raw_env_state=True,
-                        progress=False)
+    raw = probe_dataset(
+        build_config({"dataset": str(env_dataset), "image_size": 32}), raw_env_state=True, progress=False
+    )
     assert raw["present"]["overall"] > 0.999  # the targets are part of the input: the upper bound
 
 

@@ -20,9 +20,19 @@ E2_ZERO = {(t, i): i % 2 == 0 for t in range(2) for i in range(6)}
 
 
 def _episode(t, i, ok, memory, exp):
-    return {"suite": SUITE, "task_id": t, "task": f"put bowl {t} on plate", "init_index": i, "seed": 0,
-            "memory": memory, "success": ok, "steps": 80 if ok else 220, "failure": None if ok else "timeout",
-            "seconds": 3.2, "experiment": exp}
+    return {
+        "suite": SUITE,
+        "task_id": t,
+        "task": f"put bowl {t} on plate",
+        "init_index": i,
+        "seed": 0,
+        "memory": memory,
+        "success": ok,
+        "steps": 80 if ok else 220,
+        "failure": None if ok else "timeout",
+        "seconds": 3.2,
+        "experiment": exp,
+    }
 
 
 def _write_jsonl(path, records):
@@ -57,9 +67,17 @@ def _make_run(root, preset, with_world, outcomes=None, extra_modes=None):
             m.update({"world_loss": 0.8 / ep, "gate": 0.05 * ep, "gate_tanh": float(np.tanh(0.05 * ep))})
         metrics.append(m)
     _write_jsonl(run / "metrics.jsonl", metrics)
-    offline = {"action_mse": {"none": 0.41}, "gate": None} if not with_world else \
-        {"action_mse": {"predicted": 0.38, "oracle": 0.35, "zero": 0.45}, "world_mse": 0.6, "world_mse_copy_last": 0.8,
-         "world_skill": 0.25, "gate": 0.2}
+    offline = (
+        {"action_mse": {"none": 0.41}, "gate": None}
+        if not with_world
+        else {
+            "action_mse": {"predicted": 0.38, "oracle": 0.35, "zero": 0.45},
+            "world_mse": 0.6,
+            "world_mse_copy_last": 0.8,
+            "world_skill": 0.25,
+            "gate": 0.2,
+        }
+    )
     (run / "eval_offline_val.json").write_text(json.dumps(offline))
     if outcomes is None:
         return run
@@ -69,8 +87,11 @@ def _make_run(root, preset, with_world, outcomes=None, extra_modes=None):
     first = [next(k for k, v in outcomes.items() if v == want) for want in (True, False)]
     names = {}
     for k, (t, i) in enumerate(first):
-        names[(t, i)] = f"task{t:02d}_init{i:02d}_{'ok' if outcomes[(t, i)] else 'fail'}.mp4" if with_world \
+        names[(t, i)] = (
+            f"task{t:02d}_init{i:02d}_{'ok' if outcomes[(t, i)] else 'fail'}.mp4"
+            if with_world
             else f"{SUITE}_task{t}_init{i}.mp4"
+        )
         _write_mp4(run / "eval" / mode / "videos" / names[(t, i)], seed=k)
     for e in eps:
         if with_world and (e["task_id"], e["init_index"]) in names:
@@ -81,8 +102,9 @@ def _make_run(root, preset, with_world, outcomes=None, extra_modes=None):
     else:  # a resumed evaluation that wrote one episode twice
         _write_jsonl(run / "eval" / mode / "episodes.jsonl", eps + [eps[3]])
     for m, outs in (extra_modes or {}).items():
-        _write_jsonl(run / "eval" / m / "episodes.jsonl",
-                     [_episode(t, i, ok, m, preset) for (t, i), ok in outs.items()])
+        _write_jsonl(
+            run / "eval" / m / "episodes.jsonl", [_episode(t, i, ok, m, preset) for (t, i), ok in outs.items()]
+        )
     return run
 
 
@@ -103,8 +125,15 @@ def test_report_end_to_end(tmp_path):
     htm = (out / "report.html").read_text()
     assert res["report_md"] == out / "report.md" and res["report_html"] == out / "report.html"
     assert res["compare"] == ("E0", "E2")
-    for name in ("training_curves.png", "success_overall.png", "success_memory.png", "strip_E2_success.png",
-                 "strip_E2_failure.png", "strip_E0_success.png", "strip_E0_failure.png"):
+    for name in (
+        "training_curves.png",
+        "success_overall.png",
+        "success_memory.png",
+        "strip_E2_success.png",
+        "strip_E2_failure.png",
+        "strip_E0_success.png",
+        "strip_E0_failure.png",
+    ):
         _assert_png(out / name)
         assert f"]({name})" in md and f"src='{name}'" in htm
     assert set(res["images"]) >= {out / "training_curves.png", out / "success_overall.png"}
@@ -129,12 +158,15 @@ def test_report_end_to_end(tmp_path):
     assert (pc["n_pairs"], pc["b_only"], pc["a_only"]) == (12, b_only, a_only)
     assert pc["diff"] == pytest.approx(diff) and pc["mcnemar_p"] == pytest.approx(p)
     assert pc["unpaired_keys"] == {"a": 1, "b": 0}
-    ci = paired_comparison({(SUITE, *k): E0_OUT[k] for k in E0_OUT},
-                           {(SUITE, *k): E2_OUT[k] for k in E2_OUT})["diff_ci"]
-    row = (f"| 12 | {sum(E0_OUT[k] for k in common)} ({100 * sum(E0_OUT[k] for k in common) / 12:.1f}%) "
-           f"| {k2} ({100 * k2 / 12:.1f}%) | {100 * diff:+.1f} pp | [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] pp "
-           f"| paired percentile bootstrap over pairs (10000 draws, seed 0) | {b_only} | {a_only} | {p:.4g} "
-           "| exact McNemar |")
+    ci = paired_comparison({(SUITE, *k): E0_OUT[k] for k in E0_OUT}, {(SUITE, *k): E2_OUT[k] for k in E2_OUT})[
+        "diff_ci"
+    ]
+    row = (
+        f"| 12 | {sum(E0_OUT[k] for k in common)} ({100 * sum(E0_OUT[k] for k in common) / 12:.1f}%) "
+        f"| {k2} ({100 * k2 / 12:.1f}%) | {100 * diff:+.1f} pp | [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] pp "
+        f"| paired percentile bootstrap over pairs (10000 draws, seed 0) | {b_only} | {a_only} | {p:.4g} "
+        "| exact McNemar |"
+    )
     assert row in md
     assert pc["test"] == "exact McNemar" and pc["p"] == pc["mcnemar_p"] and pc["error_pairs"] == 0
 
@@ -169,8 +201,13 @@ def test_report_errors(tmp_path):
 
 
 def test_plots_directly(tmp_path):
-    runs = {"A": [{"kind": "train", "epoch": 1, "action_loss": 1.0}, {"kind": "train", "epoch": 1, "action_loss": 0.9},
-                  {"kind": "val", "epoch": 1, "action_loss": 5.0}]}
+    runs = {
+        "A": [
+            {"kind": "train", "epoch": 1, "action_loss": 1.0},
+            {"kind": "train", "epoch": 1, "action_loss": 0.9},
+            {"kind": "val", "epoch": 1, "action_loss": 5.0},
+        ]
+    }
     _assert_png(plot_training_curves(runs, tmp_path / "c.png"))
     _assert_png(plot_success_bars({"A": {"rate": 0.5, "lo": 0.2, "hi": 0.8, "n": 10}}, tmp_path / "b.png", "t"))
     frames = [np.full((16, 24, 3), 40 * k, np.uint8) for k in range(3)]
@@ -185,9 +222,21 @@ def test_plots_directly(tmp_path):
 
 
 def _err(t, i, memory, exp, msg="RuntimeError: MuJoCo step diverged"):
-    return {"suite": SUITE, "task_id": t, "task": f"put bowl {t} on plate", "init_index": i, "seed": 0,
-            "memory": memory, "success": None, "outcome": "error", "error": msg, "steps": 3, "failure": None,
-            "seconds": 0.1, "experiment": exp}
+    return {
+        "suite": SUITE,
+        "task_id": t,
+        "task": f"put bowl {t} on plate",
+        "init_index": i,
+        "seed": 0,
+        "memory": memory,
+        "success": None,
+        "outcome": "error",
+        "error": msg,
+        "steps": 3,
+        "failure": None,
+        "seconds": 0.1,
+        "experiment": exp,
+    }
 
 
 def _new(rec):
@@ -204,8 +253,9 @@ def test_report_counts_errors_apart_and_retried_errors_once(tmp_path):
     # (1, 5) errored on a start E0 finished; a torn last line.
     e2 = _make_run(tmp_path, "E2", True)
     outs = dict(E2_OUT)
-    recs = [_new(_episode(t, i, ok, "predicted", "E2")) for (t, i), ok in outs.items()
-            if (t, i) not in {(1, 3), (1, 5)}]
+    recs = [
+        _new(_episode(t, i, ok, "predicted", "E2")) for (t, i), ok in outs.items() if (t, i) not in {(1, 3), (1, 5)}
+    ]
     first = [_err(0, 2, "predicted", "E2"), _err(1, 3, "predicted", "E2"), _err(1, 5, "predicted", "E2")]
     rerun = [_err(1, 3, "predicted", "E2", "MemoryError: out of memory")]
     path = e2 / "eval" / "predicted" / "episodes.jsonl"
@@ -216,16 +266,23 @@ def test_report_counts_errors_apart_and_retried_errors_once(tmp_path):
 
     finished = {k: v for k, v in outs.items() if k not in {(1, 3), (1, 5)}}
     k2 = sum(finished.values())
-    assert res["experiments"]["E2"] == {"memory": "predicted", "n": 10, "k": k2, "rate": pytest.approx(k2 / 10),
-                                        "ci": pytest.approx(wilson_interval(k2, 10)), "errors": 2}
+    assert res["experiments"]["E2"] == {
+        "memory": "predicted",
+        "n": 10,
+        "k": k2,
+        "rate": pytest.approx(k2 / 10),
+        "ci": pytest.approx(wilson_interval(k2, 10)),
+        "errors": 2,
+    }
     k0 = sum(v for j, v in enumerate(E2_ZERO.values()) if j != 1)
     assert res["experiments"]["E0"]["n"] == 12 and res["experiments"]["E0"]["k"] == k0
     assert res["experiments"]["E0"]["errors"] == 0  # an old file's exception stays a failure
 
     # Success table: errors apart, old-format exceptions labelled as failures.
     lo, hi = wilson_interval(k2, 10)
-    assert (f"| E2 | predicted | 10 | {k2} | {100 * k2 / 10:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}]% | "
-            f"{10 - k2} | 2 | 0 |") in md
+    assert (
+        f"| E2 | predicted | 10 | {k2} | {100 * k2 / 10:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}]% | {10 - k2} | 2 | 0 |"
+    ) in md
     assert "| E0 | none | 12 |" in md and f"| {12 - k0 - 1} | 0 | 1 |" in md
     assert "| errors (excluded) | old-format exceptions (counted as failures) |" in md
     assert "E2: 1 episode file(s) merged; 0 duplicate episode line(s)" in md
@@ -245,51 +302,6 @@ def test_report_counts_errors_apart_and_retried_errors_once(tmp_path):
     assert "pairs left out because an episode ended in an error on either side: 2" in md
 
 
-def test_report_shows_the_overlap_check_and_flags_train_overlap(tmp_path):
-    e0 = _make_run(tmp_path, "E0", False, E0_OUT)
-    e2 = _make_run(tmp_path, "E2", True, E2_OUT, extra_modes={"zero": E2_ZERO, "shuffled": E2_ZERO})
-    # E2 predicted: checked, start (0, 3) overlaps a training start and was allowed; its episode is flagged.
-    (e2 / "eval" / "predicted" / "settings.json").write_text(json.dumps({"suite": SUITE, "overlap": {
-        "checked": True, "dataset": "runs/demo/data", "how": "recorded start states", "training_starts": 40,
-        "tolerance": 1e-3, "min_distance": 0.0, "overlapping": [[0, 3]], "allowed": True}}))
-    for shard in e2.glob("eval/predicted/episodes.shard-*.jsonl"):
-        recs = [json.loads(x) for x in shard.read_text().splitlines()]
-        _write_jsonl(shard, [{**r, "train_overlap": True} if (r["task_id"], r["init_index"]) == (0, 3) else r
-                             for r in recs])
-    # E2 zero: checked, nothing overlaps; E2 shuffled: a dataset without starts. E0: an old settings.json.
-    (e2 / "eval" / "zero" / "settings.json").write_text(json.dumps({"overlap": {
-        "checked": True, "dataset": "runs/demo/data", "training_starts": 40, "tolerance": 1e-3, "min_distance": 0.0421,
-        "overlapping": [], "allowed": False}}))
-    (e2 / "eval" / "shuffled" / "settings.json").write_text(json.dumps({"overlap": {
-        "checked": False, "dataset": "fixture", "how": "the training dataset records no start states",
-        "training_starts": 0, "tolerance": 1e-3, "min_distance": None, "overlapping": [], "allowed": False}}))
-    (e0 / "eval" / "none" / "settings.json").write_text(json.dumps({"suite": SUITE, "seed": 7}))
-    res = write_report([e0, e2], tmp_path / "out")
-    md = (tmp_path / "out" / "report.md").read_text()
-    htm = (tmp_path / "out" / "report.html").read_text()
-
-    assert "## Train/evaluation overlap check" in md
-    assert ("| E2 | predicted | yes (recorded start states) | runs/demo/data | 40 | 0 (tolerance 0.001) "
-            "| task 0 init 3 | yes | 1 |") in md
-    assert ("| E2 | shuffled | not checked (the training dataset records no start states) | fixture | 0 "
-            "| – (tolerance 0.001) | none | no | 0 |") in md
-    assert "| E2 | zero | yes | runs/demo/data | 40 | 0.0421 (tolerance 0.001) | none | no | 0 |" in md
-    assert ("| E0 | none | not checked (settings.json has no overlap record: evaluated before the check existed) "
-            "| – | – | – | – | – | 0 |") in md
-    warning = ("> **WARNING:** E2: 1 episode(s) were evaluated on initial states that overlap its training data "
-               f"(train_overlap): {SUITE} task 0 init 3 (memory predicted).")
-    assert md.count(warning) == 2  # at the top of the report and in the overlap section
-    assert md.index(warning) < md.index("## Runs")
-    assert "<p class='warn'>WARNING: E2: 1 episode(s)" in htm and ".warn{" in htm
-    assert res["overlap"]["E2"][0]["train_overlap"] == [(SUITE, 0, 3, "predicted")]
-    assert res["overlap"]["E0"][0]["overlap"] is None
-
-    # No settings.json at all: not checked, and no warning.
-    (e0 / "eval" / "none" / "settings.json").unlink()
-    md = (write_report([e0], tmp_path / "out2")["report_md"]).read_text()
-    assert "| E0 | none | not checked (no settings.json) |" in md and "WARNING" not in md
-
-
 def test_e2_present_headline_is_present_and_it_pairs_against_e0(tmp_path):
     """An E2-Present run is deployed with `present` memory (its config's mode): that is its headline, the paired
     comparison puts it against E0, and the ablation tables show predicted and present first, in MEMORY_MODES order."""
@@ -298,12 +310,18 @@ def test_e2_present_headline_is_present_and_it_pairs_against_e0(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     cfg["policy"]["memory_mode"] = "present"
     (run / "config.json").write_text(json.dumps(cfg))
-    offline = {"action_mse": {m: 0.3 + 0.01 * k for k, m in enumerate(["shuffle", "zero", "present", "predicted",
-                                                                       "random", "oracle"])}, "gate": 0.1}
+    offline = {
+        "action_mse": {
+            m: 0.3 + 0.01 * k for k, m in enumerate(["shuffle", "zero", "present", "predicted", "random", "oracle"])
+        },
+        "gate": 0.1,
+    }
     (run / "eval_offline_val.json").write_text(json.dumps(offline))
     for mode, outs in (("present", E2_OUT), ("predicted", E2_ZERO), ("zero", E2_ZERO)):
-        _write_jsonl(run / "eval" / f"{SUITE}-{mode}" / "episodes.jsonl",
-                     [_episode(t, i, ok, mode, "E2-Present") for (t, i), ok in outs.items()])
+        _write_jsonl(
+            run / "eval" / f"{SUITE}-{mode}" / "episodes.jsonl",
+            [_episode(t, i, ok, mode, "E2-Present") for (t, i), ok in outs.items()],
+        )
     for order in ([e0, run], [run, e0]):
         out = tmp_path / f"report-{order[0].name}"
         res = write_report(order, out)

@@ -11,10 +11,12 @@ from world_modality.analysis.report import write_report
 from world_modality.analysis.stats import clustered_paired_comparison, paired_comparison, wilson_interval
 from world_modality.analysis.test_report import SUITE, _assert_png, _episode, _err, _write_jsonl
 
-SWEEP = {("E0", 0): {(t, i): (t + i) % 3 == 0 for t in range(2) for i in range(5)},
-         ("E0", 1): {(t, i): i != 4 for t in range(2) for i in range(5)} | {(1, 9): True},
-         ("E2", 0): {(t, i): (t + 2 * i) % 4 != 1 for t in range(2) for i in range(5)},
-         ("E2", 1): {(t, i): t == 0 for t in range(2) for i in range(5)}}
+SWEEP = {
+    ("E0", 0): {(t, i): (t + i) % 3 == 0 for t in range(2) for i in range(5)},
+    ("E0", 1): {(t, i): i != 4 for t in range(2) for i in range(5)} | {(1, 9): True},
+    ("E2", 0): {(t, i): (t + 2 * i) % 4 != 1 for t in range(2) for i in range(5)},
+    ("E2", 1): {(t, i): t == 0 for t in range(2) for i in range(5)},
+}
 
 
 def _make_seed_run(root, preset, seed, outcomes, seed_in_config=True):
@@ -22,11 +24,13 @@ def _make_seed_run(root, preset, seed, outcomes, seed_in_config=True):
     run.mkdir(parents=True)
     train = {"seed": seed} if seed_in_config else {}  # without it, the seed comes from the folder name
     (run / "config.json").write_text(json.dumps({"preset": preset, "policy": {}, "train": train}))
-    _write_jsonl(run / "metrics.jsonl",
-                 [{"kind": "train", "epoch": ep, "action_loss": (1.0 + seed) / ep} for ep in (1, 2)])
+    _write_jsonl(
+        run / "metrics.jsonl", [{"kind": "train", "epoch": ep, "action_loss": (1.0 + seed) / ep} for ep in (1, 2)]
+    )
     mode = "predicted" if preset == "E2" else "none"
-    _write_jsonl(run / "eval" / mode / "episodes.jsonl",
-                 [_episode(t, i, ok, mode, preset) for (t, i), ok in outcomes.items()])
+    _write_jsonl(
+        run / "eval" / mode / "episodes.jsonl", [_episode(t, i, ok, mode, preset) for (t, i), ok in outcomes.items()]
+    )
     return run
 
 
@@ -46,8 +50,12 @@ def test_report_seed_sweep(tmp_path):
         rates = [sum(SWEEP[(p, s)].values()) / len(SWEEP[(p, s)]) for s in (0, 1)]
         assert set(pooled["per_seed"]) == {0, 1}
         for s, rate in zip((0, 1), rates):
-            assert pooled["per_seed"][s] == {"n": len(SWEEP[(p, s)]), "k": sum(SWEEP[(p, s)].values()),
-                                             "rate": pytest.approx(rate), "errors": 0}
+            assert pooled["per_seed"][s] == {
+                "n": len(SWEEP[(p, s)]),
+                "k": sum(SWEEP[(p, s)].values()),
+                "rate": pytest.approx(rate),
+                "errors": 0,
+            }
         assert pooled["seed_mean"] == pytest.approx(np.mean(rates))
         assert pooled["seed_std"] == pytest.approx(np.std(rates, ddof=1))
         lo, hi = wilson_interval(k, n)
@@ -67,8 +75,9 @@ def test_report_seed_sweep(tmp_path):
     ref = clustered_paired_comparison(a, b, lambda k: k[1:])
     assert "mcnemar_p" not in pc and pc["p"] == ref["p"] and pc["diff_ci"] == ref["diff_ci"]
     assert pc["test"].startswith("cluster sign-flip permutation over (suite, task, initial state) (exact")
-    assert pc["diff_ci_method"].startswith("cluster percentile bootstrap over (suite, task, initial state) "
-                                           "(10 clusters")
+    assert pc["diff_ci_method"].startswith(
+        "cluster percentile bootstrap over (suite, task, initial state) (10 clusters"
+    )
     assert pc["n_clusters"] == 10
     assert pc["unpaired_keys"] == {"a": 1, "b": 0} and pc["error_pairs"] == 0
     crossed = {(1 - k[0], *k[1:]): v for k, v in b.items()}  # E0 seed 0 against E2 seed 1: a different answer
@@ -82,8 +91,10 @@ def test_report_seed_sweep(tmp_path):
         assert pc["per_seed"][s]["p"] == pytest.approx(binomtest(bs, bs + as_, 0.5).pvalue)
         assert pc["per_seed"][s]["test"] == "exact McNemar (per seed)"
         assert f"| {s} | 10 | {sum(sa[k] for k in ks)} ({100 * sum(sa[k] for k in ks) / 10:.1f}%) |" in md
-    assert ("Keys that could not be paired (left out): 1 of E0, 0 of E2; pairs left out because an episode ended in an "
-            "error on either side: 0.") in md
+    assert (
+        "Keys that could not be paired (left out): 1 of E0, 0 of E2; pairs left out because an episode ended in an "
+        "error on either side: 0."
+    ) in md
     assert "## Paired comparison pooled over training seeds" in md and "| exact McNemar (per seed) |" in md
     assert f"| {pc['p']:.4g} | {pc['test']} |" in md and pc["diff_ci_method"] in md
     assert res["paired"] is None and res["compare"] is None and res["compare_pooled"] == ("E0", "E2")

@@ -106,10 +106,12 @@ def test_paired_comparison_identical_and_errors():
 
 
 def test_summarize_episodes():
-    recs = ([{"suite": "s", "task_id": 0, "task": "pick", "success": True}] * 3
-            + [{"suite": "s", "task_id": 0, "task": "pick", "success": False}]
-            + [{"suite": "s", "task_id": 1, "success": False}] * 2
-            + [{"suite": "t", "task_id": 0, "success": True}])
+    recs = (
+        [{"suite": "s", "task_id": 0, "task": "pick", "success": True}] * 3
+        + [{"suite": "s", "task_id": 0, "task": "pick", "success": False}]
+        + [{"suite": "s", "task_id": 1, "success": False}] * 2
+        + [{"suite": "t", "task_id": 0, "success": True}]
+    )
     s = summarize_episodes(recs)
     assert s["overall"]["n"] == 7 and s["overall"]["k"] == 4
     assert s["per_suite"]["s"]["k"] == 3 and s["per_suite"]["s"]["n"] == 6
@@ -124,12 +126,15 @@ def test_summarize_episodes():
 
 # --- errored episodes -------------------------------------------------------------------------------------------
 
+
 def test_summarize_episodes_counts_errors_apart():
-    recs = ([{"suite": "s", "task_id": 0, "success": True, "outcome": "success"}] * 2
-            + [{"suite": "s", "task_id": 0, "success": False, "outcome": "failure", "failure": "timeout"}]
-            + [{"suite": "s", "task_id": 0, "success": None, "outcome": "error", "error": "RuntimeError: sim"}] * 2
-            + [{"suite": "s", "task_id": 1, "success": None, "outcome": "error", "error": "MemoryError: "}]
-            + [{"suite": "t", "task_id": 0, "success": False, "failure": "exception: ValueError: x"}])  # old format
+    recs = (
+        [{"suite": "s", "task_id": 0, "success": True, "outcome": "success"}] * 2
+        + [{"suite": "s", "task_id": 0, "success": False, "outcome": "failure", "failure": "timeout"}]
+        + [{"suite": "s", "task_id": 0, "success": None, "outcome": "error", "error": "RuntimeError: sim"}] * 2
+        + [{"suite": "s", "task_id": 1, "success": None, "outcome": "error", "error": "MemoryError: "}]
+        + [{"suite": "t", "task_id": 0, "success": False, "failure": "exception: ValueError: x"}]
+    )  # old format
     s = summarize_episodes(recs)
     t0, t1 = s["per_task"][("s", 0)], s["per_task"][("s", 1)]
     assert (t0["k"], t0["n"], t0["errors"], t0["rate"]) == (2, 3, 2, pytest.approx(2 / 3))
@@ -157,6 +162,7 @@ def test_paired_comparison_leaves_out_errors_and_counts_them():
 
 
 # --- pooled over training seeds: clustered test and interval ----------------------------------------------------
+
 
 def _exact_sign_flip_p(sums) -> float:
     """Reference: the exact null distribution of sum(+-|s_c|) by convolution, P(|T| >= |t|)."""
@@ -211,8 +217,12 @@ def _replicated(outcomes: dict, seeds: int):
 
 
 # 6 initial states E2 only, 2 E0 only, 4 both succeed, 3 both fail.
-CLUSTERS = ({(0, i): (False, True) for i in range(6)} | {(1, i): (True, False) for i in range(2)}
-            | {(2, i): (True, True) for i in range(4)} | {(3, i): (False, False) for i in range(3)})
+CLUSTERS = (
+    {(0, i): (False, True) for i in range(6)}
+    | {(1, i): (True, False) for i in range(2)}
+    | {(2, i): (True, True) for i in range(4)}
+    | {(3, i): (False, False) for i in range(3)}
+)
 
 
 def test_replicating_seeds_shrinks_naive_mcnemar_but_not_the_clustered_p():

@@ -58,6 +58,7 @@ def check_memory_mode(mode: str, use: str) -> str:
             f"`memory_mode` must be 'predicted' or 'present' in training (the Prophet's prediction, or the current "
             f"latent z_t: history without foresight), got {mode!r}; "
             f"{', '.join(m for m in MEMORY_MODES if m not in TRAIN_MEMORY_MODES)} are evaluation ablations "
-            f"(eval-offline --memory, eval --memory).")
+            f"(eval-offline --memory, eval --memory)."
+        )
     why = " (oracle is offline-only: the true future depends on actions not yet taken)" if mode == "oracle" else ""
     raise ConfigError(f"{use} memory mode must be one of {allowed}, got {mode!r}{why}.")

@@ -37,36 +37,36 @@ FIELD_HELP = {
     "coc_jsonl": "JSONL file of chain-of-causation annotations {episode_index, frame_index, text} (E4's text loss)",
     # world
     "world_encoder": "tiny-vjepa2 (random V-JEPA 2, embedded default) | vjepa2 (weights from --world_encoder_path) | "
-                     "env_state (privileged: the dataset's observation.environment_state, object poses and joints, "
-                     "normalised with training statistics, m frames concatenated; the E2-State upper bound)",
+    "env_state (privileged: the dataset's observation.environment_state, object poses and joints, "
+    "normalised with training statistics, m frames concatenated; the E2-State upper bound)",
     "world_encoder_path": "local folder or hub-cache id of the V-JEPA 2 weights (needed by --world_encoder vjepa2)",
     "world_encoder_dtype": f"{_one_of(WORLD_ENCODER_DTYPES)}: the world encoder's weights (auto: bfloat16 for "
-                           f"vjepa2 on CUDA, else float32)",
+    f"vjepa2 on CUDA, else float32)",
     "world_image_key": "camera column the world encoder watches",
     "world_image_size": "side in pixels of the world encoder's input frames, 16 to 1024",
     "latent_suffix": "frames per world latent, written m<m> ('m4': the last 4 frames)",
     "frame_stride": "dataset frames between the m frames of a latent; also the closed-loop replanning interval",
     "world_tokens": "N spatial world tokens, a perfect square: the V-JEPA token map averaged over time and pooled to a "
-                    "√N×√N grid (4: 2x2); the Prophet predicts all N, the cross-attention attends over "
-                    "N × n_memory_tokens memory tokens; 1 = one mean vector",
+    "√N×√N grid (4: 2x2); the Prophet predicts all N, the cross-attention attends over "
+    "N × n_memory_tokens memory tokens; 1 = one mean vector",
     "future_offset": "k, in dataset frames: the Prophet predicts the latent z_{t+k}",
     "delta_prediction": "the Prophet predicts the change δ = z_{t+k} − z_t instead of z_{t+k}",
     "lambda_world": "weight of the world loss (the Prophet's error) in the total loss, >= 0; 0 = no world loss",
     "prophet_hidden": "width in units of the Prophet's MLP",
     "latent_cache_dir": "folder of the world-latent cache (unset: <dataset>/.cache/latents, or the user's cache "
-                        "folder for a read-only dataset)",
+    "folder for a read-only dataset)",
     # policy
     "backbone": f"the VLM backbone, {_one_of(BACKBONES)} (tiny-*: small random models, no download; qwen2.5-vl "
-                f"(Qwen2.5-VL) and smolvlm (SmolVLM) load --backbone_path)",
+    f"(Qwen2.5-VL) and smolvlm (SmolVLM) load --backbone_path)",
     "backbone_path": "local folder or hub-cache id of the VLM weights (needed by qwen2.5-vl and smolvlm)",
     "backbone_dtype": f"{_one_of(BACKBONE_DTYPES)}: the VLM's weights (bfloat16 on GPUs)",
     "freeze_backbone": "freeze every backbone weight (LoRA adapters still train; the checkpoint then leaves the "
-                       "pretrained weights out)",
+    "pretrained weights out)",
     "use_lora": "add LoRA adapters to the language model's attention projections",
     "lora_rank": "rank of each LoRA adapter, >= 1",
     "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / rank), >= 1",
     "lora_target": "regular expression on module names that get LoRA (unset: the family's language-model attention "
-                   "projections q/k/v/o)",
+    "projections q/k/v/o)",
     "n_act_tokens": "learned ACT query tokens read out after the prompt, >= 1",
     "chunk_size": "actions predicted per policy call, >= 1",
     "action_head": f"{_one_of(ACTION_HEADS)}: regress the chunk (mse) or sample it by flow matching (flow)",
@@ -75,9 +75,9 @@ FIELD_HELP = {
     "disable_future_injection": "remove the world-memory cross-attention branch (E0)",
     "n_memory_tokens": "tokens each world latent is projected to for the cross-attention, >= 1",
     "memory_mode": f"what the action path attends to in training and, by default, evaluation: "
-                   f"{_one_of(TRAIN_MEMORY_MODES)} (predicted: the Prophet's ẑ_{{t+k}}; present: z_t, history "
-                   f"without foresight, E2-Present); "
-                   f"{', '.join(m for m in MEMORY_MODES if m not in TRAIN_MEMORY_MODES)} are evaluation ablations",
+    f"{_one_of(TRAIN_MEMORY_MODES)} (predicted: the Prophet's ẑ_{{t+k}}; present: z_t, history "
+    f"without foresight, E2-Present); "
+    f"{', '.join(m for m in MEMORY_MODES if m not in TRAIN_MEMORY_MODES)} are evaluation ablations",
     "lambda_text": "weight of the chain-of-causation text loss, >= 0 (> 0 needs --coc_jsonl; E4)",
     "max_text_tokens": "longest chain-of-causation text, in tokens, >= 1",
     # train
@@ -91,32 +91,36 @@ FIELD_HELP = {
     "save_every_steps": "optimiser steps between extra mid-epoch checkpoints (0 = only at epoch ends)",
     "keep_checkpoints": "newest checkpoints kept on disk, >= 1",
     "resume": "continue from the newest checkpoint in --output_dir (--no-resume: move an earlier run aside and "
-              "start over)",
+    "start over)",
     "num_threads": "CPU threads for torch (0 = half the cores)",
     "augment_shift": "largest random image shift in pixels in training (0 = off)",
     "tensorboard": "also write TensorBoard logs to <output_dir>/tensorboard",
     "dist_timeout_minutes": "minutes the other processes of a multi-process run wait while the main one builds "
-                            "the caches, >= 1",
+    "the caches, >= 1",
     "num_workers": "DataLoader worker processes that assemble batches, >= 0 (0 = in the training process; "
-                   "results are the same bit for bit)",
+    "results are the same bit for bit)",
     "prefetch_factor": "batches each loader worker builds ahead, >= 1",
     "warmup_steps": "optimizer updates of linear learning-rate warmup from 0 to --lr, >= 0",
     "lr_schedule": "learning rate after warmup, one of constant, cosine (decays to 0 at the last update)",
     "grad_accum_steps": "batches whose gradients add up to one optimizer update, >= 1 (effective batch: "
-                        "batch_size x this x processes)",
+    "batch_size x this x processes)",
     "ema_decay": "decay of an exponential moving average of the trainable weights, in [0, 1) (0 = off); "
-                 "checkpoints store it as ema.safetensors and evaluation loads it",
+    "checkpoints store it as ema.safetensors and evaluation loads it",
     "val_loss": "log the held-out validation loss at each epoch end (val_* keys in metrics.jsonl)",
 }
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, named as the field; defaults suppressed so presets can show through."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help=f"named experiment to start from, {_one_of(sorted(PRESETS))} (default: none, the "
-                             f"field defaults)")
-    parser.add_argument("--config", default=None,
-                        help="a saved config.json to start from; --preset and the flags given override it")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help=f"named experiment to start from, {_one_of(sorted(PRESETS))} (default: none, the field defaults)",
+    )
+    parser.add_argument(
+        "--config", default=None, help="a saved config.json to start from; --preset and the flags given override it"
+    )
     for name, sub in SECTIONS.items():
         group = parser.add_argument_group(name)
         defaults = sub()
@@ -125,13 +129,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             flag = f"--{f.name}"
             help_text = f"{FIELD_HELP[f.name]} (default: {default!r})"
             if isinstance(default, bool):
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=help_text)
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+                )
             elif isinstance(default, tuple):
                 group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
             elif f.name == "grad_clip":
-                group.add_argument(flag, "--max_grad_norm", dest="grad_clip", type=float, default=argparse.SUPPRESS,
-                                   help=help_text)
+                group.add_argument(
+                    flag, "--max_grad_norm", dest="grad_clip", type=float, default=argparse.SUPPRESS, help=help_text
+                )
             elif f.name == "dataset":
                 group.add_argument(flag, "--dataset_root", dest="dataset", default=argparse.SUPPRESS, help=help_text)
             else:

@@ -32,8 +32,10 @@ def build_config(overrides: dict[str, Any], preset: str | None = None) -> Experi
     flat: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
     flat.update(overrides)
     if preset == "E2-Pretrained" and not flat.get("world_encoder_path"):
-        raise ConfigError("preset E2-Pretrained needs --world_encoder_path DIR: a folder `world-modality "
-                          "pretrain-world --out DIR` wrote (or any local V-JEPA 2 checkpoint).")
+        raise ConfigError(
+            "preset E2-Pretrained needs --world_encoder_path DIR: a folder `world-modality "
+            "pretrain-world --out DIR` wrote (or any local V-JEPA 2 checkpoint)."
+        )
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in flat.items():
         if key not in FIELD_SECTION:

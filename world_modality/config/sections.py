@@ -83,13 +83,18 @@ class WorldConfig:
         )
         check(self.frame_stride >= 1, f"`frame_stride` must be >= 1, got {self.frame_stride}.")
         check(self.future_offset >= 1, f"`future_offset` must be >= 1, got {self.future_offset}.")
-        check(isinstance(self.world_tokens, int) and self.world_tokens >= 1
-              and math.isqrt(self.world_tokens) ** 2 == self.world_tokens,
-              f"`world_tokens` must be a perfect square >= 1 (a √N×√N grid of the encoder's patches: 1, 4, 9, "
-              f"...), got {self.world_tokens!r}.")
+        check(
+            isinstance(self.world_tokens, int)
+            and self.world_tokens >= 1
+            and math.isqrt(self.world_tokens) ** 2 == self.world_tokens,
+            f"`world_tokens` must be a perfect square >= 1 (a √N×√N grid of the encoder's patches: 1, 4, 9, "
+            f"...), got {self.world_tokens!r}.",
+        )
         check(self.lambda_world >= 0, f"`lambda_world` must be >= 0, got {self.lambda_world}.")
-        check(16 <= self.world_image_size <= 1024,
-              f"`world_image_size` must be in [16, 1024], got {self.world_image_size}.")
+        check(
+            16 <= self.world_image_size <= 1024,
+            f"`world_image_size` must be in [16, 1024], got {self.world_image_size}.",
+        )
         check(self.prophet_hidden >= 1, f"`prophet_hidden` must be >= 1, got {self.prophet_hidden}.")
         check(
             self.world_encoder in WORLD_ENCODERS,
@@ -150,14 +155,19 @@ class PolicyConfig:
             self.backbone.startswith("tiny-") or bool(self.backbone_path),
             f"`backbone` {self.backbone!r} needs `backbone_path` (a local path or hub-cache id).",
         )
-        check(self.backbone_dtype in BACKBONE_DTYPES,
-              f"`backbone_dtype` must be one of {BACKBONE_DTYPES}, got {self.backbone_dtype!r}.")
-        check(self.action_head in ACTION_HEADS,
-              f"`action_head` must be one of {ACTION_HEADS}, got {self.action_head!r}.")
+        check(
+            self.backbone_dtype in BACKBONE_DTYPES,
+            f"`backbone_dtype` must be one of {BACKBONE_DTYPES}, got {self.backbone_dtype!r}.",
+        )
+        check(
+            self.action_head in ACTION_HEADS, f"`action_head` must be one of {ACTION_HEADS}, got {self.action_head!r}."
+        )
         check_memory_mode(self.memory_mode, "training")
-        check(self.memory_mode == "predicted" or not self.disable_future_injection,
-              f"`memory_mode` {self.memory_mode!r} needs the memory branch, which `disable_future_injection` "
-              f"removes (E0); expected the default 'predicted' there.")
+        check(
+            self.memory_mode == "predicted" or not self.disable_future_injection,
+            f"`memory_mode` {self.memory_mode!r} needs the memory branch, which `disable_future_injection` "
+            f"removes (E0); expected the default 'predicted' there.",
+        )
         check(
             self.flow_time_sampling in FLOW_TIME_SAMPLING,
             f"`flow_time_sampling` must be one of {FLOW_TIME_SAMPLING}, got {self.flow_time_sampling!r}.",
@@ -214,8 +224,10 @@ class TrainConfig:
         check(self.num_workers >= 0, f"`num_workers` must be >= 0, got {self.num_workers}.")
         check(self.prefetch_factor >= 1, f"`prefetch_factor` must be >= 1, got {self.prefetch_factor}.")
         check(self.warmup_steps >= 0, f"`warmup_steps` must be >= 0, got {self.warmup_steps}.")
-        check(self.lr_schedule in LR_SCHEDULES,
-              f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
+        check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}.",
+        )
         check(self.grad_accum_steps >= 1, f"`grad_accum_steps` must be >= 1, got {self.grad_accum_steps}.")
         check(0.0 <= self.ema_decay < 1.0, f"`ema_decay` must be in [0, 1) (0 = off), got {self.ema_decay}.")
         check(self.max_epochs >= 1, f"`max_epochs` must be >= 1, got {self.max_epochs}.")
@@ -224,13 +236,14 @@ class TrainConfig:
         check_finite(self)
         check(self.weight_decay >= 0, f"`weight_decay` must be >= 0, got {self.weight_decay}.")
         check(self.grad_clip >= 0, f"`grad_clip` must be >= 0 (0 = no clipping), got {self.grad_clip}.")
-        check(self.save_every_steps >= 0, f"`save_every_steps` must be >= 0 (0 = only at epoch ends), "
-                                          f"got {self.save_every_steps}.")
+        check(
+            self.save_every_steps >= 0,
+            f"`save_every_steps` must be >= 0 (0 = only at epoch ends), got {self.save_every_steps}.",
+        )
         check(self.keep_checkpoints >= 1, f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}.")
         check(self.num_threads >= 0, f"`num_threads` must be >= 0, got {self.num_threads}.")
         check(self.augment_shift >= 0, f"`augment_shift` must be >= 0 pixels, got {self.augment_shift}.")
-        check(self.dist_timeout_minutes >= 1,
-              f"`dist_timeout_minutes` must be >= 1, got {self.dist_timeout_minutes}.")
+        check(self.dist_timeout_minutes >= 1, f"`dist_timeout_minutes` must be >= 1, got {self.dist_timeout_minutes}.")
 
 
 @dataclass(frozen=True)
@@ -252,9 +265,13 @@ class ExperimentConfig:
         `dataclasses.replace`, so every check runs again; the config itself never changes."""
         unknown = sorted(set(fields) - set(FIELD_SECTION))
         check(not unknown, f"unknown config fields {unknown}.")
-        sections = {name: dataclasses.replace(getattr(self, name), **{k: v for k, v in fields.items()
-                                                                      if FIELD_SECTION[k] == name})
-                    for name in SECTIONS if any(FIELD_SECTION[k] == name for k in fields)}
+        sections = {
+            name: dataclasses.replace(
+                getattr(self, name), **{k: v for k, v in fields.items() if FIELD_SECTION[k] == name}
+            )
+            for name in SECTIONS
+            if any(FIELD_SECTION[k] == name for k in fields)
+        }
         return dataclasses.replace(self, **sections)
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,13 +282,17 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        check(isinstance(d, dict), f"a config must be a JSON object with sections {sorted(SECTIONS)}, "
-                                   f"got {type(d).__name__}.")
+        check(
+            isinstance(d, dict),
+            f"a config must be a JSON object with sections {sorted(SECTIONS)}, got {type(d).__name__}.",
+        )
         parts = {}
         for name, sub in SECTIONS.items():
             given = d.get(name, {})
-            check(isinstance(given, dict), f"config section `{name}` must be an object of fields, "
-                                           f"got {type(given).__name__}.")
+            check(
+                isinstance(given, dict),
+                f"config section `{name}` must be an object of fields, got {type(given).__name__}.",
+            )
             known = {f.name for f in dataclasses.fields(sub)}
             unknown = set(given) - known
             check(not unknown, f"config section `{name}` has unknown fields {sorted(unknown)}; known: {sorted(known)}.")
@@ -279,8 +300,9 @@ class ExperimentConfig:
                 parts[name] = sub(**given)
             except TypeError as e:
                 # A field of the wrong JSON type ("batch_size": "8") fails a comparison in the checks.
-                raise ConfigError(f"config section `{name}` has a value of the wrong type ({e}); "
-                                  f"expected the types `--help` shows.") from None
+                raise ConfigError(
+                    f"config section `{name}` has a value of the wrong type ({e}); expected the types `--help` shows."
+                ) from None
         return cls(preset=d.get("preset"), **parts)
 
     @classmethod
@@ -291,15 +313,17 @@ class ExperimentConfig:
         try:
             text = Path(path).read_text()
         except FileNotFoundError:
-            raise FileNotFoundError(f"config file {path} does not exist; expected a config.json written by "
-                                    f"training.") from None
+            raise FileNotFoundError(
+                f"config file {path} does not exist; expected a config.json written by training."
+            ) from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} cannot be read as a config ({e}).") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); expected the config.json written by "
-                              f"training.") from None
+            raise ConfigError(
+                f"{path} is not valid JSON ({e}); expected the config.json written by training."
+            ) from None
         try:
             return cls.from_dict(data)
         except ConfigError as e:

@@ -1,4 +1,5 @@
 """Chain-of-causation annotations: read a JSONL of per-frame texts and join it to dataset rows."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ def read_annotations(path) -> dict[tuple[int, int], str]:
                 key = (int(rec["episode_index"]), int(rec["frame_index"]))
                 text = rec["text"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise AnnotationError(f"{path}:{lineno}: malformed annotation ({e!r}); expected "
-                                      f'{{"episode_index": int, "frame_index": int, "text": str}}') from None
+                raise AnnotationError(
+                    f"{path}:{lineno}: malformed annotation ({e!r}); expected "
+                    f'{{"episode_index": int, "frame_index": int, "text": str}}'
+                ) from None
             if not isinstance(text, str):
                 raise AnnotationError(f"{path}:{lineno}: text must be a string, got {type(text).__name__}")
             # Later lines win, so an appended correction replaces an earlier annotation.

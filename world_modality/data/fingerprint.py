@@ -1,5 +1,6 @@
 """The dataset fingerprint that keys every cache: a content hash of a LeRobot v3 dataset's metadata and tabular
 files, whole, and of each video's path, size and first and last MiB."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,7 @@ def dataset_fingerprint(root: Path, data_files: list[Path]) -> str:
     """Content hash (16 hex chars) of metadata, tabular data, and each video's path, size and
     first and last MiB."""
     h = hashlib.sha256()
-    files = sorted(set((root / "meta").glob("*.json")) | set((root / "meta").glob("**/*.parquet"))
-                   | set(data_files))
+    files = sorted(set((root / "meta").glob("*.json")) | set((root / "meta").glob("**/*.parquet")) | set(data_files))
     for f in files:
         h.update(f.relative_to(root).as_posix().encode() + b"\0")
         h.update(f.read_bytes())
@@ -27,4 +27,3 @@ def dataset_fingerprint(root: Path, data_files: list[Path]) -> str:
             fh.seek(max(0, size - FINGERPRINT_SPAN))
             h.update(fh.read(FINGERPRINT_SPAN))
     return h.hexdigest()[:16]
-

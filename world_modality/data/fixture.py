@@ -1,4 +1,5 @@
 """Tiny synthetic LeRobot dataset for tests: a square driven by task-dependent actions toward a goal."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +11,14 @@ from .writer import LeRobotWriter
 # Goal positions in [0,1]² (x right, y down) and their words; the first two are opposite corners so a
 # two-task fixture has the most distinct behaviours.
 GOALS = [
-    ((0.1, 0.1), "top left corner"), ((0.9, 0.9), "bottom right corner"),
-    ((0.9, 0.1), "top right corner"), ((0.1, 0.9), "bottom left corner"),
-    ((0.5, 0.1), "top edge"), ((0.5, 0.9), "bottom edge"),
-    ((0.1, 0.5), "left edge"), ((0.9, 0.5), "right edge"),
+    ((0.1, 0.1), "top left corner"),
+    ((0.9, 0.9), "bottom right corner"),
+    ((0.9, 0.1), "top right corner"),
+    ((0.1, 0.9), "bottom left corner"),
+    ((0.5, 0.1), "top edge"),
+    ((0.5, 0.9), "bottom edge"),
+    ((0.1, 0.5), "left edge"),
+    ((0.9, 0.5), "right edge"),
 ]
 MAX_STEP = 0.06  # largest per-step move, so a 24-step episode can reach a corner from the centre
 GAIN = 0.3
@@ -33,7 +38,7 @@ def render(pos: np.ndarray, size: int, background=BACKGROUND) -> np.ndarray:
     img[:] = np.asarray(background, np.uint8)
     centres = np.round(np.asarray(pos) * (size - 1)).astype(int)
     for t, (cx, cy) in enumerate(centres):
-        img[t, max(0, cy - half):cy + half + 1, max(0, cx - half):cx + half + 1] = SQUARE
+        img[t, max(0, cy - half) : cy + half + 1, max(0, cx - half) : cx + half + 1] = SQUARE
     return img
 
 
@@ -62,9 +67,17 @@ def environment_state(pos: np.ndarray, goal: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_fixture_dataset(root, n_episodes: int = 8, length: int = 24, image_size: int = 32, n_tasks: int = 2,
-                         seed: int = 0, use_videos: bool = False, instruction_column: str | None = None,
-                         with_environment_state: bool = False) -> Path:
+def make_fixture_dataset(
+    root,
+    n_episodes: int = 8,
+    length: int = 24,
+    image_size: int = 32,
+    n_tasks: int = 2,
+    seed: int = 0,
+    use_videos: bool = False,
+    instruction_column: str | None = None,
+    with_environment_state: bool = False,
+) -> Path:
     """Write a deterministic synthetic dataset; episodes cycle through tasks 0..n_tasks-1. With
     `with_environment_state`, frames also record `observation.environment_state` (`environment_state`), so the
     `env_state` world encoder can be tested without the simulator."""
@@ -76,8 +89,15 @@ def make_fixture_dataset(root, n_episodes: int = 8, length: int = 24, image_size
         raise ValueError(f"need n_episodes>=1 and length>=2, got {n_episodes}, {length}")
     rng = np.random.default_rng(seed)
     extra = {ENV_STATE_KEY: state_names(["block_1", "goal_1"], [])} if with_environment_state else None
-    writer = LeRobotWriter(root, fps=10, image_size=image_size, use_videos=use_videos,
-                           instruction_column=instruction_column, overwrite=True, extra_features=extra)
+    writer = LeRobotWriter(
+        root,
+        fps=10,
+        image_size=image_size,
+        use_videos=use_videos,
+        instruction_column=instruction_column,
+        overwrite=True,
+        extra_features=extra,
+    )
     with writer:
         for ep in range(n_episodes):
             task = ep % n_tasks
@@ -87,10 +107,13 @@ def make_fixture_dataset(root, n_episodes: int = 8, length: int = 24, image_size
             state[:, :2] = pos
             open_ = act[:, 6] < 0
             state[:, 6], state[:, 7] = np.where(open_, 0.04, 0.0), np.where(open_, -0.04, 0.0)
-            images = {"observation.images.image": render(pos, image_size),
-                      # The wrist view is the scene mirrored, on a different background, like a second camera.
-                      "observation.images.wrist_image":
-                          np.ascontiguousarray(render(pos, image_size, WRIST_BACKGROUND)[:, ::-1])}
+            images = {
+                "observation.images.image": render(pos, image_size),
+                # The wrist view is the scene mirrored, on a different background, like a second camera.
+                "observation.images.wrist_image": np.ascontiguousarray(
+                    render(pos, image_size, WRIST_BACKGROUND)[:, ::-1]
+                ),
+            }
             more = {ENV_STATE_KEY: environment_state(pos, goal)} if with_environment_state else None
             writer.add_episode(images, state, act.astype(np.float32), instruction(task), extra=more)
         return writer.finalize()

@@ -1,5 +1,6 @@
 """On-disk cache of decoded, resized camera frames: one .npy file per (dataset, camera, size),
 built once by streaming decoded frames into it and then opened as a read-only memory map."""
+
 from __future__ import annotations
 
 import errno
@@ -43,20 +44,29 @@ def _open(path: Path, n_rows: int, size: int | None) -> np.memmap:
     try:
         frames = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise FrameCacheError(f"frame cache {path} is unreadable (truncated or corrupt: {e}); "
-                              f"delete the file to rebuild it") from None
+        raise FrameCacheError(
+            f"frame cache {path} is unreadable (truncated or corrupt: {e}); delete the file to rebuild it"
+        ) from None
     ok = frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[0] == n_rows and frames.shape[-1] == 3
     if ok and size is not None:
         ok = frames.shape[1:3] == (size, size)
     if not ok:
         want = f"({n_rows}, {size or 'H'}, {size or 'W'}, 3) uint8"
-        raise FrameCacheError(f"frame cache {path} holds {frames.dtype} {frames.shape}, expected {want}; "
-                              f"delete the file to rebuild it")
+        raise FrameCacheError(
+            f"frame cache {path} holds {frames.dtype} {frames.shape}, expected {want}; delete the file to rebuild it"
+        )
     return frames
 
 
-def open_or_build(name: str, dirs: list[Path], n_rows: int, size: int | None, stream: FrameStream,
-                  desc: str = "frames", progress: bool = True) -> np.memmap:
+def open_or_build(
+    name: str,
+    dirs: list[Path],
+    n_rows: int,
+    size: int | None,
+    stream: FrameStream,
+    desc: str = "frames",
+    progress: bool = True,
+) -> np.memmap:
     """The cache `name` from the first of `dirs` that has it; else built in the first writable one.
 
     `stream()` yields (rows, frame): one decoded (H, W, 3) uint8 frame and the int rows it fills;
@@ -110,8 +120,10 @@ class _NpyWriter:
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 self.f.close()
-                raise FrameCacheError(f"cannot reserve {total / 2**30:.2f} GiB for the frame cache {path}: {e}; "
-                                      f"free that much space there") from e
+                raise FrameCacheError(
+                    f"cannot reserve {total / 2**30:.2f} GiB for the frame cache {path}: {e}; "
+                    f"free that much space there"
+                ) from e
             # A file system without preallocation: the writes below still fail cleanly if space runs out.
 
     def write(self, row: int, frame: np.ndarray) -> None:
@@ -137,14 +149,17 @@ def _build(tmp: Path, n_rows: int, size: int | None, stream: FrameStream, desc: 
         nonlocal writer
         shapes = {f.shape for _, f in pending}
         if len(shapes) > 1:
-            raise FrameCacheError(f"{desc}: decoded frames of different sizes {sorted(shapes)}; "
-                                  f"expected one size per camera")
+            raise FrameCacheError(
+                f"{desc}: decoded frames of different sizes {sorted(shapes)}; expected one size per camera"
+            )
         small = resize_frames(np.stack([f for _, f in pending]), size)
         if writer is None:
             writer = _NpyWriter(tmp, (n_rows,) + small.shape[1:])
         elif small.shape[1:] != writer.shape[1:]:
-            raise FrameCacheError(f"{desc}: a frame resized to {small.shape[1:]} but earlier ones to "
-                                  f"{writer.shape[1:]}; expected one size per camera")
+            raise FrameCacheError(
+                f"{desc}: a frame resized to {small.shape[1:]} but earlier ones to "
+                f"{writer.shape[1:]}; expected one size per camera"
+            )
         for (rows, _), img in zip(pending, small):
             for r in rows:
                 writer.write(int(r), img)
@@ -167,5 +182,7 @@ def _build(tmp: Path, n_rows: int, size: int | None, stream: FrameStream, desc: 
             writer.close()
     if writer is None or not filled.all():
         missing = np.flatnonzero(~filled)
-        raise FrameCacheError(f"{desc}: {len(missing)} of {n_rows} rows got no frame (first: row "
-                              f"{missing[0] if len(missing) else '-'}); expected every row to be filled")
+        raise FrameCacheError(
+            f"{desc}: {len(missing)} of {n_rows} rows got no frame (first: row "
+            f"{missing[0] if len(missing) else '-'}); expected every row to be filled"
+        )

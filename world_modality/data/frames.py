@@ -1,4 +1,5 @@
 """Frame sizes a dataset records and the size evaluation renders at; the resize itself is `images.resize_frames`."""
+
 from __future__ import annotations
 
 
@@ -11,8 +12,9 @@ def native_frame_sizes(features: dict, keys) -> int | dict[str, list[int]]:
         feat = features.get(key) or {}
         shape, names = list(feat.get("shape") or []), feat.get("names")
         if len(shape) != 3:
-            raise ValueError(f"camera {key!r}: meta/info.json features give shape {shape}, "
-                             f"expected [height, width, 3].")
+            raise ValueError(
+                f"camera {key!r}: meta/info.json features give shape {shape}, expected [height, width, 3]."
+            )
         # LeRobot writes (height, width, channels); names say so when a conversion stores channels first.
         if isinstance(names, list) and "height" in names and "width" in names:
             sizes[key] = [int(shape[names.index("height")]), int(shape[names.index("width")])]
@@ -20,7 +22,7 @@ def native_frame_sizes(features: dict, keys) -> int | dict[str, list[int]]:
             sizes[key] = [int(shape[0]), int(shape[1])]
     distinct = {tuple(s) for s in sizes.values()}
     if len(distinct) == 1:
-        (h, w), = distinct
+        ((h, w),) = distinct
         if h == w:
             return h
     return sizes

@@ -1,6 +1,7 @@
 """Read a local LeRobot v3 dataset into per-frame arrays, refusing inputs that would train silently wrong:
 unreadable files are named, and meta/episodes must agree with the data rows and the video files
 (every episode's rows, span and video length) before any frame is decoded."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .lerobot_video import check_span, check_video_length, inline_frames, video_
 @dataclass
 class Episode:
     """One episode's rows in the dataset's frame arrays."""
+
     index: int  # episode id value
     start: int  # first row (inclusive)
     end: int  # one past the last row
@@ -39,13 +41,19 @@ class Episode:
         return self.end - self.start
 
 
-
 class LeRobotDataset:
     """Frame arrays of a LeRobot v3 dataset sorted by (episode, frame_index); images decoded on demand."""
 
-    def __init__(self, root, instruction_key: str = "task", episode_id_key: str = "episode_index",
-                 state_key: str = "observation.state", action_key: str = "action",
-                 frame_cache_dir: str | Path | None = None, progress: bool = True):
+    def __init__(
+        self,
+        root,
+        instruction_key: str = "task",
+        episode_id_key: str = "episode_index",
+        state_key: str = "observation.state",
+        action_key: str = "action",
+        frame_cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
         self.root = Path(root)
         # None: <root>/.cache/frames, or the user's cache folder when the dataset is read-only.
         self.frame_cache_dir, self.progress = frame_cache_dir, progress
@@ -73,11 +81,15 @@ class LeRobotDataset:
             raise parquet_error(self._data_files[0], e) from None
         columns = schema.names
         inline = {k for k in self.image_keys if self.features[k].get("dtype") == "image"}
-        for role, key in (("episode_id_key", self.episode_id_key), ("state_key", self.state_key),
-                          ("action_key", self.action_key)):
+        for role, key in (
+            ("episode_id_key", self.episode_id_key),
+            ("state_key", self.state_key),
+            ("action_key", self.action_key),
+        ):
             if key not in columns:
-                raise DatasetError(f"{role} {key!r} is not a column of {self._data_files[0]}; "
-                                   f"columns present: {columns}")
+                raise DatasetError(
+                    f"{role} {key!r} is not a column of {self._data_files[0]}; columns present: {columns}"
+                )
         # Image bytes are the bulk of the data; they are read only when images() asks for them.
         table = read_tables(self._data_files, [c for c in columns if c not in inline])
         n = table.num_rows
@@ -95,13 +107,21 @@ class LeRobotDataset:
         dup = (np.diff(self.episode_ids) == 0) & (np.diff(self.frame_index) == 0)
         if dup.any():
             row = int(np.argmax(dup)) + 1
-            raise DatasetError(f"frame_index {self.frame_index[row]} appears more than once in episode "
-                               f"{self.episode_ids[row]} ({int(dup.sum())} duplicates); expected unique frames "
-                               f"per {self.episode_id_key!r}")
-        self.timestamp = (table.column("timestamp").to_numpy().astype(np.float64)[order]
-                          if "timestamp" in table.column_names else self.frame_index / self.fps)
-        self._episode_index = (table.column("episode_index").to_numpy().astype(np.int64)[order]
-                               if "episode_index" in table.column_names else None)
+            raise DatasetError(
+                f"frame_index {self.frame_index[row]} appears more than once in episode "
+                f"{self.episode_ids[row]} ({int(dup.sum())} duplicates); expected unique frames "
+                f"per {self.episode_id_key!r}"
+            )
+        self.timestamp = (
+            table.column("timestamp").to_numpy().astype(np.float64)[order]
+            if "timestamp" in table.column_names
+            else self.frame_index / self.fps
+        )
+        self._episode_index = (
+            table.column("episode_index").to_numpy().astype(np.int64)[order]
+            if "episode_index" in table.column_names
+            else None
+        )
         self.state = self._checked_matrix(table, self.state_key, order)
         self.action = self._checked_matrix(table, self.action_key, order)
         self.instructions = self._resolve_instructions(table, order)
@@ -114,13 +134,17 @@ class LeRobotDataset:
         bad = ~np.isfinite(m).all(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
-            raise DatasetError(f"{key!r} has NaN/inf values in {int(bad.sum())} frames; first bad row {row} "
-                               f"(episode {self.episode_ids[row]}, frame {self.frame_index[row]}); "
-                               f"expected finite floats")
+            raise DatasetError(
+                f"{key!r} has NaN/inf values in {int(bad.sum())} frames; first bad row {row} "
+                f"(episode {self.episode_ids[row]}, frame {self.frame_index[row]}); "
+                f"expected finite floats"
+            )
         shape = self.features.get(key, {}).get("shape")
         if shape and int(np.prod(shape)) != m.shape[1]:
-            raise DatasetError(f"{key!r} has dimension {m.shape[1]} in the data but meta/info.json features "
-                               f"declare shape {shape}; expected them to agree")
+            raise DatasetError(
+                f"{key!r} has dimension {m.shape[1]} in the data but meta/info.json features "
+                f"declare shape {shape}; expected them to agree"
+            )
         return m
 
     def _resolve_instructions(self, table: pa.Table, order: np.ndarray) -> list[str]:
@@ -137,8 +161,10 @@ class LeRobotDataset:
             tidx = table.column("task_index").to_numpy().astype(np.int64)[order]
             missing = sorted(set(np.unique(tidx).tolist()) - set(tasks))
             if missing:
-                raise DatasetError(f"task_index values {missing[:10]} have no entry in meta/tasks; "
-                                   f"expected every task_index to be listed there")
+                raise DatasetError(
+                    f"task_index values {missing[:10]} have no entry in meta/tasks; "
+                    f"expected every task_index to be listed there"
+                )
             lookup = {i: tasks[i] for i in np.unique(tidx).tolist()}
             texts = [lookup[i] for i in tidx.tolist()]
         else:
@@ -146,13 +172,16 @@ class LeRobotDataset:
             raise DatasetError(
                 f"instruction_key {key!r} {why} in {self.root}; keys that hold instructions: {available} "
                 f"(LeRobot LIBERO keeps the instruction under 'task'); data columns: {names}. "
-                f"Training without an instruction gives a task-agnostic policy.")
+                f"Training without an instruction gives a task-agnostic policy."
+            )
         empty = np.array([not t.strip() for t in texts])
         if empty.any():
             n_eps = len(np.unique(self.episode_ids[empty]))
-            raise DatasetError(f"instruction_key {key!r} is empty or whitespace in {int(empty.sum())} frames "
-                               f"of {n_eps} episodes (first: episode {self.episode_ids[np.argmax(empty)]}); "
-                               f"expected a non-empty instruction for every frame")
+            raise DatasetError(
+                f"instruction_key {key!r} is empty or whitespace in {int(empty.sum())} frames "
+                f"of {n_eps} episodes (first: episode {self.episode_ids[np.argmax(empty)]}); "
+                f"expected a non-empty instruction for every frame"
+            )
         return texts
 
     def _build_episodes(self) -> list[Episode]:
@@ -191,20 +220,25 @@ class LeRobotDataset:
         if (key, size) not in self._images:
             # Frames are read after load; rows read now must still line up with the arrays read then.
             if self._file_stamps() != self._stamps:
-                raise DatasetError(f"data files under {self.root / 'data'} changed since the dataset was loaded; "
-                                   f"reload it")
+                raise DatasetError(
+                    f"data files under {self.root / 'data'} changed since the dataset was loaded; reload it"
+                )
             if self._fingerprint is None:
                 self._fingerprint = self.fingerprint()
             inline = self.features[key]["dtype"] == "image"
             if not inline:
                 # Spans against the files' lengths: checked each time, also when the frames are cached.
                 queries = self._video_queries(key)
-            stream = ((lambda: inline_frames(self.root, self._data_files, self._order, key, self.features)) if inline
-                      else (lambda: video_frames(key, queries, self.fps)))
+            stream = (
+                (lambda: inline_frames(self.root, self._data_files, self._order, key, self.features))
+                if inline
+                else (lambda: video_frames(key, queries, self.fps))
+            )
             name = frame_cache.cache_name(self._fingerprint, key, size, self._order)
             dirs = [Path(self.frame_cache_dir)] if self.frame_cache_dir else default_dirs(self.root, "frames")
             self._images[(key, size)] = frame_cache.open_or_build(
-                name, dirs, len(self), size, stream, desc=f"decode {key}", progress=self.progress)
+                name, dirs, len(self), size, stream, desc=f"decode {key}", progress=self.progress
+            )
         return self._images[(key, size)]
 
     def _check_episode_rows(self) -> None:
@@ -225,23 +259,35 @@ class LeRobotDataset:
             where = ""
             if "data/chunk_index" in m and "data/file_index" in m:
                 template = self.info.get("data_path") or "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-                where = " (" + str(self.root / template.format(chunk_index=int(m["data/chunk_index"]),
-                                                              file_index=int(m["data/file_index"]))) + ")"
-            raise DatasetError(f"episodes {absent[:10]} are listed in {m['_file']} but have no rows in the data files "
-                               f"under {self.root / 'data'}; expected the data file that holds episode {absent[0]}"
-                               f"{where}")
+                where = (
+                    " ("
+                    + str(
+                        self.root
+                        / template.format(chunk_index=int(m["data/chunk_index"]), file_index=int(m["data/file_index"]))
+                    )
+                    + ")"
+                )
+            raise DatasetError(
+                f"episodes {absent[:10]} are listed in {m['_file']} but have no rows in the data files "
+                f"under {self.root / 'data'}; expected the data file that holds episode {absent[0]}"
+                f"{where}"
+            )
         for ep, n in rows.items():
             m = metas.get(ep)
             if m is None:
                 continue  # an episode without metadata is named when its video is looked up
             length = m.get("length")
             if length is not None and int(length) != n:
-                raise DatasetError(f"episode {ep} has {n} rows in the data files but {m['_file']} gives it length "
-                                   f"{int(length)}; expected them to agree")
+                raise DatasetError(
+                    f"episode {ep} has {n} rows in the data files but {m['_file']} gives it length "
+                    f"{int(length)}; expected them to agree"
+                )
             lo, hi = m.get("dataset_from_index"), m.get("dataset_to_index")
             if lo is not None and hi is not None and int(hi) - int(lo) != n:
-                raise DatasetError(f"episode {ep} has {n} rows in the data files but {m['_file']} gives it rows "
-                                   f"[{int(lo)}, {int(hi)}); expected them to agree")
+                raise DatasetError(
+                    f"episode {ep} has {n} rows in the data files but {m['_file']} gives it rows "
+                    f"[{int(lo)}, {int(hi)}); expected them to agree"
+                )
 
     def _video_queries(self, key: str) -> dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per video file (in row order): the rows it holds, their times in the file, their episodes;
@@ -249,8 +295,7 @@ class LeRobotDataset:
         if self._episode_index is None:
             raise DatasetError(f"video feature {key!r} needs an 'episode_index' data column to find its files")
         metas = episode_meta(self.root, (f"videos/{key}/",))
-        template = self.info.get("video_path") or \
-            "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+        template = self.info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
         parts: dict[Path, list] = {}
         spans: dict[Path, list[tuple[int, float, float]]] = {}
         for ep in self.episodes:
@@ -258,14 +303,19 @@ class LeRobotDataset:
             m = metas.get(ep_index)
             if m is None or f"videos/{key}/chunk_index" not in m:
                 raise DatasetError(f"episode {ep_index} has no video entry for {key!r} in meta/episodes")
-            path = self.root / template.format(video_key=key, chunk_index=int(m[f"videos/{key}/chunk_index"]),
-                                               file_index=int(m[f"videos/{key}/file_index"]))
+            path = self.root / template.format(
+                video_key=key,
+                chunk_index=int(m[f"videos/{key}/chunk_index"]),
+                file_index=int(m[f"videos/{key}/file_index"]),
+            )
             if not path.is_file():
-                raise DatasetError(f"video file {path} of {key!r} (episode {ep_index}) is missing; expected the file "
-                                   f"that meta/episodes and meta/info.json video_path name")
+                raise DatasetError(
+                    f"video file {path} of {key!r} (episode {ep_index}) is missing; expected the file "
+                    f"that meta/episodes and meta/info.json video_path name"
+                )
             start = float(m[f"videos/{key}/from_timestamp"])
             end = m.get(f"videos/{key}/to_timestamp")
-            query = start + self.timestamp[ep.start:ep.end]
+            query = start + self.timestamp[ep.start : ep.end]
             if end is not None:
                 check_span(key, path, ep_index, ep.length, start, float(end), query, m["_file"], self.fps)
                 spans.setdefault(path, []).append((ep_index, start, float(end)))
@@ -285,10 +335,22 @@ class LeRobotDataset:
         return dataset_fingerprint(self.root, self._data_files)
 
 
-def load_dataset(root, instruction_key: str = "task", episode_id_key: str = "episode_index",
-                 state_key: str = "observation.state", action_key: str = "action",
-                 frame_cache_dir: str | Path | None = None, progress: bool = True) -> LeRobotDataset:
+def load_dataset(
+    root,
+    instruction_key: str = "task",
+    episode_id_key: str = "episode_index",
+    state_key: str = "observation.state",
+    action_key: str = "action",
+    frame_cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> LeRobotDataset:
     """Load a LeRobot v3 dataset from a local directory; raises DatasetError on unusable input."""
-    return LeRobotDataset(root, instruction_key=instruction_key, episode_id_key=episode_id_key,
-                          state_key=state_key, action_key=action_key, frame_cache_dir=frame_cache_dir,
-                          progress=progress)
+    return LeRobotDataset(
+        root,
+        instruction_key=instruction_key,
+        episode_id_key=episode_id_key,
+        state_key=state_key,
+        action_key=action_key,
+        frame_cache_dir=frame_cache_dir,
+        progress=progress,
+    )

@@ -1,5 +1,6 @@
 """The tables and metadata of a LeRobot v3 dataset: meta/info.json checked, parquet files read with the bad file
 named, task names, list columns as matrices, and meta/episodes records; DatasetError for any unusable input."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as asked; raised at load time with the bad input named."""
 
 
-
-
 def parquet_error(path: Path, e: Exception) -> DatasetError:
-    return DatasetError(f"{path} is not a readable parquet file (truncated or corrupt: {e}); expected the file "
-                        f"the dataset was written with")
+    return DatasetError(
+        f"{path} is not a readable parquet file (truncated or corrupt: {e}); expected the file "
+        f"the dataset was written with"
+    )
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -34,8 +35,9 @@ def read_tables(files: list[Path], columns: list[str] | None = None) -> pa.Table
     try:
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     except pa.ArrowException as e:
-        raise DatasetError(f"the parquet files {[str(f) for f in files]} do not share one schema ({e}); "
-                           f"expected files of one dataset") from None
+        raise DatasetError(
+            f"the parquet files {[str(f) for f in files]} do not share one schema ({e}); expected files of one dataset"
+        ) from None
 
 
 def is_string(t: pa.DataType) -> bool:
@@ -51,8 +53,11 @@ def read_tasks(root: Path) -> dict[int, str] | None:
             raise DatasetError(f"{path} has no task_index column; columns: {table.column_names}")
         # LeRobot writes the task string as the pandas index: named "task", or unnamed when re-saved.
         names = [c for c in ("task", "__index_level_0__") if c in table.column_names]
-        names += [c for c in table.column_names
-                  if c not in names and c != "task_index" and is_string(table.schema.field(c).type)]
+        names += [
+            c
+            for c in table.column_names
+            if c not in names and c != "task_index" and is_string(table.schema.field(c).type)
+        ]
         if not names:
             raise DatasetError(f"{path} has no task string column; columns: {table.column_names}")
         idx = table.column("task_index").to_pylist()
@@ -67,8 +72,10 @@ def read_tasks(root: Path) -> dict[int, str] | None:
                 row = json.loads(line)
                 out[int(row["task_index"])] = str(row.get("task", ""))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DatasetError(f"{path}:{n}: not a task record ({type(e).__name__}: {e}); expected "
-                                   f'{{"task_index": int, "task": str}} per line') from None
+                raise DatasetError(
+                    f"{path}:{n}: not a task record ({type(e).__name__}: {e}); expected "
+                    f'{{"task_index": int, "task": str}} per line'
+                ) from None
         return out
     return None
 
@@ -83,36 +90,47 @@ def matrix(table: pa.Table, key: str) -> np.ndarray:
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     if len(lengths) and (lengths != lengths[0]).any():
         row = int(np.argmax(lengths != lengths[0]))
-        raise DatasetError(f"column {key!r} has ragged rows: row 0 has {lengths[0]} values, row {row} has "
-                           f"{lengths[row]}; expected the same dimension for every frame")
+        raise DatasetError(
+            f"column {key!r} has ragged rows: row 0 has {lengths[0]} values, row {row} has "
+            f"{lengths[row]}; expected the same dimension for every frame"
+        )
     flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return flat.reshape(len(col), int(lengths[0]) if len(lengths) else 0)
-
 
 
 def read_info(root: Path) -> tuple[dict, int]:
     """meta/info.json of a dataset root, checked, and its fps (a whole number of frames per second)."""
     if not root.is_dir():
         what = "is a file" if root.exists() else "does not exist"
-        raise DatasetError(f"dataset root {root} {what}; expected a LeRobot v3 dataset directory "
-                           f"containing meta/info.json")
+        raise DatasetError(
+            f"dataset root {root} {what}; expected a LeRobot v3 dataset directory containing meta/info.json"
+        )
     info_path = root / "meta" / "info.json"
     if not info_path.is_file():
         raise DatasetError(f"missing {info_path}; expected a LeRobot v3 dataset with meta/info.json")
     try:
         info = json.loads(info_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{info_path} is not valid JSON ({e}); expected the LeRobot v3 dataset description "
-                           f"(codebase_version, fps, features)") from None
+        raise DatasetError(
+            f"{info_path} is not valid JSON ({e}); expected the LeRobot v3 dataset description "
+            f"(codebase_version, fps, features)"
+        ) from None
     if not isinstance(info, dict) or not isinstance(info.get("features", {}), dict):
-        raise DatasetError(f"{info_path} holds no object with a `features` object; expected the LeRobot v3 "
-                           f"dataset description (codebase_version, fps, features)")
+        raise DatasetError(
+            f"{info_path} holds no object with a `features` object; expected the LeRobot v3 "
+            f"dataset description (codebase_version, fps, features)"
+        )
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
         raise DatasetError(f"{info_path}: codebase_version {version!r} is not supported; expected 'v3.0'")
     fps = info.get("fps", 10)
-    if (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0
-            or int(fps) != fps):
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float))
+        or not np.isfinite(fps)
+        or fps <= 0
+        or int(fps) != fps
+    ):
         raise DatasetError(f"{info_path}: fps is {fps!r}; expected a positive whole number of frames per second")
     hold = info.get("control_steps_per_frame", 1)
     if isinstance(hold, bool) or not isinstance(hold, int) or hold < 1:
@@ -126,8 +144,10 @@ def episode_meta(root: Path, prefixes: tuple[str, ...] | None = None) -> dict[in
     given, so the per-episode statistics are left unread) and the file it came from under "_file"."""
     files = sorted((root / "meta" / "episodes").glob("**/*.parquet"))
     if not files:
-        raise DatasetError(f"no episode metadata under {root / 'meta' / 'episodes'}; "
-                           f"expected meta/episodes/chunk-*/file-*.parquet for video features")
+        raise DatasetError(
+            f"no episode metadata under {root / 'meta' / 'episodes'}; "
+            f"expected meta/episodes/chunk-*/file-*.parquet for video features"
+        )
     out = {}
     for f in files:
         try:
@@ -136,8 +156,9 @@ def episode_meta(root: Path, prefixes: tuple[str, ...] | None = None) -> dict[in
             raise parquet_error(f, e) from None
         if "episode_index" not in names:
             raise DatasetError(f"{f} has no episode_index column; columns: {names}")
-        table = read_table(f, None if prefixes is None else
-                            ["episode_index"] + [c for c in names if c.startswith(prefixes)])
+        table = read_table(
+            f, None if prefixes is None else ["episode_index"] + [c for c in names if c.startswith(prefixes)]
+        )
         for r in table.to_pylist():
             r["_file"] = f
             out[int(r["episode_index"])] = r

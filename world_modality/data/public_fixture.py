@@ -8,6 +8,7 @@ fixed-size float lists, one AV1 mp4 per camera and file holding consecutive epis
 features' dtype/shape/names as LeRobot's LIBERO conversion declares them, fps 10, one row per
 control step and no `control_steps_per_frame` field.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,13 @@ LOW_DIM_FEATURES = {
     "action": ["x", "y", "z", "roll", "pitch", "yaw", "gripper"],
 }
 # Columns LeRobot adds to every dataset, after the user features.
-DEFAULT_FEATURES = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64", "index": "int64",
-                    "task_index": "int64"}
+DEFAULT_FEATURES = {
+    "timestamp": "float32",
+    "frame_index": "int64",
+    "episode_index": "int64",
+    "index": "int64",
+    "task_index": "int64",
+}
 
 
 def features(image_size: int, codec_name: str) -> dict:
@@ -55,10 +61,21 @@ def features(image_size: int, codec_name: str) -> dict:
     conversion leaves them) the dataset's fps."""
     out: dict = {}
     for key in CAMERAS:
-        out[key] = {"dtype": "video", "shape": [image_size, image_size, 3], "names": list(_VIDEO_NAMES),
-                    "info": {"video.height": image_size, "video.width": image_size, "video.codec": codec_name,
-                             "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": FPS,
-                             "video.channels": 3, "has_audio": False}}
+        out[key] = {
+            "dtype": "video",
+            "shape": [image_size, image_size, 3],
+            "names": list(_VIDEO_NAMES),
+            "info": {
+                "video.height": image_size,
+                "video.width": image_size,
+                "video.codec": codec_name,
+                "video.pix_fmt": "yuv420p",
+                "video.is_depth_map": False,
+                "video.fps": FPS,
+                "video.channels": 3,
+                "has_audio": False,
+            },
+        }
     for key, names in LOW_DIM_FEATURES.items():
         out[key] = {"dtype": "float32", "shape": [len(names)], "names": {"motors": list(names)}, "fps": FPS}
     for key, dtype in DEFAULT_FEATURES.items():
@@ -94,16 +111,26 @@ def _fixed_list(x: np.ndarray) -> pa.Array:
 
 def _stats(x: np.ndarray) -> dict[str, list]:
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(), "count": [len(x)]}
+    return {
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "count": [len(x)],
+    }
 
 
 def _image_stats(frames: np.ndarray) -> dict[str, list]:
     """Per-channel stats in [0, 1], shaped (3, 1, 1) as LeRobot stores image statistics."""
     x = frames.reshape(-1, 3).astype(np.float64) / 255.0
     shape = lambda v: [[[float(c)]] for c in v]  # noqa: E731
-    return {"min": shape(x.min(0)), "max": shape(x.max(0)), "mean": shape(x.mean(0)), "std": shape(x.std(0)),
-            "count": [len(frames)]}
+    return {
+        "min": shape(x.min(0)),
+        "max": shape(x.max(0)),
+        "mean": shape(x.mean(0)),
+        "std": shape(x.std(0)),
+        "count": [len(frames)],
+    }
 
 
 @contextmanager
@@ -159,19 +186,44 @@ class _Video:
 
 def _tasks_table(tasks: list[str]) -> pa.Table:
     """meta/tasks.parquet as pandas writes a frame indexed by the (unnamed) task string."""
-    table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()),
-                      "__index_level_0__": pa.array(tasks, pa.string())})
-    pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [],
-                   "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-                                "numpy_type": "int64", "metadata": None},
-                               {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode",
-                                "numpy_type": "object", "metadata": None}],
-                   "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3"}
+    table = pa.table(
+        {"task_index": pa.array(range(len(tasks)), pa.int64()), "__index_level_0__": pa.array(tasks, pa.string())}
+    )
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": None,
+                "field_name": "__index_level_0__",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.3",
+    }
     return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
 
-def make_public_fixture(root, n_episodes: int = 4, length: int = 20, n_tasks: int = 2, image_size: int = 256,
-                        n_files: int = 1, seed: int = 0, codec: str | None = None) -> Path:
+def make_public_fixture(
+    root,
+    n_episodes: int = 4,
+    length: int = 20,
+    n_tasks: int = 2,
+    image_size: int = 256,
+    n_files: int = 1,
+    seed: int = 0,
+    codec: str | None = None,
+) -> Path:
     """Write the dataset to `root` (replaced if present) and return it.
 
     Episodes cycle through tasks 0..n_tasks-1 and are spread over `n_files` data/video files
@@ -181,8 +233,9 @@ def make_public_fixture(root, n_episodes: int = 4, length: int = 20, n_tasks: in
     if not 1 <= n_tasks <= len(GOALS):
         raise ValueError(f"n_tasks must be in 1..{len(GOALS)}, got {n_tasks}")
     if n_episodes < 1 or length < 2 or not 1 <= n_files <= n_episodes:
-        raise ValueError(f"need n_episodes >= 1, length >= 2 and 1 <= n_files <= n_episodes; got "
-                         f"{n_episodes}, {length}, {n_files}")
+        raise ValueError(
+            f"need n_episodes >= 1, length >= 2 and 1 <= n_files <= n_episodes; got {n_episodes}, {length}, {n_files}"
+        )
     if image_size < 16 or image_size % 2:
         raise ValueError(f"image_size must be even and >= 16 (yuv420p video), got {image_size}")
     codec = codec or (VIDEO_CODEC if VIDEO_CODEC in av.codecs_available else "libx264")
@@ -197,39 +250,62 @@ def make_public_fixture(root, n_episodes: int = 4, length: int = 20, n_tasks: in
     all_frames = {k: [] for k in CAMERAS}
     index = 0
     for file_index, eps in enumerate(file_of):
-        videos = {k: _Video(root / VIDEO_PATH.format(video_key=k, chunk_index=0, file_index=file_index),
-                            image_size, codec) for k in CAMERAS}
+        videos = {
+            k: _Video(root / VIDEO_PATH.format(video_key=k, chunk_index=0, file_index=file_index), image_size, codec)
+            for k in CAMERAS
+        }
         tables = []
         for ep in eps.tolist():
             task = ep % n_tasks
             cols = _episode_arrays(task, length, rng)
             pos = cols.pop("_pos")
-            frames = {"observation.images.image": render(pos, image_size, BACKGROUND),
-                      "observation.images.wrist_image":
-                          np.ascontiguousarray(render(pos, image_size, WRIST_BACKGROUND)[:, ::-1])}
-            meta = {"episode_index": ep, "data/chunk_index": 0, "data/file_index": file_index,
-                    "dataset_from_index": index, "dataset_to_index": index + length}
+            frames = {
+                "observation.images.image": render(pos, image_size, BACKGROUND),
+                "observation.images.wrist_image": np.ascontiguousarray(
+                    render(pos, image_size, WRIST_BACKGROUND)[:, ::-1]
+                ),
+            }
+            meta = {
+                "episode_index": ep,
+                "data/chunk_index": 0,
+                "data/file_index": file_index,
+                "dataset_from_index": index,
+                "dataset_to_index": index + length,
+            }
             for key in CAMERAS:
                 v = videos[key]
-                meta.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": file_index,
-                             f"videos/{key}/from_timestamp": v.n / FPS,
-                             f"videos/{key}/to_timestamp": (v.n + length) / FPS})
+                meta.update(
+                    {
+                        f"videos/{key}/chunk_index": 0,
+                        f"videos/{key}/file_index": file_index,
+                        f"videos/{key}/from_timestamp": v.n / FPS,
+                        f"videos/{key}/to_timestamp": (v.n + length) / FPS,
+                    }
+                )
                 v.write(frames[key])
                 all_frames[key].append(frames[key])
             frame_index = np.arange(length, dtype=np.int64)
             data = {k: _fixed_list(cols[k]) for k in LOW_DIM_FEATURES}
-            data.update({"timestamp": pa.array((frame_index / FPS).astype(np.float32)),
-                         "frame_index": pa.array(frame_index),
-                         "episode_index": pa.array(np.full(length, ep, np.int64)),
-                         "index": pa.array(np.arange(index, index + length, dtype=np.int64)),
-                         "task_index": pa.array(np.full(length, task, np.int64))})
+            data.update(
+                {
+                    "timestamp": pa.array((frame_index / FPS).astype(np.float32)),
+                    "frame_index": pa.array(frame_index),
+                    "episode_index": pa.array(np.full(length, ep, np.int64)),
+                    "index": pa.array(np.arange(index, index + length, dtype=np.int64)),
+                    "task_index": pa.array(np.full(length, task, np.int64)),
+                }
+            )
             tables.append(pa.table(data))
             meta.update({"tasks": [tasks[task]], "length": length})
-            stats = {**{k: _stats(cols[k]) for k in LOW_DIM_FEATURES},
-                     **{k: _image_stats(frames[k]) for k in CAMERAS},
-                     "timestamp": _stats(frame_index / FPS), "frame_index": _stats(frame_index),
-                     "episode_index": _stats(np.full(length, ep)), "index": _stats(np.arange(index, index + length)),
-                     "task_index": _stats(np.full(length, task))}
+            stats = {
+                **{k: _stats(cols[k]) for k in LOW_DIM_FEATURES},
+                **{k: _image_stats(frames[k]) for k in CAMERAS},
+                "timestamp": _stats(frame_index / FPS),
+                "frame_index": _stats(frame_index),
+                "episode_index": _stats(np.full(length, ep)),
+                "index": _stats(np.arange(index, index + length)),
+                "task_index": _stats(np.full(length, task)),
+            }
             meta.update({f"stats/{k}/{s}": v for k, st in stats.items() for s, v in st.items()})
             meta.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
             episodes.append(meta)
@@ -249,10 +325,20 @@ def make_public_fixture(root, n_episodes: int = 4, length: int = 20, n_tasks: in
     stats = {k: _stats(np.concatenate(v)) for k, v in all_cols.items()}
     stats.update({k: _image_stats(np.concatenate(v)) for k, v in all_frames.items()})
     (meta_dir / "stats.json").write_text(json.dumps(stats, indent=4))
-    info = {"codebase_version": CODEBASE_VERSION, "robot_type": "panda", "total_episodes": n_episodes,
-            "total_frames": index, "total_tasks": n_tasks, "chunks_size": CHUNKS_SIZE,
-            "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB, "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB,
-            "fps": FPS, "splits": {"train": f"0:{n_episodes}"}, "data_path": DATA_PATH, "video_path": VIDEO_PATH,
-            "features": features(image_size, codec_name)}
+    info = {
+        "codebase_version": CODEBASE_VERSION,
+        "robot_type": "panda",
+        "total_episodes": n_episodes,
+        "total_frames": index,
+        "total_tasks": n_tasks,
+        "chunks_size": CHUNKS_SIZE,
+        "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
+        "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB,
+        "fps": FPS,
+        "splits": {"train": f"0:{n_episodes}"},
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH,
+        "features": features(image_size, codec_name),
+    }
     (meta_dir / "info.json").write_text(json.dumps(info, indent=4))
     return root

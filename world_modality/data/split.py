@@ -11,7 +11,6 @@ from .lerobot import LeRobotDataset
 SPLIT_SEED = 20260101
 
 
-
 def split_episodes(dataset: LeRobotDataset, val_fraction: float) -> tuple[list[int], list[int]]:
     """Per task, hold out round(val_fraction * n) episodes (at least one where a task has two or more)."""
     rng = np.random.default_rng(SPLIT_SEED)
@@ -26,6 +25,7 @@ def split_episodes(dataset: LeRobotDataset, val_fraction: float) -> tuple[list[i
         val += ids[:n_val]
         train += ids[n_val:]
     if not train:
-        raise ValueError(f"dataset {dataset.root} has too few episodes to train on after holding out "
-                         f"{val_fraction:.0%}.")
+        raise ValueError(
+            f"dataset {dataset.root} has too few episodes to train on after holding out {val_fraction:.0%}."
+        )
     return sorted(train), sorted(val)

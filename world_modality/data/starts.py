@@ -26,8 +26,14 @@ def state_hash(state: np.ndarray) -> str:
 
 def start_record(episode_index: int, suite: str, task_id: int, state: np.ndarray, placement_seed: int) -> dict:
     state = np.asarray(state, dtype=np.float64)
-    return {"episode_index": int(episode_index), "suite": suite, "task_id": int(task_id),
-            "placement_seed": int(placement_seed), "sha256": state_hash(state), "sim_state": state.tolist()}
+    return {
+        "episode_index": int(episode_index),
+        "suite": suite,
+        "task_id": int(task_id),
+        "placement_seed": int(placement_seed),
+        "sha256": state_hash(state),
+        "sim_state": state.tolist(),
+    }
 
 
 def start_states_text(records: list[dict]) -> str:
@@ -49,8 +55,10 @@ def read_training_starts(root: str | Path) -> dict:
                 r = json.loads(line)
                 states.append({k: r[k] for k in ("suite", "task_id", "episode_index", "sim_state")})
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path} line {i + 1} is not a start-state record ({e}); expected JSON with "
-                                 "suite, task_id, episode_index and sim_state.") from None
+                raise ValueError(
+                    f"{path} line {i + 1} is not a start-state record ({e}); expected JSON with "
+                    "suite, task_id, episode_index and sim_state."
+                ) from None
         return {"kind": "states", "states": states}
     info_path = root / "meta" / "info.json"
     try:
@@ -58,8 +66,16 @@ def read_training_starts(root: str | Path) -> dict:
     except (OSError, json.JSONDecodeError):
         return {"kind": "none"}
     eps = source.get("episodes") or []
-    refs = [{"suite": source.get("suite"), "task_id": e["task_id"], "init_state_index": e["init_state_index"],
-             "episode_index": e.get("episode_index")} for e in eps if "init_state_index" in e and "task_id" in e]
+    refs = [
+        {
+            "suite": source.get("suite"),
+            "task_id": e["task_id"],
+            "init_state_index": e["init_state_index"],
+            "episode_index": e.get("episode_index"),
+        }
+        for e in eps
+        if "init_state_index" in e and "task_id" in e
+    ]
     return {"kind": "stored_indices", "refs": refs} if refs else {"kind": "none"}
 
 

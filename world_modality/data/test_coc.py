@@ -1,4 +1,5 @@
 """Chain-of-causation annotation reading and joining."""
+
 import json
 
 import pytest

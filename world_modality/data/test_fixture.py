@@ -1,4 +1,5 @@
 """The synthetic fixture is deterministic and its actions really drive the square toward the task goal."""
+
 import numpy as np
 
 from world_modality.data.fixture import GOALS, make_fixture_dataset, render
@@ -17,13 +18,15 @@ def test_actions_drive_state_and_depend_on_task(tmp_path):
     ds = load_dataset(make_fixture_dataset(tmp_path / "ds", n_episodes=6, length=24, n_tasks=3))
     assert len(set(ds.instructions)) == 3
     for ep in ds.episodes:
-        s, a = ds.state[ep.start:ep.end], ds.action[ep.start:ep.end]
+        s, a = ds.state[ep.start : ep.end], ds.action[ep.start : ep.end]
         np.testing.assert_allclose(s[1:, :2], np.clip(s[:-1, :2] + a[:-1, :2], 0, 1), atol=1e-6)
         goal = np.asarray(next(g for g, word in GOALS if ep.task.endswith(word)))
         assert np.linalg.norm(s[-1, :2] - goal) < 0.5 * np.linalg.norm(s[0, :2] - goal)
     # Same task -> same action direction; different tasks -> different directions.
-    mean_dir = {t: np.sign(ds.action[[i for i, x in enumerate(ds.instructions) if x == t], :2].mean(0))
-                for t in set(ds.instructions)}
+    mean_dir = {
+        t: np.sign(ds.action[[i for i, x in enumerate(ds.instructions) if x == t], :2].mean(0))
+        for t in set(ds.instructions)
+    }
     assert len({tuple(v) for v in mean_dir.values()}) == 3
 
 

@@ -1,5 +1,6 @@
 """The on-disk frame cache behind LeRobotDataset.images: built once by streaming decode, reused,
 keyed, atomic, and byte-equal to a direct decode + resize."""
+
 import io
 import os
 import signal
@@ -29,8 +30,9 @@ KEY, WRIST = CAMERAS
 @pytest.fixture(scope="module")
 def public_root(tmp_path_factory):
     # Two video files per camera, AV1 with a keyframe every 2 frames, as the public data is stored.
-    return make_public_fixture(tmp_path_factory.mktemp("public") / "libero", n_episodes=4, length=12, n_files=2,
-                               image_size=64, seed=0)
+    return make_public_fixture(
+        tmp_path_factory.mktemp("public") / "libero", n_episodes=4, length=12, n_files=2, image_size=64, seed=0
+    )
 
 
 def counting_decoder(monkeypatch):
@@ -58,10 +60,11 @@ def reference_video_frames(ds, key, size):
     out = []
     for ep in ds.episodes:
         m = metas[ep.index]
-        path = ds.root / ds.info["video_path"].format(video_key=key, chunk_index=m[f"videos/{key}/chunk_index"],
-                                                      file_index=m[f"videos/{key}/file_index"])
+        path = ds.root / ds.info["video_path"].format(
+            video_key=key, chunk_index=m[f"videos/{key}/chunk_index"], file_index=m[f"videos/{key}/file_index"]
+        )
         frames, times = decode_video_with_times(path)
-        query = m[f"videos/{key}/from_timestamp"] + ds.timestamp[ep.start:ep.end]
+        query = m[f"videos/{key}/from_timestamp"] + ds.timestamp[ep.start : ep.end]
         pos = np.clip(np.searchsorted(times, query), 1, len(times) - 1)
         left, right = pos - 1, pos
         nearest = np.where(np.abs(times[left] - query) <= np.abs(times[right] - query), left, right)
@@ -246,8 +249,11 @@ def test_a_truncated_cache_is_named_and_rebuilt_once_deleted(tmp_path):
     frames = np.array(load_dataset(root).images(KEY, 8))
     path = Path(load_dataset(root).images(KEY, 8).filename)
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(frame_cache.FrameCacheError, match=rf"frame cache {path} is unreadable \(truncated or "
-                                                          r"corrupt: .*\); delete the file to rebuild it"):
+    with pytest.raises(
+        frame_cache.FrameCacheError,
+        match=rf"frame cache {path} is unreadable \(truncated or "
+        r"corrupt: .*\); delete the file to rebuild it",
+    ):
         load_dataset(root).images(KEY, 8)
     path.unlink()
     np.testing.assert_array_equal(load_dataset(root).images(KEY, 8), frames)
@@ -260,8 +266,14 @@ def test_resize_is_the_shared_uint8_op():
     assert out.shape == (2, 5, 16, 16, 3) and out.dtype == np.uint8
     assert resize_frames(img, None) is img and resize_frames(out, 16) is out
     import torch
-    ref = torch.nn.functional.interpolate(torch.from_numpy(img.reshape(-1, 40, 48, 3)).permute(0, 3, 1, 2).float(),
-                                          size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(img.reshape(-1, 40, 48, 3)).permute(0, 3, 1, 2).float(),
+        size=(16, 16),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     ref = ref.permute(0, 2, 3, 1).reshape(out.shape).numpy()
     assert np.abs(out - ref).max() <= 0.5 + 1e-3  # rounding, nothing else
     with pytest.raises(ValueError, match="uint8"):

@@ -1,4 +1,5 @@
 """Write->read round trips and the load-time checks of the LeRobot v3 reader."""
+
 import json
 
 import numpy as np
@@ -17,8 +18,7 @@ DATA = "data/chunk-000/file-000.parquet"
 def smooth_frames(rng, t, size):
     yy, xx = np.mgrid[0:size, 0:size] / size
     phase = rng.uniform(0, 6, 3)
-    frames = [np.stack([128 + 90 * np.sin(3 * xx + phase[c] + 0.2 * i + yy) for c in range(3)], -1)
-              for i in range(t)]
+    frames = [np.stack([128 + 90 * np.sin(3 * xx + phase[c] + 0.2 * i + yy) for c in range(3)], -1) for i in range(t)]
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
@@ -27,9 +27,12 @@ def write_random(root, use_videos, lengths=(5, 9, 3), tasks=("pick the bowl", "o
     w = LeRobotWriter(root, image_size=16, use_videos=use_videos)
     eps = []
     for T, task in zip(lengths, tasks):
-        ep = dict(images={k: smooth_frames(rng, T, 16) for k in KEYS},
-                  state=rng.normal(size=(T, 8)).astype(np.float32),
-                  action=rng.normal(size=(T, 7)).astype(np.float32), task=task)
+        ep = dict(
+            images={k: smooth_frames(rng, T, 16) for k in KEYS},
+            state=rng.normal(size=(T, 8)).astype(np.float32),
+            action=rng.normal(size=(T, 7)).astype(np.float32),
+            task=task,
+        )
         assert w.add_episode(**ep) == len(eps)
         eps.append(ep)
     w.finalize()
@@ -86,8 +89,10 @@ def test_rows_sorted_by_episode_and_frame(tmp_path):
 def test_pandas_style_tasks_parquet(tmp_path):
     root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4)
     t = pq.read_table(root / "meta/tasks.parquet")
-    pq.write_table(pa.table({"task_index": t.column("task_index"), "__index_level_0__": t.column("task")}),
-                   root / "meta/tasks.parquet")
+    pq.write_table(
+        pa.table({"task_index": t.column("task_index"), "__index_level_0__": t.column("task")}),
+        root / "meta/tasks.parquet",
+    )
     assert load_dataset(root).episodes[1].task == t.column("task")[1].as_py()
 
 
@@ -130,6 +135,7 @@ def test_nan_action_error(tmp_path):
         rows = t.column("action").to_pylist()
         rows[6][3] = float("nan")
         return set_column(t, "action", rows)
+
     rewrite(root / DATA, poison)
     with pytest.raises(DatasetError, match=r"'action'.*first bad row 6"):
         load_dataset(root)
@@ -162,8 +168,9 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     assert load_dataset(a).fingerprint() == load_dataset(b).fingerprint() != fp
     c = make_fixture_dataset(tmp_path / "c", n_episodes=2, length=4, use_videos=True)
     assert load_dataset(c).fingerprint() == fp
-    rewrite(root / DATA,
-            lambda t: set_column(t, "action", [[x + 1e-3 for x in r] for r in t.column("action").to_pylist()]))
+    rewrite(
+        root / DATA, lambda t: set_column(t, "action", [[x + 1e-3 for x in r] for r in t.column("action").to_pylist()])
+    )
     fp2 = load_dataset(root).fingerprint()
     assert fp2 != fp
     video = root / "videos" / KEYS[0] / "chunk-000/file-000.mp4"
@@ -185,6 +192,7 @@ def set_episode_field(root, episode, column, value):
         values = t.column(column).to_pylist()
         values[t.column("episode_index").to_pylist().index(episode)] = value
         return set_column(t, column, values)
+
     rewrite(root / EPISODES, edit)
 
 
@@ -195,21 +203,30 @@ def test_an_episode_span_past_the_end_of_its_video_is_named(tmp_path):
     video = root / "videos" / KEYS[0] / "chunk-000" / "file-000.mp4"
     set_episode_field(root, 2, f"videos/{KEYS[0]}/to_timestamp", 2.4)
     ds = load_dataset(root)
-    with pytest.raises(DatasetError, match=rf"episode 2: .*{EPISODES} gives '{KEYS[0]}' the span \[1.200, 2.400\) "
-                                           rf"s of {video}, 12.0 frames at 10 fps, but the data hold 6 rows"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"episode 2: .*{EPISODES} gives '{KEYS[0]}' the span \[1.200, 2.400\) "
+        rf"s of {video}, 12.0 frames at 10 fps, but the data hold 6 rows",
+    ):
         ds.images(KEYS[0])
     # A whole span moved past the end (from 1.2 to 1.8 s) is found from the file's header, before any decoding.
     set_episode_field(root, 2, f"videos/{KEYS[0]}/from_timestamp", 1.8)
-    with pytest.raises(DatasetError, match=rf"episode 2: meta/episodes gives '{KEYS[0]}' the span \[1.800, 2.400\) s, "
-                                           rf"past the end of its video file {video} \(18 frames, 1.800 s\)"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"episode 2: meta/episodes gives '{KEYS[0]}' the span \[1.800, 2.400\) s, "
+        rf"past the end of its video file {video} \(18 frames, 1.800 s\)",
+    ):
         load_dataset(root).images(KEYS[0])
 
 
 def test_an_episode_length_that_disagrees_with_its_rows_is_named(tmp_path):
     root = make_fixture_dataset(tmp_path / "ds", n_episodes=3, length=6, image_size=16)
     set_episode_field(root, 1, "length", 9)
-    with pytest.raises(DatasetError, match=rf"episode 1 has 6 rows in the data files but .*{EPISODES} gives it "
-                                           r"length 9; expected them to agree"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"episode 1 has 6 rows in the data files but .*{EPISODES} gives it "
+        r"length 9; expected them to agree",
+    ):
         load_dataset(root)
 
 
@@ -221,8 +238,11 @@ def test_a_data_file_left_out_of_a_copy_is_named(tmp_path):
     files = sorted((root / "data").rglob("*.parquet"))
     assert len(files) == 2
     files[1].unlink()
-    with pytest.raises(DatasetError, match=rf"episodes \[2\] are listed in .* but have no rows in the data files "
-                                           rf"under .*; expected the data file that holds episode 2 \({files[1]}\)"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"episodes \[2\] are listed in .* but have no rows in the data files "
+        rf"under .*; expected the data file that holds episode 2 \({files[1]}\)",
+    ):
         load_dataset(root)
 
 
@@ -238,8 +258,11 @@ def test_a_truncated_parquet_file_is_named(tmp_path, victim):
 def test_info_json_that_is_not_json_is_named(tmp_path):
     root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4)
     (root / "meta/info.json").write_text('{"codebase_version": "v3.0", ')
-    with pytest.raises(DatasetError, match=rf"{root / 'meta/info.json'} is not valid JSON \(.*\); expected the "
-                                           r"LeRobot v3 dataset description"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"{root / 'meta/info.json'} is not valid JSON \(.*\); expected the "
+        r"LeRobot v3 dataset description",
+    ):
         load_dataset(root)
     (root / "meta/info.json").write_text('{"codebase_version": "v3.0", "fps": "ten", "features": {}}')
     with pytest.raises(DatasetError, match=r"info.json: fps is 'ten'; expected a positive whole number"):
@@ -258,8 +281,11 @@ def test_frames_of_another_size_than_info_declares_are_named(tmp_path, use_video
     info["features"][KEYS[0]]["shape"] = [32, 32, 3]
     (root / "meta/info.json").write_text(json.dumps(info))
     where = r"videos/.*file-000\.mp4" if use_videos else r"data/chunk-000/file-000\.parquet"
-    with pytest.raises(DatasetError, match=rf"{where} holds 16x16 frames of '{KEYS[0]}' but meta/info.json "
-                                           r"features declare 32x32; expected them to agree"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"{where} holds 16x16 frames of '{KEYS[0]}' but meta/info.json "
+        r"features declare 32x32; expected them to agree",
+    ):
         load_dataset(root).images(KEYS[0], 16)
 
 

@@ -1,5 +1,6 @@
 """The public LIBERO schema (HuggingFaceVLA/libero, LeRobot v3) loads unchanged: metadata, rows,
 instructions through task_index, AV1 videos across several files, windows, and a short E2 run."""
+
 import json
 import os
 import subprocess
@@ -21,16 +22,24 @@ N_EPISODES, LENGTH = 4, 20
 
 @pytest.fixture(scope="module")
 def public_root(tmp_path_factory):
-    return make_public_fixture(tmp_path_factory.mktemp("public") / "libero", n_episodes=N_EPISODES, length=LENGTH,
-                               n_files=2, seed=0)
+    return make_public_fixture(
+        tmp_path_factory.mktemp("public") / "libero", n_episodes=N_EPISODES, length=LENGTH, n_files=2, seed=0
+    )
 
 
 def test_layout_and_info_match_the_public_schema(public_root):
     files = sorted(p.relative_to(public_root).as_posix() for p in public_root.rglob("*") if p.is_file())
     assert files == sorted(
-        ["meta/info.json", "meta/stats.json", "meta/tasks.parquet", "meta/episodes/chunk-000/file-000.parquet",
-         "data/chunk-000/file-000.parquet", "data/chunk-000/file-001.parquet"]
-        + [f"videos/{k}/chunk-000/file-00{i}.mp4" for k in CAMERAS for i in (0, 1)])
+        [
+            "meta/info.json",
+            "meta/stats.json",
+            "meta/tasks.parquet",
+            "meta/episodes/chunk-000/file-000.parquet",
+            "data/chunk-000/file-000.parquet",
+            "data/chunk-000/file-001.parquet",
+        ]
+        + [f"videos/{k}/chunk-000/file-00{i}.mp4" for k in CAMERAS for i in (0, 1)]
+    )
     info = json.loads((public_root / "meta" / "info.json").read_text())
     assert info["codebase_version"] == "v3.0" and info["fps"] == 10
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -38,15 +47,25 @@ def test_layout_and_info_match_the_public_schema(public_root):
     assert {"chunks_size", "data_files_size_in_mb", "video_files_size_in_mb"} <= set(info)
     assert "control_steps_per_frame" not in info  # public conversions: one row per control step
     feats = info["features"]
-    expected_shapes = {"observation.images.image": [256, 256, 3], "observation.images.wrist_image": [256, 256, 3],
-                       "observation.state": [8], "observation.states.ee_state": [6],
-                       "observation.states.joint_state": [7], "observation.states.gripper_state": [2],
-                       "action": [7], "timestamp": [1], "frame_index": [1], "episode_index": [1], "index": [1],
-                       "task_index": [1]}
+    expected_shapes = {
+        "observation.images.image": [256, 256, 3],
+        "observation.images.wrist_image": [256, 256, 3],
+        "observation.state": [8],
+        "observation.states.ee_state": [6],
+        "observation.states.joint_state": [7],
+        "observation.states.gripper_state": [2],
+        "action": [7],
+        "timestamp": [1],
+        "frame_index": [1],
+        "episode_index": [1],
+        "index": [1],
+        "task_index": [1],
+    }
     assert {k: f["shape"] for k, f in feats.items()} == expected_shapes
     assert all(feats[k]["dtype"] == "video" and feats[k]["names"] == ["height", "width", "rgb"] for k in CAMERAS)
-    assert feats["observation.state"]["names"] == {"motors": ["x", "y", "z", "roll", "pitch", "yaw", "gripper",
-                                                              "gripper"]}
+    assert feats["observation.state"]["names"] == {
+        "motors": ["x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper"]
+    }
     assert feats["observation.images.image"]["info"]["video.fps"] == 10
     # Data files hold no image or task string columns: the instruction is only reachable via task_index.
     schema = pq.read_schema(public_root / "data" / "chunk-000" / "file-000.parquet")
@@ -55,10 +74,18 @@ def test_layout_and_info_match_the_public_schema(public_root):
     tasks = pq.read_table(public_root / "meta" / "tasks.parquet")
     assert tasks.column_names == ["task_index", "__index_level_0__"]
     ep_cols = pq.read_schema(public_root / "meta" / "episodes" / "chunk-000" / "file-000.parquet").names
-    for col in ("episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
-                "dataset_to_index", "meta/episodes/chunk_index", "stats/action/mean",
-                *(f"videos/{k}/{f}" for k in CAMERAS for f in ("chunk_index", "file_index", "from_timestamp",
-                                                                 "to_timestamp"))):
+    for col in (
+        "episode_index",
+        "tasks",
+        "length",
+        "data/chunk_index",
+        "data/file_index",
+        "dataset_from_index",
+        "dataset_to_index",
+        "meta/episodes/chunk_index",
+        "stats/action/mean",
+        *(f"videos/{k}/{f}" for k in CAMERAS for f in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")),
+    ):
         assert col in ep_cols, col
 
 
@@ -66,10 +93,13 @@ def test_loads_unchanged_with_instructions_and_state_columns(public_root):
     ds = load_dataset(public_root)
     assert len(ds) == N_EPISODES * LENGTH and ds.fps == 10
     assert ds.state.shape == (len(ds), 8) and ds.action.shape == (len(ds), 7)
-    assert [(e.index, e.start, e.end) for e in ds.episodes] == [(i, i * LENGTH, (i + 1) * LENGTH)
-                                                               for i in range(N_EPISODES)]
-    assert [e.task for e in ds.episodes] == ["move the block to the top left corner",
-                                             "move the block to the bottom right corner"] * 2
+    assert [(e.index, e.start, e.end) for e in ds.episodes] == [
+        (i, i * LENGTH, (i + 1) * LENGTH) for i in range(N_EPISODES)
+    ]
+    assert [e.task for e in ds.episodes] == [
+        "move the block to the top left corner",
+        "move the block to the bottom right corner",
+    ] * 2
     np.testing.assert_array_equal(ds.column("observation.states.ee_state"), ds.state[:, :6])
     np.testing.assert_array_equal(ds.column("observation.states.gripper_state"), ds.state[:, 6:])
     assert ds.column("observation.states.joint_state").shape == (len(ds), 7)
@@ -129,8 +159,12 @@ def test_short_e2_training_runs_on_the_public_schema(public_root, tmp_path):
 
 
 def _policies() -> set[int]:
-    return {int(line.split(":")[1]) for f in Path("/proc/self/task").glob("*/sched")
-            for line in f.read_text().splitlines() if line.startswith("policy")}
+    return {
+        int(line.split(":")[1])
+        for f in Path("/proc/self/task").glob("*/sched")
+        for line in f.read_text().splitlines()
+        if line.startswith("policy")
+    }
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux /proc scheduling state")
@@ -139,6 +173,11 @@ def test_writing_av1_leaves_every_thread_and_later_process_at_normal_scheduling(
     before = os.sched_getscheduler(0)
     make_public_fixture(tmp_path / "p", n_episodes=1, length=4, n_files=1, image_size=32, seed=0)
     assert os.sched_getscheduler(0) == before and _policies() == {before}
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
-                           capture_output=True, text=True, check=True, timeout=60)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert int(child.stdout) == before

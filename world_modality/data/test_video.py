@@ -1,4 +1,5 @@
 """Round-trip tests for mp4 encoding and (range) decoding."""
+
 import numpy as np
 import pytest
 

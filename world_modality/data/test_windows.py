@@ -1,4 +1,5 @@
 """Episode-bounded windows: no window crosses an episode, clamping and masks at the edges."""
+
 import numpy as np
 import pytest
 
@@ -17,8 +18,9 @@ def episode_of_row():
     return np.repeat(np.arange(len(LENGTHS)), LENGTHS)
 
 
-@pytest.mark.parametrize("spec", [WindowSpec(), WindowSpec(num_frames=3, frame_stride=2, future_offset=4,
-                                                           chunk_size=5)])
+@pytest.mark.parametrize(
+    "spec", [WindowSpec(), WindowSpec(num_frames=3, frame_stride=2, future_offset=4, chunk_size=5)]
+)
 def test_windows_stay_in_episode(spec):
     eps, ep_of = episodes(), episode_of_row()
     past, fut = past_frame_rows(eps, spec), future_rows(eps, spec)

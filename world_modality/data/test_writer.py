@@ -1,4 +1,5 @@
 """Input validation and atomic install of the LeRobot v3 writer."""
+
 import numpy as np
 import pytest
 
@@ -9,20 +10,26 @@ KEYS = ("observation.images.image", "observation.images.wrist_image")
 
 
 def episode(T=4, size=8, state_dim=8, action_dim=7):
-    return dict(images={k: np.zeros((T, size, size, 3), np.uint8) for k in KEYS},
-                state=np.zeros((T, state_dim), np.float32), action=np.zeros((T, action_dim), np.float32),
-                task="stack the cups")
+    return dict(
+        images={k: np.zeros((T, size, size, 3), np.uint8) for k in KEYS},
+        state=np.zeros((T, state_dim), np.float32),
+        action=np.zeros((T, action_dim), np.float32),
+        task="stack the cups",
+    )
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(task="  "), "task"),
-    (dict(state=np.zeros((4, 7), np.float32)), r"state must be \(T,8\)"),
-    (dict(action=np.zeros((3, 7), np.float32)), "same non-zero length"),
-    (dict(images={KEYS[0]: np.zeros((4, 8, 8, 3), np.uint8)}), "image_keys"),
-    (dict(images={k: np.zeros((4, 8, 8, 3), np.float32) for k in KEYS}), "uint8"),
-    (dict(images={k: np.zeros((4, 6, 8, 3), np.uint8) for k in KEYS}), r"\(4, 8, 8, 3\)"),
-    (dict(action=np.full((4, 7), np.nan, np.float32)), "NaN"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(task="  "), "task"),
+        (dict(state=np.zeros((4, 7), np.float32)), r"state must be \(T,8\)"),
+        (dict(action=np.zeros((3, 7), np.float32)), "same non-zero length"),
+        (dict(images={KEYS[0]: np.zeros((4, 8, 8, 3), np.uint8)}), "image_keys"),
+        (dict(images={k: np.zeros((4, 8, 8, 3), np.float32) for k in KEYS}), "uint8"),
+        (dict(images={k: np.zeros((4, 6, 8, 3), np.uint8) for k in KEYS}), r"\(4, 8, 8, 3\)"),
+        (dict(action=np.full((4, 7), np.nan, np.float32)), "NaN"),
+    ],
+)
 def test_validation(tmp_path, change, match):
     w = LeRobotWriter(tmp_path / "ds", image_size=8, use_videos=False)
     with pytest.raises(ValueError, match=match):
@@ -53,8 +60,9 @@ def test_existing_dataset_kept_until_overwrite(tmp_path):
 
 
 def test_custom_dims_and_names(tmp_path):
-    w = LeRobotWriter(tmp_path / "ds", image_size=8, state_dim=3, action_dim=2, use_videos=False,
-                      action_names=["vx", "vy"])
+    w = LeRobotWriter(
+        tmp_path / "ds", image_size=8, state_dim=3, action_dim=2, use_videos=False, action_names=["vx", "vy"]
+    )
     w.add_episode(**episode(state_dim=3, action_dim=2))
     ds = load_dataset(w.finalize())
     assert ds.state.shape == (4, 3) and ds.action.shape == (4, 2)

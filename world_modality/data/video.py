@@ -1,4 +1,5 @@
 """Encode uint8 frame arrays to mp4 and decode mp4 files (or a time range of one) back to arrays."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -51,7 +52,8 @@ class VideoWriter:
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3):
             raise ValueError(
-                f"frames must be uint8 (T,{self.height},{self.width},3), got {frames.dtype} {frames.shape}")
+                f"frames must be uint8 (T,{self.height},{self.width},3), got {frames.dtype} {frames.shape}"
+            )
         for img in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = self.n_frames
@@ -125,8 +127,9 @@ def video_length(path: str | Path) -> tuple[int | None, float | None, tuple[int,
     return frames, seconds, size
 
 
-def decode_video_with_times(path: str | Path, from_ts: float | None = None,
-                            to_ts: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_video_with_times(
+    path: str | Path, from_ts: float | None = None, to_ts: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode frames with time in [from_ts, to_ts); returns (frames (T,H,W,3) uint8, times (T,) seconds)."""
     path = Path(path)
     if not path.is_file():

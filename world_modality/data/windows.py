@@ -1,4 +1,5 @@
 """Episode-bounded row windows: past frames per latent, the future frame, and action chunks."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,8 +17,9 @@ class WindowSpec:
 
     def __post_init__(self):
         if self.num_frames < 1 or self.frame_stride < 1 or self.future_offset < 0 or self.chunk_size < 1:
-            raise ValueError(f"invalid WindowSpec {self}: need num_frames>=1, frame_stride>=1, "
-                             f"future_offset>=0, chunk_size>=1")
+            raise ValueError(
+                f"invalid WindowSpec {self}: need num_frames>=1, frame_stride>=1, future_offset>=0, chunk_size>=1"
+            )
 
 
 def episode_bounds(episodes: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

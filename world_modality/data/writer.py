@@ -1,7 +1,7 @@
 """Write episodes as a LeRobot v3 dataset (the layout of the public HuggingFaceVLA/libero data)."""
+
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from .video import VideoWriter, pick_codec
+from .video import VideoWriter
+from .writer_columns import features, list_array, parquet_schema, png_cell
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -26,31 +26,29 @@ def _default_names(dim: int, libero: list[str], prefix: str) -> list[str]:
     return list(libero) if dim == len(libero) else [f"{prefix}{i}" for i in range(dim)]
 
 
-def _png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _list_array(x: np.ndarray) -> pa.Array:
-    # Row-wise conversion of (T,D) through Python lists is slow for long demonstrations; build offsets directly.
-    t, d = x.shape
-    offsets = pa.array(np.arange(0, t * d + 1, d, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1).astype(np.float32)))
-
-
 class LeRobotWriter:
     """Streams episodes into a temp dir beside `root` and renames it into place on finalize().
 
     Building beside the target and renaming means an interrupted run never leaves a half-written
     dataset at `root` (readers would otherwise fingerprint and train on it)."""
 
-    def __init__(self, root, fps: int = 10,
-                 image_keys=("observation.images.image", "observation.images.wrist_image"),
-                 image_size: int = 128, state_dim: int = 8, action_dim: int = 7, robot_type: str = "panda",
-                 use_videos: bool = True, state_names=None, action_names=None,
-                 instruction_column: str | None = None, overwrite: bool = False,
-                 extra_info: dict | None = None, extra_features: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        root,
+        fps: int = 10,
+        image_keys=("observation.images.image", "observation.images.wrist_image"),
+        image_size: int = 128,
+        state_dim: int = 8,
+        action_dim: int = 7,
+        robot_type: str = "panda",
+        use_videos: bool = True,
+        state_names=None,
+        action_names=None,
+        instruction_column: str | None = None,
+        overwrite: bool = False,
+        extra_info: dict | None = None,
+        extra_features: dict[str, list[str]] | None = None,
+    ):
         """extra_features: further float32 vector features, key -> the name of each dimension (e.g.
         `observation.environment_state`); every episode then gives each of them to add_episode(extra=...)."""
         self.root = Path(root)
@@ -59,14 +57,18 @@ class LeRobotWriter:
         taken = {"observation.state", "action", *image_keys}
         bad = {k: len(v) for k, v in self.extra_features.items() if k in taken or not v}
         if bad:
-            raise ValueError(f"extra_features {bad} must be new keys with at least one named dimension; "
-                             f"the writer already writes {sorted(taken)}")
+            raise ValueError(
+                f"extra_features {bad} must be new keys with at least one named dimension; "
+                f"the writer already writes {sorted(taken)}"
+            )
         self._extra_files: dict[str, str] = {}
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
             raise FileExistsError(f"{self.root} already exists and is not empty (pass overwrite=True to replace it)")
         if fps <= 0 or image_size <= 0 or state_dim <= 0 or action_dim <= 0:
-            raise ValueError(f"fps, image_size, state_dim, action_dim must be positive, got "
-                             f"{fps}, {image_size}, {state_dim}, {action_dim}")
+            raise ValueError(
+                f"fps, image_size, state_dim, action_dim must be positive, got "
+                f"{fps}, {image_size}, {state_dim}, {action_dim}"
+            )
         self.fps, self.image_size, self.robot_type = int(fps), int(image_size), robot_type
         self.image_keys = list(image_keys)
         self.state_dim, self.action_dim = int(state_dim), int(action_dim)
@@ -75,8 +77,10 @@ class LeRobotWriter:
         self.state_names = list(state_names) if state_names else _default_names(state_dim, LIBERO_STATE_NAMES, "s")
         self.action_names = list(action_names) if action_names else _default_names(action_dim, LIBERO_ACTION_NAMES, "a")
         if len(self.state_names) != state_dim or len(self.action_names) != action_dim:
-            raise ValueError(f"state_names/action_names lengths {len(self.state_names)}/{len(self.action_names)} "
-                             f"do not match state_dim/action_dim {state_dim}/{action_dim}")
+            raise ValueError(
+                f"state_names/action_names lengths {len(self.state_names)}/{len(self.action_names)} "
+                f"do not match state_dim/action_dim {state_dim}/{action_dim}"
+            )
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-", dir=self.root.parent))
         self._tasks: dict[str, int] = {}
@@ -93,44 +97,6 @@ class LeRobotWriter:
         for k, v in self.extra_features.items():
             self._mins[k], self._maxs[k] = np.full(len(v), np.inf), np.full(len(v), -np.inf)
         self._done = False
-
-    # -- schema ---------------------------------------------------------------------------------
-    def _features(self) -> dict:
-        feats: dict = {}
-        s = self.image_size
-        for key in self.image_keys:
-            if self.use_videos:
-                feats[key] = {"dtype": "video", "shape": [s, s, 3], "names": ["height", "width", "channels"],
-                              "info": {"video.height": s, "video.width": s,
-                                       "video.codec": "h264" if pick_codec() == "libx264" else "mpeg4",
-                                       "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
-                                       "video.fps": self.fps, "video.channels": 3, "has_audio": False}}
-            else:
-                feats[key] = {"dtype": "image", "shape": [s, s, 3], "names": ["height", "width", "channel"]}
-        feats["observation.state"] = {"dtype": "float32", "shape": [self.state_dim], "names": self.state_names}
-        feats["action"] = {"dtype": "float32", "shape": [self.action_dim], "names": self.action_names}
-        for key, names in self.extra_features.items():
-            feats[key] = {"dtype": "float32", "shape": [len(names)], "names": list(names)}
-        for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                            ("index", "int64"), ("task_index", "int64")):
-            feats[name] = {"dtype": dtype, "shape": [1], "names": None}
-        if self.instruction_column:
-            feats[self.instruction_column] = {"dtype": "string", "shape": [1], "names": None}
-        return feats
-
-    def _schema(self) -> pa.Schema:
-        fields = []
-        if not self.use_videos:
-            img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-            fields += [pa.field(k, img) for k in self.image_keys]
-        fields += [pa.field("observation.state", pa.list_(pa.float32())), pa.field("action", pa.list_(pa.float32()))]
-        fields += [pa.field(k, pa.list_(pa.float32())) for k in self.extra_features]
-        fields += [pa.field("timestamp", pa.float32()), pa.field("frame_index", pa.int64()),
-                   pa.field("episode_index", pa.int64()), pa.field("index", pa.int64()),
-                   pa.field("task_index", pa.int64())]
-        if self.instruction_column:
-            fields.append(pa.field(self.instruction_column, pa.string()))
-        return pa.schema(fields)
 
     # -- writing --------------------------------------------------------------------------------
     def _validate(self, images: dict, state, action, task) -> tuple[np.ndarray, np.ndarray]:
@@ -183,10 +149,17 @@ class LeRobotWriter:
         ep = len(self._episodes)
         task_index = self._tasks.setdefault(task, len(self._tasks))
         start = self._n_frames
-        meta = {"episode_index": ep, "tasks": [task], "length": T,
-                "data/chunk_index": 0, "data/file_index": 0,
-                "dataset_from_index": start, "dataset_to_index": start + T,
-                "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+        meta = {
+            "episode_index": ep,
+            "tasks": [task],
+            "length": T,
+            "data/chunk_index": 0,
+            "data/file_index": 0,
+            "dataset_from_index": start,
+            "dataset_to_index": start + T,
+            "meta/episodes/chunk_index": 0,
+            "meta/episodes/file_index": 0,
+        }
         cols: dict = {}
         for key in self.image_keys:
             frames = np.asarray(images[key])
@@ -197,23 +170,39 @@ class LeRobotWriter:
                     vw = self._videos[key] = VideoWriter(path, self.fps, self.image_size, self.image_size)
                 from_ts = vw.n_frames / self.fps
                 vw.write(frames)
-                meta.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
-                             f"videos/{key}/from_timestamp": from_ts,
-                             f"videos/{key}/to_timestamp": vw.n_frames / self.fps})
+                meta.update(
+                    {
+                        f"videos/{key}/chunk_index": 0,
+                        f"videos/{key}/file_index": 0,
+                        f"videos/{key}/from_timestamp": from_ts,
+                        f"videos/{key}/to_timestamp": vw.n_frames / self.fps,
+                    }
+                )
             else:
-                cols[key] = [{"bytes": _png(f), "path": f"frame_{start + i:06d}.png"} for i, f in enumerate(frames)]
+                cols[key] = [{"bytes": png_cell(f), "path": f"frame_{start + i:06d}.png"} for i, f in enumerate(frames)]
         frame_index = np.arange(T, dtype=np.int64)
-        cols.update({
-            "observation.state": _list_array(state), "action": _list_array(action),
-            **{k: _list_array(v) for k, v in extra.items()},
-            "timestamp": (frame_index / self.fps).astype(np.float32), "frame_index": frame_index,
-            "episode_index": np.full(T, ep, np.int64), "index": np.arange(start, start + T, dtype=np.int64),
-            "task_index": np.full(T, task_index, np.int64)})
+        cols.update(
+            {
+                "observation.state": list_array(state),
+                "action": list_array(action),
+                **{k: list_array(v) for k, v in extra.items()},
+                "timestamp": (frame_index / self.fps).astype(np.float32),
+                "frame_index": frame_index,
+                "episode_index": np.full(T, ep, np.int64),
+                "index": np.arange(start, start + T, dtype=np.int64),
+                "task_index": np.full(T, task_index, np.int64),
+            }
+        )
         if self.instruction_column:
             cols[self.instruction_column] = [task] * T
-        schema = self._schema()
-        table = pa.table({f.name: cols[f.name] if isinstance(cols[f.name], pa.Array)
-                          else pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
+        schema = parquet_schema(self)
+        table = pa.table(
+            {
+                f.name: cols[f.name] if isinstance(cols[f.name], pa.Array) else pa.array(cols[f.name], type=f.type)
+                for f in schema
+            },
+            schema=schema,
+        )
         if self._parquet is None:
             path = self._tmp / DATA_PATH.format(chunk_index=0, file_index=0)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,13 +225,20 @@ class LeRobotWriter:
     def _stats(self) -> dict:
         out = {}
         n = max(self._n_frames, 1)
-        for key, s, sq in (("observation.state", self._state_sum, self._state_sq),
-                           ("action", self._action_sum, self._action_sq),
-                           *((k, v[0], v[1]) for k, v in self._extra_sums.items())):
+        for key, s, sq in (
+            ("observation.state", self._state_sum, self._state_sq),
+            ("action", self._action_sum, self._action_sq),
+            *((k, v[0], v[1]) for k, v in self._extra_sums.items()),
+        ):
             mean = s / n
-            std = np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
-            out[key] = {"mean": mean.tolist(), "std": std.tolist(), "min": self._mins[key].tolist(),
-                        "max": self._maxs[key].tolist(), "count": [self._n_frames]}
+            std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+            out[key] = {
+                "mean": mean.tolist(),
+                "std": std.tolist(),
+                "min": self._mins[key].tolist(),
+                "max": self._maxs[key].tolist(),
+                "count": [self._n_frames],
+            }
         return out
 
     def add_file(self, relpath: str, text: str) -> None:
@@ -262,18 +258,34 @@ class LeRobotWriter:
             meta = self._tmp / "meta"
             meta.mkdir(parents=True, exist_ok=True)
             tasks = sorted(self._tasks.items(), key=lambda kv: kv[1])
-            pq.write_table(pa.table({"task_index": pa.array([i for _, i in tasks], pa.int64()),
-                                     "task": pa.array([t for t, _ in tasks], pa.string())}),
-                           meta / "tasks.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "task_index": pa.array([i for _, i in tasks], pa.int64()),
+                        "task": pa.array([t for t, _ in tasks], pa.string()),
+                    }
+                ),
+                meta / "tasks.parquet",
+            )
             ep_path = self._tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
             ep_path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(self._episodes), ep_path)
-            info = {"codebase_version": "v3.0", "robot_type": self.robot_type,
-                    "total_episodes": len(self._episodes), "total_frames": self._n_frames,
-                    "total_tasks": len(self._tasks), "chunks_size": 1000, "data_files_size_in_mb": 100,
-                    "video_files_size_in_mb": 500, "fps": self.fps, "splits": {"train": f"0:{len(self._episodes)}"},
-                    "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.use_videos else None,
-                    "features": self._features(), **self.extra_info}
+            info = {
+                "codebase_version": "v3.0",
+                "robot_type": self.robot_type,
+                "total_episodes": len(self._episodes),
+                "total_frames": self._n_frames,
+                "total_tasks": len(self._tasks),
+                "chunks_size": 1000,
+                "data_files_size_in_mb": 100,
+                "video_files_size_in_mb": 500,
+                "fps": self.fps,
+                "splits": {"train": f"0:{len(self._episodes)}"},
+                "data_path": DATA_PATH,
+                "video_path": VIDEO_PATH if self.use_videos else None,
+                "features": features(self),
+                **self.extra_info,
+            }
             for rel, text in self._extra_files.items():
                 (self._tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (self._tmp / rel).write_text(text)

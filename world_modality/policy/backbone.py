@@ -95,9 +95,11 @@ class VLMBackbone(nn.Module):
         self.hidden_size = model.config.text_config.hidden_size
         self.image_token_id = int(image_token_id)
         if self.token_id(self.image_token) != self.image_token_id:
-            raise ValueError(f"tokenizer maps {self.image_token!r} to {self.token_id(self.image_token)}, but the model "
-                             f"config's image token id is {self.image_token_id}: tokenizer and weights do not "
-                             f"belong together.")
+            raise ValueError(
+                f"tokenizer maps {self.image_token!r} to {self.token_id(self.image_token)}, but the model "
+                f"config's image token id is {self.image_token_id}: tokenizer and weights do not "
+                f"belong together."
+            )
         self.pad_token_id = self.token_id(self.pad_token)
         self.text_end_id = self.token_id(self.text_end_token)
 
@@ -152,8 +154,9 @@ class QwenBackbone(VLMBackbone):
     def check_image_size(self, size: int) -> None:
         unit = self.patch_size * self.merge_size
         if size % unit:
-            raise ValueError(f"image_size {size} must be a multiple of patch_size*merge_size = {unit} "
-                             f"for this backbone.")
+            raise ValueError(
+                f"image_size {size} must be a multiple of patch_size*merge_size = {unit} for this backbone."
+            )
 
     # -- images ---------------------------------------------------------------------------------
     def pixel_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,8 +189,9 @@ class QwenBackbone(VLMBackbone):
         return out.last_hidden_state
 
 
-def build_tiny_qwen(tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize(),
-                    dtype: str = "float32") -> QwenBackbone:
+def build_tiny_qwen(
+    tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize(), dtype: str = "float32"
+) -> QwenBackbone:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from .tokenizer import SPECIAL_TOKENS
@@ -201,8 +205,10 @@ def build_tiny_qwen(tokenizer, seed: int = 0, size: TinyQwenSize = TinyQwenSize(
 
 
 def _not_found(where: str, path: str, e: OSError) -> FileNotFoundError:
-    return FileNotFoundError(f"could not load a VLM from {where} {path!r} (nothing is downloaded at run time; "
-                             f"put the weights there or in your hub cache first): {e}")
+    return FileNotFoundError(
+        f"could not load a VLM from {where} {path!r} (nothing is downloaded at run time; "
+        f"put the weights there or in your hub cache first): {e}"
+    )
 
 
 def load_local(path: str, classes: dict[str, str], dtype: str = "float32"):
@@ -215,8 +221,9 @@ def load_local(path: str, classes: dict[str, str], dtype: str = "float32"):
     config = local_config(path, classes)
     where = "folder" if Path(path).exists() else "hub-cache id"
     try:
-        model = getattr(transformers, classes[config.model_type]).from_pretrained(path, local_files_only=True,
-                                                                                  dtype=DTYPES[dtype])
+        model = getattr(transformers, classes[config.model_type]).from_pretrained(
+            path, local_files_only=True, dtype=DTYPES[dtype]
+        )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except OSError as e:
         raise _not_found(where, path, e) from e
@@ -234,8 +241,10 @@ def local_config(path: str, classes: dict[str, str]):
     except OSError as e:
         raise _not_found(where, path, e) from e
     if config.model_type not in classes:
-        raise ValueError(f"{where} {path!r} holds a {config.model_type!r} model "
-                         f"({getattr(config, 'architectures', None)}); expected model_type one of {sorted(classes)}.")
+        raise ValueError(
+            f"{where} {path!r} holds a {config.model_type!r} model "
+            f"({getattr(config, 'architectures', None)}); expected model_type one of {sorted(classes)}."
+        )
     return config
 
 

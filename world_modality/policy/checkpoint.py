@@ -38,8 +38,16 @@ from .checkpoint_store import (
 )
 from .model import PolicyShapes, WorldModalityPolicy
 
-__all__ = ["CheckpointError", "DONE_MARKER", "checkpoint_keys", "frozen_backbone_fingerprint", "load_checkpoint",
-           "nonfinite_tensors", "read_checkpoint_config", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "DONE_MARKER",
+    "checkpoint_keys",
+    "frozen_backbone_fingerprint",
+    "load_checkpoint",
+    "nonfinite_tensors",
+    "read_checkpoint_config",
+    "save_checkpoint",
+]
 
 
 def checkpoint_keys(policy: WorldModalityPolicy) -> list[str]:
@@ -98,9 +106,16 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
-def save_checkpoint(path: str | Path, policy: WorldModalityPolicy, *, step: int = 0, epoch: int = 0,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    trainer_state: dict[str, Any] | None = None, ema: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    policy: WorldModalityPolicy,
+    *,
+    step: int = 0,
+    epoch: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    ema: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write into a temporary sibling folder, then rename: a kill mid-write leaves the old checkpoints intact.
     Weights with NaN/inf are refused before anything is written: such a checkpoint acts at random, and
     as the newest one it would displace the last good one in rotation."""
@@ -109,8 +124,10 @@ def save_checkpoint(path: str | Path, policy: WorldModalityPolicy, *, step: int 
     keys = checkpoint_keys(policy)
     bad = nonfinite_tensors({k: state[k] for k in keys}) + nonfinite_tensors(ema or {})
     if bad:
-        raise CheckpointError(f"refusing to write checkpoint {final}: tensors {bad[:10]}"
-                              f"{' …' if len(bad) > 10 else ''} hold NaN/inf values; expected finite weights.")
+        raise CheckpointError(
+            f"refusing to write checkpoint {final}: tensors {bad[:10]}"
+            f"{' …' if len(bad) > 10 else ''} hold NaN/inf values; expected finite weights."
+        )
     tmp = temporary_folder(final)
     tensors = _unshared({k: state[k].detach().cpu().contiguous() for k in keys})
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
@@ -161,8 +178,9 @@ def read_checkpoint_config(path: str | Path) -> ExperimentConfig:
     return cfg
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    weights: str | None = None) -> WorldModalityPolicy:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", weights: str | None = None
+) -> WorldModalityPolicy:
     """Rebuild the policy from its config and load every tensor; a missing or unexpected tensor
     is an error naming it (checkpoints without LoRA or ACT weights once acted at random), and so is
     a config that disagrees with the tensors or policy.json (checked first, before any build).
@@ -203,15 +221,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         averaged = read_tensors(root / EMA_FILE)
         unknown = sorted(k for k in averaged if k not in tensors or averaged[k].shape != tensors[k].shape)
         if unknown:
-            raise CheckpointError(f"checkpoint {root}: {EMA_FILE} holds tensors {unknown[:10]} that model.safetensors "
-                                  f"lacks or shapes differently; expected an average of the trained weights.")
+            raise CheckpointError(
+                f"checkpoint {root}: {EMA_FILE} holds tensors {unknown[:10]} that model.safetensors "
+                f"lacks or shapes differently; expected an average of the trained weights."
+            )
         tensors.update({k: v.to(tensors[k].dtype) for k, v in averaged.items()})
     bad = nonfinite_tensors(tensors)
     if bad:
         # Written before training stopped at NaN (or damaged since): it would act NaN in every episode.
-        raise CheckpointError(f"checkpoint {root} holds NaN/inf values in tensors {bad[:10]}"
-                              f"{' …' if len(bad) > 10 else ''}; expected finite weights (an earlier checkpoint "
-                              f"of the run may be finite).")
+        raise CheckpointError(
+            f"checkpoint {root} holds NaN/inf values in tensors {bad[:10]}"
+            f"{' …' if len(bad) > 10 else ''}; expected finite weights (an earlier checkpoint "
+            f"of the run may be finite)."
+        )
     expected = set(checkpoint_keys(policy))
     missing = sorted(expected - set(tensors))
     unexpected = sorted(set(tensors) - expected)
@@ -230,11 +252,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(
             f"checkpoint {root}: the frozen backbone loaded from {cfg.policy.backbone_path!r} has weights fingerprint "
             f"{loaded_fp!r}, but the checkpoint was trained on {saved_fp!r}. The checkpoint stores only the trained "
-            "weights (LoRA, heads); point backbone_path at the model revision it was trained with.")
+            "weights (LoRA, heads); point backbone_path at the model revision it was trained with."
+        )
     if enc is not None:
         enc.refresh_id()
         saved_id = meta["world_encoder"].get("encoder_id")
         if saved_id and enc.encoder_id != saved_id:
-            raise CheckpointError(f"checkpoint {root}: world encoder weights hash to {enc.encoder_id!r}, "
-                                  f"policy.json says {saved_id!r}.")
+            raise CheckpointError(
+                f"checkpoint {root}: world encoder weights hash to {enc.encoder_id!r}, policy.json says {saved_id!r}."
+            )
     return policy.to(device).eval()

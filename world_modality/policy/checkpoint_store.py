@@ -42,8 +42,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p
     found = checkpoints_in(p)
     if not found:
-        raise FileNotFoundError(f"{p} is neither a checkpoint folder nor a run folder with complete checkpoints "
-                                f"under {p / 'checkpoints'}.")
+        raise FileNotFoundError(
+            f"{p} is neither a checkpoint folder nor a run folder with complete checkpoints under {p / 'checkpoints'}."
+        )
     return found[-1]
 
 

@@ -28,6 +28,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
         raise ConfigError(f"device {str(name)!r}: torch sees no CUDA GPU here; use --device cpu (or auto).")
     index = int(m.group(1) or 0)
     if index >= torch.cuda.device_count():
-        raise ConfigError(f"device {str(name)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                          f"indices 0..{torch.cuda.device_count() - 1}.")
+        raise ConfigError(
+            f"device {str(name)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+            f"indices 0..{torch.cuda.device_count() - 1}."
+        )
     return torch.device(text)

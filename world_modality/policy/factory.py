@@ -51,16 +51,20 @@ def check_image_size(cfg: ExperimentConfig) -> None:
         return
     if size % unit:
         lower = max(unit, size - size % unit)
-        raise ValueError(f"image_size {size} must be a multiple of {what} = {unit} for {p.backbone}"
-                         + (f" at {p.backbone_path}" if p.backbone_path else "")
-                         + f" (e.g. {lower} or {lower + unit}).")
+        raise ValueError(
+            f"image_size {size} must be a multiple of {what} = {unit} for {p.backbone}"
+            + (f" at {p.backbone_path}" if p.backbone_path else "")
+            + f" (e.g. {lower} or {lower + unit})."
+        )
 
 
 def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> VLMBackbone:
     p = cfg.policy
     if p.backbone.startswith("tiny-") and tokenizer is None:
-        raise ValueError(f"the tiny backbone {p.backbone!r} needs the project's tokenizer (built from the dataset or "
-                         f"read from a checkpoint).")
+        raise ValueError(
+            f"the tiny backbone {p.backbone!r} needs the project's tokenizer (built from the dataset or "
+            f"read from a checkpoint)."
+        )
     if p.backbone == "tiny-qwen2.5-vl":
         backbone = build_tiny_qwen(tokenizer, seed=cfg.train.seed, dtype=p.backbone_dtype)
     elif p.backbone == "tiny-smolvlm":
@@ -76,8 +80,13 @@ def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> VLMBackbone:
     return backbone
 
 
-def build_policy(cfg: ExperimentConfig, shapes: PolicyShapes, tokenizer=None, world_encoder: WorldEncoder | None = None,
-                 encoder_config: dict[str, Any] | None = None) -> WorldModalityPolicy:
+def build_policy(
+    cfg: ExperimentConfig,
+    shapes: PolicyShapes,
+    tokenizer=None,
+    world_encoder: WorldEncoder | None = None,
+    encoder_config: dict[str, Any] | None = None,
+) -> WorldModalityPolicy:
     backbone = build_backbone(cfg, tokenizer)
     needs_world = (not cfg.policy.disable_future_injection) or cfg.world.lambda_world > 0
     if needs_world and world_encoder is None:
@@ -91,5 +100,6 @@ def build_policy(cfg: ExperimentConfig, shapes: PolicyShapes, tokenizer=None, wo
 
 
 def build_preprocessor(cfg: ExperimentConfig, policy: WorldModalityPolicy) -> ObservationPreprocessor:
-    return ObservationPreprocessor(policy.backbone, cfg.data.image_keys, cfg.data.image_size, cfg.policy.n_act_tokens,
-                                   cfg.policy.max_text_tokens)
+    return ObservationPreprocessor(
+        policy.backbone, cfg.data.image_keys, cfg.data.image_size, cfg.policy.n_act_tokens, cfg.policy.max_text_tokens
+    )

@@ -37,8 +37,9 @@ class FlowHead(nn.Module):
     def __init__(self, hidden_size, n_act_tokens, chunk_size, action_dim, steps=10, time_sampling="beta", width=256):
         super().__init__()
         self.chunk_size, self.action_dim, self.steps, self.time_sampling = chunk_size, action_dim, steps, time_sampling
-        self.cond = nn.Sequential(nn.LayerNorm(hidden_size * n_act_tokens),
-                                  nn.Linear(hidden_size * n_act_tokens, width))
+        self.cond = nn.Sequential(
+            nn.LayerNorm(hidden_size * n_act_tokens), nn.Linear(hidden_size * n_act_tokens, width)
+        )
         self.net = nn.Sequential(
             nn.Linear(width + 64 + chunk_size * action_dim, width),
             nn.GELU(),
@@ -87,8 +88,9 @@ def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
-def build_head(kind: str, hidden_size: int, n_act_tokens: int, chunk_size: int, action_dim: int, steps: int,
-               time_sampling: str) -> nn.Module:
+def build_head(
+    kind: str, hidden_size: int, n_act_tokens: int, chunk_size: int, action_dim: int, steps: int, time_sampling: str
+) -> nn.Module:
     if kind == "mse":
         return MSEHead(hidden_size, n_act_tokens, chunk_size, action_dim)
     if kind == "flow":

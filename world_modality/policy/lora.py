@@ -20,8 +20,9 @@ def apply_lora(model: nn.Module, pattern: str, rank: int, alpha: int) -> list[st
     names = matching_modules(model, pattern)
     if not names:
         sample = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:8]
-        raise ValueError(f"`lora_target` {pattern!r} matches no Linear module of the backbone; "
-                         f"module names look like {sample}.")
+        raise ValueError(
+            f"`lora_target` {pattern!r} matches no Linear module of the backbone; module names look like {sample}."
+        )
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=pattern, bias="none")
     inject_adapter_in_model(cfg, model)
     return names

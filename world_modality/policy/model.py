@@ -34,8 +34,9 @@ class PolicyShapes:
 
 
 class WorldModalityPolicy(nn.Module):
-    def __init__(self, cfg: ExperimentConfig, backbone: nn.Module, shapes: PolicyShapes,
-                 world_encoder: nn.Module | None):
+    def __init__(
+        self, cfg: ExperimentConfig, backbone: nn.Module, shapes: PolicyShapes, world_encoder: nn.Module | None
+    ):
         super().__init__()
         p, w = cfg.policy, cfg.world
         self.cfg = cfg
@@ -48,8 +49,9 @@ class WorldModalityPolicy(nn.Module):
         self.use_memory = not p.disable_future_injection
         self.act_queries = nn.Parameter(torch.randn(p.n_act_tokens, hidden) * 0.02)
         self.state_proj = nn.Linear(shapes.state_dim, hidden)
-        self.head = build_head(p.action_head, hidden, p.n_act_tokens, p.chunk_size, shapes.action_dim, p.flow_steps,
-                               p.flow_time_sampling)
+        self.head = build_head(
+            p.action_head, hidden, p.n_act_tokens, p.chunk_size, shapes.action_dim, p.flow_steps, p.flow_time_sampling
+        )
         # Normalisation statistics live in the module so a checkpoint cannot lose them.
         self.register_buffer("state_mean", torch.zeros(shapes.state_dim))
         self.register_buffer("state_std", torch.ones(shapes.state_dim))
@@ -58,23 +60,34 @@ class WorldModalityPolicy(nn.Module):
         self.needs_world = self.use_memory or w.lambda_world > 0
         if self.needs_world:
             self.world_encoder = world_encoder
-            self.prophet = Prophet(shapes.latent_dim, cond_dim=hidden + shapes.state_dim, hidden_dim=w.prophet_hidden,
-                                   delta_prediction=w.delta_prediction)
+            self.prophet = Prophet(
+                shapes.latent_dim,
+                cond_dim=hidden + shapes.state_dim,
+                hidden_dim=w.prophet_hidden,
+                delta_prediction=w.delta_prediction,
+            )
         if self.use_memory:
             self.world_tokens = w.world_tokens
             if shapes.latent_dim % self.world_tokens:
-                raise ValueError(f"latent_dim {shapes.latent_dim} is not {self.world_tokens} world tokens of equal "
-                                 f"width; expected a multiple of world_tokens={self.world_tokens}.")
+                raise ValueError(
+                    f"latent_dim {shapes.latent_dim} is not {self.world_tokens} world tokens of equal "
+                    f"width; expected a multiple of world_tokens={self.world_tokens}."
+                )
             token_dim = shapes.latent_dim // self.world_tokens
             self.memory_proj = nn.Linear(token_dim, p.n_memory_tokens * hidden)
             self.memory_pos = nn.Parameter(torch.randn(self.world_tokens * p.n_memory_tokens, hidden) * 0.02)
             self.xattn = GatedCrossAttention(hidden)
 
     # -- statistics -----------------------------------------------------------------------------
-    def set_stats(self, state_mean, state_std, action_mean, action_std, latent_mean=None, latent_std=None,
-                  delta_std=None):
-        for name, v in (("state_mean", state_mean), ("state_std", state_std), ("action_mean", action_mean),
-                        ("action_std", action_std)):
+    def set_stats(
+        self, state_mean, state_std, action_mean, action_std, latent_mean=None, latent_std=None, delta_std=None
+    ):
+        for name, v in (
+            ("state_mean", state_mean),
+            ("state_std", state_std),
+            ("action_mean", action_mean),
+            ("action_std", action_std),
+        ):
             getattr(self, name).copy_(torch.as_tensor(v, dtype=torch.float32))
         self.state_std.clamp_(min=1e-6)
         self.action_std.clamp_(min=1e-6)
@@ -99,10 +112,10 @@ class WorldModalityPolicy(nn.Module):
         embeds = bb.embed(ids).clone()
         state = (batch.state - self.state_mean) / self.state_std
         embeds[:, end - n - 1] = self.state_proj(state).to(embeds.dtype)
-        embeds[:, end - n:end] = self.act_queries.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
+        embeds[:, end - n : end] = self.act_queries.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
         hidden = bb(ids, embeds, mask, batch.mm_token_type_ids, batch.images)
         text = mask.bool() & (batch.mm_token_type_ids == 0)
-        text[:, end - n - 1:] = False
+        text[:, end - n - 1 :] = False
         text_f = text.unsqueeze(-1).to(embeds.dtype)
         instr = ((embeds * text_f).sum(1) / text_f.sum(1).clamp_min(1.0)).detach()
         return hidden, torch.cat([instr.float(), state], dim=-1)
@@ -111,7 +124,7 @@ class WorldModalityPolicy(nn.Module):
         """Next-token loss on the chain-of-causation tokens placed after the ACT slots; causal
         attention keeps them invisible to the action path."""
         end, targets, tmask = batch.act_end, batch.text_ids, batch.text_mask
-        logits = self.backbone.lm_logits(hidden[:, end - 1:end - 1 + targets.shape[1]]).float()
+        logits = self.backbone.lm_logits(hidden[:, end - 1 : end - 1 + targets.shape[1]]).float()
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
         m = tmask.to(ce.dtype)
         return (ce * m).sum() / m.sum().clamp_min(1.0)
@@ -132,8 +145,9 @@ class WorldModalityPolicy(nn.Module):
             return batch.z_t
         if mode == "oracle":
             if batch.z_future is None:
-                raise ValueError("memory mode 'oracle' needs the true future latent `z_future`, "
-                                 "which this batch lacks.")
+                raise ValueError(
+                    "memory mode 'oracle' needs the true future latent `z_future`, which this batch lacks."
+                )
             return batch.z_future
         if mode == "zero":  # normalised zero: the memory carries no information about this sample
             return mean.expand_as(z_pred)
@@ -144,11 +158,15 @@ class WorldModalityPolicy(nn.Module):
             # No fallback to the batch's own futures: batches are runs of consecutive frames, so a
             # neighbour's future is almost this sample's and the control would leak the answer.
             if batch.z_other is None:
-                raise ValueError("memory mode 'shuffle' needs `z_other` (one memory per sample, from another episode); "
-                                 "this batch has none.")
+                raise ValueError(
+                    "memory mode 'shuffle' needs `z_other` (one memory per sample, from another episode); "
+                    "this batch has none."
+                )
             if batch.z_other.shape != z_pred.shape:
-                raise ValueError(f"memory mode 'shuffle': `z_other` has shape {tuple(batch.z_other.shape)}, "
-                                 f"expected {tuple(z_pred.shape)} (one latent per sample).")
+                raise ValueError(
+                    f"memory mode 'shuffle': `z_other` has shape {tuple(batch.z_other.shape)}, "
+                    f"expected {tuple(z_pred.shape)} (one latent per sample)."
+                )
             return batch.z_other
         raise AssertionError(f"memory mode {mode!r} passed the check but has no branch here")
 
@@ -156,7 +174,7 @@ class WorldModalityPolicy(nn.Module):
         batch = self._on_device(batch)
         hidden, cond = self._backbone_pass(batch)
         end = batch.act_end
-        act_h = hidden[:, end - self.n_act:end].float()
+        act_h = hidden[:, end - self.n_act : end].float()
         out = {"act_h": act_h, "hidden": hidden}
         if self.needs_world:
             z_pred = self.predict_future(batch.z_t, cond)
@@ -196,8 +214,9 @@ class WorldModalityPolicy(nn.Module):
         return self.losses(batch)
 
     @torch.no_grad()
-    def predict_actions(self, batch: Batch, memory_mode: str | None = None, generator=None,
-                        return_context: bool = False):
+    def predict_actions(
+        self, batch: Batch, memory_mode: str | None = None, generator=None, return_context: bool = False
+    ):
         """-> (B, chunk, action_dim) actions in the dataset's units (and the context, if asked)."""
         ctx = self.context(batch, memory_mode, generator)
         actions = self.head.sample(ctx["act_h"], generator=generator) * self.action_std + self.action_mean

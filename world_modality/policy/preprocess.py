@@ -23,8 +23,9 @@ class ObservationPreprocessor:
     training); STATE and ACT sit at the same positions in every row, so the backbone's hidden
     states there are read without gathering."""
 
-    def __init__(self, backbone, image_keys: Sequence[str], image_size: int, n_act_tokens: int,
-                 max_text_tokens: int = 48):
+    def __init__(
+        self, backbone, image_keys: Sequence[str], image_size: int, n_act_tokens: int, max_text_tokens: int = 48
+    ):
         backbone.check_image_size(image_size)
         self.backbone = backbone
         self.image_keys = tuple(image_keys)
@@ -43,8 +44,10 @@ class ObservationPreprocessor:
             img, block = bb.image_token_id, bb.image_block(self.tokens_per_image)
             n_placeholders = sum(1 for t in raw if t == img)
             if n_placeholders != len(self.image_keys):
-                raise ValueError(f"prompt for {instruction!r} tokenised to {n_placeholders} image placeholders, "
-                                 f"expected {len(self.image_keys)}; the tokenizer splits {bb.image_token!r}.")
+                raise ValueError(
+                    f"prompt for {instruction!r} tokenised to {n_placeholders} image placeholders, "
+                    f"expected {len(self.image_keys)}; the tokenizer splits {bb.image_token!r}."
+                )
             ids = []
             for t in raw:
                 ids.extend(block if t == img else [t])
@@ -62,15 +65,15 @@ class ObservationPreprocessor:
         ids = torch.full((len(tails), length + extra), pad, dtype=torch.long)
         mask = torch.zeros((len(tails), length + extra), dtype=torch.long)
         for i, t in enumerate(tails):
-            ids[i, length - len(t):length] = torch.tensor(t)
-            mask[i, length - len(t):length] = 1
+            ids[i, length - len(t) : length] = torch.tensor(t)
+            mask[i, length - len(t) : length] = 1
         out = {"input_ids": ids, "attention_mask": mask, "act_end": length}
         if texts is not None:
             tmask = torch.zeros((len(tails), extra), dtype=torch.bool)
             for i, t in enumerate(text_ids):
-                ids[i, length:length + len(t)] = torch.tensor(t, dtype=torch.long)
-                mask[i, length:length + len(t)] = 1
-                tmask[i, :len(t)] = True
+                ids[i, length : length + len(t)] = torch.tensor(t, dtype=torch.long)
+                mask[i, length : length + len(t)] = 1
+                tmask[i, : len(t)] = True
             out["text_ids"], out["text_mask"] = ids[:, length:].clone(), tmask
         out["mm_token_type_ids"] = (ids == img).int()
         return out
@@ -101,5 +104,8 @@ class ObservationPreprocessor:
     def __call__(self, observations: Sequence[Observation | Mapping[str, Any]]) -> Batch:
         observations = self.observations(observations)
         texts = [o.text for o in observations] if any(o.text is not None for o in observations) else None
-        return Batch(**self.tokens([o.instruction for o in observations], texts), images=self.images(observations),
-                     state=torch.as_tensor(np.stack([np.asarray(o.state, dtype=np.float32) for o in observations])))
+        return Batch(
+            **self.tokens([o.instruction for o in observations], texts),
+            images=self.images(observations),
+            state=torch.as_tensor(np.stack([np.asarray(o.state, dtype=np.float32) for o in observations])),
+        )

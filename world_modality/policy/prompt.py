@@ -21,8 +21,9 @@ class ChatFormat:
 CHAT_FORMATS = {
     # Qwen2.5-VL's template without its default system turn ("You are a helpful assistant."): it
     # carries nothing about the task and would lengthen every sample.
-    "qwen2.5-vl": ChatFormat("<|im_start|>user\n", "<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>\n",
-                             "<|im_start|>assistant\n"),
+    "qwen2.5-vl": ChatFormat(
+        "<|im_start|>user\n", "<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>\n", "<|im_start|>assistant\n"
+    ),
     # SmolVLM / Idefics3: "User:" with no space when the turn opens with an image.
     "smolvlm": ChatFormat("<|im_start|>User:", "<image>", "<end_of_utterance>\n", "Assistant:"),
 }

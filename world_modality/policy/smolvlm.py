@@ -68,8 +68,10 @@ class SmolVLMBackbone(VLMBackbone):
         self.scale_factor = int(model.config.scale_factor)
         side = self.vision_size // self.patch_size
         if self.vision_size % self.patch_size or side % self.scale_factor:
-            raise ValueError(f"vision image_size {self.vision_size} must be a multiple of patch_size "
-                             f"{self.patch_size}, and the patch grid ({side}) of scale_factor {self.scale_factor}.")
+            raise ValueError(
+                f"vision image_size {self.vision_size} must be a multiple of patch_size "
+                f"{self.patch_size}, and the patch grid ({side}) of scale_factor {self.scale_factor}."
+            )
         self.image_seq_len = side * side // self.scale_factor**2
         self.fake_token_id = self.token_id(FAKE_IMAGE_TOKEN)
         self.global_token_id = self.token_id(GLOBAL_IMAGE_TOKEN)
@@ -77,8 +79,9 @@ class SmolVLMBackbone(VLMBackbone):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def image_block(self, tokens_per_image: int) -> list[int]:
-        return ([self.fake_token_id, self.global_token_id] + [self.image_token_id] * tokens_per_image
-                + [self.fake_token_id])
+        return (
+            [self.fake_token_id, self.global_token_id] + [self.image_token_id] * tokens_per_image + [self.fake_token_id]
+        )
 
     def tokens_per_image(self, height: int, width: int) -> int:
         return self.image_seq_len  # every image is resized to the encoder's square input
@@ -110,13 +113,16 @@ class SmolVLMBackbone(VLMBackbone):
         feats = self.image_features(images.flatten(0, 1))
         slots = input_ids == self.image_token_id
         if int(slots.sum()) != feats.shape[0] * feats.shape[1]:
-            raise ValueError(f"the prompts hold {int(slots.sum())} image tokens, the images give "
-                             f"{feats.shape[0]}×{feats.shape[1]} features.")
+            raise ValueError(
+                f"the prompts hold {int(slots.sum())} image tokens, the images give "
+                f"{feats.shape[0]}×{feats.shape[1]} features."
+            )
         embeds = inputs_embeds.masked_scatter(slots.unsqueeze(-1), feats.to(inputs_embeds.dtype))
         # Positions count real tokens, so a left-padded row sees the same positions as unpadded.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        out = self.model.model.text_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                          position_ids=position_ids, use_cache=False)
+        out = self.model.model.text_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         return out.last_hidden_state
 
 
@@ -130,8 +136,9 @@ def extend_tokenizer(tokenizer):
     return tok
 
 
-def tiny_smolvlm_config(vocab_size: int, token_ids: dict[str, int], image_size: int,
-                        size: TinySmolVLMSize = TinySmolVLMSize()):
+def tiny_smolvlm_config(
+    vocab_size: int, token_ids: dict[str, int], image_size: int, size: TinySmolVLMSize = TinySmolVLMSize()
+):
     from transformers import SmolVLMConfig
 
     return SmolVLMConfig(
@@ -165,15 +172,17 @@ def tiny_smolvlm_config(vocab_size: int, token_ids: dict[str, int], image_size: 
     )
 
 
-def build_tiny_smolvlm(tokenizer, image_size: int, seed: int = 0, size: TinySmolVLMSize = TinySmolVLMSize(),
-                       dtype: str = "float32") -> SmolVLMBackbone:
+def build_tiny_smolvlm(
+    tokenizer, image_size: int, seed: int = 0, size: TinySmolVLMSize = TinySmolVLMSize(), dtype: str = "float32"
+) -> SmolVLMBackbone:
     """Random SmolVLM whose vision encoder takes the policy's image size directly (no resize)."""
     from transformers import SmolVLMForConditionalGeneration
 
     unit = size.patch_size * size.scale_factor
     if image_size % unit:
-        raise ValueError(f"image_size {image_size} must be a multiple of patch_size*scale_factor = {unit} "
-                         f"for tiny-smolvlm.")
+        raise ValueError(
+            f"image_size {image_size} must be a multiple of patch_size*scale_factor = {unit} for tiny-smolvlm."
+        )
     tok = extend_tokenizer(tokenizer)
     names = ["<|im_start|>", "<|im_end|>", *SMOLVLM_SPECIAL_TOKENS]
     cfg = tiny_smolvlm_config(tok.get_vocab_size(), {t: tok.token_to_id(t) for t in names}, image_size, size)

@@ -20,8 +20,9 @@ def test_patchify_matches_qwen_image_processor(backbone):
     from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    proc = Qwen2VLImageProcessorPil(patch_size=backbone.patch_size, merge_size=2, temporal_patch_size=2,
-                                    min_pixels=32 * 32, max_pixels=512 * 512)
+    proc = Qwen2VLImageProcessorPil(
+        patch_size=backbone.patch_size, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=512 * 512
+    )
     img = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     ref = proc(images=[Image.fromarray(img)], return_tensors="np")
     ours, grid = backbone.pixel_inputs(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)

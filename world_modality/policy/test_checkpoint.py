@@ -104,18 +104,41 @@ def _edited_copy(checkpoint, tmp_path, section, field, value, file="config.json"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("section,field,value,needle", [
-    ("world", "latent_suffix", "m2", r"`latent_suffix` is 'm2', but policy.json records a world encoder of m=4 frames"),
-    ("policy", "chunk_size", 4, r"`chunk_size` is 4, but the action head .* predicts chunks of 8 actions"),
-    ("world", "world_image_size", 64, r"`world_image_size` is 64, but policy.json records a world encoder of 32-px"),
-    ("policy", "n_act_tokens", 2, r"`n_act_tokens` is 2, but act_queries in model.safetensors has shape \[4, "),
-    ("policy", "action_head", "flow", r"`action_head` is 'flow', but model.safetensors holds a mse head"),
-    ("policy", "use_lora", True, r"`use_lora` is True, but model.safetensors has no LoRA tensors"),
-    ("policy", "n_memory_tokens", 8, r"`n_memory_tokens` is 8, but memory_pos"),
-    ("world", "prophet_hidden", 128, r"`prophet_hidden` is 128, but prophet.mlp.0.weight has shape \[256, "),
-    ("world", "world_encoder_path", "/models/vjepa2", r"`world_encoder_path` is '/models/vjepa2'"),
-], ids=["latent-suffix", "chunk-size", "world-image-size", "act-tokens", "action-head", "lora", "memory-tokens",
-        "prophet-hidden", "encoder-path"])
+@pytest.mark.parametrize(
+    "section,field,value,needle",
+    [
+        (
+            "world",
+            "latent_suffix",
+            "m2",
+            r"`latent_suffix` is 'm2', but policy.json records a world encoder of m=4 frames",
+        ),
+        ("policy", "chunk_size", 4, r"`chunk_size` is 4, but the action head .* predicts chunks of 8 actions"),
+        (
+            "world",
+            "world_image_size",
+            64,
+            r"`world_image_size` is 64, but policy.json records a world encoder of 32-px",
+        ),
+        ("policy", "n_act_tokens", 2, r"`n_act_tokens` is 2, but act_queries in model.safetensors has shape \[4, "),
+        ("policy", "action_head", "flow", r"`action_head` is 'flow', but model.safetensors holds a mse head"),
+        ("policy", "use_lora", True, r"`use_lora` is True, but model.safetensors has no LoRA tensors"),
+        ("policy", "n_memory_tokens", 8, r"`n_memory_tokens` is 8, but memory_pos"),
+        ("world", "prophet_hidden", 128, r"`prophet_hidden` is 128, but prophet.mlp.0.weight has shape \[256, "),
+        ("world", "world_encoder_path", "/models/vjepa2", r"`world_encoder_path` is '/models/vjepa2'"),
+    ],
+    ids=[
+        "latent-suffix",
+        "chunk-size",
+        "world-image-size",
+        "act-tokens",
+        "action-head",
+        "lora",
+        "memory-tokens",
+        "prophet-hidden",
+        "encoder-path",
+    ],
+)
 def test_an_edited_config_is_refused_at_read_before_any_episode(trained_e2, tmp_path, section, field, value, needle):
     """m4 trained, config edited to m2: the policy loaded (the encoder is rebuilt from policy.json) and every
     closed-loop episode raised. Evaluation's parent reads only the config: the mismatch is found there."""
@@ -134,12 +157,21 @@ def test_an_edited_config_is_refused_at_read_before_any_episode(trained_e2, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("section,field,value,needle", [
-    ("shapes", "latent_dim", 32, r"policy.json shapes.latent_dim is 32, but memory_proj.weight has shape \[512, 64\]"),
-    ("shapes", "action_dim", 6, r"policy.json shapes.action_dim is 6, but action_mean .* has shape \[7\]"),
-    ("world_encoder", "num_frames", 2, r"`latent_suffix` is 'm4', but policy.json records a world encoder of m=2"),
-    ("shapes", "state_dim", "8", r"shapes is .*; expected integers"),
-], ids=["latent-dim", "action-dim", "encoder-frames", "shape-type"])
+@pytest.mark.parametrize(
+    "section,field,value,needle",
+    [
+        (
+            "shapes",
+            "latent_dim",
+            32,
+            r"policy.json shapes.latent_dim is 32, but memory_proj.weight has shape \[512, 64\]",
+        ),
+        ("shapes", "action_dim", 6, r"policy.json shapes.action_dim is 6, but action_mean .* has shape \[7\]"),
+        ("world_encoder", "num_frames", 2, r"`latent_suffix` is 'm4', but policy.json records a world encoder of m=2"),
+        ("shapes", "state_dim", "8", r"shapes is .*; expected integers"),
+    ],
+    ids=["latent-dim", "action-dim", "encoder-frames", "shape-type"],
+)
 def test_an_edited_policy_json_is_refused_at_read(trained_e2, tmp_path, section, field, value, needle):
     ck = _edited_copy(trained_e2, tmp_path, section, field, value, file="policy.json")
     with pytest.raises(CheckpointError, match=needle):

@@ -1,4 +1,5 @@
 """A two-mode action distribution: the flow head keeps both modes, the MSE head averages them."""
+
 import torch
 
 from world_modality.policy.heads import FlowHead, MSEHead

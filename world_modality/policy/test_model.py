@@ -32,16 +32,19 @@ def make_batch(policy, n=4, seed=0, tasks=TASKS):
     """A random batch through the policy's own preprocessor, with latents and actions for the losses."""
     rng = np.random.default_rng(seed)
     size = policy.cfg.data.image_size
-    obs = [{k: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys}
-           for _ in range(n)]
+    obs = [
+        {k: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for k in policy.cfg.data.image_keys} for _ in range(n)
+    ]
     for i, o in enumerate(obs):
         o["observation.state"] = rng.normal(size=8).astype(np.float32)
         o["task"] = tasks[i % len(tasks)]
     batch = build_preprocessor(policy.cfg, policy)(obs)
-    return batch.replace(z_t=torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32),
-                         z_future=torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32),
-                         actions=torch.as_tensor(rng.normal(size=(n, 8, 7)), dtype=torch.float32),
-                         action_mask=torch.ones(n, 8, dtype=torch.bool))
+    return batch.replace(
+        z_t=torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32),
+        z_future=torch.as_tensor(rng.normal(size=(n, LATENT)), dtype=torch.float32),
+        actions=torch.as_tensor(rng.normal(size=(n, 8, 7)), dtype=torch.float32),
+        action_mask=torch.ones(n, 8, dtype=torch.bool),
+    )
 
 
 def test_leakage_guard_true_future_only_reaches_actions_in_oracle_mode():
@@ -118,8 +121,9 @@ def test_chain_of_causation_text_is_invisible_to_the_action_path():
     batch = make_batch(policy)
     pre = build_preprocessor(policy.cfg, policy)
     obs = [{"task": t} for t in TASKS * 2]
-    with_text = batch.replace(**pre.tokens([o["task"] for o in obs],
-                                           ["the block is left; move right", None, "grasp it", "done"]))
+    with_text = batch.replace(
+        **pre.tokens([o["task"] for o in obs], ["the block is left; move right", None, "grasp it", "done"])
+    )
     a = policy.predict_actions(batch)
     b = policy.predict_actions(with_text)
     assert torch.allclose(a, b, atol=1e-5)
@@ -169,8 +173,15 @@ def make_token_policy(n_tokens, token_dim=LATENT, **overrides):
     latent = n_tokens * token_dim
     policy = build_policy(cfg, PolicyShapes(8, 7, latent), tokenizer=build_tokenizer(TASKS))
     rng = np.random.default_rng(0)
-    policy.set_stats(np.zeros(8), np.ones(8), np.zeros(7), np.ones(7), latent_mean=rng.normal(size=latent),
-                     latent_std=np.ones(latent), delta_std=np.full(latent, 0.5))
+    policy.set_stats(
+        np.zeros(8),
+        np.ones(8),
+        np.zeros(7),
+        np.ones(7),
+        latent_mean=rng.normal(size=latent),
+        latent_std=np.ones(latent),
+        delta_std=np.full(latent, 0.5),
+    )
     with torch.no_grad():
         policy.xattn.gate.fill_(0.8)
     return policy.eval()
@@ -186,8 +197,10 @@ def test_world_tokens_make_n_times_n_memory_tokens_and_predict_every_token():
     assert policy.prophet.latent_dim == n * LATENT
     rng = np.random.default_rng(1)
     batch = make_batch(make_policy("E2"))  # the same observations; latents of 4 tokens below
-    batch = batch.replace(z_t=torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32),
-                          z_future=torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32))
+    batch = batch.replace(
+        z_t=torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32),
+        z_future=torch.as_tensor(rng.normal(size=(4, n * LATENT)), dtype=torch.float32),
+    )
     seen = {}
     policy.xattn.register_forward_hook(lambda module, args, out: seen.update(memory=args[1]))
     ctx = policy.context(batch)

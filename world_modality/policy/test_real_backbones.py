@@ -62,8 +62,12 @@ def save_tiny_pretrained(folder, family, smolvlm_class="SmolVLMForConditionalGen
         model = cls(cfg_cls(**fields))
         model.load_state_dict(bb.model.state_dict())
         template = DEFAULT_CHAT_TEMPLATE
-        special = dict(bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
-                       extra_special_tokens=SPECIAL_TOKENS + SMOLVLM_SPECIAL_TOKENS)
+        special = dict(
+            bos_token="<|im_start|>",
+            eos_token="<end_of_utterance>",
+            pad_token="<|im_end|>",
+            extra_special_tokens=SPECIAL_TOKENS + SMOLVLM_SPECIAL_TOKENS,
+        )
     model.save_pretrained(folder)
     PreTrainedTokenizerFast(tokenizer_object=bb.tokenizer, chat_template=template, **special).save_pretrained(folder)
     return folder
@@ -85,8 +89,15 @@ def make_policy(image_size=32, preset="E2", **overrides):
     tok = build_tokenizer(TASKS) if cfg.policy.backbone.startswith("tiny-") else None
     policy = build_policy(cfg, PolicyShapes(8, 7, LATENT), tokenizer=tok)
     rng = np.random.default_rng(0)
-    policy.set_stats(np.zeros(8), np.ones(8), np.zeros(7), np.ones(7), latent_mean=rng.normal(size=LATENT),
-                     latent_std=np.ones(LATENT), delta_std=np.full(LATENT, 0.5))
+    policy.set_stats(
+        np.zeros(8),
+        np.ones(8),
+        np.zeros(7),
+        np.ones(7),
+        latent_mean=rng.normal(size=LATENT),
+        latent_std=np.ones(LATENT),
+        delta_std=np.full(LATENT, 0.5),
+    )
     return policy
 
 
@@ -110,8 +121,12 @@ def test_prompt_is_the_chat_template_of_the_saved_tokenizer(family, qwen_dir, sm
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(qwen_dir if family == "qwen2.5-vl" else smolvlm_dir, local_files_only=True)
-    messages = [{"role": "user",
-                 "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question(TASKS[0])}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question(TASKS[0])}],
+        }
+    ]
     rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ours = build_prompt(TASKS[0], 2, family)
     # Qwen's template adds a default system turn when none is given; the prompt leaves it out.
@@ -126,19 +141,30 @@ def test_smolvlm_prompt_ids_and_pixels_match_idefics3_processor(smolvlm_dir):
     from transformers import AutoTokenizer, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    bb = build_policy(build_config({"backbone": "smolvlm", "backbone_path": str(smolvlm_dir), "image_size": 64},
-                                   preset="E0"), PolicyShapes(8, 7, LATENT)).backbone
+    bb = build_policy(
+        build_config({"backbone": "smolvlm", "backbone_path": str(smolvlm_dir), "image_size": 64}, preset="E0"),
+        PolicyShapes(8, 7, LATENT),
+    ).backbone
     tok = AutoTokenizer.from_pretrained(smolvlm_dir, local_files_only=True)
-    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 64},
-                                       max_image_size={"longest_edge": 64})
-    proc = Idefics3Processor(image_processor=images,
-                             tokenizer=tok, image_seq_len=bb.image_seq_len, chat_template=tok.chat_template)
+    images = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 64}, max_image_size={"longest_edge": 64}
+    )
+    proc = Idefics3Processor(
+        image_processor=images, tokenizer=tok, image_seq_len=bb.image_seq_len, chat_template=tok.chat_template
+    )
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
-    messages = [{"role": "user",
-                 "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question(TASKS[1])}]}]
-    ref = proc(text=[proc.apply_chat_template(messages, add_generation_prompt=True)],
-               images=[[Image.fromarray(i) for i in imgs]], return_tensors="pt")
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question(TASKS[1])}],
+        }
+    ]
+    ref = proc(
+        text=[proc.apply_chat_template(messages, add_generation_prompt=True)],
+        images=[[Image.fromarray(i) for i in imgs]],
+        return_tensors="pt",
+    )
     pre = ObservationPreprocessor(bb, ("a", "b"), 64, n_act_tokens=2)
     assert pre.prompt_ids(TASKS[1]) == ref["input_ids"][0].tolist()
     ours = bb.pixel_inputs(torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in imgs]))
@@ -153,11 +179,17 @@ def test_smolvlm_forward_equals_the_model_own_forward():
     toks = pre.tokens(TASKS)
     images = torch.rand(2, 2, 3, 64, 64)
     with torch.no_grad():
-        ours = bb(toks["input_ids"], bb.embed(toks["input_ids"]), toks["attention_mask"], toks["mm_token_type_ids"],
-                  images)
+        ours = bb(
+            toks["input_ids"], bb.embed(toks["input_ids"]), toks["attention_mask"], toks["mm_token_type_ids"], images
+        )
         pos = (toks["attention_mask"].cumsum(-1) - 1).clamp_min(0)
-        ref = bb.model.model(input_ids=toks["input_ids"], attention_mask=toks["attention_mask"], position_ids=pos,
-                             pixel_values=bb.pixel_inputs(images.flatten(0, 1)).view(2, 2, 3, 64, 64), use_cache=False)
+        ref = bb.model.model(
+            input_ids=toks["input_ids"],
+            attention_mask=toks["attention_mask"],
+            position_ids=pos,
+            pixel_values=bb.pixel_inputs(images.flatten(0, 1)).view(2, 2, 3, 64, 64),
+            use_cache=False,
+        )
     m = toks["attention_mask"].bool()
     torch.testing.assert_close(ours[m], ref.last_hidden_state[m], atol=1e-5, rtol=1e-5)
 
@@ -210,8 +242,9 @@ def test_frozen_backbone_of_another_revision_is_refused_at_load(tmp_path, qwen_d
 
 def test_smolvlm2_class_loads_too(tmp_path):
     folder = save_tiny_pretrained(tmp_path / "smolvlm2", "smolvlm", "SmolVLMForConditionalGeneration")
-    policy = make_policy(64, preset="E0", backbone="smolvlm", backbone_path=str(folder), freeze_backbone=True,
-                         use_lora=True)
+    policy = make_policy(
+        64, preset="E0", backbone="smolvlm", backbone_path=str(folder), freeze_backbone=True, use_lora=True
+    )
     assert type(policy.backbone.model).__name__ == "SmolVLMForConditionalGeneration"
     assert policy.predict_actions(make_batch(policy)).isfinite().all()
 
@@ -225,8 +258,13 @@ def test_folder_of_another_family_is_refused(qwen_dir, tmp_path):
 
 def test_lora_target_matching_nothing_is_an_error(smolvlm_dir):
     with pytest.raises(ValueError, match="matches no Linear"):
-        make_policy(32, backbone="smolvlm", backbone_path=str(smolvlm_dir), use_lora=True,
-                    lora_target=r".*language_model.*\.(q_proj|v_proj)$")  # Qwen's module names
+        make_policy(
+            32,
+            backbone="smolvlm",
+            backbone_path=str(smolvlm_dir),
+            use_lora=True,
+            lora_target=r".*language_model.*\.(q_proj|v_proj)$",
+        )  # Qwen's module names
 
 
 # -- tiny-smolvlm --------------------------------------------------------------------------------
@@ -255,8 +293,9 @@ def test_tiny_smolvlm_text_loss_ends_with_end_of_utterance():
 
 
 def test_bfloat16_backbone_acts():
-    policy = make_policy(64, preset="E0", backbone="tiny-smolvlm", backbone_dtype="bfloat16", use_lora=True,
-                         freeze_backbone=True)
+    policy = make_policy(
+        64, preset="E0", backbone="tiny-smolvlm", backbone_dtype="bfloat16", use_lora=True, freeze_backbone=True
+    )
     assert policy.backbone.dtype == torch.bfloat16
     batch = make_batch(policy)
     policy, loss = train_step(policy, batch)
@@ -290,8 +329,9 @@ def test_training_loop_runs_tiny_smolvlm(fixture_dataset, tmp_path):
     from world_modality.analysis.offline import evaluate_offline
     from world_modality.train import train
 
-    cfg = tiny_config(fixture_dataset, tmp_path / "run", max_epochs=1, backbone="tiny-smolvlm", freeze_backbone=True,
-                      use_lora=True)
+    cfg = tiny_config(
+        fixture_dataset, tmp_path / "run", max_epochs=1, backbone="tiny-smolvlm", freeze_backbone=True, use_lora=True
+    )
     ckpt = train(cfg, progress=False)
     policy = load_checkpoint(ckpt)
     assert policy.backbone.family == "smolvlm" and any(".lora_A." in k for k in checkpoint_keys(policy))
@@ -307,8 +347,9 @@ def test_image_size_a_saved_qwen_cannot_patch_fails_before_any_cache(qwen_dir, t
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     data = make_fixture_dataset(tmp_path / "data", n_episodes=3, length=8, image_size=32, n_tasks=2, seed=0)
     cfg = tiny_config(data, tmp_path / "run", image_size=48, backbone="qwen2.5-vl", backbone_path=str(qwen_dir))
-    with pytest.raises(ValueError,
-                       match=r"image_size 48 must be a multiple of patch_size\*merge_size = 32 for qwen2.5-vl"):
+    with pytest.raises(
+        ValueError, match=r"image_size 48 must be a multiple of patch_size\*merge_size = 32 for qwen2.5-vl"
+    ):
         train(cfg, progress=False)
     # Nothing decoded or encoded: no frame cache, no latent cache, in either place caches go.
     assert not (data / ".cache").exists() and not (tmp_path / "user-cache").exists()

@@ -19,8 +19,14 @@ def pre():
 
 def _obs(n=2, text=False):
     rng = np.random.default_rng(0)
-    out = [{"cam": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "observation.state": rng.normal(size=8),
-            "task": TASKS[i % 2]} for i in range(n)]
+    out = [
+        {
+            "cam": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            "observation.state": rng.normal(size=8),
+            "task": TASKS[i % 2],
+        }
+        for i in range(n)
+    ]
     if text:
         for i, o in enumerate(out):
             o["coc_text"] = "the block is left" if i == 0 else None

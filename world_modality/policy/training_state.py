@@ -18,8 +18,10 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     file = Path(path) / "trainer_state.json"
     state = read_json(file, "the training state a checkpoint writes (step, epoch, optimizer)")
     if not isinstance(state, dict) or not {"step", "epoch", "batches_done_in_epoch", "optimizer"} <= set(state):
-        raise CheckpointError(f"{file} lacks step, epoch, batches_done_in_epoch or optimizer; "
-                              f"expected the training state a checkpoint writes.")
+        raise CheckpointError(
+            f"{file} lacks step, epoch, batches_done_in_epoch or optimizer; "
+            f"expected the training state a checkpoint writes."
+        )
     return state
 
 
@@ -35,6 +37,8 @@ def load_ema(path: str | Path) -> dict[str, torch.Tensor]:
     """The EMA weights a checkpoint of a run with `ema_decay` > 0 holds (by state-dict name)."""
     file = Path(path) / EMA_FILE
     if not file.exists():
-        raise CheckpointError(f"{path} has no {EMA_FILE}, but the run keeps an EMA of its weights (ema_decay > 0); "
-                              f"expected a checkpoint written by such a run.")
+        raise CheckpointError(
+            f"{path} has no {EMA_FILE}, but the run keeps an EMA of its weights (ema_decay > 0); "
+            f"expected a checkpoint written by such a run."
+        )
     return read_tensors(file)

@@ -47,13 +47,30 @@ class Observation:
                 raise KeyError(f"observation lacks {key!r}; it has {sorted(sample.keys())}.")
         # A sample of an annotated dataset says "" for a frame without text, so its batch still has text targets.
         text = (sample[TEXT_KEY] or "") if TEXT_KEY in sample else None
-        return cls(images=images, state=np.asarray(sample[STATE_KEY], dtype=np.float32),
-                   instruction=sample[TASK_KEY], text=text)
+        return cls(
+            images=images,
+            state=np.asarray(sample[STATE_KEY], dtype=np.float32),
+            instruction=sample[TASK_KEY],
+            text=text,
+        )
 
 
 # (name, ndim) of every tensor field whose first dimension is the batch size.
-_RANKS = {"input_ids": 2, "attention_mask": 2, "mm_token_type_ids": 2, "images": 5, "state": 2, "text_ids": 2,
-          "text_mask": 2, "actions": 3, "action_mask": 2, "row": 1, "z_t": 2, "z_future": 2, "z_other": 2}
+_RANKS = {
+    "input_ids": 2,
+    "attention_mask": 2,
+    "mm_token_type_ids": 2,
+    "images": 5,
+    "state": 2,
+    "text_ids": 2,
+    "text_mask": 2,
+    "actions": 3,
+    "action_mask": 2,
+    "row": 1,
+    "z_t": 2,
+    "z_future": 2,
+    "z_other": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -111,23 +128,29 @@ class Batch:
                 raise ValueError(f"Batch.{name} has shape {tuple(value.shape)}; expected {b} rows (input_ids' B).")
         for name in ("attention_mask", "mm_token_type_ids"):
             if getattr(self, name).shape != self.input_ids.shape:
-                raise ValueError(f"Batch.{name} has shape {tuple(getattr(self, name).shape)}; expected "
-                                 f"{tuple(self.input_ids.shape)}, that of input_ids.")
+                raise ValueError(
+                    f"Batch.{name} has shape {tuple(getattr(self, name).shape)}; expected "
+                    f"{tuple(self.input_ids.shape)}, that of input_ids."
+                )
         end = int(self.act_end)
         object.__setattr__(self, "act_end", end)  # a 0-d tensor is accepted, an int kept
         if (self.text_ids is None) != (self.text_mask is None):
             raise ValueError("Batch.text_ids and Batch.text_mask come together; one of them is None.")
         t = 0 if self.text_ids is None else self.text_ids.shape[1]
         if self.text_ids is not None and self.text_mask.shape != self.text_ids.shape:
-            raise ValueError(f"Batch.text_mask has shape {tuple(self.text_mask.shape)}; expected "
-                             f"{tuple(self.text_ids.shape)}, that of text_ids.")
+            raise ValueError(
+                f"Batch.text_mask has shape {tuple(self.text_mask.shape)}; expected "
+                f"{tuple(self.text_ids.shape)}, that of text_ids."
+            )
         if not 0 < end <= length or end + t != length:
             raise ValueError(f"Batch.act_end is {end} with {t} text positions; expected act_end + T == L = {length}.")
         if self.attention_mask.device.type == "cpu":  # on an accelerator the check would wait for the device
             block = self.attention_mask[:, :end]
             if not bool(block[:, -1].all()) or not bool((block[:, 1:] >= block[:, :-1]).all()):
-                raise ValueError("Batch.attention_mask is not left-padded: each row's prompt block must be "
-                                 "[0…0][1…1] ending at act_end.")
+                raise ValueError(
+                    "Batch.attention_mask is not left-padded: each row's prompt block must be "
+                    "[0…0][1…1] ending at act_end."
+                )
         if self.actions is not None and (self.action_mask is None or self.action_mask.shape != self.actions.shape[:2]):
             shape = None if self.action_mask is None else tuple(self.action_mask.shape)
             raise ValueError(f"Batch.action_mask has shape {shape}; expected {tuple(self.actions.shape[:2])}.")
@@ -141,8 +164,11 @@ class Batch:
         return dataclasses.replace(self, **changes)
 
     def _map(self, fn) -> Batch:
-        changes = {f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
-                   if torch.is_tensor(getattr(self, f.name))}
+        changes = {
+            f.name: fn(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if torch.is_tensor(getattr(self, f.name))
+        }
         return dataclasses.replace(self, **changes)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:

@@ -1,4 +1,5 @@
 """LIBERO simulator: env wrapper in the dataset schema, suites and step limits, scripted expert."""
+
 from world_modality.sim.suites import (
     NOOP_ACTION,
     PRO_SUITES,

@@ -42,8 +42,10 @@ def annotate(phases: list[str], scene: dict) -> list[str]:
     pos = scene["positions"]
     where = relative_place(pos[scene["object"]], pos[scene["target"]]).format(target=target)
     relation = "on" if scene["relation"] == "on" else "in"
-    return [PHASE_TEXT.get(p, PHASE_TEXT["done"]).format(obj=obj, target=target, where=where, relation=relation)
-            for p in phases]
+    return [
+        PHASE_TEXT.get(p, PHASE_TEXT["done"]).format(obj=obj, target=target, where=where, relation=relation)
+        for p in phases
+    ]
 
 
 def write_annotations(path: str | Path, episodes: Iterable[tuple[int, list[str]]]) -> Path:

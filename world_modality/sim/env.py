@@ -1,4 +1,5 @@
 """LIBERO env wrapper: dataset-schema observations, public protocol, render-on-demand cameras."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -78,8 +79,13 @@ class LiberoEnv:
     def num_init_states(self) -> int:
         return len(self._init_states)
 
-    def reset(self, init_state_index: int = 0, render: bool = True, start_state: np.ndarray | None = None,
-              placement_seed: int | None = None) -> Observation | None:
+    def reset(
+        self,
+        init_state_index: int = 0,
+        render: bool = True,
+        start_state: np.ndarray | None = None,
+        placement_seed: int | None = None,
+    ) -> Observation | None:
         """Restore a start state, run the settle no-ops, return the first observation.
 
         The start is the benchmark's stored initial state `init_state_index`; or `start_state`, a flattened
@@ -101,8 +107,10 @@ class LiberoEnv:
         else:
             state = np.asarray(self._init_states[init_state_index], dtype=np.float64)
         if state.shape != self._init_states[0].shape:
-            raise ValueError(f"start_state has shape {state.shape}; {self.suite} task {self.task_id} has "
-                             f"simulator states of shape {self._init_states[0].shape}.")
+            raise ValueError(
+                f"start_state has shape {state.shape}; {self.suite} task {self.task_id} has "
+                f"simulator states of shape {self._init_states[0].shape}."
+            )
         self.start_state = state
         self._raw = self._env.set_init_state(state)
         self._configure_renderer()  # hard reset rebuilt the render context
@@ -180,11 +188,13 @@ class LiberoEnv:
                 if kind == 0:  # free joint: qpos is the body's world pose (x y z, quaternion w x y z)
                     free[obj_name] = list(range(addr[0], addr[1]))
                 elif kind in (2, 3):  # slide or hinge: one position
-                    short = joint[len(obj_name) + 1:] if joint.startswith(f"{obj_name}_") else joint
+                    short = joint[len(obj_name) + 1 :] if joint.startswith(f"{obj_name}_") else joint
                     hinged[(obj_name, short)] = [int(addr)]
                 else:
-                    raise ValueError(f"{self.suite} task {self.task_id}: joint {joint!r} of {obj_name!r} is a ball "
-                                     f"joint, which the environment state does not describe (free, hinge, slide).")
+                    raise ValueError(
+                        f"{self.suite} task {self.task_id}: joint {joint!r} of {obj_name!r} is a ball "
+                        f"joint, which the environment state does not describe (free, hinge, slide)."
+                    )
         names = state_names(free, hinged)
         index = []
         for o in sorted(free):

@@ -81,17 +81,27 @@ def _run_job(job: Job, staging: str) -> dict:
         return {**base, "success": False, "error": f"{type(e).__name__}: {e}"}
     if dist[0] <= OVERLAP_TOLERANCE:  # astronomically unlikely; the stored states stay held out all the same
         return {**base, "success": False, "reason": f"placement within {dist[0]:.2g} of a benchmark initial state"}
-    record = {**base, "success": demonstration.success, "steps": demonstration.steps,
-              "frames": len(demonstration.actions), "task": demonstration.task,
-              "reason": None if demonstration.success else f"expert failed in phase {demonstration.phases[-1]}"}
+    record = {
+        **base,
+        "success": demonstration.success,
+        "steps": demonstration.steps,
+        "frames": len(demonstration.actions),
+        "task": demonstration.task,
+        "reason": None if demonstration.success else f"expert failed in phase {demonstration.phases[-1]}",
+    }
     if demonstration.success:
         arrays = demonstration.arrays()
         path = Path(staging) / f"{job.name}.npz"
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k.replace(".", "__"): v for k, v in arrays.items()}, start_state=demonstration.start_state,
-                 phases=np.array(demonstration.phases), scene=np.array(json.dumps(demonstration.scene)),
-                 task=np.array(demonstration.task),
-                 env_state_names=np.array(demonstration.env_state_names, dtype=str))
+        np.savez(
+            tmp,
+            **{k.replace(".", "__"): v for k, v in arrays.items()},
+            start_state=demonstration.start_state,
+            phases=np.array(demonstration.phases),
+            scene=np.array(json.dumps(demonstration.scene)),
+            task=np.array(demonstration.task),
+            env_state_names=np.array(demonstration.env_state_names, dtype=str),
+        )
         os.replace(tmp, path)
     return record
 
@@ -108,17 +118,30 @@ def _read_attempts(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 continue
-            raise ValueError(f"{path} line {i + 1} is not JSON; expected one attempt record per line. "
-                             f"Delete {path.parent} to start the generation over.") from None
+            raise ValueError(
+                f"{path} line {i + 1} is not JSON; expected one attempt record per line. "
+                f"Delete {path.parent} to start the generation over."
+            ) from None
     if out and "attempt" not in out[0]:
-        raise ValueError(f"{path} is a log of an older generation that started from the benchmark's stored initial "
-                         f"states; delete {path.parent} to generate from fresh placements.")
+        raise ValueError(
+            f"{path} is a log of an older generation that started from the benchmark's stored initial "
+            f"states; delete {path.parent} to generate from fresh placements."
+        )
     return out
 
 
-def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str | Path, image_size: int = 128,
-             workers: int = 2, seed: int = 0, progress: bool = True, job_timeout_s: float | None = 900,
-             allow_short: bool = False) -> Path:
+def generate(
+    suite: str,
+    tasks: Sequence[int],
+    episodes_per_task: int,
+    out: str | Path,
+    image_size: int = 128,
+    workers: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+    job_timeout_s: float | None = 900,
+    allow_short: bool = False,
+) -> Path:
     """A LeRobot dataset of `episodes_per_task` expert demonstrations per task, each from a fresh placement.
     A task the expert solves fewer times raises TooFewDemonstrations once its attempts are spent, unless
     `allow_short`: then the dataset holds what the expert achieved (tasks it never solved left out)."""
@@ -129,34 +152,58 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
         print(f"[generate] {out} already holds a dataset; nothing to do (delete it to regenerate).")
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} is {'a file' if not out.is_dir() else 'a non-empty folder without a dataset'}; "
-                         "expected a new or empty folder.")
+        raise ValueError(
+            f"--out {out} is {'a file' if not out.is_dir() else 'a non-empty folder without a dataset'}; "
+            "expected a new or empty folder."
+        )
     if episodes_per_task < 1 or workers < 1:
         raise ValueError(f"episodes_per_task and workers must be >= 1, got {episodes_per_task} and {workers}.")
     staging = Path(str(out) + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
-    settings = {"suite": suite, "tasks": list(tasks), "image_size": image_size, "seed": seed,
-                "starts": "fresh placements"}
+    settings = {
+        "suite": suite,
+        "tasks": list(tasks),
+        "image_size": image_size,
+        "seed": seed,
+        "starts": "fresh placements",
+    }
     settings_path = staging / "settings.json"
     if settings_path.exists():
         try:
             old = json.loads(settings_path.read_text())
         except json.JSONDecodeError:
-            raise ValueError(f"{settings_path} is not valid JSON; expected the settings of the interrupted generation "
-                             f"in {staging}. Delete {staging} to start the generation over.") from None
+            raise ValueError(
+                f"{settings_path} is not valid JSON; expected the settings of the interrupted generation "
+                f"in {staging}. Delete {staging} to start the generation over."
+            ) from None
         if old != settings:
-            raise ValueError(f"{staging} holds an interrupted run with other settings {json.dumps(old)}; "
-                             f"expected {settings}. Delete {staging} or use another --out.")
+            raise ValueError(
+                f"{staging} holds an interrupted run with other settings {json.dumps(old)}; "
+                f"expected {settings}. Delete {staging} or use another --out."
+            )
     settings_path.write_text(json.dumps(settings) + "\n")
     log_path = staging / "attempts.jsonl"
     done = [r for r in _read_attempts(log_path) if not r.get("error")]  # errored attempts are retried
     tried = {(r["task_id"], r["attempt"]) for r in done}
-    wins = {t: [r["attempt"] for r in done if r["task_id"] == t and r["success"]
-                and (staging / f"{Job(suite, t, r['attempt'], image_size, seed).name}.npz").exists()] for t in tasks}
+    wins = {
+        t: [
+            r["attempt"]
+            for r in done
+            if r["task_id"] == t
+            and r["success"]
+            and (staging / f"{Job(suite, t, r['attempt'], image_size, seed).name}.npz").exists()
+        ]
+        for t in tasks
+    }
     max_attempts = ATTEMPTS_PER_EPISODE * episodes_per_task + 10
     queues = {t: [a for a in range(max_attempts) if (t, a) not in tried] for t in tasks}
-    bar = tqdm(total=episodes_per_task * len(tasks), initial=sum(min(len(w), episodes_per_task) for w in wins.values()),
-               desc=f"generate {suite}", unit="ep", disable=not progress)
+    bar = tqdm(
+        total=episodes_per_task * len(tasks),
+        initial=sum(min(len(w), episodes_per_task) for w in wins.values()),
+        desc=f"generate {suite}",
+        unit="ep",
+        disable=not progress,
+    )
     failures = sum(1 for r in done if not r["success"])
     errors: list[str] = []
     with WorkerPool(workers, timeout_s=job_timeout_s) as pool, log_path.open("a") as log:
@@ -176,8 +223,13 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
         while len(pool):
             job, rec = pool.next_finished()
             if isinstance(rec, JobLost):  # a hung or crashed simulator: an error, retried by the next run
-                rec = {"task_id": job.task_id, "attempt": job.attempt, "placement_seed": job.placement_seed,
-                       "success": False, "error": str(rec)}
+                rec = {
+                    "task_id": job.task_id,
+                    "attempt": job.attempt,
+                    "placement_seed": job.placement_seed,
+                    "success": False,
+                    "error": str(rec),
+                }
             log.write(json.dumps(rec) + "\n")
             log.flush()
             if rec.get("error"):
@@ -192,17 +244,21 @@ def generate(suite: str, tasks: Sequence[int], episodes_per_task: int, out: str 
             submit_more()
     bar.close()
     if errors:
-        raise RuntimeError(f"{len(errors)} generation attempt(s) raised an error (not an expert failure): "
-                           f"{'; '.join(errors[:3])}{' ...' if len(errors) > 3 else ''}. Finished attempts are kept in "
-                           f"{staging}; fix the cause and run the same command again to retry them.")
+        raise RuntimeError(
+            f"{len(errors)} generation attempt(s) raised an error (not an expert failure): "
+            f"{'; '.join(errors[:3])}{' ...' if len(errors) > 3 else ''}. Finished attempts are kept in "
+            f"{staging}; fix the cause and run the same command again to retry them."
+        )
     short = {t: len(w) for t, w in wins.items() if len(w) < episodes_per_task}
     solved = [t for t in tasks if wins[t]]
     if short and allow_short and solved:
         return _write_dataset(out, staging, suite, solved, wins, episodes_per_task, image_size, seed)
     if short:
-        raise TooFewDemonstrations(f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} "
-                           f"fresh placements for tasks {short} (successes so far); finished episodes are kept "
-                           f"in {staging}.")
+        raise TooFewDemonstrations(
+            f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} "
+            f"fresh placements for tasks {short} (successes so far); finished episodes are kept "
+            f"in {staging}."
+        )
     return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed)
 
 
@@ -218,8 +274,10 @@ def _env_state_layout(staging: Path, names: list[str]) -> list[str] | None:
     if all(lay is None for lay in layouts):
         return None
     if any(lay is None for lay in layouts):
-        raise ValueError(f"{staging} holds episodes recorded with and without the environment state (an interrupted "
-                         f"run of an older version resumed); delete {staging} and generate again.")
+        raise ValueError(
+            f"{staging} holds episodes recorded with and without the environment state (an interrupted "
+            f"run of an older version resumed); delete {staging} and generate again."
+        )
     return merge_names(layouts)
 
 
@@ -229,15 +287,29 @@ def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, 
     from ..data.writer import LeRobotWriter
     from .annotate import annotate, write_annotations
 
-    extra = {"control_steps_per_frame": CONTROL_STEPS_PER_FRAME,
-             "source": {"generator": "world_modality.sim.generate", "suite": suite, "tasks": list(tasks), "seed": seed,
-                        "starts": "fresh placements (meta/start_states.jsonl)", "episodes": []}}
+    extra = {
+        "control_steps_per_frame": CONTROL_STEPS_PER_FRAME,
+        "source": {
+            "generator": "world_modality.sim.generate",
+            "suite": suite,
+            "tasks": list(tasks),
+            "seed": seed,
+            "starts": "fresh placements (meta/start_states.jsonl)",
+            "episodes": [],
+        },
+    }
     annotations, starts = [], []
     # The first n successes of each task in attempt order: the dataset does not depend on which worker finished first.
     chosen = {t: sorted(set(wins[t]))[:n] for t in tasks}
     layout = _env_state_layout(staging, [Job(suite, t, a, image_size, seed).name for t in tasks for a in chosen[t]])
-    writer = LeRobotWriter(out, fps=DATASET_FPS, image_keys=IMAGE_KEYS, image_size=image_size, extra_info=extra,
-                           extra_features={ENV_STATE_KEY: layout} if layout else None)
+    writer = LeRobotWriter(
+        out,
+        fps=DATASET_FPS,
+        image_keys=IMAGE_KEYS,
+        image_size=image_size,
+        extra_info=extra,
+        extra_features={ENV_STATE_KEY: layout} if layout else None,
+    )
     with writer:
         for t in tasks:
             for attempt in chosen[t]:
@@ -246,11 +318,18 @@ def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, 
                 images = {k: z[k.replace(".", "__")] for k in IMAGE_KEYS}
                 more = None
                 if layout:
-                    more = {ENV_STATE_KEY: align(z[ENV_STATE_KEY.replace(".", "__")],
-                                                 [str(v) for v in z["env_state_names"]], layout, f"episode {job.name}")}
+                    more = {
+                        ENV_STATE_KEY: align(
+                            z[ENV_STATE_KEY.replace(".", "__")],
+                            [str(v) for v in z["env_state_names"]],
+                            layout,
+                            f"episode {job.name}",
+                        )
+                    }
                 ep = writer.add_episode(images, z["observation__state"], z["action"], str(z["task"]), extra=more)
-                extra["source"]["episodes"].append({"episode_index": ep, "task_id": t, "attempt": attempt,
-                                                    "placement_seed": job.placement_seed})
+                extra["source"]["episodes"].append(
+                    {"episode_index": ep, "task_id": t, "attempt": attempt, "placement_seed": job.placement_seed}
+                )
                 starts.append(start_record(ep, suite, t, z["start_state"], job.placement_seed))
                 annotations.append((ep, annotate([str(p) for p in z["phases"]], json.loads(str(z["scene"])))))
         writer.add_file(START_STATES_FILE, start_states_text(starts))

@@ -1,5 +1,6 @@
 """Pick the MuJoCo OpenGL backend (EGL or OSMesa) and quiet robosuite's setup notices, before robosuite is
 imported."""
+
 from __future__ import annotations
 
 import glob
@@ -39,8 +40,11 @@ def select_gl(render_mode: str = "auto") -> str:
 
 # robosuite's import-time advice to write a private macro file: the project sets what it needs itself, so the
 # user has nothing to act on. Every other robosuite message still prints.
-_MACRO_NOTICES = ("No private macro file found", "It is recommended to use a private macro file",
-                  "To setup, run: python")
+_MACRO_NOTICES = (
+    "No private macro file found",
+    "It is recommended to use a private macro file",
+    "To setup, run: python",
+)
 
 
 def _not_a_macro_notice(record: logging.LogRecord) -> bool:

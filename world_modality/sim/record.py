@@ -50,8 +50,14 @@ class Demonstration:
         return out
 
 
-def run_expert(env: LiberoEnv, expert, obs=None, control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
-               on_frame: Callable[..., None] | None = None, render: bool = False) -> tuple[bool, int, int]:
+def run_expert(
+    env: LiberoEnv,
+    expert,
+    obs=None,
+    control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
+    on_frame: Callable[..., None] | None = None,
+    render: bool = False,
+) -> tuple[bool, int, int]:
     """The one expert stepping loop: the expert decides once per saved frame and each action is held for
     `control_steps_per_frame` control steps, until the episode ends. `on_frame(obs, phase, action)` sees each
     frame before it is executed; `phase` is the phase that produced the action (act() may move on). With a
@@ -74,9 +80,14 @@ def run_expert(env: LiberoEnv, expert, obs=None, control_steps_per_frame: int = 
     return success, info["t"], frames
 
 
-def expert_episode(env: LiberoEnv, init_state_index: int, render: bool = False,
-                   control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME, trace: list | None = None,
-                   **expert_kw) -> dict:
+def expert_episode(
+    env: LiberoEnv,
+    init_state_index: int,
+    render: bool = False,
+    control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
+    trace: list | None = None,
+    **expert_kw,
+) -> dict:
     """Roll the expert out once from a stored initial state without recording frames (success benchmarks).
 
     Returns success, control steps, frames and the phase at the end. If `trace` is a list, one dict per
@@ -91,17 +102,30 @@ def expert_episode(env: LiberoEnv, init_state_index: int, render: bool = False,
     def on_frame(_obs, phase, action):
         i = next(frame)
         if trace is not None:
-            trace.append({"frame": i, "phase": phase, "eef": np.array(env.raw_obs["robot0_eef_pos"]),
-                          "obj": expert._pos(expert.plan.obj), "action": action.copy()})
+            trace.append(
+                {
+                    "frame": i,
+                    "phase": phase,
+                    "eef": np.array(env.raw_obs["robot0_eef_pos"]),
+                    "obj": expert._pos(expert.plan.obj),
+                    "action": action.copy(),
+                }
+            )
 
-    success, steps, frames = run_expert(env, expert, control_steps_per_frame=control_steps_per_frame,
-                                        on_frame=on_frame, render=render)
+    success, steps, frames = run_expert(
+        env, expert, control_steps_per_frame=control_steps_per_frame, on_frame=on_frame, render=render
+    )
     return {"success": success, "steps": steps, "frames": frames, "phase": expert.phase}
 
 
-def record_demonstration(env: LiberoEnv, init_index: int, seed: int = 0, noise: float = 0.0,
-                         control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
-                         placement_seed: int | None = None) -> Demonstration:
+def record_demonstration(
+    env: LiberoEnv,
+    init_index: int,
+    seed: int = 0,
+    noise: float = 0.0,
+    control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
+    placement_seed: int | None = None,
+) -> Demonstration:
     """Roll out the expert once, rendering only the frames that are saved. The start is a fresh placement
     when `placement_seed` is given (generation), else the benchmark's stored initial state `init_index`;
     `init_index` also seeds the expert's noise."""
@@ -109,9 +133,16 @@ def record_demonstration(env: LiberoEnv, init_index: int, seed: int = 0, noise: 
 
     obs = env.reset(init_index, render=True, placement_seed=placement_seed)
     expert = PickPlaceExpert(env, noise=noise, rng=np.random.default_rng([seed, env.task_id, init_index]))
-    recorded = Demonstration(task=env.task, task_id=env.task_id, init_index=init_index, success=False, steps=0,
-                             scene=scene_facts(env, expert), start_state=env.start_state.copy(),
-                             env_state_names=env.environment_state_names())
+    recorded = Demonstration(
+        task=env.task,
+        task_id=env.task_id,
+        init_index=init_index,
+        success=False,
+        steps=0,
+        scene=scene_facts(env, expert),
+        start_state=env.start_state.copy(),
+        env_state_names=env.environment_state_names(),
+    )
 
     def on_frame(frame_obs, phase, action):
         recorded.images[IMAGE_KEY].append(frame_obs[IMAGE_KEY])
@@ -129,6 +160,7 @@ def scene_facts(env: LiberoEnv, expert) -> dict:
     """Names and start positions of the object to move and its target, for annotations."""
     plan = expert.plan
     states = env.sim_env.object_states_dict
-    pos = {n: np.asarray(states[n].get_geom_state()["pos"], dtype=float).round(3).tolist()
-           for n in (plan.obj, plan.target)}
+    pos = {
+        n: np.asarray(states[n].get_geom_state()["pos"], dtype=float).round(3).tolist() for n in (plan.obj, plan.target)
+    }
     return {"object": plan.obj, "target": plan.target, "relation": plan.relation, "positions": pos}

@@ -1,4 +1,5 @@
 """LIBERO suite names, the public per-suite step limits, and task lookup."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Real-simulator tests: reset, step, image shapes/orientation, and the expert on one task."""
+
 import subprocess
 import sys
 
@@ -84,13 +85,19 @@ def test_expert_solves_object_task_init0():
     assert result["success"], result
 
 
-@pytest.mark.parametrize("suite, perturbed", [
-    ("libero_spatial_lan", "lift the black bowl between the plate and ramekin and set it on the plate"),
-    ("libero_spatial_task", "pick the akita black bowl not between the plate and the ramekin and place it on the"
-                            " plate"),  # another task: the bowl NOT between them
-    ("libero_spatial_swap", None),  # positions swapped, instruction unchanged
-    ("libero_spatial_object", None),  # objects replaced, instruction unchanged
-], ids=["lan", "task", "swap", "object"])
+@pytest.mark.parametrize(
+    "suite, perturbed",
+    [
+        ("libero_spatial_lan", "lift the black bowl between the plate and ramekin and set it on the plate"),
+        (
+            "libero_spatial_task",
+            "pick the akita black bowl not between the plate and the ramekin and place it on the plate",
+        ),  # another task: the bowl NOT between them
+        ("libero_spatial_swap", None),  # positions swapped, instruction unchanged
+        ("libero_spatial_object", None),  # objects replaced, instruction unchanged
+    ],
+    ids=["lan", "task", "swap", "object"],
+)
 def test_a_perturbed_suite_gives_the_policy_its_own_instruction(suite, perturbed):
     # LIBERO-PRO keeps the BDDL file name (so the registry's task.language is the original instruction) and
     # rewrites the BDDL's (:language ...); its evaluation reads the env wrapper's parsed language_instruction.
@@ -104,8 +111,10 @@ def test_a_perturbed_suite_gives_the_policy_its_own_instruction(suite, perturbed
 
 
 def test_creating_the_env_prints_no_robosuite_macro_notice():
-    code = ("from world_modality.sim.env import LiberoEnv\n"
-            "with LiberoEnv('libero_spatial', 0, image_size=32) as e:\n    e.reset(0)\nprint('ok')")
+    code = (
+        "from world_modality.sim.env import LiberoEnv\n"
+        "with LiberoEnv('libero_spatial', 0, image_size=32) as e:\n    e.reset(0)\nprint('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
     assert "macro" not in (out.stdout + out.stderr).lower()

@@ -15,8 +15,12 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 # libero_spatial task 0: five movable objects (7 pose values each), then the cabinet's three drawers and the
 # stove's button (one position each), objects and joints sorted by name.
 SPATIAL_OBJECTS = ["akita_black_bowl_1", "akita_black_bowl_2", "cookies_1", "glazed_rim_porcelain_ramekin_1", "plate_1"]
-SPATIAL_JOINTS = ["flat_stove_1.button.qpos", "wooden_cabinet_1.bottom_level.qpos",
-                  "wooden_cabinet_1.middle_level.qpos", "wooden_cabinet_1.top_level.qpos"]
+SPATIAL_JOINTS = [
+    "flat_stove_1.button.qpos",
+    "wooden_cabinet_1.bottom_level.qpos",
+    "wooden_cabinet_1.middle_level.qpos",
+    "wooden_cabinet_1.top_level.qpos",
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +70,9 @@ def test_e2_state_trains_on_generated_data_and_its_runner_acts_in_the_simulator(
     assert runner.world_key == ENV_STATE_KEY and runner.policy.shapes.latent_dim == 4 * 39
     ds = load_dataset(generated)
     values, _ = read_env_state(ds)
-    with LiberoEnv("libero_spatial", 0, image_size=runner.cfg.data.image_size, camera_sizes=runner.render_sizes,
-                   max_steps=8) as env:
+    with LiberoEnv(
+        "libero_spatial", 0, image_size=runner.cfg.data.image_size, camera_sizes=runner.render_sizes, max_steps=8
+    ) as env:
         env.reset(start_state=np.asarray(read_training_starts(generated)["states"][0]["sim_state"]), render=False)
         np.testing.assert_allclose(runner.world_input(env), values[0], atol=1e-6)  # what training saw at frame 0
         result = run_episode(env, runner, 0, replan_every=4)

@@ -23,8 +23,7 @@ def generated(tmp_path_factory):
     from world_modality.sim.generate import generate
 
     out = tmp_path_factory.mktemp("gen") / "spatial"
-    return generate("libero_spatial", [0], 2, out, image_size=64, workers=2, seed=0, progress=False,
-                    job_timeout_s=300)
+    return generate("libero_spatial", [0], 2, out, image_size=64, workers=2, seed=0, progress=False, job_timeout_s=300)
 
 
 def test_generated_dataset_reads_back_in_the_public_schema(generated):
@@ -57,8 +56,26 @@ def test_demonstrations_start_from_fresh_placements_never_the_stored_states(gene
 
 def test_a_generation_setup_error_is_not_an_expert_failure_and_a_rerun_retries_it(tmp_path):
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "world_modality.cli", "generate", "--suite", "libero_spatial", "--tasks", "0",
-           "--episodes-per-task", "1", "--out", str(out), "--image-size", "32", "--workers", "1", "--seed", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "world_modality.cli",
+        "generate",
+        "--suite",
+        "libero_spatial",
+        "--tasks",
+        "0",
+        "--episodes-per-task",
+        "1",
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--workers",
+        "1",
+        "--seed",
+        "2",
+    ]
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "MUJOCO_GL": "banana"})
     assert bad.returncode != 0 and not (out / "meta").exists()
     log = tmp_path / "ds.partial" / "attempts.jsonl"
@@ -82,8 +99,26 @@ def test_short_e2_training_on_generated_data(generated, tmp_path):
 
 def test_generation_resumes_after_a_kill(tmp_path):
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "world_modality.cli", "generate", "--suite", "libero_spatial", "--tasks", "1",
-           "--episodes-per-task", "2", "--out", str(out), "--image-size", "64", "--workers", "1", "--seed", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "world_modality.cli",
+        "generate",
+        "--suite",
+        "libero_spatial",
+        "--tasks",
+        "1",
+        "--episodes-per-task",
+        "2",
+        "--out",
+        str(out),
+        "--image-size",
+        "64",
+        "--workers",
+        "1",
+        "--seed",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = tmp_path / "ds.partial" / "attempts.jsonl"
     deadline = time.time() + 240
@@ -106,8 +141,16 @@ def test_e4_trains_on_generated_data_with_its_annotations(generated, tmp_path, c
     from conftest import tiny_config
     from world_modality.train import train
 
-    cfg = tiny_config(generated, tmp_path / "e4", preset="E4", coc_jsonl=str(generated / "coc.jsonl"),
-                      image_size=64, world_image_size=64, max_epochs=1, val_fraction=0.5)
+    cfg = tiny_config(
+        generated,
+        tmp_path / "e4",
+        preset="E4",
+        coc_jsonl=str(generated / "coc.jsonl"),
+        image_size=64,
+        world_image_size=64,
+        max_epochs=1,
+        val_fraction=0.5,
+    )
     ckpt = train(cfg, progress=False)
     out = capsys.readouterr().out
     n = len(load_dataset(generated))

@@ -1,4 +1,5 @@
 """Suite lookup and the instruction a (perturbed) suite gives the policy: read from the installed BDDL files."""
+
 import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 import pytest
 
@@ -18,19 +19,26 @@ SPATIAL_0 = "pick up the black bowl between the plate and the ramekin and place 
 
 def test_bddl_language_reads_the_language_line(tmp_path):
     f = tmp_path / "t.bddl"
-    f.write_text("(define (problem LIBERO_Tabletop_Manipulation)\n  (:domain robosuite)\n"
-                 "  ; (:language commented out)\n  (:language Lift the Bowl, then   set it down)\n"
-                 "  (:objects bowl - akita_black_bowl)\n)\n")
+    f.write_text(
+        "(define (problem LIBERO_Tabletop_Manipulation)\n  (:domain robosuite)\n"
+        "  ; (:language commented out)\n  (:language Lift the Bowl, then   set it down)\n"
+        "  (:objects bowl - akita_black_bowl)\n)\n"
+    )
     assert bddl_language(f) == "lift the bowl, then set it down"  # as LIBERO's parser: lower case, single spaces
     f.write_text("(define (problem p)\n  (:domain robosuite)\n)\n")
     assert bddl_language(f) == ""
 
 
-@pytest.mark.parametrize("suite, given", [
-    ("libero_spatial_lan", "lift the black bowl between the plate and ramekin and set it on the plate"),
-    ("libero_spatial_task", "pick the akita black bowl not between the plate and the ramekin and place it on the"
-                            " plate"),
-])
+@pytest.mark.parametrize(
+    "suite, given",
+    [
+        ("libero_spatial_lan", "lift the black bowl between the plate and ramekin and set it on the plate"),
+        (
+            "libero_spatial_task",
+            "pick the akita black bowl not between the plate and the ramekin and place it on the plate",
+        ),
+    ],
+)
 def test_language_and_task_perturbations_give_the_perturbed_instruction(suite, given):
     task, _, bddl = load_task(suite, 0)
     assert task.language == SPATIAL_0  # the registry's instruction comes from the unchanged file name

@@ -1,4 +1,5 @@
 """Observation conversions without the simulator: the 180-degree rotation and the 8-D state."""
+
 import numpy as np
 import pytest
 

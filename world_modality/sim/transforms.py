@@ -1,4 +1,5 @@
 """Observation conversions that make sim output match the public LIBERO datasets."""
+
 from __future__ import annotations
 
 import math

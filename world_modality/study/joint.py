@@ -31,9 +31,14 @@ def joint_dataset(parts: dict[str, Path], out: Path, image_size: int) -> Path:
     layouts = {suite: ds.features.get(ENV_STATE_KEY, {}).get("names") for suite, ds in loaded.items()}
     layout = merge_names(v for v in layouts.values() if v) if all(layouts.values()) else None
     source = {"generator": "world_modality.study.joint", "suites": list(parts), "episodes": []}
-    writer = LeRobotWriter(out, fps=DATASET_FPS, image_keys=IMAGE_KEYS, image_size=image_size,
-                           extra_info={"control_steps_per_frame": CONTROL_STEPS_PER_FRAME, "source": source},
-                           extra_features={ENV_STATE_KEY: layout} if layout else None)
+    writer = LeRobotWriter(
+        out,
+        fps=DATASET_FPS,
+        image_keys=IMAGE_KEYS,
+        image_size=image_size,
+        extra_info={"control_steps_per_frame": CONTROL_STEPS_PER_FRAME, "source": source},
+        extra_features={ENV_STATE_KEY: layout} if layout else None,
+    )
     starts, annotations = [], []  # annotations: the coc.jsonl lines, written inside the dataset's atomic rename
     with writer:
         for suite, ds in loaded.items():
@@ -49,12 +54,17 @@ def joint_dataset(parts: dict[str, Path], out: Path, image_size: int) -> Path:
                 texts.setdefault(r["episode_index"], []).append(r)
             for ep in ds.episodes:
                 rows = slice(ep.start, ep.end)
-                more = ({ENV_STATE_KEY: align(env[rows], layouts[suite], layout, f"{suite} episode {ep.index}")}
-                        if layout else None)
-                new = writer.add_episode({k: v[rows] for k, v in images.items()}, state[rows], action[rows],
-                                         ep.task, extra=more)
-                source["episodes"].append({**meta.get(ep.index, {}), "suite": suite, "episode_index": new,
-                                           "source_episode_index": ep.index})
+                more = (
+                    {ENV_STATE_KEY: align(env[rows], layouts[suite], layout, f"{suite} episode {ep.index}")}
+                    if layout
+                    else None
+                )
+                new = writer.add_episode(
+                    {k: v[rows] for k, v in images.items()}, state[rows], action[rows], ep.task, extra=more
+                )
+                source["episodes"].append(
+                    {**meta.get(ep.index, {}), "suite": suite, "episode_index": new, "source_episode_index": ep.index}
+                )
                 if ep.index in start_of:
                     starts.append({**start_of[ep.index], "episode_index": new})
                 annotations += [json.dumps({**r, "episode_index": new}) + "\n" for r in texts.get(ep.index, [])]

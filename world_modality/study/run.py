@@ -17,8 +17,10 @@ def run_study(s: StudySettings) -> int:
         def tasks_of(suite: str) -> list[int]:
             return list(range(num_tasks(suite)))
     else:
+
         def tasks_of(suite: str) -> list[int]:
             return list(s.tasks)
+
     run = run_stages(s, tasks_of)
     res = write_report(s, run)
     print(f"[study] report: {s.out}/report.md, numbers: {s.out}/study.json")

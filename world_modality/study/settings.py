@@ -22,9 +22,10 @@ class Budget:
 
 
 # cpu: fits 2 cores (small images, the tiny backbone, few epochs, as the demo); gpu: the real-size defaults.
-BUDGETS = {"cpu": Budget(demos_per_task=20, epochs=6, batch_size=16, image_size=64, world_image_size=64, workers=2),
-           "gpu": Budget(demos_per_task=50, epochs=20, batch_size=32, image_size=128, world_image_size=128,
-                         workers=8)}
+BUDGETS = {
+    "cpu": Budget(demos_per_task=20, epochs=6, batch_size=16, image_size=64, world_image_size=64, workers=2),
+    "gpu": Budget(demos_per_task=50, epochs=20, batch_size=32, image_size=128, world_image_size=128, workers=8),
+}
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,25 @@ def settings_from_args(args) -> StudySettings:
     for name in ("episodes_per_task", "pro_episodes", "max_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    s = StudySettings(suites=suites, experiments=experiments, seeds=seeds, pro=pro,
-                      tasks=_ints(args.tasks, "--tasks", "task ids"), episodes_per_task=args.episodes_per_task,
-                      pro_episodes=args.pro_episodes, max_steps=args.max_steps, demos_per_task=b.demos_per_task,
-                      epochs=b.epochs, batch_size=b.batch_size, image_size=b.image_size,
-                      world_image_size=b.world_image_size, workers=b.workers, out=str(args.out),
-                      data=str(args.data or Path(args.out) / "data"), joint=bool(getattr(args, "joint", False)))
+    s = StudySettings(
+        suites=suites,
+        experiments=experiments,
+        seeds=seeds,
+        pro=pro,
+        tasks=_ints(args.tasks, "--tasks", "task ids"),
+        episodes_per_task=args.episodes_per_task,
+        pro_episodes=args.pro_episodes,
+        max_steps=args.max_steps,
+        demos_per_task=b.demos_per_task,
+        epochs=b.epochs,
+        batch_size=b.batch_size,
+        image_size=b.image_size,
+        world_image_size=b.world_image_size,
+        workers=b.workers,
+        out=str(args.out),
+        data=str(args.data or Path(args.out) / "data"),
+        joint=bool(getattr(args, "joint", False)),
+    )
     for e in experiments:  # a preset that needs more than a dataset (E2-Pretrained's encoder) fails here
         run_config(s, e, "libero_spatial", seeds[0], Path("unused"), Path("unused"))
     if any(t >= 10 for t in s.tasks or ()):
@@ -108,9 +122,19 @@ def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset
     """One run's config, built as the demo builds E0 and E2: the preset, then the study's sizes."""
     from ..config import build_config
 
-    return build_config({"dataset": str(dataset), "image_size": s.image_size, "world_image_size": s.world_image_size,
-                         "max_epochs": s.epochs, "batch_size": s.batch_size, "seed": seed,
-                         "output_dir": str(run_dir), "tensorboard": False}, preset=experiment)
+    return build_config(
+        {
+            "dataset": str(dataset),
+            "image_size": s.image_size,
+            "world_image_size": s.world_image_size,
+            "max_epochs": s.epochs,
+            "batch_size": s.batch_size,
+            "seed": seed,
+            "output_dir": str(run_dir),
+            "tensorboard": False,
+        },
+        preset=experiment,
+    )
 
 
 def check_same_study(s: StudySettings) -> None:
@@ -129,9 +153,11 @@ def check_same_study(s: StudySettings) -> None:
             old = None
         if old is not None and old != mine:
             diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
-            raise ConfigError(f"{out} holds a study with other settings ({', '.join(diff)}: "
-                              f"{ {k: old.get(k) for k in diff} } there, { {k: mine.get(k) for k in diff} } now); "
-                              "rerun with the same settings to continue it, or use another --out.")
+            raise ConfigError(
+                f"{out} holds a study with other settings ({', '.join(diff)}: "
+                f"{ {k: old.get(k) for k in diff} } there, { {k: mine.get(k) for k in diff} } now); "
+                "rerun with the same settings to continue it, or use another --out."
+            )
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(mine, indent=2) + "\n")

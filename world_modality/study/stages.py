@@ -71,8 +71,17 @@ def generate_suite(s: StudySettings, suite: str, tasks: list[int]) -> dict:
 
     data = dataset_path(s, suite)
     try:
-        gen.generate(suite, tasks, s.demos_per_task, data, image_size=s.image_size, workers=s.workers, seed=0,
-                     progress=False, allow_short=True)
+        gen.generate(
+            suite,
+            tasks,
+            s.demos_per_task,
+            data,
+            image_size=s.image_size,
+            workers=s.workers,
+            seed=0,
+            progress=False,
+            allow_short=True,
+        )
     except gen.TooFewDemonstrations:  # errors (not expert failures) propagate: a rerun retries them
         return {"not_run": "the scripted expert solved no task of this suite", "demos": {t: 0 for t in tasks}}
     counts = _demonstration_counts(data)
@@ -96,16 +105,34 @@ def train_run(s: StudySettings, suite: str, experiment: str, seed: int, dataset:
     return Path(final)
 
 
-def eval_run(s: StudySettings, checkpoint: Path, train_suite: str, experiment: str, seed: int, suite: str,
-             tasks: list[int], n_episodes: int | None) -> dict:
+def eval_run(
+    s: StudySettings,
+    checkpoint: Path,
+    train_suite: str,
+    experiment: str,
+    seed: int,
+    suite: str,
+    tasks: list[int],
+    n_episodes: int | None,
+) -> dict:
     """{"episodes": finished, "errors": errored} of one run on one suite (the same initial states for every run)."""
     from ..evaluate.closed_loop import EvalSettings, evaluate
 
     out = run_dir(s, train_suite, experiment, seed) / "eval" / suite
     log_path = run_dir(s, train_suite, experiment, seed) / "eval.log"
     with log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        r = evaluate(EvalSettings(checkpoint=str(checkpoint), suite=suite, tasks=tuple(tasks), n_episodes=n_episodes,
-                                  workers=s.workers, max_steps=s.max_steps, out=str(out)), progress=False)
+        r = evaluate(
+            EvalSettings(
+                checkpoint=str(checkpoint),
+                suite=suite,
+                tasks=tuple(tasks),
+                n_episodes=n_episodes,
+                workers=s.workers,
+                max_steps=s.max_steps,
+                out=str(out),
+            ),
+            progress=False,
+        )
     return {"episodes": r.finished, "errors": r.errors}
 
 
@@ -120,8 +147,11 @@ def plan(s: StudySettings) -> list[tuple]:
         for e in s.experiments:
             for seed in s.seeds:
                 stages.append(("train", train_suite, e, seed))
-                stages += [("eval", train_suite, e, seed, target)
-                           for suite in suites for target in (suite, *(f"{suite}_{p}" for p in s.pro))]
+                stages += [
+                    ("eval", train_suite, e, seed, target)
+                    for suite in suites
+                    for target in (suite, *(f"{suite}_{p}" for p in s.pro))
+                ]
     return stages
 
 
@@ -155,8 +185,9 @@ def run_stages(s: StudySettings, tasks_of) -> dict:
         with times.stage(name):
             if kind in ("generate", "merge"):
                 try:
-                    suites[suite] = (generate_suite(s, suite, tasks_of(suite)) if kind == "generate"
-                                     else merge_suites(s, suites))
+                    suites[suite] = (
+                        generate_suite(s, suite, tasks_of(suite)) if kind == "generate" else merge_suites(s, suites)
+                    )
                 except Exception as e:  # reported in the table; the study exits non-zero so it is rerun
                     suites[suite] = {"not_run": f"{kind} failed: {type(e).__name__}: {e}", "error": True}
             elif "not_run" in gen:
@@ -187,6 +218,9 @@ def run_stages(s: StudySettings, tasks_of) -> dict:
     bar.close()
     failed = [f"{k}: {v}" for k, v in checkpoints.items() if not isinstance(v, Path)]
     failed += [f"{k}: {v['not_run']}" for k, v in suites.items() if v.get("error")]
-    failed += [f"{'/'.join(map(str, (r['train_suite'], r['experiment'], r['seed'], r['suite'])))}: {r['not_run']}"
-               for r in evals if r.get("error")]
+    failed += [
+        f"{'/'.join(map(str, (r['train_suite'], r['experiment'], r['seed'], r['suite'])))}: {r['not_run']}"
+        for r in evals
+        if r.get("error")
+    ]
     return {"suites": suites, "evals": evals, "failed": failed, "times": dict(times.seconds)}

@@ -15,8 +15,13 @@ def _cell(episodes: list[dict], errors: int) -> dict:
 
     n = len(episodes)
     k = sum(1 for e in episodes if e.get("success"))
-    return {"k": k, "n": n, "rate": k / n if n else None, "ci": list(wilson_interval(k, n)) if n else None,
-            "errors": errors}
+    return {
+        "k": k,
+        "n": n,
+        "rate": k / n if n else None,
+        "ci": list(wilson_interval(k, n)) if n else None,
+        "errors": errors,
+    }
 
 
 def _select(evals: list[dict], experiment: str, suites: set[str]) -> tuple[list[dict], list[dict], list[str]]:
@@ -38,14 +43,27 @@ def _suite_cell(evals: list[dict], experiment: str, target: str, generation: dic
 def _paired(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> dict | None:
     from ..analysis.pooling import pooled_paired
 
-    runs = [{"preset": r["experiment"], "train_seed": r["seed"], "head": r.get("episodes", []),
-             "head_errors": r.get("errors", [])}
-            for r in evals if r["experiment"] in pair and r["suite"] in suites and "not_run" not in r]
+    runs = [
+        {
+            "preset": r["experiment"],
+            "train_seed": r["seed"],
+            "head": r.get("episodes", []),
+            "head_errors": r.get("errors", []),
+        }
+        for r in evals
+        if r["experiment"] in pair and r["suite"] in suites and "not_run" not in r
+    ]
     p = pooled_paired(runs, pair) if runs else None
     if not p:
         return None
-    return {"n_pairs": p["n_pairs"], "diff": p["diff"], "diff_ci": list(p["diff_ci"]), "p": p["p"], "test": p["test"],
-            "n_clusters": p["n_clusters"]}
+    return {
+        "n_pairs": p["n_pairs"],
+        "diff": p["diff"],
+        "diff_ci": list(p["diff_ci"]),
+        "p": p["p"],
+        "test": p["test"],
+        "n_clusters": p["n_clusters"],
+    }
 
 
 def results(s: StudySettings, run: dict) -> dict:
@@ -64,9 +82,12 @@ def results(s: StudySettings, run: dict) -> dict:
     paired = {}
     if len(s.experiments) >= 2:
         pair = (s.experiments[0], s.experiments[1])
-        paired = {"a": pair[0], "b": pair[1],
-                  "per_suite": {suite: _paired(evals, pair, {suite}) for suite in s.suites},
-                  "average": _paired(evals, pair, set(s.suites))}
+        paired = {
+            "a": pair[0],
+            "b": pair[1],
+            "per_suite": {suite: _paired(evals, pair, {suite}) for suite in s.suites},
+            "average": _paired(evals, pair, set(s.suites)),
+        }
     pro = {}
     for p in s.pro:
         for e in s.experiments:
@@ -77,10 +98,15 @@ def results(s: StudySettings, run: dict) -> dict:
     suites = {suite: g for suite, g in suites.items() if suite in s.suites}  # not the --joint dataset
     zero = {suite: sorted(int(t) for t, n in g.get("demos", {}).items() if n == 0) for suite, g in suites.items()}
     errors = sum(len(r.get("errors", [])) for r in evals)
-    return {"standard": standard, "paired": paired, "pro": pro,
-            "demonstrations": {suite: g.get("demos", {}) for suite, g in suites.items()},
-            "tasks_without_demonstrations": {k: v for k, v in zero.items() if v}, "errors": errors,
-            "failed": run["failed"]}
+    return {
+        "standard": standard,
+        "paired": paired,
+        "pro": pro,
+        "demonstrations": {suite: g.get("demos", {}) for suite, g in suites.items()},
+        "tasks_without_demonstrations": {k: v for k, v in zero.items() if v},
+        "errors": errors,
+        "failed": run["failed"],
+    }
 
 
 def _fmt(c: dict) -> str:
@@ -104,10 +130,15 @@ def render(s: StudySettings, res: dict) -> str:
     cols = list(SUITE_COLUMNS)
     head = "| Experiment | " + " | ".join(SUITE_COLUMNS[c] for c in cols) + " | Average |"
     sep = "|---" * (len(cols) + 2) + "|"
-    lines = ["# Study: closed-loop success in LIBERO", "",
-             f"Seeds {', '.join(map(str, s.seeds))} pooled (n sums over seeds); cells: successes/episodes = rate "
-             "[95% Wilson interval]. Average: all episodes of the suites run. Errored episodes are counted apart.",
-             "", head, sep]
+    lines = [
+        "# Study: closed-loop success in LIBERO",
+        "",
+        f"Seeds {', '.join(map(str, s.seeds))} pooled (n sums over seeds); cells: successes/episodes = rate "
+        "[95% Wilson interval]. Average: all episodes of the suites run. Errored episodes are counted apart.",
+        "",
+        head,
+        sep,
+    ]
     for e, row in res["standard"].items():
         cells = [_fmt(row[c]) if c in row else "not run" for c in cols]
         lines.append(f"| {e} | " + " | ".join(cells) + f" | {_fmt(row['average'])} |")
@@ -115,20 +146,30 @@ def render(s: StudySettings, res: dict) -> str:
     if p:
         cells = [_fmt_pair(p["per_suite"].get(c)) if c in p["per_suite"] else "not run" for c in cols]
         lines.append(f"| {p['b']} − {p['a']} (paired) | " + " | ".join(cells) + f" | {_fmt_pair(p['average'])} |")
-        lines += ["", "Paired rows: difference in points over identical (suite, task, initial state) starts, seeds "
-                  "pooled; 95% cluster-bootstrap interval and cluster sign-flip p (cluster = suite, task, initial "
-                  "state; analysis/pooling.py)."]
+        lines += [
+            "",
+            "Paired rows: difference in points over identical (suite, task, initial state) starts, seeds "
+            "pooled; 95% cluster-bootstrap interval and cluster sign-flip p (cluster = suite, task, initial "
+            "state; analysis/pooling.py).",
+        ]
     if res["pro"]:
-        lines += ["", "## LIBERO-PRO", "", "| Perturbation / experiment | "
-                  + " | ".join(SUITE_COLUMNS[c] for c in s.suites) + " |", "|---" * (len(s.suites) + 1) + "|"]
+        lines += [
+            "",
+            "## LIBERO-PRO",
+            "",
+            "| Perturbation / experiment | " + " | ".join(SUITE_COLUMNS[c] for c in s.suites) + " |",
+            "|---" * (len(s.suites) + 1) + "|",
+        ]
         for name, cells in res["pro"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(cells[c]) for c in s.suites) + " |")
     lines += ["", "## Demonstrations", ""]
     for suite, demos in res["demonstrations"].items():
         lines.append(f"- {suite}: " + (", ".join(f"task {t}: {n}" for t, n in demos.items()) or "none"))
     for suite, tasks in res["tasks_without_demonstrations"].items():
-        lines.append(f"- {suite}: no demonstration for tasks {', '.join(map(str, tasks))} (the scripted expert "
-                     "failed every attempt)")
+        lines.append(
+            f"- {suite}: no demonstration for tasks {', '.join(map(str, tasks))} (the scripted expert "
+            "failed every attempt)"
+        )
     if res["failed"]:
         lines += ["", "## Stages that failed", ""] + [f"- {f}" for f in res["failed"]]
     return "\n".join(lines) + "\n"

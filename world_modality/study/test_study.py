@@ -15,10 +15,32 @@ import pytest
 from world_modality.cli import main
 from world_modality.config import ConfigError
 
-TINY = ["--suites", "libero_spatial", "--tasks", "0,1", "--experiments", "E0,E2", "--seeds", "0",
-        "--demos-per-task", "2", "--epochs", "1", "--image-size", "32", "--world-image-size", "32",
-        "--episodes-per-task", "2", "--pro", "swap", "--pro-episodes", "1",
-        "--max-steps", "20"]  # the policy's steps, not their number, are under test: short episodes
+TINY = [
+    "--suites",
+    "libero_spatial",
+    "--tasks",
+    "0,1",
+    "--experiments",
+    "E0,E2",
+    "--seeds",
+    "0",
+    "--demos-per-task",
+    "2",
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--world-image-size",
+    "32",
+    "--episodes-per-task",
+    "2",
+    "--pro",
+    "swap",
+    "--pro-episodes",
+    "1",
+    "--max-steps",
+    "20",
+]  # the policy's steps, not their number, are under test: short episodes
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +65,11 @@ def test_tiny_study_table_layout_and_counts(tiny_study):
         assert res["pro"][f"swap/{e}"]["libero_spatial"]["n"] == 2  # 2 tasks x 1 initial state
     assert res["paired"]["per_suite"]["libero_spatial"]["n_pairs"] == 4
     assert res["demonstrations"]["libero_spatial"] == {"0": 2, "1": 2}
-    assert set(study["seconds"]) >= {"generate/libero_spatial", "train/libero_spatial/E0/0",
-                                     "eval/libero_spatial/E2/0/libero_spatial_swap"}
+    assert set(study["seconds"]) >= {
+        "generate/libero_spatial",
+        "train/libero_spatial/E0/0",
+        "eval/libero_spatial/E2/0/libero_spatial_swap",
+    }
     lines = (out / "report.md").read_text().splitlines()
     table = [ln for ln in lines if ln.startswith("|")]
     assert table[0] == "| Experiment | Spatial | Object | Goal | Long | Average |"
@@ -61,8 +86,12 @@ def test_a_study_killed_mid_training_resumes_to_the_same_results(tiny_study, tmp
     _, root = tiny_study
     out = tmp_path / "killed"
     args = ["study", *TINY, "--out", str(out), "--data", str(root / "data")]
-    proc = subprocess.Popen([sys.executable, "-m", "world_modality.cli", *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "world_modality.cli", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = out / "runs" / "libero_spatial" / "e0-seed0" / "train.log"
     deadline = time.time() + 300
     while not log.exists() and proc.poll() is None and time.time() < deadline:
@@ -82,8 +111,14 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
     return ["study", "--out", str(tmp_path / "s"), *extra]
 
 
-@pytest.mark.parametrize("flag,value,named", [("--suites", "libero_spatial,libero_spacial", "libero_spacial"),
-                                               ("--experiments", "E0,E9", "E9"), ("--pro", "swap,shuffle", "shuffle")])
+@pytest.mark.parametrize(
+    "flag,value,named",
+    [
+        ("--suites", "libero_spatial,libero_spacial", "libero_spacial"),
+        ("--experiments", "E0,E9", "E9"),
+        ("--pro", "swap,shuffle", "shuffle"),
+    ],
+)
 def test_unknown_names_are_refused_before_anything_runs(tmp_path, flag, value, named):
     from world_modality.cli import build_parser
     from world_modality.study.settings import settings_from_args
@@ -128,26 +163,47 @@ def _eval(experiment: str, seed: int, suite: str, wins: list[bool], errors: int 
     """One run's records on one suite: episode i is task i // 2, initial state i % 2."""
     eps = [{"suite": suite, "task_id": i // 2, "init_index": i % 2, "success": w} for i, w in enumerate(wins)]
     errs = [{"suite": suite, "task_id": 9, "init_index": i, "outcome": "error"} for i in range(errors)]
-    return {"train_suite": suite.split("_swap")[0], "experiment": experiment, "seed": seed, "suite": suite,
-            "episodes": eps, "errors": errs}
+    return {
+        "train_suite": suite.split("_swap")[0],
+        "experiment": experiment,
+        "seed": seed,
+        "suite": suite,
+        "episodes": eps,
+        "errors": errs,
+    }
 
 
 def test_report_tables_from_episode_records(tmp_path):
     from world_modality.study.tables import render, results
 
     s = _settings(tmp_path, "--suites", "libero_spatial,libero_goal", "--seeds", "0,1", "--pro", "swap")
-    evals = [_eval("E0", 0, "libero_spatial", [True, False, False, False]),
-             _eval("E0", 1, "libero_spatial", [True, True, False, False], errors=1),
-             _eval("E2", 0, "libero_spatial", [True, True, True, False]),
-             _eval("E2", 1, "libero_spatial", [True, True, True, True]),
-             _eval("E0", 0, "libero_spatial_swap", [False, False]),
-             _eval("E2", 0, "libero_spatial_swap", [True, False])]
-    evals += [{"train_suite": "libero_spatial", "experiment": e, "seed": 1, "suite": "libero_spatial_swap",
-               "not_run": "training failed: boom"} for e in ("E0", "E2")]
-    run = {"evals": evals, "failed": [], "times": {},
-           "suites": {"libero_spatial": {"dataset": "d", "demos": {0: 2, 1: 2}},
-                      "libero_goal": {"not_run": "the scripted expert solved no task of this suite",
-                                      "demos": {0: 0, 1: 0}}}}
+    evals = [
+        _eval("E0", 0, "libero_spatial", [True, False, False, False]),
+        _eval("E0", 1, "libero_spatial", [True, True, False, False], errors=1),
+        _eval("E2", 0, "libero_spatial", [True, True, True, False]),
+        _eval("E2", 1, "libero_spatial", [True, True, True, True]),
+        _eval("E0", 0, "libero_spatial_swap", [False, False]),
+        _eval("E2", 0, "libero_spatial_swap", [True, False]),
+    ]
+    evals += [
+        {
+            "train_suite": "libero_spatial",
+            "experiment": e,
+            "seed": 1,
+            "suite": "libero_spatial_swap",
+            "not_run": "training failed: boom",
+        }
+        for e in ("E0", "E2")
+    ]
+    run = {
+        "evals": evals,
+        "failed": [],
+        "times": {},
+        "suites": {
+            "libero_spatial": {"dataset": "d", "demos": {0: 2, 1: 2}},
+            "libero_goal": {"not_run": "the scripted expert solved no task of this suite", "demos": {0: 0, 1: 0}},
+        },
+    }
     res = results(s, run)
     e0, e2 = res["standard"]["E0"], res["standard"]["E2"]
     assert (e0["libero_spatial"]["k"], e0["libero_spatial"]["n"], e0["libero_spatial"]["errors"]) == (3, 8, 1)
@@ -185,18 +241,25 @@ def _suite_dataset(root: Path, suite: str, objects: list[str]) -> Path:
     rng = np.random.default_rng(len(objects))
     names = [f"{o}.{f}" for o in objects for f in POSE_FIELDS]
     source = {"suite": suite, "episodes": []}
-    writer = LeRobotWriter(root, image_keys=IMAGE_KEYS, image_size=16, extra_features={ENV_STATE_KEY: names},
-                           extra_info={"source": source})
+    writer = LeRobotWriter(
+        root, image_keys=IMAGE_KEYS, image_size=16, extra_features={ENV_STATE_KEY: names}, extra_info={"source": source}
+    )
     starts, coc = [], ""
     with writer:
         for task in (0, 1):
             images = {k: rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8) for k in IMAGE_KEYS}
-            ep = writer.add_episode(images, rng.normal(size=(5, 8)), rng.normal(size=(5, 7)), f"{suite} task {task}",
-                                    extra={ENV_STATE_KEY: np.full((5, len(names)), task + 1.0)})
+            ep = writer.add_episode(
+                images,
+                rng.normal(size=(5, 8)),
+                rng.normal(size=(5, 7)),
+                f"{suite} task {task}",
+                extra={ENV_STATE_KEY: np.full((5, len(names)), task + 1.0)},
+            )
             source["episodes"].append({"episode_index": ep, "task_id": task, "attempt": 0, "placement_seed": 7})
             starts.append(start_record(ep, suite, task, np.arange(4.0) + task, 7))
-            coc += "".join(json.dumps({"episode_index": ep, "frame_index": f, "text": f"t{task}"}) + "\n"
-                           for f in range(5))
+            coc += "".join(
+                json.dumps({"episode_index": ep, "frame_index": f, "text": f"t{task}"}) + "\n" for f in range(5)
+            )
         writer.add_file(START_STATES_FILE, start_states_text(starts))
         writer.add_file("coc.jsonl", coc)
         writer.finalize()
@@ -211,19 +274,29 @@ def test_joint_dataset_holds_every_suite_renumbered(tmp_path):
     from world_modality.data.starts import read_training_starts
     from world_modality.study.joint import joint_dataset
 
-    parts = {"libero_spatial": _suite_dataset(tmp_path / "a", "libero_spatial", ["bowl"]),
-             "libero_object": _suite_dataset(tmp_path / "b", "libero_object", ["milk", "soup"])}
+    parts = {
+        "libero_spatial": _suite_dataset(tmp_path / "a", "libero_spatial", ["bowl"]),
+        "libero_object": _suite_dataset(tmp_path / "b", "libero_object", ["milk", "soup"]),
+    }
     out = joint_dataset(parts, tmp_path / "joint", image_size=16)
     ds = load_dataset(out, progress=False)
-    assert [e.task for e in ds.episodes] == ["libero_spatial task 0", "libero_spatial task 1",
-                                             "libero_object task 0", "libero_object task 1"]
+    assert [e.task for e in ds.episodes] == [
+        "libero_spatial task 0",
+        "libero_spatial task 1",
+        "libero_object task 0",
+        "libero_object task 1",
+    ]
     assert ds.images("observation.images.image").shape == (20, 16, 16, 3)
     env = ds.column(ENV_STATE_KEY)
     assert env.shape == (20, 21)  # 3 objects x 7 pose fields; those absent from a scene are 0
     assert np.all(env[:5].sum(axis=1) == 7.0) and np.all(env[15:].sum(axis=1) == 2 * 7 * 2.0)
     starts = read_training_starts(out)["states"]
     assert [(r["suite"], r["task_id"], r["episode_index"]) for r in starts] == [
-        ("libero_spatial", 0, 0), ("libero_spatial", 1, 1), ("libero_object", 0, 2), ("libero_object", 1, 3)]
+        ("libero_spatial", 0, 0),
+        ("libero_spatial", 1, 1),
+        ("libero_object", 0, 2),
+        ("libero_object", 1, 3),
+    ]
     coc = [json.loads(line) for line in (out / "coc.jsonl").read_text().splitlines()]
     assert len(coc) == 20 and {r["episode_index"] for r in coc if r["text"] == "t1"} == {1, 3}
     source = json.loads((out / "meta" / "info.json").read_text())["source"]
@@ -257,8 +330,10 @@ def test_stages_that_cannot_run_are_reported_and_the_study_exits_non_zero(tmp_pa
         return tmp_path / "ckpt"
 
     def evaluate(s, ckpt, train_suite, experiment, seed, suite, tasks, n):
-        return {"episodes": [{"suite": suite, "task_id": t, "init_index": 0, "success": True} for t in tasks],
-                "errors": []}
+        return {
+            "episodes": [{"suite": suite, "task_id": t, "init_index": 0, "success": True} for t in tasks],
+            "errors": [],
+        }
 
     monkeypatch.setattr(stages, "generate_suite", generate)
     monkeypatch.setattr(stages, "train_run", train)

@@ -54,9 +54,7 @@ class WorldEncoder(nn.Module):
         if processing is not None and processing.crop_size != image_size:
             raise ValueError(f"image_size={image_size} differs from the processor's crop_size={processing.crop_size}")
         if image_size % cfg.patch_size != 0:
-            raise ValueError(
-                f"image_size={image_size} must be a multiple of patch_size={cfg.patch_size}"
-            )
+            raise ValueError(f"image_size={image_size} must be a multiple of patch_size={cfg.patch_size}")
         grid, side = image_size // cfg.patch_size, math.isqrt(max(int(world_tokens), 0))
         if world_tokens < 1 or side * side != world_tokens or side > grid:
             raise ValueError(
@@ -158,8 +156,10 @@ class WorldEncoder(nn.Module):
         (t, p), side = self._grid, math.isqrt(self.world_tokens)
         b, n, d = tokens.shape
         if n != t * p * p:
-            raise ValueError(f"encoder output has {n} tokens, expected {t}x{p}x{p} (time x rows x columns) for "
-                             f"m={self.num_frames} frames at {self.image_size} px")
+            raise ValueError(
+                f"encoder output has {n} tokens, expected {t}x{p}x{p} (time x rows x columns) for "
+                f"m={self.num_frames} frames at {self.image_size} px"
+            )
         grid = tokens.view(b, t, p, p, d).mean(dim=1).permute(0, 3, 1, 2)  # (B, D, P, P)
         pooled = F.adaptive_avg_pool2d(grid, side)  # (B, D, √N, √N)
         return pooled.permute(0, 2, 3, 1).reshape(b, self.world_tokens, d)
@@ -209,10 +209,10 @@ class WorldEncoder(nn.Module):
         return enc
 
 
-
-def resolve_placement(name: str, dtype: torch.dtype | str,
-                      device: str | torch.device) -> tuple[torch.dtype, torch.device]:
-    """"auto" device: CUDA for pretrained encoders when present (a ViT-L on CPU is far too slow for a
+def resolve_placement(
+    name: str, dtype: torch.dtype | str, device: str | torch.device
+) -> tuple[torch.dtype, torch.device]:
+    """ "auto" device: CUDA for pretrained encoders when present (a ViT-L on CPU is far too slow for a
     dataset), else CPU. "auto" dtype: bfloat16 for pretrained encoders on CUDA, else float32 (the
     tiny encoder stays float32 everywhere so its identity does not depend on the machine)."""
     if str(device) == "auto":
@@ -249,8 +249,10 @@ def build_world_encoder(
         from .env_state import build_env_state_encoder
 
         if world_tokens != 1:
-            raise ValueError(f"world encoder {STATE_NAME!r} is a state vector with no spatial token map: "
-                             f"world_tokens must be 1, got {world_tokens}")
+            raise ValueError(
+                f"world encoder {STATE_NAME!r} is a state vector with no spatial token map: "
+                f"world_tokens must be 1, got {world_tokens}"
+            )
 
         return build_env_state_encoder(num_frames, pretrained_path, device=device, **state)
     if state:
@@ -266,9 +268,7 @@ def build_world_encoder(
         seed = 0 if seed is None else int(seed)
         tubelet = tiny_vjepa2_config(2, 16).tubelet_size
         if num_frames < 1 or num_frames % tubelet != 0:
-            raise ValueError(
-                f"num_frames={num_frames} must be a positive multiple of tubelet_size={tubelet}"
-            )
+            raise ValueError(f"num_frames={num_frames} must be a positive multiple of tubelet_size={tubelet}")
         config = tiny_vjepa2_config(num_frames, image_size)
         # fork_rng: seeding for a deterministic init must not perturb the caller's RNG stream.
         with torch.random.fork_rng(devices=[]):

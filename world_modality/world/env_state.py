@@ -42,8 +42,13 @@ class EnvStateEncoder(nn.Module):
 
     name = ENV_STATE_NAME
 
-    def __init__(self, num_frames: int, names: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None):
+    def __init__(
+        self,
+        num_frames: int,
+        names: Sequence[str] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ):
         super().__init__()
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames} must be >= 1")
@@ -72,8 +77,10 @@ class EnvStateEncoder(nn.Module):
     def _set(self, names: Sequence[str], mean: np.ndarray, std: np.ndarray) -> None:
         names = [str(n) for n in names]
         if not (len(names) == mean.shape[-1] == std.shape[-1]) or mean.ndim != 1 or std.ndim != 1:
-            raise ValueError(f"env_state encoder: {len(names)} names, mean {mean.shape}, std {std.shape}; "
-                             f"expected one of each per dimension")
+            raise ValueError(
+                f"env_state encoder: {len(names)} names, mean {mean.shape}, std {std.shape}; "
+                f"expected one of each per dimension"
+            )
         if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
             raise ValueError("env_state encoder: mean and std must be finite and std >= 0")
         device = self.mean.device
@@ -117,8 +124,10 @@ class EnvStateEncoder(nn.Module):
 
     def _need_fit(self) -> None:
         if not self.fitted:
-            raise ValueError("the env_state world encoder has no statistics yet: it is fitted on the training rows "
-                             "of a dataset with observation.environment_state (pipeline.prepare_data)")
+            raise ValueError(
+                "the env_state world encoder has no statistics yet: it is fitted on the training rows "
+                "of a dataset with observation.environment_state (pipeline.prepare_data)"
+            )
 
     # -- inference --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -127,8 +136,9 @@ class EnvStateEncoder(nn.Module):
         self._need_fit()
         x = torch.as_tensor(np.asarray(states) if not isinstance(states, torch.Tensor) else states)
         if x.ndim != 3 or x.shape[1] != self.num_frames or x.shape[2] != self.state_dim:
-            raise ValueError(f"env_state windows must have shape (B, m={self.num_frames}, D={self.state_dim}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"env_state windows must have shape (B, m={self.num_frames}, D={self.state_dim}), got {tuple(x.shape)}"
+            )
         # Through float32 first: datasets store float32, and the simulator's vector is cast the same way.
         x = x.to(torch.float32).to(self.device)
         return ((x - self.mean) * self._scale).reshape(x.shape[0], -1)
@@ -140,16 +150,31 @@ class EnvStateEncoder(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """Everything build_world_encoder needs (the statistics included), plus encoder_id for verification."""
         self._need_fit()
-        return {"name": ENV_STATE_NAME, "num_frames": self.num_frames, "image_size": None, "seed": None,
-                "pretrained_path": None, "dtype": "float32", "names": list(self.names),
-                "mean": self.mean.tolist(), "std": self.std.tolist(), "encoder_id": self.encoder_id}
+        return {
+            "name": ENV_STATE_NAME,
+            "num_frames": self.num_frames,
+            "image_size": None,
+            "seed": None,
+            "pretrained_path": None,
+            "dtype": "float32",
+            "names": list(self.names),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "encoder_id": self.encoder_id,
+        }
 
     def state_dict_for_checkpoint(self) -> None:
         return None  # the statistics live in config_dict
 
 
-def build_env_state_encoder(num_frames: int, pretrained_path: str | None = None, names=None, mean=None, std=None,
-                            device: str | torch.device = "cpu") -> EnvStateEncoder:
+def build_env_state_encoder(
+    num_frames: int,
+    pretrained_path: str | None = None,
+    names=None,
+    mean=None,
+    std=None,
+    device: str | torch.device = "cpu",
+) -> EnvStateEncoder:
     """The `env_state` encoder, unfitted or from config_dict(); image size, seed and dtype do not apply."""
     if pretrained_path:
         raise ValueError(f"world encoder {ENV_STATE_NAME!r} has no weights; got pretrained_path={pretrained_path!r}")
@@ -161,8 +186,9 @@ def is_env_state_encoder(encoder) -> bool:
     return getattr(encoder, "name", None) == ENV_STATE_NAME
 
 
-def env_state_latents(dataset, encoder: EnvStateEncoder, past_rows: np.ndarray, train_rows: np.ndarray,
-                      frame_stride: int) -> LatentCache:
+def env_state_latents(
+    dataset, encoder: EnvStateEncoder, past_rows: np.ndarray, train_rows: np.ndarray, frame_stride: int
+) -> LatentCache:
     """Every row's window latent from the dataset's `observation.environment_state`, in memory. An unfitted
     encoder (training) is fitted on `train_rows` first; a fitted one (a checkpoint's) must have the dataset's
     layout. A dataset without the key is a one-line error naming the key and the dataset."""
@@ -171,15 +197,24 @@ def env_state_latents(dataset, encoder: EnvStateEncoder, past_rows: np.ndarray, 
         encoder.fit(values[np.asarray(train_rows)], names)
     elif encoder.names != names:
         diff = sorted(set(encoder.names) ^ set(names))[:6]
-        raise ValueError(f"dataset {dataset.root}: its {ENV_STATE_KEY!r} layout ({len(names)} entries) differs from "
-                         f"the one the env_state encoder was fitted on ({encoder.state_dim}); entries in one only: "
-                         f"{diff or 'none (another order)'}; expected the layout of the training data.")
+        raise ValueError(
+            f"dataset {dataset.root}: its {ENV_STATE_KEY!r} layout ({len(names)} entries) differs from "
+            f"the one the env_state encoder was fitted on ({encoder.state_dim}); entries in one only: "
+            f"{diff or 'none (another order)'}; expected the layout of the training data."
+        )
     rows = np.asarray(past_rows)
     if rows.ndim != 2 or rows.shape[1] != encoder.num_frames:
         raise ValueError(f"windows of shape {rows.shape} for {encoder.encoder_id}, which takes m={encoder.num_frames}")
     latents = encoder.encode(values[rows]).cpu().numpy()
     mean, std = latent_stats(latents)
-    meta = {"encoder_id": encoder.encoder_id, "num_frames": encoder.num_frames, "frame_stride": int(frame_stride),
-            "image_key": ENV_STATE_KEY, "dataset_fingerprint": dataset.fingerprint(), "frame_size": None,
-            "n_frames": int(latents.shape[0]), "latent_dim": int(latents.shape[1])}
+    meta = {
+        "encoder_id": encoder.encoder_id,
+        "num_frames": encoder.num_frames,
+        "frame_stride": int(frame_stride),
+        "image_key": ENV_STATE_KEY,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "frame_size": None,
+        "n_frames": int(latents.shape[0]),
+        "latent_dim": int(latents.shape[1]),
+    }
     return LatentCache(latents, mean, std, meta, None)

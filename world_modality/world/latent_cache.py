@@ -57,8 +57,10 @@ def _delete_advice(path: Path) -> str:
     """What to do about a cache found under the name of this identity that records another: the name is
     derived from the identity, so the file was edited, copied or renamed, and no run can use it."""
     stem = path.with_suffix("")
-    return (f"its file name is derived from these fields, so the file was edited, copied or renamed; delete "
-            f"{stem}.json and {stem}.safetensors and it is rebuilt")
+    return (
+        f"its file name is derived from these fields, so the file was edited, copied or renamed; delete "
+        f"{stem}.json and {stem}.safetensors and it is rebuilt"
+    )
 
 
 @dataclass
@@ -92,9 +94,7 @@ def _check_past_rows(past_rows: np.ndarray, n_frames: int, m: int) -> np.ndarray
     if not np.issubdtype(rows.dtype, np.integer):
         raise TypeError(f"past_rows must be integer indices, got {rows.dtype}")
     if rows.size and (rows.min() < 0 or rows.max() >= n_frames):
-        raise IndexError(
-            f"past_rows index range [{rows.min()}, {rows.max()}] outside the {n_frames} frames given"
-        )
+        raise IndexError(f"past_rows index range [{rows.min()}, {rows.max()}] outside the {n_frames} frames given")
     return rows.astype(np.int64, copy=False)
 
 
@@ -138,8 +138,13 @@ def latent_stats(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cache_key(
-    encoder_id: str, num_frames: int, frame_stride: int, image_key: str, dataset_fingerprint: str,
-    frame_size: int | None = None, world_tokens: int = 1,
+    encoder_id: str,
+    num_frames: int,
+    frame_stride: int,
+    image_key: str,
+    dataset_fingerprint: str,
+    frame_size: int | None = None,
+    world_tokens: int = 1,
 ) -> str:
     """Readable prefix + 16-hex hash of every identity field (the prefix alone is not unique)."""
     size = None if frame_size is None else int(frame_size)
@@ -207,11 +212,15 @@ def _read_meta(json_path: Path) -> dict:
     try:
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LatentCacheError(f"latent cache {json_path} is not valid JSON ({e}); delete {stem}.json and "
-                               f"{stem}.safetensors and it is rebuilt") from None
+        raise LatentCacheError(
+            f"latent cache {json_path} is not valid JSON ({e}); delete {stem}.json and "
+            f"{stem}.safetensors and it is rebuilt"
+        ) from None
     if not isinstance(meta, dict):
-        raise LatentCacheError(f"latent cache {json_path} holds a JSON {type(meta).__name__}, expected an object; "
-                               f"delete {stem}.json and {stem}.safetensors and it is rebuilt")
+        raise LatentCacheError(
+            f"latent cache {json_path} holds a JSON {type(meta).__name__}, expected an object; "
+            f"delete {stem}.json and {stem}.safetensors and it is rebuilt"
+        )
     return meta
 
 
@@ -251,25 +260,38 @@ def load_cache(
     for name, value in expected.items():
         _expect(json_path, meta, name, value, _delete_advice(json_path) if keyed else None)
     if meta.get("world_tokens", 1) != int(world_tokens):  # absent: written before world_tokens, N = 1
-        raise LatentCacheMismatch(json_path, "world_tokens", meta.get("world_tokens", 1), int(world_tokens),
-                                  _delete_advice(json_path) if keyed else None)
+        raise LatentCacheMismatch(
+            json_path,
+            "world_tokens",
+            meta.get("world_tokens", 1),
+            int(world_tokens),
+            _delete_advice(json_path) if keyed else None,
+        )
     try:
         tensors = load_file(str(st_path))
     except (SafetensorError, OSError) as e:
-        raise LatentCacheError(f"latent cache {st_path} is unreadable (truncated or corrupt: {e}); "
-                               f"delete it and it is rebuilt") from e
+        raise LatentCacheError(
+            f"latent cache {st_path} is unreadable (truncated or corrupt: {e}); delete it and it is rebuilt"
+        ) from e
     missing = sorted({"latents", "mean", "std"} - set(tensors))
     if missing:
         raise LatentCacheError(f"latent cache {st_path} lacks tensors {missing}; delete it and it is rebuilt")
     latents = tensors["latents"]
     if latents.shape != (meta.get("n_frames"), meta.get("latent_dim")):
-        raise LatentCacheMismatch(st_path, "latents.shape", latents.shape,
-                                  (meta.get("n_frames"), meta.get("latent_dim")), _delete_advice(st_path))
+        raise LatentCacheMismatch(
+            st_path,
+            "latents.shape",
+            latents.shape,
+            (meta.get("n_frames"), meta.get("latent_dim")),
+            _delete_advice(st_path),
+        )
     bad = _nonfinite_rows(latents)
     if len(bad):
         stem = st_path.with_suffix("")
-        raise LatentCacheError(f"latent cache {st_path} holds NaN/inf latents in {len(bad)} rows (first: row "
-                               f"{bad[0]}); delete {stem}.json and {stem}.safetensors and it is rebuilt (and checked)")
+        raise LatentCacheError(
+            f"latent cache {st_path} holds NaN/inf latents in {len(bad)} rows (first: row "
+            f"{bad[0]}); delete {stem}.json and {stem}.safetensors and it is rebuilt (and checked)"
+        )
     return LatentCache(latents, tensors["mean"], tensors["std"], meta, str(st_path.with_suffix("")))
 
 
@@ -298,12 +320,15 @@ def load_or_build_cache(
     if rows.ndim != 2 or rows.shape[1] != encoder.num_frames:
         # Windows of another m than the encoder's: a config whose latent_suffix disagrees with its encoder.
         # Caught here, before a valid cache is judged by these windows and called a mismatch.
-        raise ValueError(f"windows of shape {rows.shape} for the world encoder {encoder.encoder_id}, which takes "
-                         f"m={encoder.num_frames} frames: the config's latent_suffix and its world encoder disagree; "
-                         f"expected windows of shape (N, {encoder.num_frames})")
+        raise ValueError(
+            f"windows of shape {rows.shape} for the world encoder {encoder.encoder_id}, which takes "
+            f"m={encoder.num_frames} frames: the config's latent_suffix and its world encoder disagree; "
+            f"expected windows of shape (N, {encoder.num_frames})"
+        )
     tokens = int(getattr(encoder, "world_tokens", 1))
-    key = cache_key(encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size,
-                    tokens)
+    key = cache_key(
+        encoder.encoder_id, encoder.num_frames, frame_stride, image_key, dataset_fingerprint, frame_size, tokens
+    )
     rows_sha = _past_rows_sha(past_rows)
     ident = dict(
         encoder_id=encoder.encoder_id,
@@ -338,8 +363,10 @@ def load_or_build_cache(
             return load(path)
     folder = next((d for d in dirs if writable(d)), None)
     if folder is None:
-        raise LatentCacheError(f"no writable folder for the latent cache {key}; tried {[str(d) for d in dirs]}. "
-                               "Set latent_cache_dir to a writable folder.")
+        raise LatentCacheError(
+            f"no writable folder for the latent cache {key}; tried {[str(d) for d in dirs]}. "
+            "Set latent_cache_dir to a writable folder."
+        )
     with locked(folder / f".{key}.lock"):
         if (path := hit(folder)) is not None:  # built by another process while this one waited
             return load(path)
@@ -347,8 +374,10 @@ def load_or_build_cache(
         path = folder / (f"{key}-w{rows_sha}" if built(folder / key) else key)
         frames = frames_fn()
         if frame_size is not None and tuple(np.shape(frames)[1:3]) != (frame_size, frame_size):
-            raise ValueError(f"frames_fn gave frames of shape {np.shape(frames)}, expected "
-                             f"(N, {frame_size}, {frame_size}, 3) for frame_size={frame_size}")
+            raise ValueError(
+                f"frames_fn gave frames of shape {np.shape(frames)}, expected "
+                f"(N, {frame_size}, {frame_size}, 3) for frame_size={frame_size}"
+            )
         latents = encode_latents(frames, past_rows, encoder, batch_size=batch_size, progress=progress)
         bad = _nonfinite_rows(latents)
         if len(bad):
@@ -357,5 +386,6 @@ def load_or_build_cache(
                 f"the world encoder {encoder.encoder_id} ({encoder.dtype}) gave NaN/inf latents for {len(bad)} of "
                 f"{len(latents)} windows (first: row {bad[0]}); nothing was cached. Expected finite latents: "
                 f"float16 overflows (--world_encoder_dtype bfloat16 or float32); with another dtype, check the "
-                f"encoder's weights.")
+                f"encoder's weights."
+            )
         return save_cache(path, latents, {**ident, "past_rows_sha": rows_sha})

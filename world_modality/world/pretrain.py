@@ -89,25 +89,40 @@ class PretrainSettings:
 
     def check(self) -> None:
         """Bad values named before any frame is decoded; the window and size rules are WorldConfig's own."""
-        WorldConfig(latent_suffix=self.latent_suffix, frame_stride=self.frame_stride,
-                    world_image_size=self.world_image_size, world_image_key=self.world_image_key)
+        WorldConfig(
+            latent_suffix=self.latent_suffix,
+            frame_stride=self.frame_stride,
+            world_image_size=self.world_image_size,
+            world_image_key=self.world_image_key,
+        )
         DataConfig(image_size=self.image_size, val_fraction=self.val_fraction)
-        rules = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1, "warmup_steps": self.warmup_steps >= 0,
-                 "save_every": self.save_every >= 1, "num_threads": self.num_threads >= 0,
-                 "lr": math.isfinite(self.lr) and self.lr > 0,
-                 "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-                 "ema": math.isfinite(self.ema) and 0 <= self.ema < 1}
+        rules = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "save_every": self.save_every >= 1,
+            "num_threads": self.num_threads >= 0,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "ema": math.isfinite(self.ema) and 0 <= self.ema < 1,
+        }
         for name, ok in rules.items():
             if not ok:
-                raise ConfigError(f"`{name}` {getattr(self, name)!r} is out of range (steps, batch_size, save_every "
-                                  f">= 1; warmup_steps, num_threads >= 0; lr > 0; weight_decay >= 0; 0 <= ema < 1).")
+                raise ConfigError(
+                    f"`{name}` {getattr(self, name)!r} is out of range (steps, batch_size, save_every "
+                    f">= 1; warmup_steps, num_threads >= 0; lr > 0; weight_decay >= 0; 0 <= ema < 1)."
+                )
         cfg = tiny_vjepa2_config(self.num_frames, self.world_image_size)
         if self.num_frames % cfg.tubelet_size:
-            raise ConfigError(f"`latent_suffix` {self.latent_suffix}: m must be a multiple of the encoder's "
-                              f"tubelet_size {cfg.tubelet_size}.")
+            raise ConfigError(
+                f"`latent_suffix` {self.latent_suffix}: m must be a multiple of the encoder's "
+                f"tubelet_size {cfg.tubelet_size}."
+            )
         if self.world_image_size % cfg.patch_size:
-            raise ConfigError(f"`world_image_size` {self.world_image_size} must be a multiple of the encoder's "
-                              f"patch_size {cfg.patch_size}.")
+            raise ConfigError(
+                f"`world_image_size` {self.world_image_size} must be a multiple of the encoder's "
+                f"patch_size {cfg.patch_size}."
+            )
 
 
 def build_model(settings: PretrainSettings) -> nn.Module:
@@ -142,8 +157,10 @@ def _check_out(out: Path, identity: dict[str, Any]) -> None:
     if not path.exists():
         stray = [p.name for p in out.iterdir()] if out.is_dir() else []
         if stray:
-            raise ConfigError(f"--out {out} is not empty ({', '.join(sorted(stray)[:5])}) and holds no "
-                              f"{SETTINGS_FILE}; expected a new folder or one that pretrain-world wrote.")
+            raise ConfigError(
+                f"--out {out} is not empty ({', '.join(sorted(stray)[:5])}) and holds no "
+                f"{SETTINGS_FILE}; expected a new folder or one that pretrain-world wrote."
+            )
         return
     try:
         saved = json.loads(path.read_text())["identity"]
@@ -152,9 +169,10 @@ def _check_out(out: Path, identity: dict[str, Any]) -> None:
     diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     if diff:
         details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {identity.get(k)!r}" for k in diff[:6])
-        raise ConfigError(f"--out {out} holds a pretraining with other settings ({details}); only "
-                          f"{', '.join(RESUMABLE)} may change on a rerun. Use another --out.")
-
+        raise ConfigError(
+            f"--out {out} holds a pretraining with other settings ({details}); only "
+            f"{', '.join(RESUMABLE)} may change on a rerun. Use another --out."
+        )
 
 
 # -- the job ----------------------------------------------------------------------------------------------
@@ -180,8 +198,9 @@ def train_windows(settings: PretrainSettings, dataset) -> np.ndarray:
     return past_frame_rows(dataset.episodes, spec)[rows]
 
 
-def pretrain(settings: PretrainSettings, out: str | Path, progress: bool = True,
-             log: Callable[[str], None] = print) -> PretrainResult:
+def pretrain(
+    settings: PretrainSettings, out: str | Path, progress: bool = True, log: Callable[[str], None] = print
+) -> PretrainResult:
     """Train (or continue) into `out`; see the module docstring. Returns the losses of the steps run now."""
     from ..data.lerobot import load_dataset
 
@@ -189,22 +208,28 @@ def pretrain(settings: PretrainSettings, out: str | Path, progress: bool = True,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder for the pretrained encoder.")
-    dataset = load_dataset(settings.dataset, instruction_key=settings.instruction_key,
-                           episode_id_key=settings.episode_id_key)
+    dataset = load_dataset(
+        settings.dataset, instruction_key=settings.instruction_key, episode_id_key=settings.episode_id_key
+    )
     dataset.progress = progress
     if settings.world_image_key not in dataset.image_keys:
-        raise ConfigError(f"dataset {dataset.root} has no camera {settings.world_image_key!r}; its cameras are "
-                          f"{dataset.image_keys}.")
+        raise ConfigError(
+            f"dataset {dataset.root} has no camera {settings.world_image_key!r}; its cameras are {dataset.image_keys}."
+        )
     identity = _identity(settings, dataset.fingerprint())
     _check_out(out, identity)
     found = checkpoints(out)
     done = int(found[-1].name.split("-")[1]) if found else 0
     if done > settings.steps:
-        raise ConfigError(f"--out {out} already holds {done} steps, more than --steps {settings.steps}; "
-                          f"ask for at least {done} steps, or use another --out.")
+        raise ConfigError(
+            f"--out {out} already holds {done} steps, more than --steps {settings.steps}; "
+            f"ask for at least {done} steps, or use another --out."
+        )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / SETTINGS_FILE, json.dumps({"format": FORMAT, "identity": identity,
-                                                        "settings": dataclasses.asdict(settings)}, indent=2) + "\n")
+    atomic_write_text(
+        out / SETTINGS_FILE,
+        json.dumps({"format": FORMAT, "identity": identity, "settings": dataclasses.asdict(settings)}, indent=2) + "\n",
+    )
     torch.set_num_threads(settings.num_threads or max(1, (os.cpu_count() or 2) // 2))
 
     windows = train_windows(settings, dataset)
@@ -217,14 +242,17 @@ def pretrain(settings: PretrainSettings, out: str | Path, progress: bool = True,
     keep_losses_upto(out, start)
     grid = settings.world_image_size // model.config.patch_size
     depth = settings.num_frames // model.config.tubelet_size
-    log(f"[pretrain-world] {len(windows)} windows (m={settings.num_frames}, stride={settings.frame_stride}) of "
+    log(
+        f"[pretrain-world] {len(windows)} windows (m={settings.num_frames}, stride={settings.frame_stride}) of "
         f"{settings.world_image_key} from the training episodes of {dataset.root}; {grid}x{grid}x{depth} tokens; "
-        + (f"resuming at step {start}/{settings.steps}" if start else f"{settings.steps} steps"))
+        + (f"resuming at step {start}/{settings.steps}" if start else f"{settings.steps} steps")
+    )
 
     losses: list[float] = []
     times: list[float] = []
-    bar = tqdm(total=settings.steps, initial=start, desc="pretrain-world", unit="step", disable=not progress,
-               mininterval=0.5)
+    bar = tqdm(
+        total=settings.steps, initial=start, desc="pretrain-world", unit="step", disable=not progress, mininterval=0.5
+    )
     with open(out / LOSSES_FILE, "a") as log_file:
         for step in range(start, settings.steps):
             t0 = time.perf_counter()
@@ -242,8 +270,10 @@ def pretrain(settings: PretrainSettings, out: str | Path, progress: bool = True,
                 spreads.append(spread)
             loss = torch.stack(terms).mean()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretrain-world: the loss became {float(loss)} at step {step}; the last "
-                                         f"finite checkpoint is kept in {out / 'checkpoints'}. Try a lower --lr.")
+                raise FloatingPointError(
+                    f"pretrain-world: the loss became {float(loss)} at step {step}; the last "
+                    f"finite checkpoint is kept in {out / 'checkpoints'}. Try a lower --lr."
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -254,8 +284,17 @@ def pretrain(settings: PretrainSettings, out: str | Path, progress: bool = True,
             times.append(time.perf_counter() - t0)
             value = loss.item()
             losses.append(value)
-            log_file.write(json.dumps({"step": step + 1, "loss": value, "target_std": float(np.mean(spreads)),
-                                       "lr": lr_at(step, settings)}) + "\n")
+            log_file.write(
+                json.dumps(
+                    {
+                        "step": step + 1,
+                        "loss": value,
+                        "target_std": float(np.mean(spreads)),
+                        "lr": lr_at(step, settings),
+                    }
+                )
+                + "\n"
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", ms_per_step=f"{1000 * np.median(times[-50:]):.0f}")
             if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
@@ -267,11 +306,15 @@ def pretrain(settings: PretrainSettings, out: str | Path, progress: bool = True,
     plot_losses(out)
     per_step = float(np.median(times)) if times else None
     if times:
-        log(f"[pretrain-world] steps {start + 1}-{settings.steps}: {sum(times):.1f} s, "
+        log(
+            f"[pretrain-world] steps {start + 1}-{settings.steps}: {sum(times):.1f} s, "
             f"{1000 * per_step:.0f} ms/step (median, batch {settings.batch_size}); loss {losses[0]:.4f} -> "
-            f"{losses[-1]:.4f}")
+            f"{losses[-1]:.4f}"
+        )
     else:
         log(f"[pretrain-world] {out} already holds all {settings.steps} steps; its model folder was rewritten")
-    log(f"[pretrain-world] encoder folder: {out} (use --world_encoder vjepa2 --world_encoder_path {out}); "
-        f"loss curve: {out / PLOT_FILE}")
+    log(
+        f"[pretrain-world] encoder folder: {out} (use --world_encoder vjepa2 --world_encoder_path {out}); "
+        f"loss curve: {out / PLOT_FILE}"
+    )
     return PretrainResult(out, settings.steps, start, losses, per_step)

@@ -56,8 +56,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return unflatten_optimizer(own, meta)
 
 
-def save_checkpoint(out: Path, step: int, model: nn.Module, target: nn.Module, opt: torch.optim.Optimizer,
-                    identity: dict[str, Any]) -> Path:
+def save_checkpoint(
+    out: Path, step: int, model: nn.Module, target: nn.Module, opt: torch.optim.Optimizer, identity: dict[str, Any]
+) -> Path:
     """checkpoints/step-N: written into a temporary sibling folder with a COMPLETE marker, then renamed, so a
     kill mid-write leaves the previous checkpoint the newest; older ones beyond KEEP_CHECKPOINTS are removed."""
     root = out / "checkpoints"
@@ -71,8 +72,9 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, target: nn.Module, o
     tensors.update({f"target.{k}": v.detach().cpu().contiguous() for k, v in target.state_dict().items()})
     opt_tensors, opt_meta = _flatten_optimizer(opt)
     save_file({**tensors, **opt_tensors}, str(tmp / "state.safetensors"), metadata={"format": FORMAT})
-    (tmp / "state.json").write_text(json.dumps({"format": FORMAT, "step": step, "identity": identity,
-                                                "optimizer": opt_meta}, indent=1) + "\n")
+    (tmp / "state.json").write_text(
+        json.dumps({"format": FORMAT, "step": step, "identity": identity, "optimizer": opt_meta}, indent=1) + "\n"
+    )
     (tmp / DONE_MARKER).write_text("ok\n")
     if final.exists():
         shutil.rmtree(final)
@@ -82,15 +84,18 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, target: nn.Module, o
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module, target: nn.Module, opt: torch.optim.Optimizer,
-                    identity: dict[str, Any]) -> int:
+def load_checkpoint(
+    path: Path, model: nn.Module, target: nn.Module, opt: torch.optim.Optimizer, identity: dict[str, Any]
+) -> int:
     """Restore weights, target and optimizer; returns the step. A checkpoint of other settings is refused."""
     try:
         meta = json.loads((path / "state.json").read_text())
         tensors = load_file(str(path / "state.safetensors"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as e:
-        raise ConfigError(f"pretrain checkpoint {path} is unreadable ({e}); delete it to resume from an older one "
-                          f"or start over in another --out.") from None
+        raise ConfigError(
+            f"pretrain checkpoint {path} is unreadable ({e}); delete it to resume from an older one "
+            f"or start over in another --out."
+        ) from None
     if meta.get("identity") != identity:
         raise ConfigError(f"pretrain checkpoint {path} was written with other settings; use another --out.")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
@@ -134,7 +139,7 @@ def plot_losses(out: Path) -> Path | None:
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax.plot(steps, loss, lw=0.6, alpha=0.4, label="per step")
-    ax.plot(steps[window - 1:], smooth, lw=1.6, label=f"mean of {window}")
+    ax.plot(steps[window - 1 :], smooth, lw=1.6, label=f"mean of {window}")
     ax.set(xlabel="step", ylabel="L1 to layer-normed targets", title="V-JEPA loss")
     ax.legend()
     ax2.plot(steps, [r["target_std"] for r in rows], lw=1.0)
@@ -151,10 +156,20 @@ def plot_losses(out: Path) -> Path | None:
 def processor_config(crop: int) -> dict[str, Any]:
     """The VJEPA2VideoProcessor config of a checkpoint with this crop (what `read_processing` reads back)."""
     p = VJEPA2Processing.for_crop(crop)
-    return {"crop_size": {"height": crop, "width": crop}, "size": {"shortest_edge": p.shortest_edge},
-            "do_resize": True, "do_center_crop": True, "do_rescale": True, "do_normalize": True,
-            "do_convert_rgb": True, "resample": 2, "rescale_factor": 1 / 255, "image_mean": list(p.mean),
-            "image_std": list(p.std), "video_processor_type": "VJEPA2VideoProcessor"}
+    return {
+        "crop_size": {"height": crop, "width": crop},
+        "size": {"shortest_edge": p.shortest_edge},
+        "do_resize": True,
+        "do_center_crop": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "resample": 2,
+        "rescale_factor": 1 / 255,
+        "image_mean": list(p.mean),
+        "image_std": list(p.std),
+        "video_processor_type": "VJEPA2VideoProcessor",
+    }
 
 
 def save_final(out: Path, model: nn.Module, target: nn.Module, settings: PretrainSettings) -> None:

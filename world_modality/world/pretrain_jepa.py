@@ -29,12 +29,13 @@ def block_mask(rng: np.random.Generator, grid: int, num_blocks: int, scale: floa
         h = min(max(1, round(math.sqrt(area * aspect))), max(1, grid - 1))
         w = min(max(1, round(math.sqrt(area / aspect))), max(1, grid - 1))
         top, left = rng.integers(0, grid - h + 1), rng.integers(0, grid - w + 1)
-        hidden[top:top + h, left:left + w] = True
+        hidden[top : top + h, left : left + w] = True
     return hidden
 
 
-def sample_masks(rng: np.random.Generator, batch: int, grid: int, depth: int, num_blocks: int,
-                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_masks(
+    rng: np.random.Generator, batch: int, grid: int, depth: int, num_blocks: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Context and target token indices, (B, Nc) and (B, Nt), sorted, in the encoder's token order
     (time-major, then rows, then columns). Each sample draws its own spatial mask, repeated over the `depth`
     time steps (tubes: a hidden patch stays hidden all clip long, so it cannot be copied from a neighbouring
@@ -71,8 +72,9 @@ def encode_context(encoder: nn.Module, pixels: torch.Tensor, ctx: torch.Tensor) 
     return encoder.layernorm(h)
 
 
-def jepa_loss(model: nn.Module, target_encoder: nn.Module, pixels: torch.Tensor, ctx: torch.Tensor,
-              tgt: torch.Tensor) -> tuple[torch.Tensor, float]:
+def jepa_loss(
+    model: nn.Module, target_encoder: nn.Module, pixels: torch.Tensor, ctx: torch.Tensor, tgt: torch.Tensor
+) -> tuple[torch.Tensor, float]:
     """L1 between the predictor's output at the hidden tokens and the target encoder's layer-normed output
     there; also the targets' spread (mean over features of their std over tokens and samples), which falls to 0
     if the representation collapses to a constant."""

@@ -36,9 +36,7 @@ def test_preprocess_resizes_and_normalizes(enc):
     frames[..., 0] = 255
     x = enc.preprocess(frames)
     assert x.shape == (2, M, 3, S, S)
-    expected = [(1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]] + [
-        -IMAGENET_MEAN[c] / IMAGENET_STD[c] for c in (1, 2)
-    ]
+    expected = [(1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]] + [-IMAGENET_MEAN[c] / IMAGENET_STD[c] for c in (1, 2)]
     for c in range(3):
         assert torch.allclose(x[:, :, c], torch.full_like(x[:, :, c], expected[c]), atol=1e-5)
     # A torch tensor input gives the same result as numpy.
@@ -112,9 +110,7 @@ def test_checkpoint_round_trip(enc):
 
 def test_pretrained_from_local_dir(enc, tmp_path):
     enc.model.save_pretrained(tmp_path / "vjepa2-tiny")
-    loaded = build_world_encoder(
-        name="vjepa2", num_frames=M, pretrained_path=str(tmp_path / "vjepa2-tiny")
-    )
+    loaded = build_world_encoder(name="vjepa2", num_frames=M, pretrained_path=str(tmp_path / "vjepa2-tiny"))
     assert loaded.image_size == S  # taken from the saved crop_size
     assert loaded.state_dict_for_checkpoint() is None
     # Same weights; the pretrained path preprocesses as its video processor does (resize + crop).
@@ -162,16 +158,18 @@ def test_four_world_tokens_are_the_quadrants_of_the_time_averaged_token_map():
         raw = four.model(pixel_values_videos=four.preprocess(f), skip_predictor=True).last_hidden_state.float()
     grid = raw.view(2, M // 2, 4, 4, d).mean(dim=1)  # (B, rows, cols, D)
     for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-        cell = grid[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(dim=(1, 2))
-        torch.testing.assert_close(z[:, k * d:(k + 1) * d], cell, rtol=1e-5, atol=1e-5)
+        cell = grid[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(1, 2))
+        torch.testing.assert_close(z[:, k * d : (k + 1) * d], cell, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(z.view(2, 4, d).mean(dim=1), one.encode(f), rtol=1e-5, atol=1e-5)
     # Same weights, other latents: the identity says so (and so the latent cache's key does).
     assert "-t4-" in four.encoder_id and four.encoder_id != one.encoder_id
     assert four.encoder_id.rsplit("-", 1)[1] == one.encoder_id.rsplit("-", 1)[1]
 
 
-@pytest.mark.parametrize("n,needle", [(2, "perfect square"), (3, "perfect square"), (0, "perfect square"),
-                                      (9, r"at most the encoder's 2x2 patch grid")])
+@pytest.mark.parametrize(
+    "n,needle",
+    [(2, "perfect square"), (3, "perfect square"), (0, "perfect square"), (9, r"at most the encoder's 2x2 patch grid")],
+)
 def test_bad_world_tokens_are_refused(n, needle):
     with pytest.raises(ValueError, match=needle):
         build_world_encoder(num_frames=M, image_size=S, world_tokens=n)  # 32 px: a 2x2 grid, at most 4 tokens
@@ -191,6 +189,9 @@ def test_world_tokens_round_trip_through_the_checkpoint_config():
     assert rebuilt.world_tokens == 4 and rebuilt.encoder_id == four.encoder_id
     f = _frames()
     assert torch.equal(rebuilt.encode(f), four.encode(f))
-    old = {k: v for k, v in build_world_encoder(num_frames=M, image_size=S, seed=0).config_dict().items()
-           if k != "world_tokens"}  # a checkpoint from before the option: one token
+    old = {
+        k: v
+        for k, v in build_world_encoder(num_frames=M, image_size=S, seed=0).config_dict().items()
+        if k != "world_tokens"
+    }  # a checkpoint from before the option: one token
     assert WorldEncoder.from_checkpoint(old).world_tokens == 1

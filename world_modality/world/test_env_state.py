@@ -16,22 +16,35 @@ from world_modality.world.env_state import MIN_STD, EnvStateEncoder
 
 @pytest.fixture(scope="module")
 def state_dataset(tmp_path_factory):
-    return make_fixture_dataset(tmp_path_factory.mktemp("state") / "fx", n_episodes=6, length=12, image_size=32,
-                                seed=3, with_environment_state=True)
+    return make_fixture_dataset(
+        tmp_path_factory.mktemp("state") / "fx",
+        n_episodes=6,
+        length=12,
+        image_size=32,
+        seed=3,
+        with_environment_state=True,
+    )
 
 
 def test_layout_names_objects_then_joints_in_a_fixed_order():
     joints = [("wooden_cabinet_1", "top_level"), ("flat_stove_1", "button")]
     names = state_names(["plate_1", "akita_black_bowl_1"], joints)
-    assert names[:7] == ["akita_black_bowl_1.pos.x", "akita_black_bowl_1.pos.y", "akita_black_bowl_1.pos.z",
-                         "akita_black_bowl_1.quat.w", "akita_black_bowl_1.quat.x", "akita_black_bowl_1.quat.y",
-                         "akita_black_bowl_1.quat.z"]
+    assert names[:7] == [
+        "akita_black_bowl_1.pos.x",
+        "akita_black_bowl_1.pos.y",
+        "akita_black_bowl_1.pos.z",
+        "akita_black_bowl_1.quat.w",
+        "akita_black_bowl_1.quat.x",
+        "akita_black_bowl_1.quat.y",
+        "akita_black_bowl_1.quat.z",
+    ]
     assert names[7] == "plate_1.pos.x" and names[14:] == ["flat_stove_1.button.qpos", "wooden_cabinet_1.top_level.qpos"]
     # Several scenes: the union in the same order; a scene's vector laid out in it has 0 where it lacks an entry.
     other = state_names(["cookies_1", "plate_1"], [])
     union = merge_names([names, other])
-    assert union == state_names(["akita_black_bowl_1", "cookies_1", "plate_1"],
-                                [("flat_stove_1", "button"), ("wooden_cabinet_1", "top_level")])
+    assert union == state_names(
+        ["akita_black_bowl_1", "cookies_1", "plate_1"], [("flat_stove_1", "button"), ("wooden_cabinet_1", "top_level")]
+    )
     v = np.arange(len(other), dtype=np.float32) + 1
     out = align(v, other, union)
     assert out[union.index("cookies_1.pos.x")] == 1 and out[union.index("akita_black_bowl_1.pos.x")] == 0
@@ -49,8 +62,12 @@ def test_fixture_records_the_state_with_its_names_in_info_json(state_dataset):
     assert values.shape == (len(ds), 14) and names == feat["names"]
     np.testing.assert_array_equal(values[:, :2], ds.state[:, :2])  # the block's position is the fixture's state
     # The public schema is otherwise unchanged: the default fixture has no such column.
-    assert "observation.environment_state" not in load_dataset(make_fixture_dataset(
-        state_dataset.parent / "plain", n_episodes=1, length=4, image_size=16)).features
+    assert (
+        "observation.environment_state"
+        not in load_dataset(
+            make_fixture_dataset(state_dataset.parent / "plain", n_episodes=1, length=4, image_size=16)
+        ).features
+    )
 
 
 def test_encoder_normalises_each_frame_and_concatenates_the_window():
@@ -103,16 +120,26 @@ def test_pipeline_latents_are_the_normalised_windows_of_the_training_statistics(
     scale = np.where(enc.std.numpy() >= MIN_STD, 1 / np.maximum(enc.std.numpy(), MIN_STD), 0)
     np.testing.assert_allclose(z[row], (values[past[row]] - enc.mean.numpy()) * scale, rtol=1e-5, atol=1e-6)
     # Another run (a checkpoint's fitted encoder) gets the same latents, not statistics refitted elsewhere.
-    again = prepare_data(cfg, build_world_encoder(**{k: v for k, v in enc.config_dict().items() if k != "encoder_id"}),
-                         progress=False)
+    again = prepare_data(
+        cfg, build_world_encoder(**{k: v for k, v in enc.config_dict().items() if k != "encoder_id"}), progress=False
+    )
     np.testing.assert_array_equal(again.latents.latents, data.latents.latents)
 
 
 def test_env_state_is_refused_on_a_dataset_without_it_in_one_line(fixture_dataset, tmp_path, capsys):
     from world_modality.cli import main
 
-    argv = ["train", "--preset", "E2-State", "--dataset", str(fixture_dataset), "--image_size", "32",
-            "--output_dir", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--preset",
+        "E2-State",
+        "--dataset",
+        str(fixture_dataset),
+        "--image_size",
+        "32",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -165,8 +192,12 @@ class _StateEnv:
 
     def observe(self):
         img = np.zeros((32, 32, 3), np.uint8)
-        return {"observation.images.image": img, "observation.images.wrist_image": img,
-                "observation.state": np.zeros(8, np.float32), "task": self.task}
+        return {
+            "observation.images.image": img,
+            "observation.images.wrist_image": img,
+            "observation.state": np.zeros(8, np.float32),
+            "task": self.task,
+        }
 
     def render(self, key):
         raise AssertionError(f"an env_state policy rendered {key}")
@@ -189,8 +220,12 @@ def test_writer_checks_the_extra_feature_and_config_refuses_a_weights_path(tmp_p
     from world_modality.data.writer import LeRobotWriter
 
     keys = ("observation.images.image", "observation.images.wrist_image")
-    ep = dict(images={k: np.zeros((3, 8, 8, 3), np.uint8) for k in keys}, state=np.zeros((3, 8), np.float32),
-              action=np.zeros((3, 7), np.float32), task="stack the cups")
+    ep = dict(
+        images={k: np.zeros((3, 8, 8, 3), np.uint8) for k in keys},
+        state=np.zeros((3, 8), np.float32),
+        action=np.zeros((3, 7), np.float32),
+        task="stack the cups",
+    )
     w = LeRobotWriter(tmp_path / "ds", image_size=8, use_videos=False, extra_features={ENV_STATE_KEY: ["a.pos.x"]})
     with pytest.raises(ValueError, match="extra keys"):
         w.add_episode(**ep)

@@ -144,9 +144,16 @@ def test_other_settings_into_the_same_folder_are_refused(fixture_dataset, tmp_pa
         pretrain(settings(fixture_dataset, steps=2), tmp_path / "stray", progress=False, log=QUIET)
 
 
-@pytest.mark.parametrize("kw,needle", [({"lr": 0.0}, "`lr`"), ({"steps": 0}, "`steps`"), ({"ema": 1.0}, "`ema`"),
-                                       ({"latent_suffix": "m3"}, "tubelet_size"),
-                                       ({"world_image_size": 40}, "patch_size")])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"lr": 0.0}, "`lr`"),
+        ({"steps": 0}, "`steps`"),
+        ({"ema": 1.0}, "`ema`"),
+        ({"latent_suffix": "m3"}, "tubelet_size"),
+        ({"world_image_size": 40}, "patch_size"),
+    ],
+)
 def test_bad_settings_are_named(fixture_dataset, tmp_path, kw, needle):
     with pytest.raises(ConfigError, match=needle):
         pretrain(settings(fixture_dataset, **kw), tmp_path / "x", progress=False, log=QUIET)

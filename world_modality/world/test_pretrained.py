@@ -110,11 +110,23 @@ def test_preprocess_differs_from_plain_resize(model_dir):
 
 def test_processor_config_is_read(tmp_path):
     path = _save_tiny(tmp_path / "m")
-    (tmp_path / "m" / "video_preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": 48, "width": 48}, "size": {"shortest_edge": 999}, "resample": 2,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "rescale_factor": 1 / 255,
-        "do_resize": True, "do_center_crop": True, "do_normalize": True, "do_rescale": True,
-        "video_processor_type": "VJEPA2VideoProcessor"}))
+    (tmp_path / "m" / "video_preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": {"height": 48, "width": 48},
+                "size": {"shortest_edge": 999},
+                "resample": 2,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "rescale_factor": 1 / 255,
+                "do_resize": True,
+                "do_center_crop": True,
+                "do_normalize": True,
+                "do_rescale": True,
+                "video_processor_type": "VJEPA2VideoProcessor",
+            }
+        )
+    )
     p = read_processing(path, CROP)
     # The processor recomputes the resize from crop_size, whatever "size" says.
     assert p == VJEPA2Processing(48, 54, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -166,8 +178,13 @@ def test_real_path_cache_and_checkpoint_round_trip(fixture_dataset, model_dir, t
     from world_modality.policy.model import PolicyShapes
     from world_modality.policy.tokenizer import build_tokenizer
 
-    cfg = tiny_config(fixture_dataset, tmp_path / "run", world_encoder="vjepa2", world_encoder_path=model_dir,
-                      latent_cache_dir=str(tmp_path / "cache"))
+    cfg = tiny_config(
+        fixture_dataset,
+        tmp_path / "run",
+        world_encoder="vjepa2",
+        world_encoder_path=model_dir,
+        latent_cache_dir=str(tmp_path / "cache"),
+    )
     enc = world_encoder_from_config(cfg)
     assert enc.name == "vjepa2" and enc.image_size == CROP and enc.latent_dim == 64
     data = prepare_data(cfg, enc, progress=False)
@@ -187,8 +204,12 @@ def test_real_path_cache_and_checkpoint_round_trip(fixture_dataset, model_dir, t
     assert np.allclose(enc.encode(frames[rows]).numpy(), data.latents.latents[:3], atol=1e-5)
 
     ds = data.dataset
-    policy = build_policy(cfg, PolicyShapes(ds.state.shape[1], ds.action.shape[1], enc.latent_dim),
-                          tokenizer=build_tokenizer(sorted(set(ds.instructions))), world_encoder=enc)
+    policy = build_policy(
+        cfg,
+        PolicyShapes(ds.state.shape[1], ds.action.shape[1], enc.latent_dim),
+        tokenizer=build_tokenizer(sorted(set(ds.instructions))),
+        world_encoder=enc,
+    )
     ckpt = save_checkpoint(tmp_path / "ckpt", policy)
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
         assert not any(k.startswith("world_encoder.") for k in f.keys())
@@ -219,9 +240,11 @@ def test_hub_cache_id_loads_offline_with_its_processor_config(tmp_path):
     (repo / "refs" / "main").write_text(commit)
     snap = _save_tiny(repo / "snapshots" / commit, crop=48)
     (repo / "snapshots" / commit / "video_preprocessor_config.json").write_text(json.dumps({"crop_size": 48}))
-    code = ("from world_modality.world.encoder import build_world_encoder as b; "
-            "e = b(name='vjepa2', num_frames=2, pretrained_path='acme/vjepa2-tiny'); "
-            "print(e.image_size, e.processing.shortest_edge, e.latent_dim)")
+    code = (
+        "from world_modality.world.encoder import build_world_encoder as b; "
+        "e = b(name='vjepa2', num_frames=2, pretrained_path='acme/vjepa2-tiny'); "
+        "print(e.image_size, e.processing.shortest_edge, e.latent_dim)"
+    )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -130,5 +130,5 @@ def test_flattened_world_tokens_are_all_predicted_and_all_in_the_world_loss():
         base = world_loss(pred, z_t[384:], z_future[384:], p)
         for k in range(n_tok):
             moved = z_future[384:].clone()
-            moved[:, k * D:(k + 1) * D] += 1.0
+            moved[:, k * D : (k + 1) * D] += 1.0
             assert world_loss(pred, z_t[384:], moved, p) > base, k

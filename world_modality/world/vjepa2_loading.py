@@ -37,7 +37,6 @@ def weights_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-
 def tiny_vjepa2_config(num_frames: int, image_size: int):
     """A VJEPA2Config small enough for CPU tests: same classes as the real model, toy sizes."""
     from transformers import VJEPA2Config

@@ -34,8 +34,12 @@ class VJEPA2Processing:
         return cls(int(crop_size), int(crop_size * RESIZE_RATIO), tuple(map(float, mean)), tuple(map(float, std)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"crop_size": self.crop_size, "shortest_edge": self.shortest_edge,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "crop_size": self.crop_size,
+            "shortest_edge": self.shortest_edge,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 def _processor_config(pretrained_path: str) -> tuple[str, dict] | None:
@@ -47,9 +51,13 @@ def _processor_config(pretrained_path: str) -> tuple[str, dict] | None:
         else:
             from transformers.utils import cached_file
 
-            found = cached_file(pretrained_path, fname, local_files_only=True,
-                                _raise_exceptions_for_missing_entries=False,
-                                _raise_exceptions_for_connection_errors=False)
+            found = cached_file(
+                pretrained_path,
+                fname,
+                local_files_only=True,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
         if found:
             with open(found) as fh:
                 return found, json.load(fh)
@@ -80,8 +88,9 @@ def read_processing(pretrained_path: str, model_crop_size: int) -> VJEPA2Process
     rescale = float(cfg.get("rescale_factor", 1 / 255))
     if abs(rescale - 1 / 255) > 1e-9:
         raise ValueError(f"{where}: rescale_factor={rescale} is not supported (expected 1/255)")
-    return VJEPA2Processing.for_crop(int(crop), cfg.get("image_mean", IMAGENET_MEAN),
-                                     cfg.get("image_std", IMAGENET_STD))
+    return VJEPA2Processing.for_crop(
+        int(crop), cfg.get("image_mean", IMAGENET_MEAN), cfg.get("image_std", IMAGENET_STD)
+    )
 
 
 def resize_output_size(h: int, w: int, shortest_edge: int) -> tuple[int, int]:
@@ -109,4 +118,3 @@ def vjepa2_resize_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.
         raise ValueError(f"resized frames {h}x{w} are smaller than the crop {crop}")
     top, left = int((h - crop) / 2.0), int((w - crop) / 2.0)
     return x[..., top : top + crop, left : left + crop]
-

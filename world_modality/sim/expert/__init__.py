@@ -7,6 +7,7 @@ table scenes (libero_spatial/goal) and the floor scene (libero_object) use the s
 `planner` turns the task's goal into a skill; `pick_place` is the on/in skill, built on `poses`
 (privileged reads), `grasp` (grasp geometry) and `motion` (servo, travel heights).
 """
+
 from .pick_place import PickPlaceExpert
 from .planner import Plan, parse_plan
 

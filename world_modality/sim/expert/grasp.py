@@ -1,5 +1,6 @@
 """Grasp geometry: where and at which yaw the gripper closes on the object (bowl rims, narrow sides), keeping
 the palm and open fingers off neighbouring objects."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +16,7 @@ PALM_ABOVE_EEF = 0.045  # palm underside above the eef site
 FINGER_OPEN_HALF = 0.045  # open finger centre from the eef axis, along the closing axis
 TILTED_BOWL_DEG = 20.0  # bowls tilted more than this are pinched on their tilt axis
 HIGH_BOWL_ABOVE_BASE = 0.23  # rim this far above the robot base: grasp on the robot's side
+
 
 class GraspGeometry(ScenePoses):
     """Grasp point and yaw for the object of `self.plan`, chosen once and cached on the expert."""
@@ -122,8 +124,10 @@ class GraspGeometry(ScenePoses):
 
         # The fully open outer finger reaches ~4.5 cm past the rim; if no side is free for it
         # (a bowl in a drawer), pre-close the gripper to a 4 cm opening (reach ~2.5 cm).
-        angles = [base_angle + np.deg2rad(15 * k) for k in
-                  (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8, 9, -9, 10, -10, 11, -11, 12)]
+        angles = [
+            base_angle + np.deg2rad(15 * k)
+            for k in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8, 9, -9, 10, -10, 11, -11, 12)
+        ]
         best, best_top = base_angle, np.inf
         for narrow, reach in ((False, 0.045), (True, 0.025)):
             for angle in angles:
@@ -208,7 +212,7 @@ class GraspGeometry(ScenePoses):
             other = order[1 - rank]
             max_shift = max(0.0, 0.5 * size[other] - 0.015)
             for shift in np.arange(0.0, max_shift + 1e-9, 0.01):
-                for sgn in ((1.0,) if shift == 0 else (1.0, -1.0)):
+                for sgn in (1.0,) if shift == 0 else (1.0, -1.0):
                     sh = sgn * shift * perp_axis
                     hits = self._hand_hits(centre[:2] + sh[:2], f[:2], grasp_z)
                     candidates.append((hits, rank, shift, yaw, sh))

@@ -1,4 +1,5 @@
 """Motion: the Cartesian servo on OSC's delta actions, phase bookkeeping and the scene-derived travel heights."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +10,7 @@ POS_GAIN = 25.0  # action units per metre; OSC maps 1.0 to a 5 cm goal offset, s
 ROT_GAIN = 2.0  # action units per radian; OSC maps 1.0 to 0.5 rad
 APPROACH_CLEARANCE = 0.07  # eef above the highest object/fixture between the eef and the object
 CARRY_CLEARANCE = 0.04  # held object's bottom above the highest object/fixture on the way to the target
+
 
 class Motion:
     """Waypoint servoing for the expert (needs its poses, grasp point, target and phase state)."""

@@ -1,4 +1,5 @@
 """The on/in skill: pick the plan's object and place it on or in its target, as a waypoint state machine."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +18,7 @@ NARROW_PRECLOSE_FRAMES = 2  # 2 frames x 2 steps of CLOSE from open -> fingers a
 # Phase step counters count expert decisions (= saved frames, each held for 2 control steps).
 GRASP_FRAMES = 7  # fingers close fully in ~15 control steps
 RELEASE_FRAMES = 5
+
 
 class PickPlaceExpert(GraspGeometry, Motion):
     """Waypoint state machine: approach, descend, grasp, lift, carry, lower, release, retreat."""

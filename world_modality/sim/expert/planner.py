@@ -1,4 +1,5 @@
 """Goal -> skill: the task's BDDL goal parsed into what the expert must move where."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Privileged poses read from the simulator: object positions and bounding boxes, the eef pose, and the
 highest object along a path."""
+
 from __future__ import annotations
 
 import numpy as np
