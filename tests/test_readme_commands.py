@@ -111,6 +111,8 @@ class Command:
             return "it loads real weights from a local folder or the hub cache"
         if self.program == "generate":
             return "the full generation runs the simulator's scripted expert for minutes"
+        if self.program == "study":
+            return "a study generates, trains and evaluates whole suites for hours (its fixture-sized run is tested)"
         if self.program == "probe":
             return "it needs a generated dataset's observation.environment_state, which the fixture lacks"
         return None
