@@ -1,8 +1,11 @@
-"""Requests per second and latency of `world-modality serve` (no simulator): the embedded default's tiny E2 behind
-one server process, asked by 1, 2 and 4 concurrent clients, beside the same calls made locally (`PolicyRunner.act`).
+"""`world-modality serve` with the embedded default's tiny E2 on the CPU. Requests: requests/s and latency of one
+server process asked by 1, 2 and 4 concurrent clients (no simulator), beside the same calls made locally
+(`PolicyRunner.act`). Closed loop (serve_closed_loop.py): LIBERO episodes per hour with 1, 2 and 4 simulator
+workers each loading its own policy vs all asking one server, outcome agreement and the server's batch sizes.
 
-    .venv/bin/python bench/serve.py            # 40 timed requests per client
-    .venv/bin/python bench/serve.py --quick    # 8
+    .venv/bin/python bench/serve.py                        # 40 requests per client; 8 episodes of 120 steps
+    .venv/bin/python bench/serve.py --quick                # 8 requests; 4 episodes of 16 steps
+    .venv/bin/python bench/serve.py --part requests        # or closed_loop: one part only
 """
 
 from __future__ import annotations
@@ -103,38 +106,26 @@ def run_clients(port: int, n: int, calls: int, warmup: int, obs: list[dict]) -> 
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=40, help="timed requests per client")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--batch_window_ms", type=float, default=5.0)
-    ap.add_argument("--quick", action="store_true", help="8 timed requests per client, 1 warm-up")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    if args.quick:
-        args.calls, args.warmup = 8, 1
-    command = " ".join([".venv/bin/python", "bench/serve.py", *sys.argv[1:]])
+def request_part(ckpt: Path, args) -> tuple[list[str], dict]:
     from world_modality.evaluate.runner import PolicyRunner
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = tiny_checkpoint(Path(tmp), "E2")
-        runner = PolicyRunner(ckpt, device="cpu")
-        obs = [observation(runner.cfg.data.image_size, runner.num_frames, s) for s in range(4)]
-        for _ in range(args.warmup):
-            runner.act({k: v for k, v in obs[0].items() if k != "world_frames"}, obs[0]["world_frames"])
-        local = []
-        for k in range(args.calls):
-            o = obs[k % len(obs)]
-            t0 = time.perf_counter()
-            runner.act({k: v for k, v in o.items() if k != "world_frames"}, o["world_frames"])
-            local.append(time.perf_counter() - t0)
-        del runner
-        proc, port = start_server(ckpt, args.batch_window_ms)
-        try:
-            served = {n: run_clients(port, n, args.calls, args.warmup, obs) for n in (1, 2, 4)}
-        finally:
-            proc.kill()
-            proc.wait()
+    runner = PolicyRunner(ckpt, device="cpu")
+    obs = [observation(runner.cfg.data.image_size, runner.num_frames, s) for s in range(4)]
+    for _ in range(args.warmup):
+        runner.act({k: v for k, v in obs[0].items() if k != "world_frames"}, obs[0]["world_frames"])
+    local = []
+    for k in range(args.calls):
+        o = obs[k % len(obs)]
+        t0 = time.perf_counter()
+        runner.act({k: v for k, v in o.items() if k != "world_frames"}, o["world_frames"])
+        local.append(time.perf_counter() - t0)
+    del runner
+    proc, port = start_server(ckpt, args.batch_window_ms)
+    try:
+        served = {n: run_clients(port, n, args.calls, args.warmup, obs) for n in (1, 2, 4)}
+    finally:
+        proc.kill()
+        proc.wait()
     local_row = {
         "requests_per_s": round(len(local) / sum(local), 2),
         "median_ms": round(1e3 * median(local), 2),
@@ -157,9 +148,52 @@ def main() -> None:
         "calls_per_client": args.calls,
         "batch_window_ms": args.batch_window_ms,
         "image_size": obs[0]["observation.images.image"].shape[0],
-        "command": command,
-        "note": "server and clients share this machine's cores; loopback WebSocket, msgpack numpy",
     }
+    return table, figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=40, help="timed requests per client")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch_window_ms", type=float, default=5.0)
+    ap.add_argument("--quick", action="store_true", help="8 timed requests per client, 1 warm-up")
+    ap.add_argument("--part", choices=("all", "requests", "closed_loop"), default="all")
+    ap.add_argument("--episodes", type=int, default=8, help="closed loop: initial states 0..n-1 per setting")
+    ap.add_argument("--max-steps", type=int, default=120, help="closed loop: control steps per episode")
+    ap.add_argument("--suite", default="libero_spatial")
+    ap.add_argument("--task", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.calls, args.warmup, args.episodes, args.max_steps = 8, 1, 4, 16
+    command = " ".join([".venv/bin/python", "bench/serve.py", *sys.argv[1:]])
+    table, figures = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = tiny_checkpoint(Path(tmp), "E2")
+        if args.part in ("all", "requests"):
+            table, figures = request_part(ckpt, args)
+        if args.part in ("all", "closed_loop"):
+            from serve_closed_loop import closed_loop
+
+            t0 = time.perf_counter()
+            proc, port = start_server(ckpt, args.batch_window_ms)
+            server_start = time.perf_counter() - t0
+            try:
+                lines, loop = closed_loop(
+                    ckpt, Path(tmp), port, args.episodes, args.suite, args.task, args.max_steps or None
+                )
+            finally:
+                proc.kill()
+                proc.wait()
+            table += ["", *lines]
+            figures["closed_loop"] = {**loop, "server_start_s_untimed": round(server_start, 2)}
+    figures.update(
+        command=command,
+        torch_threads_server=torch.get_num_threads(),
+        note=f"this machine's {os.cpu_count()} cores are shared by the server, the simulator workers (one torch "
+        "thread each) and other jobs, so 4 workers oversubscribe them; loopback WebSocket, msgpack numpy",
+    )
     emit("serve", table, figures, None, args.out)
 
 

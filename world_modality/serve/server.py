@@ -1,16 +1,19 @@
 """`world-modality serve`: one policy loaded once, answering action-chunk requests over WebSocket in openpi's protocol.
 On connect the server sends its metadata; each client message is an observation, each reply {"actions": (chunk,
 action_dim) float32, "server_timing": {...}} or {"error": "..."}. Requests arriving within `batch_window_ms` of each
-other go through the model as one batch."""
+other go through the model as one batch. `GET /healthz` answers OK; `GET /stats` answers JSON counts of the batches run
+so far by size (requests, batches, batch_sizes), and stopping logs them."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import http
+import json
 import logging
 import threading
 import time
+from collections import Counter
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -40,6 +43,7 @@ class PolicyServer:
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self.batch_sizes: Counter[int] = Counter()  # batches run so far, by how many requests each held
         # The model runs on one worker thread, so the event loop keeps accepting (and batching) meanwhile.
         self._model = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
 
@@ -75,12 +79,24 @@ class PolicyServer:
             server.close()
             await server.wait_closed()
         batcher.cancel()
+        log.info("stopped; %s", json.dumps(self.stats()))
 
-    @staticmethod
-    def _health(connection: ServerConnection, request):
-        """Plain HTTP GET /healthz answers OK (as openpi's server does); everything else is the WebSocket."""
+    def stats(self) -> dict:
+        """The batches run so far: requests answered, batches, and how many batches held each number of requests."""
+        sizes = dict(self.batch_sizes)
+        return {
+            "requests": sum(k * v for k, v in sizes.items()),
+            "batches": sum(sizes.values()),
+            "batch_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        }
+
+    def _health(self, connection: ServerConnection, request):
+        """Plain HTTP GET /healthz answers OK (as openpi's server does) and GET /stats the batch counts (`stats`);
+        everything else is the WebSocket."""
         if request.path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if request.path == "/stats":
+            return connection.respond(http.HTTPStatus.OK, json.dumps(self.stats()) + "\n")
         return None
 
     # --- requests ---------------------------------------------------------------------------------------------
@@ -134,6 +150,7 @@ class PolicyServer:
                 chunks, error = None, f"inference failed: {type(err).__name__}: {err}"
             finished = time.perf_counter()
             infer_ms = (finished - started) * 1000.0
+            self.batch_sizes[len(batch)] += 1
             latencies = []
             for i, (_, done, arrived) in enumerate(batch):
                 latency = (finished - arrived) * 1000.0

@@ -1,7 +1,9 @@
 """The policy server on the loopback interface: the wire format, a served chunk equal to the local runner's bit for
 bit, concurrent clients batched, bad requests refused while serving goes on, a lost server reported."""
 
+import json
 import threading
+import urllib.request
 
 import numpy as np
 import pytest
@@ -105,6 +107,37 @@ def test_two_clients_at_once_are_answered_in_one_batch(served):
     for r, o in zip(replies, obs):
         np.testing.assert_allclose(r["actions"], local_chunk(local, o), rtol=1e-5, atol=1e-6)
     assert not np.array_equal(replies[0]["actions"], replies[1]["actions"])
+    # The batch is counted by size, over plain HTTP beside the WebSocket.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as answer:
+        assert json.loads(answer.read()) == {"requests": 2, "batches": 1, "batch_sizes": {"2": 1}}
+
+
+def test_a_zero_batch_window_answers_concurrent_clients_one_by_one_bit_for_bit(tiny_run):
+    server = PolicyServer(BatchedPolicy(PolicyRunner(tiny_run, device="cpu", seed=0)), port=0, batch_window_ms=0)
+    port = server.start()
+    local = PolicyRunner(tiny_run, device="cpu", seed=0)
+    try:
+        obs = [observation(40 + i, local.num_frames) for i in range(3)]
+        clients = [PolicyClient(port=port) for _ in obs]
+        replies = [None] * len(obs)
+        gate = threading.Barrier(len(obs))
+
+        def ask(i):
+            gate.wait()
+            replies[i] = clients[i].infer(obs[i])
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(obs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for c in clients:
+            c.close()
+        assert server.stats() == {"requests": 3, "batches": 3, "batch_sizes": {"1": 3}}
+        for r, o in zip(replies, obs):
+            np.testing.assert_array_equal(r["actions"], local_chunk(local, o))
+    finally:
+        server.stop()
 
 
 def test_a_batch_acts_like_its_requests_one_by_one(tiny_run):
