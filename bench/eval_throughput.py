@@ -6,17 +6,23 @@ in one process, episode by episode, the project's rollout vs the naive loop on o
     .venv/bin/python bench/eval_throughput.py                       # libero_spatial task 0, init 0-3, 120 steps
     .venv/bin/python bench/eval_throughput.py --quick               # 2 episodes of 16 steps
     .venv/bin/python bench/eval_throughput.py --episodes 10 --max-steps 0   # the suite's step limit
+    .venv/bin/python bench/eval_throughput.py --study               # 5 tasks x 20 init states vs the physics floor
+    .venv/bin/python bench/eval_throughput.py --study --quick       # 2 tasks x 2 init states of 16 steps
+
+--study (_floor.py) runs a study-sized evaluate() whose workers record each episode's actions, replays them with
+physics only, and writes its figures under "floor" in the results file, beside the comparison's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import emit, median, tiny_checkpoint
+from _common import RESULTS_DIR, emit, host, median, tiny_checkpoint, undeclared_derived
 
 ENV_SEED = 7  # EvalSettings' default, as in the public LIBERO scripts
 EPH_DEFINITION = (
@@ -144,15 +150,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="libero_spatial")
     ap.add_argument("--task", type=int, default=0)
-    ap.add_argument("--episodes", type=int, default=4, help="initial states 0..n-1")
-    ap.add_argument("--max-steps", type=int, default=120, help="control steps per episode (0: the suite's limit)")
+    ap.add_argument("--episodes", type=int, default=None, help="initial states 0..n-1 (per task with --study)")
+    ap.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="control steps per episode (0: the suite's limit; default 120, --study: the suite's limit)",
+    )
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="2 episodes of 16 steps")
+    ap.add_argument("--quick", action="store_true", help="2 episodes (per task with --study) of 16 steps")
+    ap.add_argument("--study", action="store_true", help="the project's episodes vs their physics floor")
+    ap.add_argument("--tasks", default="0-4", help="--study: task ids, e.g. 0-4 or 0,3")
+    ap.add_argument("--rounds", type=int, default=2, help="--study: evaluate, then replay, per group of tasks")
+    ap.add_argument("--replay-batch", type=int, default=10, help="--study: episodes per replay job")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
         args.episodes, args.max_steps = 2, 16
+    if args.episodes is None:
+        args.episodes = 20 if args.study else 4
+    if args.max_steps is None:
+        args.max_steps = 0 if args.study else 120
     from world_modality.sim.suites import step_limit
+
+    if args.study:
+        return main_study(args, step_limit(args.suite) if not args.max_steps else args.max_steps)
 
     max_steps = args.max_steps or step_limit(args.suite)
     inits = list(range(args.episodes))
@@ -243,7 +265,53 @@ def main() -> None:
         "project_wall_s": proj_wall,
         "naive_wall_s": naive_wall,
     }
+    dest = Path(args.out) if args.out else RESULTS_DIR / "eval_throughput.json"
+    kept = json.loads(dest.read_text()).get("floor") if dest.exists() else None
+    if kept:
+        from _floor import DERIVED
+
+        details["floor"] = kept  # --study's run, kept with its own provenance
+        figures["derived"] = {**figures["derived"], **{k: f for k, (f, _) in DERIVED.items()}}
+        figures["derived_assumptions"] = {**figures["derived_assumptions"], **{k: a for k, (_, a) in DERIVED.items()}}
     emit("eval_throughput", table, figures, details, args.out)
+
+
+def main_study(args, max_steps: int) -> None:
+    from _floor import study
+
+    tasks = parse_tasks(args.tasks)
+    if args.quick:
+        tasks = tasks[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = tiny_checkpoint(Path(tmp) / "ckpt", "E2")
+        warm_s = warm_simulator(args.suite, tasks[0])
+        table, section = study(ckpt, args, max_steps, tasks, Path(tmp) / "eval")
+    section = {**section, "simulator_warmup_s_untimed": round(warm_s, 1), **host()}
+    section["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    section["host_note"] = "a shared machine: other jobs ran on its cores during the run (load_avg_1m)"
+    print("\n".join(table), flush=True)
+    path = Path(args.out) if args.out else (None if args.quick else RESULTS_DIR / "eval_throughput.json")
+    if path is not None:
+        data = json.loads(path.read_text()) if path.exists() else {"benchmark": "eval_throughput"}
+        data["floor"] = section
+        from _floor import DERIVED
+
+        for key, (formula, assumption) in DERIVED.items():
+            data.setdefault("derived", {})[key] = formula
+            data.setdefault("derived_assumptions", {})[key] = assumption
+        problems = undeclared_derived(data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        path.write_text(json.dumps(data, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in section.items() if k != "episodes_detail"}), flush=True)
+
+
+def parse_tasks(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 if __name__ == "__main__":

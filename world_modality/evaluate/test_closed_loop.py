@@ -153,6 +153,10 @@ def test_cameras_render_at_the_recorded_size_and_the_policy_acts(tmp_path):
         assert obs[IMAGE_KEY].shape == obs[WRIST_KEY].shape == (48, 48, 3) and runner.cfg.data.image_size == 32
         result = run_episode(env, runner, 0, replan_every=4)
     assert result["failure"] in (None, "timeout") and 0 < result["steps"] <= 8
+    # The episode's seconds split into physics, rendering and policy, each spent and none more than the whole.
+    timing = result["timing"]
+    assert set(timing) == {"physics_s", "rendering_s", "policy_s"}
+    assert all(0 < v for v in timing.values()) and sum(timing.values()) <= result["seconds"] + 0.05
 
 
 @pytest.mark.parametrize(

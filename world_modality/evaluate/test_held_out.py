@@ -154,6 +154,7 @@ def test_an_exception_in_an_episode_is_an_error_not_a_failure():
         worker._STATE.clear()
     assert rec["outcome"] == "error" and rec["success"] is None and "MemoryError" in rec["error"]
     assert rec["task"] == "pick up the black bowl" and rec["failure"] is None
+    assert rec["timing"]["job_s"] >= 0 and rec["timing"]["idle_s"] is None  # no job before it, no start-up timed
 
 
 def test_errors_are_left_out_of_rates_and_a_fixed_rerun_supersedes_them():

@@ -1,13 +1,27 @@
 """The worker side of closed-loop evaluation (`closed_loop.evaluate`): each simulator process holds one policy
 runner, local (the checkpoint loaded) or remote (`RemoteRunner`, asking a policy server), and one `LiberoEnv`,
-and runs one episode per job; an exception, a lost server included, ends the episode as an error."""
+and runs one episode per job; an exception, a lost server included, ends the episode as an error.
+Each record's `timing` adds to the episode's split (`rollout.run_episode`) the job's seconds in this process
+(`job_s`: with a simulator built for a new task), the seconds it waited since its previous job or its start-up
+(`idle_s`: the parent's turn, both ways of the pipe) and, on its first job, the start-up itself (`startup_s`)."""
 
 from __future__ import annotations
+
+import time
 
 _STATE: dict = {}
 
 
 def worker_init(settings: dict) -> None:
+    start = time.perf_counter()
+    try:
+        _init(settings)
+    finally:
+        _STATE["startup_s"] = time.perf_counter() - start
+        _STATE["job_end"] = time.perf_counter()
+
+
+def _init(settings: dict) -> None:
     import torch
 
     from ..policy.device import resolve_device
@@ -36,6 +50,8 @@ def run_job(task_id: int, init_index: int, record_video: bool) -> dict:
     from ..sim.env import LiberoEnv
     from .rollout import run_episode
 
+    start = time.perf_counter()
+    idle = start - _STATE["job_end"] if "job_end" in _STATE else None
     st = _STATE["settings"]
     env = _STATE.get("env")
     task = getattr(env, "task", None) if env is not None and env.task_id == task_id else None
@@ -69,4 +85,9 @@ def run_job(task_id: int, init_index: int, record_video: bool) -> dict:
             "seconds": None,
         }
     result.update(task_id=task_id, init_index=init_index, task=task)
+    _STATE["job_end"] = end = time.perf_counter()
+    timing = result.setdefault("timing", {})
+    timing.update(job_s=round(end - start, 4), idle_s=None if idle is None else round(idle, 4))
+    if "startup_s" in _STATE:
+        timing["startup_s"] = round(_STATE.pop("startup_s"), 4)
     return result

@@ -1,0 +1,306 @@
+"""The evaluation's physics floor (`eval_throughput.py --study`): a study-sized evaluate() whose workers also record
+each episode's actions, then those actions replayed from the same starts with physics only (no rendering, no
+policy) on as many worker processes, and the project's per-episode time split against that floor."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import median
+
+PARTS = ("physics", "rendering", "policy", "inter_process")
+# The one derived figure of the section: its formula and assumption, for the results file's `derived` tables.
+DERIVED = {
+    "floor.ratio_project_vs_floor_shadows_off_derived": (
+        "(per_episode_median_s.project - split_median_s.rendering * (1 - render_settings_probe.off_vs_on)) "
+        "/ per_episode_median_s.floor",
+        "rendering time scales with render_settings_probe.off_vs_on (measured in one process, not in the study's "
+        "workers) and nothing else changes; shadows off gives other pixels, so the dataset would have to be "
+        "rendered the same way",
+    )
+}
+PART_DEFINITIONS = {
+    "project": "one worker's seconds per episode: its job (episode, plus a simulator built when the task changes) "
+    "and its wait since its previous job (the parent's turn: results back, episodes file, next job out); "
+    "worker start-up excluded (start_up_s_per_episode_amortised)",
+    "floor": "the same episode's recorded actions replayed from the same start: reset (settle steps) and "
+    "control steps, no rendering, no policy, simulator already built",
+    "physics": "reset and control steps inside the project's episode",
+    "rendering": "camera frames the policy or world window needs",
+    "policy": "runner reset and select_action (preprocessing, world encoder, model)",
+    "inter_process": "project minus physics, rendering and policy: the parent's turn, simulator construction, "
+    "the rollout loop itself",
+}
+
+
+# --- worker side: evaluate()'s own worker, its rollout wrapped to record what was applied ---------------------
+class _Recording:
+    """A `LiberoEnv` whose `step` keeps each action it was given, and which counts camera frames."""
+
+    def __init__(self, env):
+        self._env, self.actions, self.frames = env, [], 0
+
+    def step(self, action):
+        self.actions.append(np.asarray(action, dtype=np.float64).reshape(-1).tolist())
+        return self._env.step(action)
+
+    def observe(self):
+        self.frames += 2  # both cameras
+        return self._env.observe()
+
+    def render(self, key):
+        self.frames += 1
+        return self._env.render(key)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+
+def recording_init(settings: dict) -> None:
+    """`worker.worker_init`, then each episode also returns its actions and final robot state."""
+    from world_modality.evaluate import rollout, worker
+
+    worker.worker_init(settings)
+    run_episode = rollout.run_episode
+
+    def recorded(env, *args, **kwargs):
+        env = _Recording(env)
+        result = run_episode(env, *args, **kwargs)
+        return {**result, "actions": env.actions, "final_state": env.state().tolist(), "camera_frames": env.frames}
+
+    rollout.run_episode = recorded  # run_job imports it per call
+
+
+def replay_job(suite: str, task_id: int, seed: int, max_steps: int, env_kwargs: dict, episodes: list) -> list:
+    """Physics only: per (init_index, actions), reset without rendering and apply the actions in order."""
+    from world_modality.sim.env import LiberoEnv
+
+    out = []
+    with LiberoEnv(suite, task_id, seed=seed, max_steps=max_steps, **env_kwargs) as env:
+        for init_index, actions in episodes:
+            t0 = time.perf_counter()
+            env.reset(init_index, render=False)
+            reset_s = time.perf_counter() - t0
+            done, success, info = False, False, {"t": 0}
+            for a in actions:
+                _, done, success, info = env.step(a)
+            seconds = time.perf_counter() - t0
+            out.append(
+                {
+                    "task_id": task_id,
+                    "init_index": init_index,
+                    "success": bool(success),
+                    "steps": int(info["t"]),
+                    "done": bool(done),
+                    "seconds": seconds,
+                    "reset_s": reset_s,
+                    "final_state": env.state().tolist(),
+                }
+            )
+    return out
+
+
+def render_probe(suite: str, task_id: int, env_kwargs: dict, frames: int = 12) -> dict:
+    """Seconds per two-camera observation with shadows and reflections on (the dataset's frames) and off (other
+    pixels: a setting the dataset would have to record), interleaved in one process."""
+    from world_modality.sim.env import LiberoEnv
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with LiberoEnv(suite, task_id, seed=7, max_steps=10 * frames, **env_kwargs) as env:
+        for _ in range(2):
+            for shadows in (True, False):
+                env.shadows = shadows
+                env.reset(0, render=False)  # applies the setting to the new render context
+                env.observe()  # the context's first frame is not typical
+                for i in range(frames):
+                    env.step((0.3 * np.sin(i), 0.3 * np.cos(i), 0.0, 0.0, 0.0, 0.0, -1.0))
+                    t0 = time.perf_counter()
+                    env.observe()
+                    times[shadows].append(time.perf_counter() - t0)
+    on, off = median(times[True]), median(times[False])
+    return {
+        "observe_s_shadows_on": round(on, 4),
+        "observe_s_shadows_off": round(off, 4),
+        "off_vs_on": round(off / on, 3),
+    }
+
+
+# --- parent side ---------------------------------------------------------------------------------------------
+def run_evaluation(ckpt, suite, tasks, n, max_steps, workers, out_dir) -> tuple[list[dict], float]:
+    """evaluate() as a user runs it, its workers recording actions; -> (episodes by task and init, wall s)."""
+    from world_modality.evaluate import closed_loop
+
+    settings = closed_loop.EvalSettings(
+        checkpoint=str(ckpt),
+        suite=suite,
+        tasks=tuple(tasks),
+        n_episodes=n,
+        workers=workers,
+        seed=7,
+        max_steps=max_steps,
+        out=str(out_dir),
+        device="cpu",
+    )
+    own = closed_loop.worker_init
+    closed_loop.worker_init = recording_init  # looked up when the pool starts
+    try:
+        t0 = time.perf_counter()
+        run = closed_loop.evaluate(settings, progress=False)
+        wall = time.perf_counter() - t0
+    finally:
+        closed_loop.worker_init = own
+    if run.errors:
+        raise RuntimeError(f"{len(run.errors)} episode(s) ended in an error: {run.errors[0]['error']}")
+    return sorted(run.finished, key=lambda r: (r["task_id"], r["init_index"])), wall
+
+
+def sim_kwargs(ckpt) -> dict:
+    """The simulator's construction arguments in evaluate()'s workers for this checkpoint."""
+    from world_modality.evaluate.runner import PolicyRunner
+
+    runner = PolicyRunner(ckpt, device="cpu")
+    return {"image_size": runner.cfg.data.image_size, "camera_sizes": runner.render_sizes}
+
+
+def run_floor(ckpt, suite, episodes, max_steps, workers, per_job: int) -> tuple[list[dict], float]:
+    """The recorded actions replayed on `workers` processes, jobs of `per_job` episodes of one task."""
+    from world_modality.workers import WorkerPool
+
+    env_kwargs = sim_kwargs(ckpt)
+    jobs = []
+    for t in sorted({e["task_id"] for e in episodes}):
+        mine = [(e["init_index"], e["actions"]) for e in episodes if e["task_id"] == t]
+        jobs += [(t, mine[i : i + per_job]) for i in range(0, len(mine), per_job)]
+    results = []
+    t0 = time.perf_counter()
+    with WorkerPool(workers, timeout_s=3600) as pool:
+        queue = list(jobs)
+        while queue or len(pool):
+            while queue and pool.free > 0:
+                t, eps = queue.pop(0)
+                pool.submit((t, eps[0][0]), replay_job, suite, t, 7, max_steps, env_kwargs, eps)
+            _, rec = pool.next_finished()
+            if not isinstance(rec, list):
+                raise RuntimeError(f"a replay job was lost: {rec}")
+            results += rec
+    return sorted(results, key=lambda r: (r["task_id"], r["init_index"])), time.perf_counter() - t0
+
+
+def section_ratio_off(med: dict, probe: dict, fl: list[float]) -> float:
+    return (med["project"] - med["rendering"] * (1 - probe["off_vs_on"])) / median(fl)
+
+
+def split(project: list[dict]) -> list[dict]:
+    """Per episode: project seconds and its parts (PART_DEFINITIONS)."""
+    rows = []
+    for e in project:
+        tm = e["timing"]
+        total = tm["job_s"] + (tm["idle_s"] or 0.0)
+        parts = {p: tm[f"{p}_s"] for p in PARTS[:3]}
+        rows.append({"project": total, **parts, "inter_process": total - sum(parts.values())})
+    return rows
+
+
+def study(ckpt, args, max_steps: int, tasks: list[int], out_dir: Path) -> tuple[list[str], dict]:
+    """Run both arms; -> (table lines, the `floor` section of the results)."""
+    load = {"before": os.getloadavg()[0]}
+    project, floor, wall, floor_wall = [], [], 0.0, 0.0
+    rounds = [r for r in np.array_split(np.asarray(tasks), max(1, min(args.rounds, len(tasks)))) if len(r)]
+    for i, some in enumerate(rounds):  # the arms alternate, so a change in the machine's load falls on both
+        got, w = run_evaluation(
+            ckpt, args.suite, some.tolist(), args.episodes, max_steps, args.workers, out_dir / f"round{i}"
+        )
+        load[f"round{i}_after_project"] = os.getloadavg()[0]
+        replayed, fw = run_floor(ckpt, args.suite, got, max_steps, args.workers, args.replay_batch)
+        load[f"round{i}_after_floor"] = os.getloadavg()[0]
+        project, floor, wall, floor_wall = project + got, floor + replayed, wall + w, floor_wall + fw
+    probe = render_probe(args.suite, tasks[0], sim_kwargs(ckpt))
+    keys = [(e["task_id"], e["init_index"]) for e in project]
+    assert keys == [(r["task_id"], r["init_index"]) for r in floor], "replay covers other episodes"
+    agree = [(p["success"], p["steps"]) == (r["success"], r["steps"]) for p, r in zip(project, floor)]
+    state_diff = [
+        float(np.max(np.abs(np.subtract(p["final_state"], r["final_state"])))) for p, r in zip(project, floor)
+    ]
+    rows = split(project)
+    fl = [r["seconds"] for r in floor]
+    n = len(project)
+    startup = sum(e["timing"].get("startup_s", 0.0) for e in project)
+    med = {k: median([r[k] for r in rows]) for k in ("project", *PARTS)}
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("project", *PARTS)}
+    ratio = med["project"] / median(fl)
+    per_frame = median([r["rendering"] / p["camera_frames"] for p, r in zip(project, rows)])
+    ratios = [r["project"] / f for r, f in zip(rows, fl)]
+    section = {
+        "command": " ".join([".venv/bin/python", *sys.argv]),
+        "suite": args.suite,
+        "tasks": tasks,
+        "episodes_per_task": args.episodes,
+        "episodes": n,
+        "max_steps": max_steps,
+        "workers": args.workers,
+        "rounds": [r.tolist() for r in rounds],
+        "per_episode_median_s": {"project": round(med["project"], 3), "floor": round(median(fl), 3)},
+        "ratio_project_vs_floor": round(ratio, 2),
+        "ratio_project_vs_floor_median_of_episodes": round(median(ratios), 2),
+        "ratio_goal": 2.0,
+        "split_median_s": {p: round(med[p], 3) for p in PARTS},
+        "split_median_x_floor": {p: round(med[p] / median(fl), 2) for p in PARTS},
+        "split_mean_s": {p: round(mean[p], 3) for p in PARTS},
+        "split_mean_share_of_project": {p: round(mean[p] / mean["project"], 3) for p in PARTS},
+        "physics_in_project_vs_floor_median": round(med["physics"] / median(fl), 2),
+        "floor_reset_median_s": round(median([r["reset_s"] for r in floor]), 3),
+        "camera_frames_per_episode_median": median([p["camera_frames"] for p in project]),
+        "rendering_s_per_camera_frame_median": round(per_frame, 4),
+        "render_settings_probe": probe,
+        "ratio_project_vs_floor_shadows_off_derived": round(section_ratio_off(med, probe, fl), 2),
+        "start_up_s_per_episode_amortised": round(startup / n, 3),
+        "evaluate_wall_s": round(wall, 1),
+        "evaluate_wall_s_x_workers_per_episode": round(wall * args.workers / n, 3),
+        "floor_wall_s": round(floor_wall, 1),
+        "outcome_agreement_rate": sum(agree) / n,
+        "outcome_agreement_definition": "replay's (success, control steps) equal the project episode's",
+        "max_final_state_diff": max(state_diff),
+        "successes": sum(bool(p["success"]) for p in project),
+        "load_avg_1m_by_phase": {k: round(v, 2) for k, v in load.items()},
+        "definitions": PART_DEFINITIONS,
+        "episodes_detail": [
+            {
+                "task_id": p["task_id"],
+                "init_index": p["init_index"],
+                "steps": p["steps"],
+                "success": p["success"],
+                **{k: round(v, 4) for k, v in r.items()},
+                "floor": round(f, 4),
+                "camera_frames": p["camera_frames"],
+            }
+            for p, r, f in zip(project, rows, fl)
+        ],
+    }
+    table = [
+        f"evaluation vs its physics floor: {args.suite} tasks {tasks}, {args.episodes} init states each "
+        f"({n} episodes), {max_steps} control steps max, {args.workers} workers",
+        f"{'per episode, median s':<28}{'s':>8}{'x floor':>9}",
+        f"{'project':<28}{med['project']:8.3f}{ratio:9.2f}",
+        *(f"{'  ' + p:<28}{med[p]:8.3f}{med[p] / median(fl):9.2f}" for p in PARTS),
+        f"{'floor (physics replay)':<28}{median(fl):8.3f}{1.0:9.2f}",
+        "mean share of project time: " + ", ".join(f"{p} {mean[p] / mean['project']:.0%}" for p in PARTS),
+        f"worker start-up {startup:.1f} s in all ({startup / n:.2f} s per episode, not in the above); "
+        f"evaluate() wall {wall:.1f} s in all = {wall * args.workers / n:.2f} s x {args.workers} workers per episode; "
+        f"replay wall {floor_wall:.1f} s; {len(rounds)} round(s) of evaluate() then replay",
+        f"floor's reset (model reload, settle steps) median {median([r['reset_s'] for r in floor]):.2f} s; "
+        f"camera frames per episode median {median([p['camera_frames'] for p in project]):.0f}",
+        f"goal <= 2x: {ratio:.2f}x; replay agrees {sum(agree)}/{n} (success, steps), "
+        f"max |final state diff| {max(state_diff):.1e}",
+        f"rendering with shadows and reflections off (other pixels; the dataset would record it): "
+        f"{probe['off_vs_on']:.2f}x the time per observation -> {section_ratio_off(med, probe, fl):.2f}x the floor "
+        f"(derived: the project's median with rendering scaled by that factor)",
+        f"load average (1 min; the machine is shared): {load}",
+    ]
+    if not all(agree):
+        bad = [k for k, a in zip(keys, agree) if not a]
+        raise AssertionError(f"replayed outcomes differ from the evaluation's for {bad}")
+    return table, section
