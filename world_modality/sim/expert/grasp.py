@@ -122,6 +122,21 @@ class GraspGeometry(ScenePoses):
                     top = max(top, start[2] - dist)
             return top
 
+        def overhung(angle: float, narrow: bool) -> bool:
+            # Something above the rim's level (an open drawer, a shelf) over where the hand comes down.
+            radial = np.array([np.cos(angle), np.sin(angle), 0.0])
+            tangent = np.array([-radial[1], radial[0], 0.0])
+            eef = centre + radial * (radius - 0.01)
+            half = 0.02 if narrow else FINGER_OPEN_HALF
+            pts = [eef + radial * u + tangent * v for u in (-half, half) for v in (-0.01, 0.01)]
+            # The hand's collision shell is wider than HAND_HALF_WIDTH: sample a 1.5 cm margin around it.
+            pts += [
+                eef + radial * u + tangent * v
+                for u in np.linspace(-HAND_HALF_LENGTH - 0.01, HAND_HALF_LENGTH + 0.01, 16)
+                for v in np.linspace(-HAND_HALF_WIDTH - 0.015, HAND_HALF_WIDTH + 0.015, 5)
+            ]
+            return bool(self._overhead_hits(pts, rim_z + 0.04, rim_z + 0.35))
+
         # The fully open outer finger reaches ~4.5 cm past the rim; if no side is free for it
         # (a bowl in a drawer), pre-close the gripper to a 4 cm opening (reach ~2.5 cm).
         angles = [
@@ -129,10 +144,13 @@ class GraspGeometry(ScenePoses):
             for k in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8, 9, -9, 10, -10, 11, -11, 12)
         ]
         best, best_top = base_angle, np.inf
+        reachable = False  # some side the hand can come straight down to
         for narrow, reach in ((False, 0.045), (True, 0.025)):
             for angle in angles:
                 top = obstacle_top(angle, reach)
-                if top < floor_z:
+                over = overhung(angle, narrow)
+                reachable = reachable or not over
+                if top < floor_z and not over:
                     self._narrow = narrow
                     self._rim_dir = np.array([np.cos(angle), np.sin(angle), 0.0])
                     return self._rim_dir
@@ -140,6 +158,8 @@ class GraspGeometry(ScenePoses):
                     best, best_top = angle, top
         self._narrow = True
         self._rim_dir = np.array([np.cos(best), np.sin(best), 0.0])
+        if not reachable:  # something overhangs every side (an open drawer): slide the bowl out first
+            self._nudge_dir = self._away_from_overhead(centre, radius, rim_z)
         return self._rim_dir
 
     def _hand_hits(self, xy: np.ndarray, finger: np.ndarray, eef_z: float) -> int:
@@ -186,6 +206,9 @@ class GraspGeometry(ScenePoses):
             return float((yaw + np.pi / 2) % np.pi - np.pi / 2)
 
         self._grasp_shift = np.zeros(3)
+        if getattr(self, "_lay", False):  # laid along a slope: the fingers close along the turn's axis
+            self._yaw = yaw_to(self._lay_closing_axis())
+            return self._yaw
         if "bowl" in obj:  # close the fingers along the radial direction of the chosen rim point
             self._yaw = yaw_to(self._rim_direction())
             return self._yaw

@@ -77,3 +77,31 @@ class ScenePoses:
             if inside.any():
                 top = max(top, hi[2])
         return top
+
+    def _overhead_hits(self, points, level: float, top: float) -> list[np.ndarray]:
+        """Where straight-down rays from height `top` over the xy `points` first meet something above `level`
+        (colliding geoms only; the robot and the object being picked are seen through)."""
+        import mujoco
+
+        se = self.env.sim_env
+        m, d = se.sim.model._model, se.sim.data._data
+        skip = {
+            i
+            for i in range(m.nbody)
+            if (se.sim.model.body_id2name(i) or "").startswith(("robot0_", "gripper0_", self.plan.obj))
+        }
+        geomid = np.zeros(1, dtype=np.int32)
+        down = np.array([0.0, 0.0, -1.0])
+        hits = []
+        for p in points:
+            start = np.array([p[0], p[1], top], dtype=np.float64)
+            for _ in range(8):
+                dist = mujoco.mj_ray(m, d, start, down, None, 1, -1, geomid)
+                if dist < 0 or start[2] - dist < level:
+                    break
+                g = geomid[0]
+                if m.geom_bodyid[g] not in skip and (m.geom_contype[g] or m.geom_conaffinity[g]):
+                    hits.append(np.array([p[0], p[1], start[2] - dist]))
+                    break
+                start[2] -= dist + 1e-4
+        return hits
