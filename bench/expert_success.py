@@ -1,6 +1,8 @@
-"""Per-task success of the scripted expert over each task's fixed initial states.
+"""Per-task success of the scripted expert, from fresh placements (default) or the benchmark's stored initial states.
 
-Runs in the dataset regime of `world_modality.sim.record.run_expert`: the expert is queried once
+With `--placements fresh` episode i of task t starts from LIBERO's own placement sampler seeded with
+`placement_seed(seed, t, i)` (below): never a stored-state reset, and not a placement `generate` records demonstrations
+from. Runs in the dataset regime of `world_modality.sim.record.run_expert`: the expert is queried once
 per saved frame (10 fps) and each action is held for 2 control steps (20 Hz sim). Tasks are spread
 over worker processes (spawn, one env per task per process). Prints a per-task table and, as the
 last line, one JSON object with the figures, which is also written to
@@ -8,6 +10,9 @@ bench/results/expert_success_<suite>.json (or --out).
 
     .venv/bin/python bench/expert_success.py --suite libero_spatial --workers 2
     .venv/bin/python bench/expert_success.py --suite libero_object --tasks 0,3 --init-states 0-9
+    .venv/bin/python bench/expert_success.py --suite libero_goal --placements stored
+
+A task below its suite's bar (BARS) is listed under "below_bar" with the phases its failed episodes ended in.
 """
 
 from __future__ import annotations
@@ -18,9 +23,26 @@ import multiprocessing as mp
 import os
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The success every task of a suite must reach on fresh placements.
+BARS = {"libero_spatial": 0.9, "libero_object": 0.9, "libero_goal": 0.9, "libero_10": 0.8}
+PLACEMENT_SEED_MIN = 1 << 20  # stored-state resets seed with (--seed + index), small; fresh ones never go this low
+PLACEMENT_RULE = (
+    "placement_seed = 2**20 + SeedSequence([seed, task_id, index, 0xBE4C]).generate_state(1)[0] % (2**31 - 2**20)"
+)
+
+
+def placement_seed(seed: int, task_id: int, index: int) -> int:
+    """The fresh placement of episode `index` of a task: PLACEMENT_RULE. At least 2**20, so never the seed of a
+    stored-state reset (LiberoEnv seeds those with seed + index), and drawn from its own stream (salt 0xBE4C),
+    not generate's, so the bench does not rerun the placements demonstrations were recorded from."""
+    import numpy as np
+
+    state = int(np.random.SeedSequence([seed, task_id, index, 0xBE4C]).generate_state(1)[0])
+    return PLACEMENT_SEED_MIN + state % ((1 << 31) - PLACEMENT_SEED_MIN)
 
 
 def ids_or_all(text: str | None, n: int, flag: str, what: str) -> list[int]:
@@ -31,8 +53,8 @@ def ids_or_all(text: str | None, n: int, flag: str, what: str) -> list[int]:
 
 
 def run_task(job: tuple) -> dict:
-    """Worker: build one env for a task and run the expert from each requested init state."""
-    suite, task_id, init_text, seed, steps_per_frame = job
+    """Worker: build one env for a task and run the expert from each requested start."""
+    suite, task_id, init_text, seed, steps_per_frame, placements = job
     from world_modality.sim.env import LiberoEnv
     from world_modality.sim.record import expert_episode
 
@@ -41,21 +63,31 @@ def run_task(job: tuple) -> dict:
         ids = ids_or_all(init_text, env.num_init_states, "--init-states", "initial-state ids")
         results = []
         for i in ids:
+            fresh = placement_seed(seed, task_id, i) if placements == "fresh" else None
             try:
-                r = expert_episode(env, i, control_steps_per_frame=steps_per_frame)
+                r = expert_episode(env, i, control_steps_per_frame=steps_per_frame, placement_seed=fresh)
             except Exception as exc:  # noqa: BLE001 - a crash is a failed episode, reported as such
                 r = {"success": False, "steps": 0, "frames": 0, "phase": f"error: {exc!r}"}
+            r["placement_seed"] = fresh
             results.append(r)
         instruction = env.task
     ok = sum(r["success"] for r in results)
+    failed = [(i, r) for i, r in zip(ids, results) if not r["success"]]
     return {
         "task_id": task_id,
         "instruction": instruction,
         "successes": ok,
         "episodes": len(ids),
         "success_rate": ok / max(len(ids), 1),
-        "failed_init_states": [i for i, r in zip(ids, results) if not r["success"]],
-        "failed_phases": {str(i): r["phase"] for i, r in zip(ids, results) if not r["success"]},
+        "plan": next((r["plan"] for r in results if "plan" in r), None),
+        "failed_init_states": [i for i, _ in failed],
+        "failed_phases": {str(i): r["phase"] for i, r in failed},
+        # The plan step each failed episode ended in (its index; len(plan) once every step was done) and the
+        # phase, with the placement seed that reproduces it (None: a stored initial state).
+        "failed_episodes": {
+            str(i): {"plan_step": r.get("plan_step"), "phase": r["phase"], "placement_seed": r["placement_seed"]}
+            for i, r in failed
+        },
         "mean_frames_success": (sum(r["frames"] for r in results if r["success"]) / ok) if ok else None,
         "seconds": round(time.time() - t0, 1),
     }
@@ -72,22 +104,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="libero_spatial")
     ap.add_argument("--tasks", default=None, help="e.g. 0,1,2 or 0-9 (default: all)")
-    ap.add_argument("--init-states", default=None, help="e.g. 0-9 (default: all 50)")
+    ap.add_argument(
+        "--init-states",
+        default=None,
+        help="episode indices, e.g. 0-9 (default: 0-49): stored initial states, or the index fed to placement_seed",
+    )
+    ap.add_argument(
+        "--placements",
+        choices=("fresh", "stored"),
+        default="fresh",
+        help="fresh: LIBERO's placement sampler seeded by placement_seed(seed, task, index) (default); "
+        "stored: the benchmark's stored initial states",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--control-steps-per-frame", type=int, default=2)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/expert_success_<suite>.json)")
     args = ap.parse_args()
 
-    from world_modality.sim.suites import num_tasks
+    from world_modality.sim.suites import base_suite, num_tasks
 
     n_tasks = num_tasks(args.suite)
     task_ids = ids_or_all(args.tasks, n_tasks, "--tasks", "task ids")
-    jobs = [(args.suite, t, args.init_states, args.seed, args.control_steps_per_frame) for t in task_ids]
+    jobs = [
+        (args.suite, t, args.init_states, args.seed, args.control_steps_per_frame, args.placements) for t in task_ids
+    ]
     t0 = time.time()
     rows = []
     print(
-        f"{args.suite}: tasks {task_ids}, init states {args.init_states or '0-49'}, "
+        f"{args.suite}: tasks {task_ids}, {args.placements} placements {args.init_states or '0-49'}, "
         f"{args.workers} workers, {args.control_steps_per_frame} control steps per frame",
         flush=True,
     )
@@ -106,8 +151,20 @@ def main() -> None:
     for r in rows:
         print(format_row(r))
     print(f"{args.suite}: {ok}/{n} = {100 * ok / max(n, 1):.1f}%  ({time.time() - t0:.0f}s wall)")
+    bar = BARS.get(base_suite(args.suite))
+    below = [
+        {
+            "task_id": r["task_id"],
+            "success_rate": r["success_rate"],
+            "failure_phases": dict(Counter(r["failed_phases"].values()).most_common()),
+        }
+        for r in rows
+        if bar is not None and r["success_rate"] < bar
+    ]
     summary = {
         "suite": args.suite,
+        "placements": args.placements,
+        "placement_rule": PLACEMENT_RULE if args.placements == "fresh" else "the benchmark's stored initial states",
         "init_states": args.init_states or "0-49",
         "seed": args.seed,
         "control_steps_per_frame": args.control_steps_per_frame,
@@ -116,6 +173,8 @@ def main() -> None:
         "episodes": n,
         "success_rate": ok / max(n, 1),
         "min_task_success_rate": min((r["success_rate"] for r in rows), default=None),
+        "bar": bar,
+        "below_bar": below,
         "wall_seconds": round(time.time() - t0, 1),
         "host": platform.node(),
         "cpus": os.cpu_count(),

@@ -1,4 +1,5 @@
-"""LIBERO simulator: env wrapper in the dataset schema, suites and step limits, scripted expert."""
+"""LIBERO simulator: env wrapper in the dataset schema, suites and step limits, scripted expert (TaskExpert runs a
+task's plan of skills)."""
 
 from world_modality.sim.suites import (
     NOOP_ACTION,
@@ -13,6 +14,7 @@ from world_modality.sim.suites import (
 __all__ = [
     "LiberoEnv",
     "PickPlaceExpert",
+    "TaskExpert",
     "expert_episode",
     "record_demonstration",
     "NOOP_ACTION",
@@ -31,10 +33,10 @@ def __getattr__(name):
         from world_modality.sim.env import LiberoEnv
 
         return LiberoEnv
-    if name == "PickPlaceExpert":
-        from world_modality.sim.expert import PickPlaceExpert
+    if name in ("PickPlaceExpert", "TaskExpert"):
+        from world_modality.sim import expert
 
-        return PickPlaceExpert
+        return getattr(expert, name)
     if name in ("expert_episode", "record_demonstration"):
         from world_modality.sim import record
 

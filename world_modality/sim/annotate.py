@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from .expert.task import split_phase
+
 PHASE_TEXT = {
     "approach": "The {obj} is {where}; the arm moves above it so the gripper can reach it.",
     "descend": "The open gripper is above the {obj}; it lowers around it so the fingers can close on it.",
@@ -19,10 +21,43 @@ PHASE_TEXT = {
     "retreat": "The {obj} is {relation} the {target}; the arm moves away and the task is done.",
     "done": "The {obj} is {relation} the {target}; the task is done.",
 }
+# A place step with more steps after it ends by moving on rather than with the task done.
+PLACE_THEN_TEXT = "The {obj} is {relation} the {target}; the arm moves on to {next}."
+FINISHED_PHASES = ("retreat", "done")
+# The other skills: (while it works, once its job holds); their own phase names are not spelled out.
+SKILL_TEXT = {
+    "push": (
+        "The {obj} is too flat to grasp and lies {where}; the arm pushes it across the table to the {target}.",
+        "The {obj} is at the {target}; {then}",
+    ),
+    "open": ("The {obj} is closed; the arm pulls it open{purpose}.", "The {obj} is open; {then}"),
+    "close": ("The {obj} is open; the arm pushes it shut.", "The {obj} is closed; {then}"),
+    "turn_on": ("The {obj} is off; the arm turns its knob to switch it on.", "The {obj} is on; {then}"),
+    "turn_off": ("The {obj} is on; the arm turns its knob to switch it off.", "The {obj} is off; {then}"),
+}
+DOING = {
+    "place": "put the {obj} {relation} the {target}",
+    "push": "push the {obj} to the {target}",
+    "open": "open the {obj}",
+    "close": "close the {obj}",
+    "turn_on": "turn on the {obj}",
+    "turn_off": "turn off the {obj}",
+}
 
 
 def object_words(name: str) -> str:
-    """'akita_black_bowl_1' -> 'black bowl'; 'basket_1_contain_region' -> 'basket'."""
+    """'akita_black_bowl_1' -> 'black bowl'; 'basket_1_contain_region' -> 'basket';
+    'wooden_cabinet_1_top_region' -> 'top drawer of the wooden cabinet'; 'main_table_stove_front_region' ->
+    'stove front area'."""
+    drawer = re.fullmatch(r"(.+cabinet)_\d+_(top|middle|bottom)_region", name)
+    if drawer:
+        return f"{drawer.group(2)} drawer of the {object_words(drawer.group(1))}"
+    part = re.fullmatch(r"(.+)_\d+_(back|front|left|right)_contain_region", name)
+    if part:
+        return f"{part.group(2)} compartment of the {object_words(part.group(1))}"
+    area = re.fullmatch(r"(?:\w+_)?table_(.+)_region", name)
+    if area:
+        return f"{area.group(1).replace('_', ' ')} area"
     name = re.sub(r"_\d+(_.*)?$", "", name)
     words = [w for w in name.split("_") if w not in ("akita", "region", "contain", "flat")]
     return " ".join(words) or name
@@ -37,15 +72,58 @@ def relative_place(obj_xy, target_xy) -> str:
     return f"{side} the {{target}}"
 
 
-def annotate(phases: list[str], scene: dict) -> list[str]:
-    obj, target = object_words(scene["object"]), object_words(scene["target"])
-    pos = scene["positions"]
-    where = relative_place(pos[scene["object"]], pos[scene["target"]]).format(target=target)
-    relation = "on" if scene["relation"] == "on" else "in"
+def scene_steps(scene: dict) -> list[dict]:
+    """The plan's steps (skill, obj, target, relation, positions) a scene records; a scene recorded before plans
+    had several steps is its one place step."""
+    if "steps" in scene:
+        return scene["steps"]
     return [
-        PHASE_TEXT.get(p, PHASE_TEXT["done"]).format(obj=obj, target=target, where=where, relation=relation)
-        for p in phases
+        {
+            "skill": "place",
+            "obj": scene["object"],
+            "target": scene["target"],
+            "relation": scene["relation"],
+            "positions": scene["positions"],
+        }
     ]
+
+
+def _words(step: dict) -> dict:
+    obj, target = object_words(step["obj"]), object_words(step.get("target") or "")
+    where = ""
+    if step.get("target"):
+        pos = step["positions"]
+        where = relative_place(pos[step["obj"]], pos[step["target"]]).format(target=target)
+    return {"obj": obj, "target": target, "where": where, "relation": "in" if step.get("relation") == "in" else "on"}
+
+
+def step_text(steps: list[dict], i: int, phase: str) -> str:
+    """The text of a frame in which step i of `steps` is in its skill phase `phase`."""
+    step, words = steps[i], _words(steps[i])
+    following = steps[i + 1] if i + 1 < len(steps) else None
+    upcoming = DOING[following["skill"]].format(**_words(following)) if following is not None else ""
+    then = f"the arm moves on to {upcoming}." if following is not None else "the task is done."
+    if step["skill"] == "place":
+        if following is not None and phase in FINISHED_PHASES:
+            return PLACE_THEN_TEXT.format(next=upcoming, **words)
+        return PHASE_TEXT.get(phase, PHASE_TEXT["done"]).format(**words)
+    doing, finished = SKILL_TEXT[step["skill"]]
+    purpose = ""
+    if step["skill"] == "open" and following is not None and following.get("relation") == "in":
+        purpose = f" so the {object_words(following['obj'])} can go in"
+    text = finished if phase in FINISHED_PHASES else doing
+    return text.format(then=then, purpose=purpose, **words)
+
+
+def annotate(phases: list[str], scene: dict) -> list[str]:
+    """One text per recorded phase: TaskExpert phases ('1:place:carry', 'done') or, from older recordings, the
+    one place step's bare phase names."""
+    steps = scene_steps(scene)
+    texts = []
+    for p in phases:
+        index, _, name = split_phase(p)
+        texts.append(step_text(steps, len(steps) - 1 if index is None else index, name))
+    return texts
 
 
 def write_annotations(path: str | Path, episodes: Iterable[tuple[int, list[str]]]) -> Path:

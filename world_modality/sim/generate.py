@@ -59,6 +59,21 @@ def placement_seed(seed: int, task_id: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, task_id, attempt, 0x57A27]).generate_state(1)[0])
 
 
+def failure_reason(demonstration) -> str:
+    """'expert failed in phase 1:place:carry (place akita_black_bowl_1 in ...; a plan of 2 steps)'."""
+    from .expert.planner import Step
+    from .expert.task import split_phase
+    from .record import step_words
+
+    phase = demonstration.phases[-1] if demonstration.phases else "none"
+    steps = demonstration.scene.get("steps") or []
+    index = split_phase(phase).index
+    if index is None or not 0 <= index < len(steps):
+        return f"expert failed in phase {phase}"
+    step = Step(**{k: steps[index][k] for k in ("skill", "obj", "target", "relation")})
+    return f"expert failed in phase {phase} ({step_words(step)}; a plan of {len(steps)} steps)"
+
+
 _ENV = None  # one simulator per worker process, rebuilt only when the task changes
 
 
@@ -87,7 +102,7 @@ def _run_job(job: Job, staging: str) -> dict:
         "steps": demonstration.steps,
         "frames": len(demonstration.actions),
         "task": demonstration.task,
-        "reason": None if demonstration.success else f"expert failed in phase {demonstration.phases[-1]}",
+        "reason": None if demonstration.success else failure_reason(demonstration),
     }
     if demonstration.success:
         arrays = demonstration.arrays()

@@ -9,7 +9,7 @@ actions the same way, so the recorded action is exactly what the arm executed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from .suites import CONTROL_FREQ
 
 DATASET_FPS = 10
 CONTROL_STEPS_PER_FRAME = CONTROL_FREQ // DATASET_FPS
+# Frames an expert that says it is done (TaskExpert after its last step) is still stepped, so what it let go of can
+# settle into the goal; after them the episode ends unsolved instead of idling to the step limit.
+DONE_GRACE_FRAMES = 10
 
 
 @dataclass
@@ -62,10 +65,15 @@ def run_expert(
     `control_steps_per_frame` control steps, until the episode ends. `on_frame(obs, phase, action)` sees each
     frame before it is executed; `phase` is the phase that produced the action (act() may move on). With a
     rendered `obs` (the reset's observation) each next frame is rendered after its steps, else `obs` stays
-    None and nothing is rendered. Returns (success, control steps, frames)."""
+    None and nothing is rendered. An expert whose `done` attribute turns true gets DONE_GRACE_FRAMES more frames.
+    Returns (success, control steps, frames)."""
     done = success = False
-    frames, info = 0, {"t": 0}
+    frames, info, idle = 0, {"t": 0}, 0
     while not done:
+        if getattr(expert, "done", False):
+            if idle == DONE_GRACE_FRAMES:
+                break
+            idle += 1
         phase = expert.phase
         action = expert.act()
         if on_frame is not None:
@@ -86,17 +94,20 @@ def expert_episode(
     render: bool = False,
     control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
     trace: list | None = None,
+    placement_seed: int | None = None,
     **expert_kw,
 ) -> dict:
-    """Roll the expert out once from a stored initial state without recording frames (success benchmarks).
+    """Roll the task expert out once without recording frames (success benchmarks), from the stored initial
+    state `init_state_index`, or from a fresh placement when `placement_seed` is given.
 
-    Returns success, control steps, frames and the phase at the end. If `trace` is a list, one dict per
-    frame (phase, eef, object position, action) is appended to it.
+    Returns success, control steps, frames, the phase at the end ('<step>:<skill>:<skill phase>' or 'done'),
+    the plan step it ended in (`plan_step`, its index; len(plan) once all are done) and the plan. If `trace` is
+    a list, one dict per frame (phase, eef, position of the current step's object, action) is appended to it.
     """
-    from .expert import PickPlaceExpert
+    from .expert import TaskExpert
 
-    env.reset(init_state_index, render=False)
-    expert = PickPlaceExpert(env, **expert_kw)
+    env.reset(init_state_index, render=False, placement_seed=placement_seed)
+    expert = TaskExpert(env, **expert_kw)
     frame = iter(range(1 << 62))
 
     def on_frame(_obs, phase, action):
@@ -107,7 +118,7 @@ def expert_episode(
                     "frame": i,
                     "phase": phase,
                     "eef": np.array(env.raw_obs["robot0_eef_pos"]),
-                    "obj": expert._pos(expert.plan.obj),
+                    "obj": np.array(expert.position(expert.step.obj)),
                     "action": action.copy(),
                 }
             )
@@ -115,7 +126,19 @@ def expert_episode(
     success, steps, frames = run_expert(
         env, expert, control_steps_per_frame=control_steps_per_frame, on_frame=on_frame, render=render
     )
-    return {"success": success, "steps": steps, "frames": frames, "phase": expert.phase}
+    return {
+        "success": success,
+        "steps": steps,
+        "frames": frames,
+        "phase": expert.phase,
+        "plan_step": expert.index,
+        "plan": [step_words(s) for s in expert.plan],
+    }
+
+
+def step_words(step) -> str:
+    """'place akita_black_bowl_1 in wooden_cabinet_1_top_region', 'open wooden_cabinet_1_top_region'."""
+    return " ".join(w for w in (step.skill, step.obj, step.relation, step.target) if w)
 
 
 def record_demonstration(
@@ -126,20 +149,19 @@ def record_demonstration(
     control_steps_per_frame: int = CONTROL_STEPS_PER_FRAME,
     placement_seed: int | None = None,
 ) -> Demonstration:
-    """Roll out the expert once, rendering only the frames that are saved. The start is a fresh placement
+    """Roll out the task expert once, rendering only the frames that are saved. The start is a fresh placement
     when `placement_seed` is given (generation), else the benchmark's stored initial state `init_index`;
-    `init_index` also seeds the expert's noise."""
-    from .expert import PickPlaceExpert
+    `init_index` also seeds the expert's noise. Each frame's phase names its plan step and skill phase."""
+    from .expert import TaskExpert
 
     obs = env.reset(init_index, render=True, placement_seed=placement_seed)
-    expert = PickPlaceExpert(env, noise=noise, rng=np.random.default_rng([seed, env.task_id, init_index]))
+    expert = TaskExpert(env, noise=noise, rng=np.random.default_rng([seed, env.task_id, init_index]))
     recorded = Demonstration(
         task=env.task,
         task_id=env.task_id,
         init_index=init_index,
         success=False,
         steps=0,
-        scene=scene_facts(env, expert),
         start_state=env.start_state.copy(),
         env_state_names=env.environment_state_names(),
     )
@@ -153,14 +175,28 @@ def record_demonstration(
         recorded.phases.append(phase)
 
     recorded.success, recorded.steps, _ = run_expert(env, expert, obs, control_steps_per_frame, on_frame)
+    recorded.scene = scene_facts(env, expert)  # after the run: each step's positions are those it began with
     return recorded
 
 
 def scene_facts(env: LiberoEnv, expert) -> dict:
-    """Names and start positions of the object to move and its target, for annotations."""
-    plan = expert.plan
-    states = env.sim_env.object_states_dict
-    pos = {
-        n: np.asarray(states[n].get_geom_state()["pos"], dtype=float).round(3).tolist() for n in (plan.obj, plan.target)
-    }
-    return {"object": plan.obj, "target": plan.target, "relation": plan.relation, "positions": pos}
+    """The plan's steps with where each step's object and target stood when it began (now, for a step never
+    begun), for annotations. A one-step place plan also keeps the object, target, relation and positions keys
+    of single-goal recordings."""
+    steps = []
+    for i, step in enumerate(expert.plan):
+        began = expert.start_positions[i] if i < len(expert.start_positions) else {}
+        names = [n for n in (step.obj, step.target) if n]
+        positions = {n: began[n] if n in began else expert.position(n) for n in names}
+        steps.append({**asdict(step), "positions": positions})
+    scene = {"steps": steps}
+    if len(steps) == 1 and steps[0]["skill"] == "place":
+        only = steps[0]
+        scene = {
+            "object": only["obj"],
+            "target": only["target"],
+            "relation": only["relation"],
+            "positions": only["positions"],
+            **scene,
+        }
+    return scene
