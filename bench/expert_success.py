@@ -66,8 +66,8 @@ def run_task(job: tuple) -> dict:
             fresh = placement_seed(seed, task_id, i) if placements == "fresh" else None
             try:
                 r = expert_episode(env, i, control_steps_per_frame=steps_per_frame, placement_seed=fresh)
-            except Exception as exc:  # noqa: BLE001 - a crash is a failed episode, reported as such
-                r = {"success": False, "steps": 0, "frames": 0, "phase": f"error: {exc!r}"}
+            except Exception as exc:  # noqa: BLE001 - the expert cannot solve it: counted apart, the run exits 1
+                r = {"success": False, "steps": 0, "frames": 0, "phase": f"error: {exc!r}", "error": True}
             r["placement_seed"] = fresh
             results.append(r)
         instruction = env.task
@@ -78,6 +78,7 @@ def run_task(job: tuple) -> dict:
         "instruction": instruction,
         "successes": ok,
         "episodes": len(ids),
+        "errors": sum(bool(r.get("error")) for r in results),
         "success_rate": ok / max(len(ids), 1),
         "plan": next((r["plan"] for r in results if "plan" in r), None),
         "failed_init_states": [i for i, _ in failed],
@@ -93,10 +94,19 @@ def run_task(job: tuple) -> dict:
     }
 
 
+def step_at(plan: list[str] | None, index: int | None) -> str:
+    """'1: place akita_black_bowl_1 on plate_1'; 'after the plan' once every step was done; '?' when unknown."""
+    if plan is None or index is None:
+        return "?"
+    return f"{index}: {plan[index]}" if index < len(plan) else "after the plan (its goal did not hold)"
+
+
 def format_row(r: dict) -> str:
     return (
         f"{r['task_id']:>4d}  {r['successes']:>3d}/{r['episodes']:<3d} {100 * r['success_rate']:6.1f}%  "
-        f"{r['seconds']:7.1f}s  failed={r['failed_init_states']}  {r['instruction']}"
+        f"{r['seconds']:7.1f}s  failed={r['failed_init_states']}"
+        + (f" errors={r['errors']}" if r["errors"] else "")
+        + f"  {r['instruction']}"
     )
 
 
@@ -157,6 +167,10 @@ def main() -> None:
             "task_id": r["task_id"],
             "success_rate": r["success_rate"],
             "failure_phases": dict(Counter(r["failed_phases"].values()).most_common()),
+            # Where the failures ended: the plan's step (in words) and how many episodes ended there.
+            "failed_at_step": dict(
+                Counter(step_at(r["plan"], e["plan_step"]) for e in r["failed_episodes"].values()).most_common()
+            ),
         }
         for r in rows
         if bar is not None and r["success_rate"] < bar
@@ -171,6 +185,7 @@ def main() -> None:
         "workers": args.workers,
         "successes": ok,
         "episodes": n,
+        "errors": sum(r["errors"] for r in rows),
         "success_rate": ok / max(n, 1),
         "min_task_success_rate": min((r["success_rate"] for r in rows), default=None),
         "bar": bar,
@@ -184,6 +199,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), flush=True)
+    if summary["errors"]:
+        raise SystemExit(f"{summary['errors']} episode(s) ended in an error (phase 'error: ...' in {out}).")
 
 
 if __name__ == "__main__":
