@@ -27,6 +27,9 @@ from collections import Counter
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Why a task falls short, as found by replaying its failed placements (suite -> task id -> text): attached to the
+# task's below_bar entry; a task below its bar without one says "not diagnosed".
+DIAGNOSES = Path(__file__).resolve().parent / "expert_diagnoses.json"
 # The success every task of a suite must reach on fresh placements.
 BARS = {"libero_spatial": 0.9, "libero_object": 0.9, "libero_goal": 0.9, "libero_10": 0.8}
 PLACEMENT_SEED_MIN = 1 << 20  # stored-state resets seed with (--seed + index), small; fresh ones never go this low
@@ -101,6 +104,14 @@ def step_at(plan: list[str] | None, index: int | None) -> str:
     return f"{index}: {plan[index]}" if index < len(plan) else "after the plan (its goal did not hold)"
 
 
+def attach_reasons(summary: dict) -> dict:
+    """Each below-bar task of `summary` gets its `reason` from DIAGNOSES (or 'not diagnosed')."""
+    known = json.loads(DIAGNOSES.read_text()).get(summary["suite"], {}) if DIAGNOSES.exists() else {}
+    for entry in summary["below_bar"]:
+        entry["reason"] = known.get(str(entry["task_id"]), "not diagnosed")
+    return summary
+
+
 def format_row(r: dict) -> str:
     return (
         f"{r['task_id']:>4d}  {r['successes']:>3d}/{r['episodes']:<3d} {100 * r['success_rate']:6.1f}%  "
@@ -130,7 +141,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--control-steps-per-frame", type=int, default=2)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/expert_success_<suite>.json)")
+    ap.add_argument(
+        "--reasons-only",
+        action="store_true",
+        help=f"run nothing: attach the reasons of {DIAGNOSES.name} to the below-bar tasks of the results file",
+    )
     args = ap.parse_args()
+    out = Path(args.out) if args.out else RESULTS_DIR / f"expert_success_{args.suite}.json"
+    if args.reasons_only:
+        if not out.exists():
+            raise SystemExit(f"{out} does not exist: run the benchmark for {args.suite} first.")
+        summary = attach_reasons(json.loads(out.read_text()))
+        out.write_text(json.dumps(summary, indent=1) + "\n")
+        for entry in summary["below_bar"]:
+            print(f"task {entry['task_id']}: {100 * entry['success_rate']:.0f}%  {entry['reason']}")
+        return
 
     from world_modality.sim.suites import base_suite, num_tasks
 
@@ -195,7 +220,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "tasks": rows,
     }
-    out = Path(args.out) if args.out else RESULTS_DIR / f"expert_success_{args.suite}.json"
+    attach_reasons(summary)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), flush=True)
