@@ -11,6 +11,11 @@ bench/results/expert_success_<suite>.json (or --out).
     .venv/bin/python bench/expert_success.py --suite libero_spatial --workers 2
     .venv/bin/python bench/expert_success.py --suite libero_object --tasks 0,3 --init-states 0-9
     .venv/bin/python bench/expert_success.py --suite libero_goal --placements stored
+    .venv/bin/python bench/expert_success.py --suite libero_spatial --tasks 4,7,9 --update
+
+Each task row names the commit it was measured at (`-dirty`: with uncommitted changes to the code); `--update`
+re-measures the named tasks and replaces their rows in the existing results file, keeping the others with their own
+commits.
 
 A task below its suite's bar (BARS) is listed under "below_bar" with the phases its failed episodes ended in.
 """
@@ -22,6 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -97,6 +103,36 @@ def run_task(job: tuple) -> dict:
     }
 
 
+def commit_id() -> str:
+    """The checkout's short commit, '-dirty' when the code it runs has uncommitted changes; 'unknown' outside git."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--", "world_modality", "bench/expert_success.py")
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def check_same_starts(old: dict, args) -> None:
+    """--update is refused when the results file measured other starts than this run would."""
+    same = {"placements": args.placements, "init_states": args.init_states or "0-49", "seed": args.seed}
+    same["control_steps_per_frame"] = args.control_steps_per_frame
+    differ = {k: (old.get(k), v) for k, v in same.items() if old.get(k) != v}
+    if differ:
+        raise SystemExit(f"--update: the results file measured other starts ({differ}: file, now); rerun all tasks.")
+
+
+def merge_rows(old: dict, rows: list[dict]) -> list[dict]:
+    """--update: the existing file's rows with those of the re-measured tasks replaced."""
+    merged = {r["task_id"]: {**r, "commit": r.get("commit", "not recorded")} for r in old["tasks"]}
+    merged.update({r["task_id"]: r for r in rows})
+    return [merged[t] for t in sorted(merged)]
+
+
 def step_at(plan: list[str] | None, index: int | None) -> str:
     """'1: place akita_black_bowl_1 on plate_1'; 'after the plan' once every step was done; '?' when unknown."""
     if plan is None or index is None:
@@ -142,6 +178,11 @@ def main() -> None:
     ap.add_argument("--control-steps-per-frame", type=int, default=2)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/expert_success_<suite>.json)")
     ap.add_argument(
+        "--update",
+        action="store_true",
+        help="re-measure only --tasks and replace their rows in the existing results file (same starts)",
+    )
+    ap.add_argument(
         "--reasons-only",
         action="store_true",
         help=f"run nothing: attach the reasons of {DIAGNOSES.name} to the below-bar tasks of the results file",
@@ -157,6 +198,12 @@ def main() -> None:
             print(f"task {entry['task_id']}: {100 * entry['success_rate']:.0f}%  {entry['reason']}")
         return
 
+    old = None
+    if args.update:
+        if not out.exists():
+            raise SystemExit(f"--update: {out} does not exist; run the benchmark without --update first.")
+        old = json.loads(out.read_text())
+        check_same_starts(old, args)
     from world_modality.sim.suites import base_suite, num_tasks
 
     n_tasks = num_tasks(args.suite)
@@ -180,7 +227,12 @@ def main() -> None:
             for r in pool.imap_unordered(run_task, jobs):
                 rows.append(r)
                 print(format_row(r), flush=True)
+    commit = commit_id()
+    for r in rows:
+        r["commit"] = commit
     rows.sort(key=lambda r: r["task_id"])
+    if old is not None:
+        rows = merge_rows(old, rows)
     ok, n = sum(r["successes"] for r in rows), sum(r["episodes"] for r in rows)
     print(f"\n{'task':>4}  {'k/n':<7} {'%':>7}  {'seconds':>8}  failed init states / instruction")
     for r in rows:
@@ -215,7 +267,8 @@ def main() -> None:
         "min_task_success_rate": min((r["success_rate"] for r in rows), default=None),
         "bar": bar,
         "below_bar": below,
-        "wall_seconds": round(time.time() - t0, 1),
+        "wall_seconds": round(time.time() - t0, 1),  # of this run (with --update: of the re-measured tasks)
+        "commits": sorted({r["commit"] for r in rows}),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "tasks": rows,
