@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -104,17 +103,9 @@ def run_task(job: tuple) -> dict:
 
 
 def commit_id() -> str:
-    """The checkout's short commit, '-dirty' when the code it runs has uncommitted changes; 'unknown' outside git."""
-    root = Path(__file__).resolve().parent.parent
+    from world_modality.provenance import code_commit
 
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        dirty = git("status", "--porcelain", "--", "world_modality", "bench/expert_success.py")
-        return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return code_commit(("world_modality", "bench/expert_success.py"))
 
 
 def check_same_starts(old: dict, args) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .settings import StudySettings, check_same_study
+from .settings import StudySettings, check_same_study, log_invocation
 
 
 def run_study(s: StudySettings) -> int:
@@ -11,6 +11,7 @@ def run_study(s: StudySettings) -> int:
     from .tables import write_report
 
     check_same_study(s)
+    log_invocation(s)
     if s.tasks is None:
         from ..sim.suites import num_tasks
 

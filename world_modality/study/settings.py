@@ -4,11 +4,13 @@ rerun into the same folder continue the same study (or be refused)."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 SUITE_COLUMNS = {"libero_spatial": "Spatial", "libero_object": "Object", "libero_goal": "Goal", "libero_10": "Long"}
 SETTINGS_FILE = "study_settings.json"
+INVOCATIONS_FILE = "invocations.jsonl"
 
 
 @dataclass(frozen=True)
@@ -162,3 +164,48 @@ def check_same_study(s: StudySettings) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(mine, indent=2) + "\n")
     tmp.replace(path)
+
+
+def command_line(s: StudySettings) -> str:
+    """The `world-modality study` command that runs, or continues, exactly this study."""
+    import shlex
+
+    parts = ["world-modality", "study", "--suites", ",".join(s.suites), "--experiments", ",".join(s.experiments)]
+    parts += ["--seeds", ",".join(map(str, s.seeds))]
+    if s.pro:
+        parts += ["--pro", ",".join(s.pro)]
+    if s.tasks is not None:
+        parts += ["--tasks", ",".join(map(str, s.tasks))]
+    sizes = {
+        "--demos-per-task": s.demos_per_task,
+        "--epochs": s.epochs,
+        "--batch-size": s.batch_size,
+        "--image-size": s.image_size,
+        "--world-image-size": s.world_image_size,
+        "--workers": s.workers,
+        "--episodes-per-task": s.episodes_per_task,
+        "--pro-episodes": s.pro_episodes,
+        "--max-steps": s.max_steps,
+    }
+    parts += [str(v) for flag, value in sizes.items() if value is not None for v in (flag, value)]
+    if s.joint:
+        parts.append("--joint")
+    return shlex.join([*parts, "--out", s.out, "--data", s.data])
+
+
+def log_invocation(s: StudySettings) -> None:
+    """One line per run of the command into this folder: when, at which commit, with which command (a resumed
+    study's stages may come from several)."""
+    from ..provenance import code_commit
+
+    utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = {"utc": utc, "commit": code_commit(), "command": command_line(s)}
+    with (Path(s.out) / INVOCATIONS_FILE).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def invocations(out: Path) -> list[dict]:
+    """Every logged run of the study in `out`, oldest first."""
+    from ..jsonl import read_jsonl
+
+    return read_jsonl(out / INVOCATIONS_FILE)[0]

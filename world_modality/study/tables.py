@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .settings import SUITE_COLUMNS, StudySettings
+from .settings import SUITE_COLUMNS, StudySettings, invocations
 
 
 def _cell(episodes: list[dict], errors: int) -> dict:
@@ -126,7 +126,28 @@ def _fmt_pair(p: dict | None) -> str:
     return f"{100 * p['diff']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], p = {p['p']:.3g} ({p['n_pairs']} pairs)"
 
 
-def render(s: StudySettings, res: dict) -> str:
+def _provenance(runs: list[dict], seconds: dict[str, float]) -> list[str]:
+    """How the study was run (each invocation's time, commit and command) and every stage's wall time."""
+    lines = ["", "## How it was run", ""]
+    lines += [f"- {r['utc']}, commit {r['commit']}: `{r['command']}`" for r in runs] or ["- not recorded"]
+    kinds: dict[str, float] = {}
+    for name, sec in seconds.items():
+        kinds[name.split("/")[0]] = kinds.get(name.split("/")[0], 0.0) + sec
+    lines += [
+        "",
+        "## Stage wall times",
+        "",
+        "Summed over every invocation. "
+        + ", ".join(f"{k}: {v / 60:.1f} min" for k, v in kinds.items())
+        + f"; all stages: {sum(seconds.values()) / 60:.1f} min.",
+        "",
+        "| Stage | Seconds |",
+        "|---|---|",
+    ]
+    return lines + [f"| {name} | {sec:.0f} |" for name, sec in seconds.items()]
+
+
+def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str, float] | None = None) -> str:
     cols = list(SUITE_COLUMNS)
     head = "| Experiment | " + " | ".join(SUITE_COLUMNS[c] for c in cols) + " | Average |"
     sep = "|---" * (len(cols) + 2) + "|"
@@ -172,13 +193,15 @@ def render(s: StudySettings, res: dict) -> str:
         )
     if res["failed"]:
         lines += ["", "## Stages that failed", ""] + [f"- {f}" for f in res["failed"]]
+    lines += _provenance(list(runs), seconds or {})
     return "\n".join(lines) + "\n"
 
 
 def write_report(s: StudySettings, run: dict) -> dict:
     res = results(s, run)
     out = Path(s.out)
-    (out / "report.md").write_text(render(s, res))
-    study = {"settings": s.identity(), "results": res, "seconds": run["times"]}
+    runs = invocations(out)
+    (out / "report.md").write_text(render(s, res, runs, run["times"]))
+    study = {"settings": s.identity(), "results": res, "seconds": run["times"], "invocations": runs}
     (out / "study.json").write_text(json.dumps(study, indent=2, default=str) + "\n")
     return res

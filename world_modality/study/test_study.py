@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -78,6 +79,10 @@ def test_tiny_study_table_layout_and_counts(tiny_study):
     assert "/4 = " in table[2].split(" | ")[1]
     assert table[4].startswith("| E2 − E0 (paired) | ") and "pts" in table[4]
     assert any(ln.startswith("| swap/E0 | ") for ln in table)
+    assert "## Stage wall times" in lines and any(ln.startswith("| generate/libero_spatial | ") for ln in lines)
+    (run,) = study["invocations"]  # when, at which commit and with which command the study ran
+    assert run["commit"] and run["utc"] and f"`{run['command']}`" in "\n".join(lines)
+    assert shlex.split(run["command"])[-4:] == ["--out", str(out), "--data", str(root / "data")]
 
 
 @pytest.mark.slow
@@ -105,6 +110,7 @@ def test_a_study_killed_mid_training_resumes_to_the_same_results(tiny_study, tmp
     resumed = json.loads((out / "study.json").read_text())
     assert resumed["results"] == whole["results"]
     assert resumed["seconds"]["generate/libero_spatial"] > 0  # times accumulate over both runs
+    assert len(resumed["invocations"]) == 2  # the killed run and the one that finished it
 
 
 def _args(tmp_path: Path, *extra: str) -> list[str]:
@@ -363,3 +369,16 @@ def test_stage_times_accumulate_and_survive_a_kill(tmp_path, monkeypatch):
     with Times(tmp_path).stage("train/x"):  # a resumed study adds to it
         time.sleep(0.1)
     assert Times(tmp_path).seconds["train/x"] >= first + 0.1
+
+
+def test_the_recorded_command_rebuilds_the_same_study(tmp_path):
+    from world_modality.cli import build_parser
+    from world_modality.study.settings import command_line, settings_from_args
+
+    flags = ["--suites", "libero_goal,libero_10", "--seeds", "0-2", "--pro", "lan", "--tasks", "1,3", "--joint"]
+    flags += ["--epochs", "3", "--episodes-per-task", "7", "--pro-episodes", "2", "--max-steps", "90"]
+    s = settings_from_args(build_parser().parse_args(_args(tmp_path, *flags)))
+    words = shlex.split(command_line(s))
+    assert words[:2] == ["world-modality", "study"]
+    again = settings_from_args(build_parser().parse_args(words[1:]))
+    assert again == s
