@@ -14,7 +14,8 @@ PACKAGE = "world_modality"
 # Lowest first. A unit is the first name under world_modality/ (a subpackage or a top-level module); a new one
 # fails the test until it is placed here and in the two documents.
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "cache_dirs", "jsonl", "images", "optim_state", "workers", "ids", "errors", "optim", "provenance"),  # foundation
+    # foundation
+    ("config", "cache_dirs", "jsonl", "images", "optim_state", "workers", "ids", "errors", "optim", "provenance"),
     ("data",),
     ("world",),
     ("policy",),
