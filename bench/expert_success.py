@@ -102,15 +102,14 @@ def run_task(job: tuple) -> dict:
     }
 
 
-def commit_id() -> str:
-    from world_modality.provenance import code_commit
-
-    return code_commit(("world_modality", "bench/expert_success.py"))
-
-
 def check_same_starts(old: dict, args) -> None:
     """--update is refused when the results file measured other starts than this run would."""
-    same = {"placements": args.placements, "init_states": args.init_states or "0-49", "seed": args.seed}
+    same = {
+        "suite": args.suite,
+        "placements": args.placements,
+        "init_states": args.init_states or "0-49",
+        "seed": args.seed,
+    }
     same["control_steps_per_frame"] = args.control_steps_per_frame
     differ = {k: (old.get(k), v) for k, v in same.items() if old.get(k) != v}
     if differ:
@@ -218,7 +217,9 @@ def main() -> None:
             for r in pool.imap_unordered(run_task, jobs):
                 rows.append(r)
                 print(format_row(r), flush=True)
-    commit = commit_id()
+    from world_modality.provenance import code_commit
+
+    commit = code_commit(("world_modality", "bench/expert_success.py"))
     for r in rows:
         r["commit"] = commit
     rows.sort(key=lambda r: r["task_id"])

@@ -132,7 +132,8 @@ def _provenance(runs: list[dict], seconds: dict[str, float]) -> list[str]:
     lines += [f"- {r['utc']}, commit {r['commit']}: `{r['command']}`" for r in runs] or ["- not recorded"]
     kinds: dict[str, float] = {}
     for name, sec in seconds.items():
-        kinds[name.split("/")[0]] = kinds.get(name.split("/")[0], 0.0) + sec
+        kind = name.split("/")[0]
+        kinds[kind] = kinds.get(kind, 0.0) + sec
     lines += [
         "",
         "## Stage wall times",
