@@ -77,6 +77,7 @@ def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path)
     for r in after:
         assert r["steps"] <= 24 and r["failure"] in (None, "timeout") and r["experiment"] == "E2"
     assert "libero_spatial:" in done.stdout
+    assert "[info]" not in done.stdout + done.stderr  # LIBERO's task-order notices, once per worker and lookup
 
 
 def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):

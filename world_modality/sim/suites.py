@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+import sys
 from pathlib import Path
 
 STANDARD_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -55,7 +59,24 @@ def suite_benchmark(suite: str):
     registry = _registry()
     if suite not in registry:
         raise ValueError(f"Unknown LIBERO suite {suite!r}; available: {', '.join(sorted(registry))}.")
-    return registry[suite](task_order_index=0)
+    with _quiet_task_order():
+        return registry[suite](task_order_index=0)
+
+
+# LIBERO's benchmark constructor prints which task order it applied, once per lookup: dozens of identical lines
+# per study stage that say nothing the user chose. Its warnings and errors still print.
+_TASK_ORDER_NOTICE = re.compile(r"^\[info\] (Applying task order index|Using default task order)")
+
+
+@contextlib.contextmanager
+def _quiet_task_order():
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        kept = [line for line in buf.getvalue().splitlines(keepends=True) if not _TASK_ORDER_NOTICE.match(line)]
+        sys.stdout.write("".join(kept))
 
 
 def num_tasks(suite: str) -> int:
