@@ -21,7 +21,7 @@ from ..optim_state import flatten_optimizer, unflatten_optimizer
 from .vjepa2_processing import VJEPA2Processing
 
 if TYPE_CHECKING:
-    from .pretrain import PretrainSettings
+    from .pretrain_settings import PretrainSettings
 
 FORMAT = "world-modality-pretrain/1"
 DONE_MARKER = "COMPLETE"
