@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -68,6 +69,21 @@ def host() -> dict:
     }
 
 
+def commit() -> str:
+    """The commit the figures come from ('-dirty' when the package or the benchmarks had uncommitted changes)."""
+    from world_modality.provenance import code_commit
+
+    return code_commit(("world_modality", "bench"))
+
+
+def command() -> str:
+    """The command line that ran this benchmark, as it can be typed again from the checkout."""
+    script = Path(sys.argv[0])
+    if script.is_absolute() and script.is_relative_to(ROOT):
+        script = script.relative_to(ROOT)
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
 def fixture_dataset(root: Path, n_episodes: int = 8, length: int = 24, image_size: int = 128) -> Path:
     """The synthetic fixture: LIBERO's keys and shapes (two cameras, 8-D state, 7-D action)."""
     from world_modality.data.fixture import make_fixture_dataset
@@ -105,12 +121,20 @@ def tiny_checkpoint(workdir: Path, preset: str = "E2", image_size: int = 128, co
 
 
 def emit(name: str, table: list[str], figures: dict, details: dict | None = None, out: str | None = None) -> Path:
-    """Print the table, write figures + details, and end stdout with one JSON line (the figures)."""
+    """Print the table, write figures + details, and end stdout with one JSON line (the figures). Every results
+    file names the commit its figures came from and the command that measured them."""
     problems = undeclared_derived({**figures, **(details or {})})
     if problems:  # a derived figure must not pass for a measured one
         raise ValueError(f"{name}: {'; '.join(problems)}")
     print("\n".join(table), flush=True)
-    figures = {"benchmark": name, **figures, **host(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    figures = {
+        "benchmark": name,
+        **figures,
+        "commit": commit(),
+        "command": command(),
+        **host(),
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**figures, **(details or {})}, indent=1) + "\n")

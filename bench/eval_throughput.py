@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS_DIR, emit, host, median, tiny_checkpoint, undeclared_derived
+from _common import RESULTS_DIR, command, commit, emit, host, median, tiny_checkpoint, undeclared_derived
 
 ENV_SEED = 7  # EvalSettings' default, as in the public LIBERO scripts
 EPH_DEFINITION = (
@@ -286,7 +286,8 @@ def main_study(args, max_steps: int) -> None:
         ckpt = tiny_checkpoint(Path(tmp) / "ckpt", "E2")
         warm_s = warm_simulator(args.suite, tasks[0])
         table, section = study(ckpt, args, max_steps, tasks, Path(tmp) / "eval")
-    section = {**section, "simulator_warmup_s_untimed": round(warm_s, 1), **host()}
+    section = {**section, "simulator_warmup_s_untimed": round(warm_s, 1), "commit": commit(), "command": command()}
+    section.update(host())
     section["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     section["host_note"] = "a shared machine: other jobs ran on its cores during the run (load_avg_1m)"
     print("\n".join(table), flush=True)

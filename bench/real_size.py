@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -320,6 +321,15 @@ def table(ms: dict[str, float], info: dict, mem: dict | None) -> str:
     return "\n".join(rows)
 
 
+def provenance_fields(argv) -> dict:
+    """The commit the figures come from and the command that measured them."""
+    from world_modality.provenance import code_commit
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join([".venv/bin/python", "bench/real_size.py", *args])
+    return {"commit": code_commit(("world_modality", "bench")), "command": command}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
@@ -378,6 +388,7 @@ def main(argv=None) -> int:
             "memory, cross-attention, action head and their glue"
         },
         "torch": torch.__version__,
+        **provenance_fields(argv),
     }
     print(table(ms, info, mem))
     if not args.tiny:

@@ -1,20 +1,26 @@
 """What the world latent knows: R² of the ridge probe (world_modality/analysis/probe.py) from z_t to the objects'
 positions at t, on the held-out episodes of a generated dataset, for the random tiny encoder (the embedded default),
 a pretrained one (`world-modality pretrain-world --out DIR`, if given) and the env_state encoder (the simulator's
-object state: the upper bound; where the installed version has no such encoder, the raw environment_state vector
-is probed instead and labelled so). The ordering is measured here, not assumed.
+object state; where the installed version has no such encoder, the raw environment_state vector is probed
+instead). The env_state row is an upper bound, not a finding: its input contains the targets, so its R² of 1 is
+true by construction; every row of it printed or written says so. The ordering is measured here, not assumed.
 
     .venv/bin/python bench/world_probe.py DATASET [--pretrained DIR] [--out FILE]
 
-DATASET must record observation.environment_state (`world-modality generate` writes it).
+DATASET must record observation.environment_state (`world-modality generate` writes it). The results file
+(default bench/results/world_probe.json) is this script's output as written: the commit and command that
+measured it, what the dataset and the pretrained encoder record of how they were made (their provenance and
+settings), and the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
-from _common import emit
+from _common import command, emit
 
 ARMS = ("random", "pretrained", "env_state")
 
@@ -48,13 +54,65 @@ def probe_arm(arm: str, args) -> dict:
         "per_object_r2": r["present"]["objects"],
         "ridge_lambda": r["ridge"]["lambda"],
         "feature_dim": r["feature_dim"],
-        "label": "env_state_raw (upper bound: the input holds the targets)" if raw else arm,
+        "label": (f"{arm} (raw vector)" if raw else arm) + (f" ({r['upper_bound']})" if r["upper_bound"] else ""),
+        "upper_bound": r["upper_bound"],
         "n_train_rows": r["n_train_rows"],
         "n_test_rows": r["n_test_rows"],
         "n_train_episodes": len(r["train_episodes"]),
         "n_test_episodes": len(r["test_episodes"]),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def dataset_record(root: str) -> dict:
+    """How the dataset was made, as its meta/info.json records it (generator settings, provenance)."""
+    info = json.loads((Path(root) / "meta" / "info.json").read_text())
+    source = info.get("source") or {}
+    return {
+        "episodes": info.get("total_episodes"),
+        "frames": info.get("total_frames"),
+        **{k: source[k] for k in ("generator", "suite", "tasks", "seed", "starts") if k in source},
+        "provenance": info.get("provenance"),
+    }
+
+
+def pretrain_record(folder: str) -> dict:
+    """How the pretrained encoder was trained, as its folder records it (settings, losses)."""
+    path = Path(folder)
+    record: dict = {}
+    if (path / "pretrain.json").exists():
+        settings = json.loads((path / "pretrain.json").read_text()).get("settings") or {}
+        record.update({k: settings[k] for k in ("steps", "batch_size", "lr", "seed") if k in settings})
+    if (path / "losses.jsonl").exists():
+        from world_modality.jsonl import read_jsonl
+
+        rows = [r for r in read_jsonl(path / "losses.jsonl")[0] if "loss" in r]
+        if rows:
+            record.update(steps_logged=len(rows), loss_first=rows[0]["loss"], loss_last=rows[-1]["loss"])
+    return record
+
+
+def results_table(args, results: dict, arms: list[str]) -> list[str]:
+    """One row per encoder (overall R², then each object's); the env_state row names its upper bound."""
+    first = next(iter(results.values()))
+    objects = list(first["per_object_r2"])
+    cols = ["overall", *objects]
+    width = max(len(c) for c in cols)
+    table = [
+        f"world probe: ridge z_t -> object positions at t on {args.dataset}; fit on {first['n_train_episodes']} "
+        f"training episodes ({first['n_train_rows']} rows), R² on {first['n_test_episodes']} held-out episodes "
+        f"({first['n_test_rows']} rows); 1 = exact, 0 = their mean",
+        f"{'encoder':<12} " + " ".join(f"{c:>{width}}" for c in cols),
+    ]
+    for a in arms:
+        r = results[a]
+        cells = [r["overall_r2"], *(r["per_object_r2"].get(o) for o in objects)]
+        row = f"{a:<12} " + " ".join(f"{'-':>{width}}" if c is None else f"{c:>+{width}.3f}" for c in cells)
+        table.append(row + (f"  ({r['upper_bound']})" if r.get("upper_bound") else ""))
+    table.append(
+        "features: " + "; ".join(f"{a}: {results[a]['features']} ({results[a]['feature_dim']}-d)" for a in arms)
+    )
+    return table
 
 
 def main() -> None:
@@ -75,36 +133,38 @@ def main() -> None:
     require_env_state(args.dataset)
     arms = [a for a in ARMS if a != "pretrained" or args.pretrained]
     results = {arm: probe_arm(arm, args) for arm in arms}
-    objects = list(next(iter(results.values()))["per_object_r2"])
     first = next(iter(results.values()))
-    width = max(12, *(len(o) for o in objects))
-    table = [
-        f"world probe: ridge z_t -> object positions at t on {args.dataset}; fit on {first['n_train_episodes']} "
-        f"training episodes ({first['n_train_rows']} rows), R² on {first['n_test_episodes']} held-out episodes "
-        f"({first['n_test_rows']} rows); 1 = exact, 0 = their mean",
-        f"{'object':<{width}} " + " ".join(f"{results[a]['label'].split(' ')[0]:>14}" for a in arms),
-    ]
-    for obj in objects + [None]:
-        cells = [results[a]["overall_r2"] if obj is None else results[a]["per_object_r2"].get(obj) for a in arms]
-        table.append(
-            f"{obj or 'overall':<{width}} " + " ".join("             -" if c is None else f"{c:>+14.3f}" for c in cells)
-        )
-    table.append(
-        "features: " + "; ".join(f"{a}: {results[a]['features']} ({results[a]['feature_dim']}-d)" for a in arms)
-    )
+    table = results_table(args, results, arms)
     overall = {a: results[a]["overall_r2"] for a in arms}
     ranked = sorted((a for a in arms if overall[a] is not None), key=lambda a: -overall[a])
     table.append("ordering (measured): " + " > ".join(ranked))
     figures = {f"r2_overall_{a}": overall[a] for a in arms}
     figures["ordering_measured"] = " > ".join(ranked)
     details = {
-        "dataset": args.dataset,
-        "pretrained": args.pretrained,
-        "encoders": results,
         "what": "R² of a ridge probe from z_t to the objects' positions at t (observation.environment_state "
         "'.pos.' entries), fit on training episodes, scored on held-out episodes",
+        "dataset": args.dataset,
+        **{k: first[k] for k in ("n_train_rows", "n_test_rows", "n_train_episodes", "n_test_episodes")},
+        "pretrained": args.pretrained,
+        "encoders": results,
+        "upper_bounds": {f"r2_overall_{a}": results[a]["upper_bound"] for a in arms if results[a]["upper_bound"]},
+        "generation": dataset_record(args.dataset),
+        "pretrain": pretrain_record(args.pretrained) if args.pretrained else None,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "commands": [command()],  # the inputs' own records are under generation and pretrain
+        "note": "written by bench/world_probe.py as measured (none derived)",
     }
     emit("world_probe", table, figures, details, out=args.out)
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores, {gpu}"
 
 
 if __name__ == "__main__":

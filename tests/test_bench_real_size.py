@@ -34,6 +34,7 @@ def test_tiny_mode_times_every_part(tmp_path, capsys):
     parts = sum(result["median_ms"][k] for k in ("preprocess", "world_encoder", "backbone", "prophet"))
     assert result["median_ms"]["step"] >= 0.5 * parts
     assert "world_encoder" in "\n".join(lines[:-1]) and result["prompt_tokens"] > 0
+    assert result["commit"] not in ("", "unknown") and result["command"].endswith("--tiny --n 2 --warmup 1")
     # The tiny run never writes the real-size results file.
     assert (rs.RESULT_PATH.read_bytes() if rs.RESULT_PATH.exists() else None) == before
 

@@ -1,5 +1,7 @@
 """bench/world_probe.py on the synthetic fixture (with its environment state): random, pretrained and env_state arms,
-one JSON line last, figures measured (none derived)."""
+one JSON line last, figures measured (none derived); the results file is the script's own (the committed one's
+keys, its commit and command, how the dataset and the encoder were made), and the env_state row says it is an
+upper bound wherever it is printed or written."""
 
 import json
 import subprocess
@@ -56,6 +58,21 @@ def test_world_probe_bench_on_the_fixture(tmp_path):
     saved = json.loads(out.read_text())
     assert set(saved["encoders"]) == {"random", "pretrained", "env_state"}
     assert "ordering (measured)" in proc.stdout
+    # The committed results file is this script's output: its keys, and those of each encoder, are written.
+    committed = json.loads((ROOT / "bench" / "results" / "world_probe.json").read_text())
+    assert set(committed) <= set(saved), set(committed) - set(saved)
+    for arm, fields in committed["encoders"].items():
+        assert set(fields) <= set(saved["encoders"][arm]), arm
+    assert saved["commit"] == last["commit"] and saved["commit"] not in ("", "unknown")
+    assert "bench/world_probe.py" in saved["command"] and str(data) in saved["command"]
+    info = json.loads((data / "meta" / "info.json").read_text())
+    assert saved["generation"]["provenance"] == info["provenance"] and saved["generation"]["episodes"] == 12
+    assert saved["pretrain"]["steps"] == 4 and saved["pretrain"]["loss_last"] > 0
+    bound = "upper bound: the input contains the targets"
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("env_state")]
+    assert rows and all(bound in line for line in rows), proc.stdout
+    assert bound in saved["encoders"]["env_state"]["label"] and saved["upper_bounds"] == {"r2_overall_env_state": bound}
+    assert not [a for a in ("random", "pretrained") if bound in saved["encoders"][a]["label"]]
 
 
 def test_world_probe_bench_without_environment_state_is_one_line(tmp_path):

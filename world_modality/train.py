@@ -32,7 +32,15 @@ from .policy.factory import build_policy, build_preprocessor, check_image_size, 
 from .policy.model import PolicyShapes
 from .policy.tokenizer import build_tokenizer
 from .policy.training_state import load_ema, load_training_state, read_trainer_state
-from .train_output import MetricsLogger, check_output_dir, check_same_experiment, drop_metrics_after, move_aside
+from .provenance import provenance
+from .train_output import (
+    MetricsLogger,
+    check_output_dir,
+    check_same_experiment,
+    drop_metrics_after,
+    move_aside,
+    write_run_config,
+)
 
 
 class TrainingDiverged(ValueError):
@@ -65,6 +73,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 2) // 2))
     main = accelerator.is_main_process
     run_dir = Path(t.output_dir)
+    code = provenance()  # recorded beside the config, never compared by a resume
     # Created only once data and policy are ready: a run that fails before leaves no empty folder.
 
     needs_world = not cfg.policy.disable_future_injection or cfg.world.lambda_world > 0
@@ -124,7 +133,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     if main:
-        cfg.to_json(run_dir / "config.json")
+        write_run_config(run_dir, cfg, code, resumed=bool(ckpts))
         if data.texts is not None:
             n = len(data.texts)
             print(
@@ -195,6 +204,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
                     "batches_done_in_epoch": done_in_epoch,
                     "epoch_partial": epoch_partial,
                     "updates": updates,
+                    "provenance": code,
                 },
             )
             for old in checkpoints_in(run_dir)[: -t.keep_checkpoints]:

@@ -1,5 +1,10 @@
 """A training run's folder: the output folder check, an earlier run moved aside, which config changes a resume
-accepts, and the metrics log (JSONL + TensorBoard) trimmed back to the step a resume restarts from."""
+accepts, the run's config.json with the code's provenance beside the config, and the metrics log (JSONL +
+TensorBoard) trimmed back to the step a resume restarts from.
+
+The provenance (`provenance.py`) is no part of the config a resume compares: a later commit resumes the run and
+is listed in config.json's "provenance" (its "continued_by"); each checkpoint's trainer_state.json names the
+commit that wrote it."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError, ExperimentConfig, flatten
 from .jsonl import parse_line
+from .provenance import UNKNOWN, continued
 
 # Fields that may differ between the run being resumed and the resuming command.
 RESUMABLE_CHANGES = {
@@ -34,6 +40,23 @@ def check_same_experiment(saved: ExperimentConfig, cfg: ExperimentConfig, where:
             f"cannot resume {where}: the run was started with another config ({details}). "
             f"Use another --output_dir or --no-resume."
         )
+
+
+def write_run_config(run_dir: Path, cfg: ExperimentConfig, code: dict, resumed: bool) -> dict:
+    """Write the run's config.json: the config, and under "provenance" the commits that trained it (`code`
+    appended to a resumed run's; a resumed run whose config.json predates provenance began at an unknown
+    commit). ExperimentConfig.from_json reads only the config sections, so the file still loads as a config.
+    Returns the provenance written."""
+    path = run_dir / "config.json"
+    old = None
+    if resumed:
+        try:
+            old = json.loads(path.read_text()).get("provenance") or {"commit": UNKNOWN, "dirty": None}
+        except (OSError, ValueError, AttributeError):
+            old = {"commit": UNKNOWN, "dirty": None}  # unreadable: the config itself came from the checkpoint
+    record = continued(old, code)
+    path.write_text(json.dumps({**cfg.to_dict(), "provenance": record}, indent=2, sort_keys=True) + "\n")
+    return record
 
 
 def check_output_dir(run_dir: Path) -> None:

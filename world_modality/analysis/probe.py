@@ -12,6 +12,10 @@ the ridge strength is chosen from a small grid on a seeded split, by episode, of
   of the true z_{t+k} (its ceiling) and the copy-last baseline (the positions at t given as those at t+k).
   One readout fitted on true latents asks whether the prediction lands where the true future latent would.
 
+Probes of the environment state itself (the `env_state` encoder, or the raw vector) are an upper bound, not a
+finding: the input contains the targets, so their R² of 1 holds by construction. Their result carries
+`UPPER_BOUND` ("upper_bound") and every table of it says so.
+
 R² is 1 - SS_res / SS_tot on the held-out rows (SS_tot about their own mean), per position entry, per object
 (pooled over its x, y, z: the variance-weighted mean of its coordinates, which a coordinate that hardly moves
 cannot swing) and overall (pooled over every position entry). 0 is the held-out mean; below 0 is worse.
@@ -36,6 +40,14 @@ LAMBDAS = tuple(float(x) for x in np.logspace(-6, 2, 9))
 INNER_VAL_FRACTION = 0.2  # training episodes held out to choose the ridge strength
 SS_FLOOR = 1e-12  # an entry that does not vary on the scored rows has no R²
 WHAT = "world-modality probe"
+UPPER_BOUND = "upper bound: the input contains the targets"
+
+
+def upper_bound(encoder_config: dict | None, raw_env_state: bool = False) -> str | None:
+    """UPPER_BOUND for features that hold the targets (the env_state encoder or the raw state), else None."""
+    from ..world.env_state import ENV_STATE_NAME
+
+    return UPPER_BOUND if raw_env_state or (encoder_config or {}).get("name") == ENV_STATE_NAME else None
 
 
 # -- targets ----------------------------------------------------------------------------------------------
@@ -71,6 +83,12 @@ def require_env_state(root: str | Path) -> None:
         return
     if isinstance(features, dict) and ENV_STATE_KEY not in features:
         raise missing_error(root, WHAT)
+
+
+def result_upper_bound(result: dict[str, Any]) -> str | None:
+    """A probe result's upper-bound note, also for results written before they carried one (`upper_bound`)."""
+    raw = str(result.get("features", "")).startswith("environment_state")
+    return result.get("upper_bound") or upper_bound(result.get("encoder"), raw_env_state=raw)
 
 
 # -- ridge ------------------------------------------------------------------------------------------------
@@ -224,13 +242,11 @@ def probe_dataset(cfg, encoder=None, *, raw_env_state: bool = False, progress: b
     positions, names, objects = position_targets(data.dataset)
     if raw_env_state:
         x = read_env_state(data.dataset, what=WHAT)[0]
-        features = {
-            "features": "environment_state (raw vector: an upper bound, it contains the targets)",
-            "encoder": None,
-        }
+        features = {"features": "environment_state (raw vector)", "encoder": None}
     else:
         x = data.latents.latents
         features = {"features": f"z_t of {encoder.encoder_id}", "encoder": encoder.config_dict()}
+    features["upper_bound"] = upper_bound(features["encoder"], raw_env_state)
     train_rows, test_rows = _split_rows(data)
     result = probe_arrays(
         x, positions, names, objects, data.dataset.episode_ids, train_rows, test_rows, seed=cfg.train.seed
@@ -313,6 +329,7 @@ def probe_run(
     return {
         "features": f"z_t of {enc.encoder_id}",
         "encoder": enc.config_dict(),
+        "upper_bound": upper_bound(enc.config_dict()),
         "dataset": str(data.dataset.root),
         "checkpoint": str(ckpt),
         "window": {
@@ -352,6 +369,9 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             return scores["overall"] if obj is None else scores["objects"].get(obj)
 
         rows.append([obj or "overall", _r2(pick(result["present"]))] + [_r2(pick(fut[c])) for c, _ in cols])
+    if bound := result_upper_bound(result):  # its R² of 1 is true by construction: no row may read as a finding
+        header.append("")
+        rows = [r + [f"({bound})"] for r in rows]
     return header, rows
 
 
@@ -360,12 +380,13 @@ def format_table(result: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     ridge = result["ridge"]
     # probe_arrays alone names neither the features nor the dataset; probe_dataset and probe_run add them.
     head = [
-        f"probe of {result.get('features', 'the features given')} on {result.get('dataset', 'the rows given')}",
+        f"probe of {result.get('features', 'the features given')} on {result.get('dataset', 'the rows given')}"
+        + (f" ({bound})" if (bound := result_upper_bound(result)) else ""),
         f"ridge (lambda {ridge['lambda']:g}, chosen on {len(ridge['validation_episodes'])} training episodes) fit "
         f"on {len(result['train_episodes'])} training episodes ({result['n_train_rows']} rows); R² on "
         f"{len(result['test_episodes'])} held-out episodes ({result['n_test_rows']} rows), 1 = exact, "

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from world_modality.analysis.probe import (
+    UPPER_BOUND,
     episode_split,
     fit_ridge,
     format_table,
     position_columns,
     probe_arrays,
     r2_scores,
+    upper_bound,
 )
 from world_modality.cli import main
 from world_modality.data.fixture import make_fixture_dataset
@@ -46,6 +48,21 @@ def test_probe_recovers_a_linear_signal():
     assert all(v > 0.99 for v in result["present"]["objects"].values())
     assert set(result["test_episodes"]).isdisjoint(result["train_episodes"])
     assert "cup" in format_table(result) and "overall" in format_table(result)
+
+
+def test_a_probe_of_the_state_itself_says_it_is_an_upper_bound_on_every_row():
+    x, y, eps, train, test = synthetic(signal=True)
+    result = probe_arrays(x, y, NAMES, OBJECTS, eps, train, test, seed=0)
+    assert UPPER_BOUND not in format_table(result)
+    lines = format_table({**result, "upper_bound": UPPER_BOUND}).splitlines()
+    rows = lines[lines.index("") + 2 :]  # after the header
+    assert UPPER_BOUND in lines[0] and len(rows) == len(OBJECTS) + 1
+    assert all(UPPER_BOUND in row for row in rows), rows
+    # A result written before results carried the note is recognised by its encoder.
+    old = format_table({**result, "features": "z_t of env_state-m4", "encoder": {"name": "env_state"}})
+    assert all(UPPER_BOUND in row for row in old.splitlines()[old.splitlines().index("") + 2 :])
+    assert upper_bound({"name": "env_state"}) == upper_bound(None, raw_env_state=True) == UPPER_BOUND
+    assert upper_bound({"name": "tiny-vjepa2"}) is None and upper_bound(None) is None
 
 
 def test_probe_scores_noise_near_zero_or_below():
@@ -132,6 +149,13 @@ def test_cli_probes_an_encoder_and_env_state_reads_back_exactly(env_dataset, tmp
         build_config({"dataset": str(env_dataset), "image_size": 32}), raw_env_state=True, progress=False
     )
     assert raw["present"]["overall"] > 0.999  # the targets are part of the input: the upper bound
+    assert raw["upper_bound"] == UPPER_BOUND and result["upper_bound"] is None
+    capsys.readouterr()
+    args = ["probe", "--dataset", str(env_dataset), "--image_size", "32", "--world_encoder", "env_state"]
+    assert main([*args, "--out", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    assert [line for line in printed.splitlines() if "overall" in line and UPPER_BOUND in line], printed
+    assert json.loads((tmp_path / "s.json").read_text())["upper_bound"] == UPPER_BOUND
 
 
 @pytest.mark.slow

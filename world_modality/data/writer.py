@@ -1,4 +1,8 @@
-"""Write episodes as a LeRobot v3 dataset (the layout of the public HuggingFaceVLA/libero data)."""
+"""Write episodes as a LeRobot v3 dataset (the layout of the public HuggingFaceVLA/libero data).
+
+meta/info.json records under "provenance" the code that wrote the dataset (`provenance.py`; a caller may pass
+its own record in `extra_info`, as a resumed generation does); the dataset fingerprint leaves it out
+(`fingerprint.py`), so the same data written by another commit keys the same caches."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..provenance import continued, provenance
 from .video import VideoWriter
 from .writer_columns import features, list_array, parquet_schema, png_cell
 
@@ -286,6 +291,7 @@ class LeRobotWriter:
                 "features": features(self),
                 **self.extra_info,
             }
+            info.setdefault("provenance", continued(None, provenance()))
             for rel, text in self._extra_files.items():
                 (self._tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (self._tmp / rel).write_text(text)

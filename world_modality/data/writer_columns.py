@@ -4,7 +4,7 @@ cell encoders (PNG images, float lists)."""
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +12,21 @@ from PIL import Image
 
 from .video import pick_codec
 
-if TYPE_CHECKING:
-    from .writer import LeRobotWriter
+
+class Columns(Protocol):
+    """What these functions read of a writer (writer.py's LeRobotWriter): declared here, so this module, which the
+    writer imports, imports nothing of the writer."""
+
+    image_keys: list[str]
+    image_size: int
+    use_videos: bool
+    fps: int
+    state_dim: int
+    action_dim: int
+    state_names: list[str]
+    action_names: list[str]
+    extra_features: dict[str, list[str]]
+    instruction_column: str | None
 
 
 def png_cell(img: np.ndarray) -> bytes:
@@ -29,7 +42,7 @@ def list_array(x: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1).astype(np.float32)))
 
 
-def features(w: LeRobotWriter) -> dict:
+def features(w: Columns) -> dict:
     """The `features` entry of meta/info.json for a writer's columns."""
     feats: dict = {}
     s = w.image_size
@@ -69,7 +82,7 @@ def features(w: LeRobotWriter) -> dict:
     return feats
 
 
-def parquet_schema(w: LeRobotWriter) -> pa.Schema:
+def parquet_schema(w: Columns) -> pa.Schema:
     """The data parquet files' schema for a writer's columns."""
     fields = []
     if not w.use_videos:

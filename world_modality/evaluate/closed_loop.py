@@ -7,6 +7,9 @@ once, then recorded as an error, never counted in a rate, and retried by the nex
 A rerun into the same output folder skips the finished episodes of the same evaluation: the folder's
 `settings.json` holds what changes an outcome (checkpoint and its weights' hash, suite, memory, seed, step
 limit, replanning interval, overlap permission), and a rerun with other such settings is refused.
+`settings.json` also holds the code's provenance (`provenance.py`), outside the identity: a later commit
+continues a folder, and each commit that ran episodes into it is listed once (its "continued_by"); each
+episode line names the commit that ran it ("commit", '-dirty' when the code had uncommitted changes).
 `--shard i/n` takes every n-th episode so machines can split a suite. With `policy_server` the workers ask a
 `world-modality serve` of the same weights for their chunks (`remote.py`) instead of loading the checkpoint.
 """
@@ -21,74 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..provenance import UNKNOWN, continued, label, provenance
 from ..workers import JobLost, WorkerPool
 from .episodes import episode_key, is_error, resolve
+from .eval_settings import EvalSettings
 from .folder import check_same_evaluation, episodes_path, eval_identity, lock_folder, read_episodes
 from .worker import run_job, worker_init
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    checkpoint: str
-    suite: str = "libero_spatial"
-    tasks: tuple[int, ...] | None = None  # default: every task of the suite
-    n_episodes: int | None = None  # per task: initial states 0..n-1; default: all (50), the public protocol
-    memory: str | None = None  # default: the checkpoint's training memory mode (evaluate() resolves it)
-    replan_every: int | None = None  # frames between replans; default chunk_size // 2
-    workers: int = 2
-    seed: int = 7  # env seed, as in the public LIBERO evaluation scripts
-    video: int = 0  # rollouts per task saved as mp4
-    shard: tuple[int, int] = (0, 1)
-    out: str | None = None
-    max_steps: int | None = None  # control steps per episode; default: the suite's public limit
-    device: str = "auto"  # where each worker's policy runs: auto (CUDA when present), cpu, cuda, cuda:N
-    episode_timeout_s: float | None = 1800  # a hung worker is killed and its episode retried once; None: no limit
-    allow_train_overlap: bool = False  # evaluate starts that produced training data (flagged), instead of refusing
-    policy_server: str | None = None  # HOST:PORT of `world-modality serve` with this checkpoint; None: load it
-
-    def __post_init__(self) -> None:
-        # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
-        from ..config import ConfigError, check_memory_mode
-        from ..policy.device import resolve_device
-        from ..sim.suites import base_suite
-
-        i, n = self.shard
-        if not (n >= 1 and 0 <= i < n):
-            raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}.")
-        if self.n_episodes is not None and self.n_episodes < 1:
-            raise ConfigError(f"n_episodes must be >= 1 (or left out for all initial states), got {self.n_episodes}.")
-        if self.tasks is not None and not self.tasks:
-            raise ConfigError("tasks is empty: name at least one task id (e.g. 0,1 or 0-9), or leave it out for all.")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}.")
-        if self.replan_every is not None and self.replan_every < 1:
-            raise ConfigError(
-                f"replan_every must be >= 1 frame (or left out for chunk_size // 2), got {self.replan_every}."
-            )
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(
-                f"max_steps must be >= 1 control step (or left out for the suite's limit), got {self.max_steps}."
-            )
-        if self.video < 0:
-            raise ConfigError(f"video must be >= 0 rollouts per task, got {self.video}.")
-        if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
-            raise ConfigError(
-                f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}."
-            )
-        if self.memory is not None:
-            check_memory_mode(self.memory, "closed-loop")
-        try:
-            base_suite(self.suite)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        resolve_device(self.device)
-        if self.policy_server is not None:
-            from .remote import parse_address
-
-            try:
-                parse_address(self.policy_server)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
 
 
 def resolve_memory(settings: EvalSettings, cfg) -> EvalSettings:
@@ -217,6 +158,7 @@ def _evaluate_locked(
     finished, _ = resolve(read_episodes(path))
     done = {episode_key(r) for r in finished if episode_key(r) in wanted}
     todo = [(t, k) for t, k in jobs if episode_key({**base, "task_id": t, "init_index": k}) not in done]
+    code = provenance()
     written = {
         **asdict(settings),
         "checkpoint": str(ckpt),
@@ -226,6 +168,7 @@ def _evaluate_locked(
         "experiment": experiment,
         "identity": identity,
         "overlap": overlap,
+        "provenance": folder_provenance(out, code, runs=bool(todo)),
     }
     (out / "settings.json").write_text(json.dumps(written, indent=2, default=str) + "\n")
     if progress:
@@ -298,6 +241,7 @@ def _evaluate_locked(
                     "step_limit": limit,
                     "replan_every": replan,
                     "train_overlap": (t, k) in flagged,
+                    "commit": label(code),
                 }
                 if frames is not None:
                     record["video"] = str(write_rollout_video(video_dir, record, frames).relative_to(out))
@@ -320,6 +264,17 @@ def _evaluate_locked(
         finished=[r for r in finished if episode_key(r) in wanted],
         errors=[r for r in errors if episode_key(r) in wanted],
     )
+
+
+def folder_provenance(out: Path, code: dict, runs: bool) -> dict:
+    """The provenance settings.json records: the folder's so far, `code` added when this run has episodes to
+    run (`runs`). Episodes written before folders recorded provenance are of an unknown commit, not of `code`.
+    Called after check_same_evaluation, which refuses a settings.json that is not JSON."""
+    settings_file = out / "settings.json"
+    old = json.loads(settings_file.read_text()).get("provenance") if settings_file.exists() else None
+    if old is None and any(read_episodes(p) for p in out.glob("episodes*.jsonl")):
+        old = {"commit": UNKNOWN, "dirty": None}
+    return continued(old, code) if runs or old is None else old
 
 
 def video_jobs(jobs: list[tuple[int, int]], video: int) -> set[tuple[int, int]]:

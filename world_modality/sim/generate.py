@@ -11,6 +11,8 @@ one JSON line per attempt), and the dataset at `<out>` is written only once all 
 An attempt the expert fails is logged with its reason and the next placement is tried. An attempt that
 raises, runs past `job_timeout_s` (a hung simulator) or loses its worker is an error, not an expert
 failure: it is logged as such, the run ends with an error naming it, and the same command retries it.
+A later commit may resume the run: `<out>.partial/provenance.json` lists each commit that ran attempts
+(`provenance.py`), and the dataset's meta/info.json records that list as its "provenance".
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..workers import JobLost, WorkerPool
 from .record import CONTROL_STEPS_PER_FRAME, DATASET_FPS
 
 IMAGE_KEYS = ("observation.images.image", "observation.images.wrist_image")
+PROVENANCE_FILE = "provenance.json"  # in the staging folder: the commits that ran its attempts
 
 
 ATTEMPTS_PER_EPISODE = 5  # placements tried per wanted demonstration before the task is given up
@@ -198,6 +201,7 @@ def generate(
             )
     settings_path.write_text(json.dumps(settings) + "\n")
     log_path = staging / "attempts.jsonl"
+    _record_provenance(staging, log_path)
     done = [r for r in _read_attempts(log_path) if not r.get("error")]  # errored attempts are retried
     tried = {(r["task_id"], r["attempt"]) for r in done}
     wins = {
@@ -277,6 +281,25 @@ def generate(
     return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed)
 
 
+def _record_provenance(staging: Path, log_path: Path) -> dict:
+    """Add this code's commit to the staged run's provenance.json (never to settings.json: another commit may
+    resume the run). Attempts staged before provenance existed came from an unknown commit."""
+    from ..provenance import UNKNOWN, continued, provenance
+
+    path = staging / PROVENANCE_FILE
+    try:
+        old = json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        old = None
+    if not isinstance(old, dict) and _read_attempts(log_path):
+        old = {"commit": UNKNOWN, "dirty": None}
+    record = continued(old, provenance())
+    tmp = path.with_name(path.name + ".tmp")  # a kill mid-write keeps the list written before
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+    return record
+
+
 def _env_state_layout(staging: Path, names: list[str]) -> list[str] | None:
     """The dataset's environment-state names: the union of its episodes' layouts (data/env_state.py), or None
     when no episode recorded one (attempts staged by an older version, resumed)."""
@@ -304,6 +327,7 @@ def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, 
 
     extra = {
         "control_steps_per_frame": CONTROL_STEPS_PER_FRAME,
+        "provenance": json.loads((staging / PROVENANCE_FILE).read_text()),
         "source": {
             "generator": "world_modality.sim.generate",
             "suite": suite,

@@ -1,0 +1,70 @@
+"""What one closed-loop evaluation is asked to do (`EvalSettings`), checked before the checkpoint loads or the
+simulator starts. Apart from closed_loop.py, which runs it, so the folder code below it can name the type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    checkpoint: str
+    suite: str = "libero_spatial"
+    tasks: tuple[int, ...] | None = None  # default: every task of the suite
+    n_episodes: int | None = None  # per task: initial states 0..n-1; default: all (50), the public protocol
+    memory: str | None = None  # default: the checkpoint's training memory mode (evaluate() resolves it)
+    replan_every: int | None = None  # frames between replans; default chunk_size // 2
+    workers: int = 2
+    seed: int = 7  # env seed, as in the public LIBERO evaluation scripts
+    video: int = 0  # rollouts per task saved as mp4
+    shard: tuple[int, int] = (0, 1)
+    out: str | None = None
+    max_steps: int | None = None  # control steps per episode; default: the suite's public limit
+    device: str = "auto"  # where each worker's policy runs: auto (CUDA when present), cpu, cuda, cuda:N
+    episode_timeout_s: float | None = 1800  # a hung worker is killed and its episode retried once; None: no limit
+    allow_train_overlap: bool = False  # evaluate starts that produced training data (flagged), instead of refusing
+    policy_server: str | None = None  # HOST:PORT of `world-modality serve` with this checkpoint; None: load it
+
+    def __post_init__(self) -> None:
+        # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
+        from ..config import ConfigError, check_memory_mode
+        from ..policy.device import resolve_device
+        from ..sim.suites import base_suite
+
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}.")
+        if self.n_episodes is not None and self.n_episodes < 1:
+            raise ConfigError(f"n_episodes must be >= 1 (or left out for all initial states), got {self.n_episodes}.")
+        if self.tasks is not None and not self.tasks:
+            raise ConfigError("tasks is empty: name at least one task id (e.g. 0,1 or 0-9), or leave it out for all.")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}.")
+        if self.replan_every is not None and self.replan_every < 1:
+            raise ConfigError(
+                f"replan_every must be >= 1 frame (or left out for chunk_size // 2), got {self.replan_every}."
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                f"max_steps must be >= 1 control step (or left out for the suite's limit), got {self.max_steps}."
+            )
+        if self.video < 0:
+            raise ConfigError(f"video must be >= 0 rollouts per task, got {self.video}.")
+        if self.episode_timeout_s is not None and not self.episode_timeout_s > 0:
+            raise ConfigError(
+                f"episode_timeout_s must be positive seconds or None (no limit), got {self.episode_timeout_s}."
+            )
+        if self.memory is not None:
+            check_memory_mode(self.memory, "closed-loop")
+        try:
+            base_suite(self.suite)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        resolve_device(self.device)
+        if self.policy_server is not None:
+            from .remote import parse_address
+
+            try:
+                parse_address(self.policy_server)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None

@@ -1,0 +1,33 @@
+"""In the simulator: a generation resumed by a later commit is not refused, and the dataset's meta/info.json
+lists both commits (its fingerprint does not depend on them)."""
+
+import json
+
+import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
+import pytest
+
+from world_modality import provenance as prov
+from world_modality.data.lerobot import load_dataset
+from world_modality.sim.generate import PROVENANCE_FILE, generate
+
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
+A = {"commit": "aaaaaaa", "dirty": False}
+B = {"commit": "bbbbbbb", "dirty": True}
+
+
+def test_a_generation_continued_by_a_later_commit_records_both(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    staging = tmp_path / "ds.partial"
+    staging.mkdir()
+    # An earlier commit started this generation (settings as generate() writes them) and was stopped.
+    settings = {"suite": "libero_spatial", "tasks": [0], "image_size": 32, "seed": 0, "starts": "fresh placements"}
+    (staging / "settings.json").write_text(json.dumps(settings) + "\n")
+    (staging / PROVENANCE_FILE).write_text(json.dumps(prov.continued(None, A)))
+    monkeypatch.setattr(prov, "provenance", lambda paths=("world_modality",): B)
+    generate("libero_spatial", [0], 1, out, image_size=32, workers=1, seed=0, progress=False, job_timeout_s=300)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["provenance"] == {**A, "continued_by": [B]}
+    before = load_dataset(out).fingerprint()
+    info["provenance"] = prov.continued(None, A)
+    (out / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    assert load_dataset(out).fingerprint() == before
