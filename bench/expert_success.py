@@ -18,6 +18,10 @@ re-measures the named tasks and replaces their rows in the existing results file
 commits.
 
 A task below its suite's bar (BARS) is listed under "below_bar" with the phases its failed episodes ended in.
+
+An episode that raises (a skill not written, a simulator fault) is an error, not an expert failure: counted under
+"errors" (per task with its initial states), left out of every rate and its denominator ("scored", RATE_RULE), and the
+run exits 1.
 """
 
 from __future__ import annotations
@@ -79,17 +83,28 @@ def run_task(job: tuple) -> dict:
             r["placement_seed"] = fresh
             results.append(r)
         instruction = env.task
-    ok = sum(r["success"] for r in results)
-    failed = [(i, r) for i, r in zip(ids, results) if not r["success"]]
+    return task_row(task_id, instruction, ids, results, round(time.time() - t0, 1))
+
+
+def task_row(task_id: int, instruction: str, ids: list[int], results: list[dict], seconds: float) -> dict:
+    """One task's figures from its episodes' results. An episode that ended in an error says nothing about the
+    expert: it is counted under `errors` and `error_init_states`, and left out of `scored` (the rate's denominator),
+    of `success_rate` (None when every episode errored) and of the failures."""
+    ok = sum(bool(r["success"]) for r in results)
+    errored = [i for i, r in zip(ids, results) if r.get("error")]
+    failed = [(i, r) for i, r in zip(ids, results) if not r["success"] and not r.get("error")]
+    scored = len(ids) - len(errored)
     return {
         "task_id": task_id,
         "instruction": instruction,
         "successes": ok,
         "episodes": len(ids),
-        "errors": sum(bool(r.get("error")) for r in results),
-        "success_rate": ok / max(len(ids), 1),
+        "errors": len(errored),
+        "scored": scored,
+        "success_rate": ok / scored if scored else None,
         "plan": next((r["plan"] for r in results if "plan" in r), None),
         "failed_init_states": [i for i, _ in failed],
+        "error_init_states": errored,
         "failed_phases": {str(i): r["phase"] for i, r in failed},
         # The plan step each failed episode ended in (its index; len(plan) once every step was done) and the
         # phase, with the placement seed that reproduces it (None: a stored initial state).
@@ -97,8 +112,36 @@ def run_task(job: tuple) -> dict:
             str(i): {"plan_step": r.get("plan_step"), "phase": r["phase"], "placement_seed": r["placement_seed"]}
             for i, r in failed
         },
+        "errored_episodes": {
+            str(i): {"phase": r["phase"], "placement_seed": r["placement_seed"]}
+            for i, r in zip(ids, results)
+            if r.get("error")
+        },
         "mean_frames_success": (sum(r["frames"] for r in results if r["success"]) / ok) if ok else None,
-        "seconds": round(time.time() - t0, 1),
+        "seconds": seconds,
+    }
+
+
+RATE_RULE = "success_rate = successes / scored; scored = episodes - errors (errored episodes are left out)"
+
+
+def scored(row: dict) -> int:
+    """A row's episodes that count in its rate (rows written before `scored` was recorded: episodes - errors)."""
+    return row.get("scored", row["episodes"] - row.get("errors", 0))
+
+
+def suite_figures(rows: list[dict]) -> dict:
+    """The suite's totals over task rows: successes over the scored episodes, errors counted apart."""
+    ok, n = sum(r["successes"] for r in rows), sum(scored(r) for r in rows)
+    rates = [r["success_rate"] for r in rows if r["success_rate"] is not None]
+    return {
+        "successes": ok,
+        "episodes": sum(r["episodes"] for r in rows),
+        "errors": sum(r.get("errors", 0) for r in rows),
+        "scored": n,
+        "success_rate": ok / n if n else None,
+        "rate_rule": RATE_RULE,
+        "min_task_success_rate": min(rates, default=None),
     }
 
 
@@ -138,11 +181,17 @@ def attach_reasons(summary: dict) -> dict:
     return summary
 
 
+def percent(rate: float | None) -> str:
+    return "   n/a" if rate is None else f"{100 * rate:6.1f}%"
+
+
 def format_row(r: dict) -> str:
+    """k/n over the scored episodes; errors, left out of the rate, named after the failures."""
+    errors = r.get("errors", 0)
     return (
-        f"{r['task_id']:>4d}  {r['successes']:>3d}/{r['episodes']:<3d} {100 * r['success_rate']:6.1f}%  "
+        f"{r['task_id']:>4d}  {r['successes']:>3d}/{scored(r):<3d} {percent(r['success_rate'])}  "
         f"{r['seconds']:7.1f}s  failed={r['failed_init_states']}"
-        + (f" errors={r['errors']}" if r["errors"] else "")
+        + (f" errors={r.get('error_init_states', errors)} (not in the rate)" if errors else "")
         + f"  {r['instruction']}"
     )
 
@@ -225,11 +274,15 @@ def main() -> None:
     rows.sort(key=lambda r: r["task_id"])
     if old is not None:
         rows = merge_rows(old, rows)
-    ok, n = sum(r["successes"] for r in rows), sum(r["episodes"] for r in rows)
+    figures = suite_figures(rows)
     print(f"\n{'task':>4}  {'k/n':<7} {'%':>7}  {'seconds':>8}  failed init states / instruction")
     for r in rows:
         print(format_row(r))
-    print(f"{args.suite}: {ok}/{n} = {100 * ok / max(n, 1):.1f}%  ({time.time() - t0:.0f}s wall)")
+    errors = f", {figures['errors']} error(s) not in the rate" if figures["errors"] else ""
+    print(
+        f"{args.suite}: {figures['successes']}/{figures['scored']} = {percent(figures['success_rate']).strip()}"
+        f"{errors}  ({time.time() - t0:.0f}s wall)"
+    )
     bar = BARS.get(base_suite(args.suite))
     below = [
         {
@@ -242,7 +295,7 @@ def main() -> None:
             ),
         }
         for r in rows
-        if bar is not None and r["success_rate"] < bar
+        if bar is not None and r["success_rate"] is not None and r["success_rate"] < bar
     ]
     summary = {
         "suite": args.suite,
@@ -252,11 +305,7 @@ def main() -> None:
         "seed": args.seed,
         "control_steps_per_frame": args.control_steps_per_frame,
         "workers": args.workers,
-        "successes": ok,
-        "episodes": n,
-        "errors": sum(r["errors"] for r in rows),
-        "success_rate": ok / max(n, 1),
-        "min_task_success_rate": min((r["success_rate"] for r in rows), default=None),
+        **figures,
         "bar": bar,
         "below_bar": below,
         "wall_seconds": round(time.time() - t0, 1),  # of this run (with --update: of the re-measured tasks)

@@ -21,6 +21,8 @@ from .config import MEMORY_MODES, add_config_flags
 from .errors import run_reporting_errors
 from .sim.suites import STANDARD_SUITES
 
+# Commands that start the simulator: its renderer setting is checked before anything else runs.
+SIMULATOR_COMMANDS = ("generate", "eval", "study", "demo")
 DEVICE_HELP = "where the policy runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: 'auto')"
 
 
@@ -271,9 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(args) -> int:
+    if args.command in SIMULATOR_COMMANDS:
+        from .sim.gl import check_gl_environment
+
+        check_gl_environment()
+    return args.func(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_reporting_errors(f"world-modality {args.command}", args.func, args)
+    return run_reporting_errors(f"world-modality {args.command}", run_command, args)
 
 
 if __name__ == "__main__":

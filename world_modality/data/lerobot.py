@@ -19,6 +19,8 @@ from .lerobot_tables import (
     episode_meta,
     is_string,
     matrix,
+    missing_episode_meta,
+    missing_tasks,
     parquet_error,
     read_info,
     read_tables,
@@ -81,6 +83,10 @@ class LeRobotDataset:
             raise parquet_error(self._data_files[0], e) from None
         columns = schema.names
         inline = {k for k in self.image_keys if self.features[k].get("dtype") == "image"}
+        videos = [k for k in self.image_keys if k not in inline]
+        # Required meta files are named when missing, before any row is read or any other column blamed.
+        if videos and not any((self.root / "meta" / "episodes").glob("**/*.parquet")):
+            raise missing_episode_meta(self.root, videos)
         for role, key in (
             ("episode_id_key", self.episode_id_key),
             ("state_key", self.state_key),
@@ -151,6 +157,8 @@ class LeRobotDataset:
         key = self.instruction_key
         names = table.column_names
         tasks = read_tasks(self.root) if "task_index" in names else None
+        if tasks is None and "task_index" in names and key == "task" and key not in names:
+            raise missing_tasks(self.root)
         available = [c for c in names if is_string(table.schema.field(c).type)]
         if tasks is not None and "task" not in available:
             available.append("task")
@@ -169,8 +177,13 @@ class LeRobotDataset:
             texts = [lookup[i] for i in tidx.tolist()]
         else:
             why = "is not a string column" if key in names else "was not found"
+            gone = ""
+            if tasks is None and "task_index" in names:
+                gone = (
+                    f" ('task' would be: the data's task_index refers to {self.root / 'meta/tasks.parquet'}, missing)"
+                )
             raise DatasetError(
-                f"instruction_key {key!r} {why} in {self.root}; keys that hold instructions: {available} "
+                f"instruction_key {key!r} {why} in {self.root}; keys that hold instructions: {available}{gone} "
                 f"(LeRobot LIBERO keeps the instruction under 'task'); data columns: {names}. "
                 f"Training without an instruction gives a task-agnostic policy."
             )

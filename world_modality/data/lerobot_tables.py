@@ -44,6 +44,25 @@ def is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
 
 
+def missing_tasks(root: Path) -> DatasetError:
+    """The refusal of a dataset whose data name task_index values but whose task table is gone."""
+    return DatasetError(
+        f"missing {root / 'meta' / 'tasks.parquet'}, the task table the data's task_index column refers to; "
+        f"expected one row per task there, its task_index and its instruction (LeRobot v3: meta/tasks.parquet; "
+        f"v2: meta/tasks.jsonl). Restore it from where the dataset came from."
+    )
+
+
+def missing_episode_meta(root: Path, video_keys: list[str] | None = None) -> DatasetError:
+    """The refusal of a dataset without its episode table (`video_keys`: the video features that need it)."""
+    needs = f", the episode table the video features {video_keys} are read through" if video_keys else ""
+    return DatasetError(
+        f"missing {root / 'meta' / 'episodes'}/chunk-*/file-*.parquet{needs}; expected one row per episode "
+        f"there (LeRobot v3: its length, data file, and each video's file and from/to timestamps). Restore it "
+        f"from where the dataset came from."
+    )
+
+
 def read_tasks(root: Path) -> dict[int, str] | None:
     """task_index -> task string, from meta/tasks.parquet (or the older meta/tasks.jsonl)."""
     path = root / "meta" / "tasks.parquet"
@@ -144,10 +163,7 @@ def episode_meta(root: Path, prefixes: tuple[str, ...] | None = None) -> dict[in
     given, so the per-episode statistics are left unread) and the file it came from under "_file"."""
     files = sorted((root / "meta" / "episodes").glob("**/*.parquet"))
     if not files:
-        raise DatasetError(
-            f"no episode metadata under {root / 'meta' / 'episodes'}; "
-            f"expected meta/episodes/chunk-*/file-*.parquet for video features"
-        )
+        raise missing_episode_meta(root)
     out = {}
     for f in files:
         try:

@@ -293,3 +293,40 @@ def test_a_dataset_root_that_is_a_file_says_so(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(DatasetError, match=r"dataset root .*f is a file; expected a LeRobot v3 dataset directory"):
         load_dataset(tmp_path / "f")
+
+
+def test_a_missing_task_table_is_named_not_called_a_missing_instruction_key(tmp_path):
+    """Without meta/tasks.parquet the reader said instruction_key 'task' was not found, with no key holding an
+    instruction, and pointed at task-agnostic training; the file is what is missing."""
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4)
+    (root / "meta/tasks.parquet").unlink()
+    with pytest.raises(DatasetError) as e:
+        load_dataset(root)
+    message = str(e.value)
+    assert message.startswith(f"missing {root / 'meta/tasks.parquet'}, the task table the data's task_index column")
+    assert "its task_index and its instruction" in message and "meta/tasks.jsonl" in message
+    assert "task-agnostic" not in message and "instruction_key" not in message
+    # Another key asked for: still not found, and the missing table is named beside the keys there are.
+    with pytest.raises(
+        DatasetError, match=r"keys that hold instructions: \[\] \('task' would be: .*tasks.parquet, missing"
+    ):
+        load_dataset(root, instruction_key="instruction")
+    # A dataset whose instructions are a data column needs no task table.
+    root = make_fixture_dataset(tmp_path / "col", n_episodes=2, length=4, instruction_column="language_instruction")
+    (root / "meta/tasks.parquet").unlink()
+    assert len(load_dataset(root, instruction_key="language_instruction").episodes) == 2
+
+
+def test_a_missing_episode_table_is_named_at_load(tmp_path):
+    """Video features are read through meta/episodes: without it the dataset loaded, and failed only when a frame
+    was first asked for, in a message that named no file."""
+    import shutil
+
+    root = make_fixture_dataset(tmp_path / "ds", n_episodes=2, length=4, image_size=16, use_videos=True)
+    shutil.rmtree(root / "meta/episodes")
+    with pytest.raises(DatasetError) as e:
+        load_dataset(root)
+    assert str(e.value).startswith(
+        f"missing {root / 'meta/episodes'}/chunk-*/file-*.parquet, the episode table the video features "
+        f"{list(KEYS)} are read through; expected one row per episode there"
+    )

@@ -12,14 +12,28 @@ import torch
 
 from ..evaluate.remote import EPISODE_KEY, RESET_KEY, STEP_KEY, WORLD_KEY
 from ..evaluate.runner import PolicyRunner, model_inputs
+from .checks import (
+    MAX_INSTRUCTION_CHARS,
+    MAX_INSTRUCTIONS,
+    SEED_MAX,
+    BadRequest,
+    array,
+    episode_id,
+    frames,
+    instruction,
+    integer,
+    max_message_bytes,
+    show,
+)
 
 STATE_KEY, TASK_KEY = "observation.state", "task"
 MAX_EPISODES = 4096  # episodes whose noise stream the server keeps; the least recently used goes first
 
 
 class Request(NamedTuple):
-    """A checked request: the observation (without its world window and episode keys), the window, and the
-    client's episode and chunk index in it (None for a plain openpi request, which uses the shared stream)."""
+    """A checked request: the observation (its cameras, state and instruction, nothing else), the world window,
+    and the client's episode and chunk index in it (None for a plain openpi request, which uses the shared
+    stream)."""
 
     obs: dict
     window: np.ndarray | None
@@ -34,23 +48,6 @@ class _Episode:
     def __init__(self, generator, rng, eligible):
         self.generator, self.rng, self.eligible = generator, rng, eligible
         self.step, self.last = -1, None
-
-
-class BadRequest(ValueError):
-    """A request the policy cannot answer (a missing key, a wrong shape or dtype, a non-finite number)."""
-
-
-def _array(obs: dict, key: str) -> np.ndarray:
-    if key not in obs:
-        raise BadRequest(f"the observation lacks {key!r} (it has {sorted(map(str, obs))}).")
-    value = obs[key]
-    if not isinstance(value, np.ndarray):
-        raise BadRequest(f"{key!r} must be a numpy array, got {type(value).__name__}.")
-    if value.dtype.kind not in "uif":
-        raise BadRequest(f"{key!r} must hold numbers, got dtype {value.dtype}.")
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise BadRequest(f"{key!r} holds NaN or infinite values.")
-    return value
 
 
 class BatchedPolicy:
@@ -68,6 +65,10 @@ class BatchedPolicy:
 
         self._sha = weights_sha256(runner.checkpoint)  # once: clients compare it with the checkpoint they name
         r = runner
+        self.state_dim = int(r.policy.shapes.state_dim)
+        world_camera = r.world_key if r.uses_world and r.world_state_names is None else None
+        states = len(r.world_state_names) if r.uses_world and r.world_state_names is not None else None
+        self.max_message_bytes = max_message_bytes(r.render_sizes, r.num_frames, world_camera, states)
         # Requests of episodes are stacked only when nothing is drawn: one batch shares one noise stream.
         self.draws_noise = type(r.policy.head).__name__ == "FlowHead" or r.memory_mode in ("random", "shuffle")
 
@@ -89,21 +90,28 @@ class BatchedPolicy:
             "world_state_names": r.world_state_names,
             "image_size": int(r.cfg.data.image_size),
             "weights_sha256": self._sha,
+            "state_dim": self.state_dim,
+            "max_instruction_chars": MAX_INSTRUCTION_CHARS,
+            "max_message_bytes": self.max_message_bytes,
         }
 
     def check_reset(self, message: dict) -> tuple[str, int, list[str]]:
-        """A reset message's (episode, seed, instructions), or BadRequest."""
+        """A reset message's (episode, seed, instructions), or BadRequest naming the field."""
         body = message[RESET_KEY]
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get(EPISODE_KEY), str)
-            or not isinstance(body.get("seed"), int)
-            or not all(isinstance(t, str) for t in body.get("instructions", []))
-        ):
+        if not isinstance(body, dict):
             raise BadRequest(
-                f"a reset needs {EPISODE_KEY!r} (a string), 'seed' (an int) and 'instructions' (strings), got {body!r}."
+                f"{RESET_KEY!r} must be a map of {EPISODE_KEY!r}, 'seed' and 'instructions', got "
+                f"{type(body).__name__} {show(body)}."
             )
-        return body[EPISODE_KEY], body["seed"], list(body.get("instructions", []))
+        episode = episode_id(body.get(EPISODE_KEY), f"reset {EPISODE_KEY!r}")
+        seed = integer(body.get("seed"), "reset 'seed'", 0, SEED_MAX, f"an integer in [0, {SEED_MAX}]")
+        instructions = body.get("instructions", [])
+        if not isinstance(instructions, (list, tuple)) or len(instructions) > MAX_INSTRUCTIONS:
+            raise BadRequest(
+                f"reset 'instructions' must be a list of at most {MAX_INSTRUCTIONS} strings, got "
+                f"{type(instructions).__name__} {show(instructions)}."
+            )
+        return episode, seed, [instruction(t, f"reset 'instructions'[{i}]") for i, t in enumerate(instructions)]
 
     def reset_episode(self, episode: str, seed: int, instructions: list[str]) -> None:
         """Start `episode` with the noise state `PolicyRunner.reset(seed, instructions)` gives (anew if it exists)."""
@@ -120,39 +128,38 @@ class BatchedPolicy:
             self._episodes.popitem(last=False)
 
     def check(self, obs) -> Request:
-        """The checked request, or BadRequest saying what is wrong."""
+        """The checked request, or BadRequest naming the field, what was received and what was expected. Only the
+        keys the model reads are kept: anything else a client sends along never reaches it."""
         if not isinstance(obs, dict):
             raise BadRequest(f"a request must be a map of observation keys, got {type(obs).__name__}.")
         r = self.runner
-        for key in r.image_keys:
-            image = _array(obs, key)
-            if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-                raise BadRequest(f"camera {key!r} must be (H, W, 3) uint8, got {image.shape} {image.dtype}.")
-        state = _array(obs, STATE_KEY)
-        if state.ndim != 1:
-            raise BadRequest(f"{STATE_KEY!r} must be one vector, got shape {state.shape}.")
-        if not isinstance(obs.get(TASK_KEY), str):
-            raise BadRequest(f"the observation needs {TASK_KEY!r}, the instruction as a string.")
+        kept = {key: frames(obs, key, (), r.render_sizes[key], "camera") for key in r.image_keys}
+        d = self.state_dim
+        state = array(obs, STATE_KEY, f"a vector of {d} numbers (the checkpoint's state dimension)")
+        if state.shape != (d,):
+            raise BadRequest(
+                f"{STATE_KEY!r} must be a vector of {d} numbers (the checkpoint's state dimension), "
+                f"got shape {tuple(state.shape)}."
+            )
+        if TASK_KEY not in obs:
+            raise BadRequest(f"the observation lacks {TASK_KEY!r}, the instruction as a string.")
+        kept.update({STATE_KEY: state, TASK_KEY: instruction(obs[TASK_KEY], repr(TASK_KEY))})
         window = None
-        if r.uses_world:
-            window = _array(obs, WORLD_KEY)
-            if r.world_state_names is not None:
-                want = (r.num_frames, len(r.world_state_names))
-                if window.shape != want:
-                    raise BadRequest(f"{WORLD_KEY!r} must be {want} object states, got {window.shape}.")
-            elif (
-                window.ndim != 4 or window.shape[0] != r.num_frames or window.shape[-1] != 3 or window.dtype != np.uint8
-            ):
-                raise BadRequest(
-                    f"{WORLD_KEY!r} must be ({r.num_frames}, H, W, 3) uint8, got {window.shape} {window.dtype}."
-                )
+        if r.uses_world and r.world_state_names is not None:
+            want = (r.num_frames, len(r.world_state_names))
+            window = array(obs, WORLD_KEY, f"{want} object states")
+            if window.shape != want:
+                raise BadRequest(f"{WORLD_KEY!r} must be {want} object states, got shape {tuple(window.shape)}.")
+        elif r.uses_world:
+            size = r.render_sizes[r.world_key]
+            window = frames(obs, WORLD_KEY, (r.num_frames,), size, "the world window", camera=r.world_key)
         episode, step = obs.get(EPISODE_KEY), obs.get(STEP_KEY)
-        if (episode is None) != (step is None) or not (
-            episode is None or isinstance(episode, str) and isinstance(step, int)
-        ):
+        if (episode is None) != (step is None):
             raise BadRequest(f"{EPISODE_KEY!r} (a string) and {STEP_KEY!r} (an int) come together or not at all.")
-        rest = {k: v for k, v in obs.items() if k not in (WORLD_KEY, EPISODE_KEY, STEP_KEY)}
-        return Request(rest, window, episode, step)
+        if episode is not None:
+            episode = episode_id(episode, repr(EPISODE_KEY))
+            step = integer(step, repr(STEP_KEY), 0, 2**63 - 1, "a chunk index >= 0")
+        return Request(kept, window, episode, step)
 
     def act_batch(self, requests: list[Request]) -> list[np.ndarray | BadRequest]:
         """Checked requests -> their chunks, or a BadRequest for an episode step out of turn. One request is

@@ -2,15 +2,19 @@
 On connect the server sends its metadata; each client message is an observation, each reply {"actions": (chunk,
 action_dim) float32, "server_timing": {...}} or {"error": "..."}. Requests arriving within `batch_window_ms` of each
 other go through the model as one batch. `GET /healthz` answers OK; `GET /stats` answers JSON counts of the batches run
-so far by size (requests, batches, batch_sizes), and stopping logs them."""
+so far by size (requests, batches, batch_sizes), and stopping logs them. Each request is checked field by field
+against what the metadata advertises (`checks.py`) before the model thread sees it, and a message longer than the
+advertised `max_message_bytes` closes its connection (WebSocket code 1009) unread."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import http
 import json
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -18,11 +22,41 @@ from collections import Counter
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from ..config import ConfigError
 from ..evaluate import wire
 from ..evaluate.remote import RESET_KEY
 from .batched import BadRequest, BatchedPolicy
 
 log = logging.getLogger(__name__)
+
+
+def listen_error(host: str, port: int, err: OSError) -> ConfigError:
+    """The one-line refusal of an address the server cannot listen on."""
+    if err.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"--port {port} on {host} is already in use ({err.strerror or err}); stop what listens there, "
+            f"or choose another --port (0: any free port)."
+        )
+    return ConfigError(
+        f"cannot listen on {host}:{port} ({err}); expected --host to be an address of this machine "
+        f"(127.0.0.1, or 0.0.0.0 for every interface) and --port one it may open (0: any free port)."
+    )
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """ConfigError unless `host`:`port` can be bound now, tried as asyncio binds it (SO_REUSEADDR, every address
+    `host` resolves to): before the checkpoint loads, so a busy port costs no wait."""
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as err:
+        raise listen_error(host, port, err) from None
 
 
 class PolicyServer:
@@ -43,6 +77,7 @@ class PolicyServer:
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._error: Exception | None = None  # why `start()`'s thread could not serve
         self.batch_sizes: Counter[int] = Counter()  # batches run so far, by how many requests each held
         # The model runs on one worker thread, so the event loop keeps accepting (and batching) meanwhile.
         self._model = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
@@ -52,11 +87,20 @@ class PolicyServer:
         asyncio.run(self._main())
 
     def start(self, timeout: float = 30.0) -> int:
-        self._thread = threading.Thread(target=self.run, name="policy-server", daemon=True)
+        self._thread = threading.Thread(target=self._run_in_thread, name="policy-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("the policy server did not start listening in time")
+        if self._error is not None:
+            raise self._error
         return self.port
+
+    def _run_in_thread(self) -> None:
+        try:
+            self.run()
+        except Exception as err:  # noqa: BLE001 -- raised again by start(), in the caller's thread
+            self._error = err
+            self._ready.set()
 
     def stop(self) -> None:
         if self._loop is not None and self._stopping is not None and not self._loop.is_closed():  # once is enough
@@ -69,15 +113,25 @@ class PolicyServer:
         self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
         self._queue: asyncio.Queue = asyncio.Queue()
         batcher = asyncio.create_task(self._batcher())
-        async with serve(
-            self._handle, self.host, self.port, compression=None, max_size=None, process_request=self._health
-        ) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            log.info("serving %s on ws://%s:%d", self.policy.runner.checkpoint, self.host, self.port)
-            self._ready.set()
-            await self._stopping.wait()
-            server.close()
-            await server.wait_closed()
+        try:
+            # A message past max_size closes its connection (code 1009, the limit named) before it is read.
+            server = await serve(
+                self._handle,
+                self.host,
+                self.port,
+                compression=None,
+                max_size=self.policy.max_message_bytes,
+                process_request=self._health,
+            )
+        except OSError as err:
+            batcher.cancel()
+            raise listen_error(self.host, self.port, err) from None
+        self.port = next(iter(server.sockets)).getsockname()[1]
+        log.info("serving %s on ws://%s:%d", self.policy.runner.checkpoint, self.host, self.port)
+        self._ready.set()
+        await self._stopping.wait()
+        server.close()
+        await server.wait_closed()
         batcher.cancel()
         log.info("stopped; %s", json.dumps(self.stats()))
 
@@ -187,6 +241,7 @@ def serve_checkpoint(
     """The command line's `serve`: load the checkpoint once, serve until interrupted."""
     from ..evaluate.runner import PolicyRunner
 
+    check_can_listen(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     runner = PolicyRunner(checkpoint, memory_mode=memory_mode, seed=seed, device=device)
     server = PolicyServer(BatchedPolicy(runner), host=host, port=port, batch_window_ms=batch_window_ms)

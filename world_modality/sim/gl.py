@@ -1,5 +1,6 @@
 """Pick the MuJoCo OpenGL backend (EGL or OSMesa) and quiet robosuite's setup notices, before robosuite is
-imported."""
+imported. `check_gl_environment` refuses a MUJOCO_GL the simulator cannot render with before anything starts: left to
+robosuite's import, it failed inside each simulator worker, once per episode."""
 
 from __future__ import annotations
 
@@ -7,7 +8,22 @@ import glob
 import logging
 import os
 
+from ..config import ConfigError
+
 GL_BACKENDS = ("egl", "osmesa")
+
+
+def check_gl_environment() -> str:
+    """The MUJOCO_GL the user set (lower-cased; '' when unset, for the automatic choice), or ConfigError when it
+    names no off-screen backend: the simulator renders without a display, with EGL or OSMesa only."""
+    raw = os.environ.get("MUJOCO_GL", "")
+    current = raw.strip().lower()
+    if current and current not in GL_BACKENDS:
+        raise ConfigError(
+            f"MUJOCO_GL={raw!r} is not a renderer the simulator can use; expected 'egl' or 'osmesa' "
+            f"(off-screen rendering), or MUJOCO_GL unset for the automatic choice."
+        )
+    return current
 
 
 def has_gpu_render_node() -> bool:
@@ -20,7 +36,7 @@ def select_gl(render_mode: str = "auto") -> str:
     """Set MUJOCO_GL / PYOPENGL_PLATFORM once per process and return the backend in use."""
     if render_mode not in ("auto", *GL_BACKENDS):
         raise ValueError(f"render_mode must be 'auto', 'egl' or 'osmesa', got {render_mode!r}.")
-    current = os.environ.get("MUJOCO_GL", "").strip().lower()
+    current = check_gl_environment()
     if current:
         # An explicit MUJOCO_GL (the user's override, or an earlier call) wins over 'auto'; a
         # different explicit request cannot be honoured because robosuite binds it at import.
