@@ -114,7 +114,9 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from .evaluate.closed_loop import evaluate
+    from .sim.gl import check_gl_environment
 
+    check_gl_environment()  # a renderer the simulator cannot use is named before any worker starts
     result = evaluate(settings_from_args(args))
     print(format_run(result))
     return 1 if result.errors else 0

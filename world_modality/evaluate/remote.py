@@ -24,6 +24,9 @@ from .runner import PolicyRunner
 WORLD_KEY, EPISODE_KEY, STEP_KEY, RESET_KEY = "world_frames", "episode_id", "episode_step", "reset"
 
 
+MESSAGE_TOO_BIG = 1009  # the WebSocket close code of a server that will not read a message this long
+
+
 class ServerLost(ConnectionError):
     """The policy server could not be reached again after a lost connection, with every retry spent."""
 
@@ -74,6 +77,10 @@ class PolicyClient:
                     self._connect()
                 return call()
             except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as err:
+                closed = getattr(err, "rcvd", None)
+                if closed is not None and closed.code == MESSAGE_TOO_BIG:
+                    self.close()  # resending the same message would be refused the same way
+                    raise RequestRefused(f"policy server {self.uri} refused the request: {closed.reason}") from None
                 errors.append(f"{type(err).__name__}: {err}")
                 self.close()
         raise ServerLost(f"policy server {self.uri} lost: {1 + self.retries} tries failed ({errors[-1]}).")

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
 from world_modality.evaluate import wire
-from world_modality.evaluate.remote import EPISODE_KEY, RESET_KEY, STEP_KEY, WORLD_KEY, PolicyClient
+from world_modality.evaluate.remote import EPISODE_KEY, RESET_KEY, STEP_KEY, WORLD_KEY, PolicyClient, RequestRefused
 from world_modality.evaluate.runner import PolicyRunner
 from world_modality.serve.batched import BatchedPolicy
 from world_modality.serve.checks import MAX_INSTRUCTION_CHARS, SEED_MAX
@@ -177,6 +177,10 @@ def test_a_message_past_the_limit_closes_its_connection_naming_the_limit(served)
         with pytest.raises(ConnectionClosedError) as closed:
             ws.recv(timeout=REPLY_S)
     assert closed.value.rcvd.code == 1009 and f"limit of {limit} bytes" in closed.value.rcvd.reason
+    client = PolicyClient("127.0.0.1", port, retries=3, backoff_s=0.01)
+    with pytest.raises(RequestRefused, match=f"limit of {limit} bytes"):  # refused once, not resent as a lost server
+        client.infer(obs)
+    client.close()
     # The server goes on; keys beyond the model's inputs are dropped, not passed to it.
     reply = ask(port, {**observation(5, server.policy.runner.num_frames), "junk": np.zeros(10, np.uint8), "text": "x"})
     assert reply["actions"].shape[0] == server.policy.runner.chunk_size

@@ -263,7 +263,9 @@ def generate(
             submit_more()
     bar.close()
     if errors:
-        raise RuntimeError(
+        from ..errors import RunFailed
+
+        raise RunFailed(
             f"{len(errors)} generation attempt(s) raised an error (not an expert failure): "
             f"{'; '.join(errors[:3])}{' ...' if len(errors) > 3 else ''}. Finished attempts are kept in "
             f"{staging}; fix the cause and run the same command again to retry them."
