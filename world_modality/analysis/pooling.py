@@ -2,7 +2,9 @@
 training seeds. A run's experiment is its config "preset"; its training seed is config train.seed (else "seed<N>"
 in the folder name, else the folder name). Runs that share a preset are seeds of one experiment.
 
-Every seed is evaluated on the same (suite, task, initial state) episodes, so pooled pairs are clustered by those:
+A pair is two episodes of one start run under one protocol (protocol.py): pairs whose step limit or evaluation
+seed differ are refused and listed apart. Every seed is evaluated on the same (suite, task, initial state)
+episodes, so pooled pairs are clustered by those:
 the pooled p-value is a cluster sign-flip permutation test and the pooled interval a cluster bootstrap
 (stats.clustered_paired_comparison); the exact McNemar test is kept per seed, where pairs are one per cluster.
 Pure statistics over loaded runs: no plotting, no model code (the report's sections and tables show the results)."""
@@ -15,6 +17,7 @@ from collections import Counter
 import numpy as np
 
 from ..evaluate.episodes import outcome
+from .protocol import protocol_of, split_by_protocol
 from .stats import clustered_paired_comparison, paired_comparison, usable_pairs, wilson_interval
 
 
@@ -28,19 +31,70 @@ def seed_key(seed) -> tuple:
     return _seed_order({"seed": seed})
 
 
-def pair_keys(episodes: list[dict], errors: list[dict] = ()) -> tuple[dict, int]:
-    """(suite, task_id, init_index) -> success, or None where that initial state only ended in errors (so the pair
-    is left out and counted as such); several seeds at one initial state keep the lowest seed that finished."""
+def chosen_records(episodes: list[dict], errors: list[dict] = ()) -> tuple[dict, int]:
+    """(suite, task_id, init_index) -> (the record a pair uses, whether it is an error): several evaluation seeds at
+    one initial state keep the lowest seed that finished; an initial state that only ended in errors keeps its
+    error (so the pair is left out and counted as such). Also the count of extra finished records set aside."""
     out, extra = {}, 0
     for e in sorted(episodes, key=_seed_order):
         key = (e["suite"], e["task_id"], e["init_index"])
         if key in out:
             extra += 1
             continue
-        out[key] = outcome(e) == "success"
+        out[key] = (e, False)
     for e in errors:
-        out.setdefault((e["suite"], e["task_id"], e["init_index"]), None)
+        out.setdefault((e["suite"], e["task_id"], e["init_index"]), (e, True))
     return out, extra
+
+
+def record_protocol(e: dict, run: dict) -> dict | None:
+    """An episode's protocol: its eval folder's identity (runs.load_episodes sets "_identity"), else the run's
+    "protocol", else None (not recorded)."""
+    return protocol_of(e.get("_identity")) or run.get("protocol") or None
+
+
+def side(runs: list[dict], seeded: bool) -> tuple[dict, dict, int, list[str]]:
+    """One arm's pairs: key -> outcome, key -> protocol, the extra evaluation seeds set aside, and the runs with an
+    episode whose protocol is not recorded. Keys are (suite, task_id, init_index), led by the training seed when
+    seeded."""
+    vals, prots, extra, missing = {}, {}, 0, []
+    for r in runs:
+        recs, x = chosen_records(r["head"], r.get("head_errors", []))
+        prefix = (r["train_seed"],) if seeded else ()
+        for k, (e, err) in recs.items():
+            vals[(*prefix, *k)] = None if err else outcome(e) == "success"
+            prots[(*prefix, *k)] = record_protocol(e, r)
+            if prots[(*prefix, *k)] is None:
+                missing.append(f"{r['preset']} training seed {r['train_seed']}" if seeded else r["name"])
+        extra += x
+    return vals, prots, extra, list(dict.fromkeys(missing))
+
+
+def acting(runs: list[dict]) -> str:
+    """How an arm acts (its own settings, never part of the protocol): the replanning interval its evaluations
+    recorded and the chunk length of its config."""
+    replan = sorted({(e.get("_identity") or {}).get("replan_every") for r in runs for e in r["head"]} - {None})
+    chunk = sorted({((r.get("config") or {}).get("policy") or {}).get("chunk_size") for r in runs} - {None})
+    text = f"replans every {', '.join(map(str, replan))} frame(s)" if replan else "replanning interval not recorded"
+    return text + (f" of {', '.join(map(str, chunk))}-action chunks" if chunk else "")
+
+
+def match_sides(sa: tuple, sb: tuple) -> dict:
+    """Two sides (side()'s tuples) matched under protocol.split_by_protocol, with the runs that recorded no protocol
+    where a kept pair depends on them."""
+    split = split_by_protocol(sa[0], sb[0], sa[1], sb[1])
+    split["protocol_not_recorded"] = list(dict.fromkeys(sa[3] + sb[3])) if split["unknown"] else []
+    split["extra"] = (sa[2], sb[2])
+    return split
+
+
+def pooled_sides(runs: list[dict], pair: tuple[str, str]) -> dict:
+    """The pooled pairs of the two presets, keyed by (training seed, suite, task_id, init_index), after refusing
+    pairs run under different protocols (match_sides)."""
+    arms = [[r for r in runs if r["preset"] == p and evaluated(r)] for p in pair]
+    m = match_sides(*(side(rs, True) for rs in arms))
+    m["acting"] = {"a": acting(arms[0]), "b": acting(arms[1])}
+    return m
 
 
 def cluster_of(key: tuple) -> tuple:
@@ -119,15 +173,11 @@ def choose_pooled_pair(runs: list[dict], compare: tuple[str, str] | None) -> tup
 
 def pooled_paired(runs: list[dict], pair: tuple[str, str]) -> dict | None:
     """Pairs keyed by (training seed, suite, task_id, init_index): pooled, clustered_paired_comparison with clusters
-    (suite, task_id, init_index); per training seed, paired_comparison (exact McNemar). Errors are left out."""
-    sides, extra = [{}, {}], [0, 0]
-    for i, p in enumerate(pair):
-        for r in runs:
-            if r["preset"] == p and evaluated(r):
-                keys, x = pair_keys(r["head"], r.get("head_errors", []))
-                sides[i].update({(r["train_seed"], *k): v for k, v in keys.items()})
-                extra[i] += x
-    a, b = sides
+    (suite, task_id, init_index); per training seed, paired_comparison (exact McNemar). Errors are left out, and so
+    are pairs whose two episodes ran under different protocols (a run's "protocol", or its eval folders' identity):
+    those are listed in "refused", grouped by their two protocols. None when no usable pair is left."""
+    m = pooled_sides(runs, pair)
+    a, b = m["a"], m["b"]
     if not usable_pairs(a, b):
         return None
     per_seed = {}
@@ -135,23 +185,7 @@ def pooled_paired(runs: list[dict], pair: tuple[str, str]) -> dict | None:
         sa, sb = ({k: v for k, v in d.items() if k[0] == s} for d in (a, b))
         if usable_pairs(sa, sb):
             pc = paired_comparison(sa, sb)
-            per_seed[s] = {
-                k: pc[k]
-                for k in (
-                    "n_pairs",
-                    "success_a",
-                    "success_b",
-                    "rate_a",
-                    "rate_b",
-                    "diff",
-                    "diff_ci",
-                    "diff_ci_method",
-                    "b_only",
-                    "a_only",
-                    "error_pairs",
-                    "p",
-                )
-            }
+            per_seed[s] = {k: pc[k] for k in _PER_SEED}
             per_seed[s]["test"] = f"{pc['test']} (per seed)"
     diffs = [v["diff"] for v in per_seed.values()]
     return {
@@ -165,5 +199,39 @@ def pooled_paired(runs: list[dict], pair: tuple[str, str]) -> dict | None:
             "a": sorted({k[0] for k in a} - set(per_seed), key=seed_key),
             "b": sorted({k[0] for k in b} - set(per_seed), key=seed_key),
         },
-        "extra_eval_seeds": {"a": extra[0], "b": extra[1]},
+        "extra_eval_seeds": {"a": m["extra"][0], "b": m["extra"][1]},
+        **protocol_summary(m),
+    }
+
+
+_PER_SEED = (
+    "n_pairs",
+    "success_a",
+    "success_b",
+    "rate_a",
+    "rate_b",
+    "diff",
+    "diff_ci",
+    "diff_ci_method",
+    "b_only",
+    "a_only",
+    "error_pairs",
+    "p",
+)
+
+
+def protocol_summary(m: dict) -> dict:
+    """The protocol part of a comparison's result: refused pairs, runs without a recorded protocol and fields only
+    one side records (and the sentence saying so), the protocols the kept pairs share, and how each arm acts."""
+    missing, one_sided = m["protocol_not_recorded"], m.get("one_sided", [])
+    note = [f"protocol not recorded for: {', '.join(missing)}"] if missing else []
+    note += [f"recorded by one side only: {', '.join(map(str, one_sided))}"] if one_sided else []
+    return {
+        "refused": m["refused"],
+        "n_refused": m["n_refused"],
+        "protocols": m["protocols"],
+        "protocol_not_recorded": missing,
+        "protocol_fields_one_side": one_sided,
+        "protocol_note": "; ".join(note) or None,
+        "acting": m.get("acting"),
     }

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .plots import plot_training_curves
-from .pooling import assign_seeds, choose_pooled_pair, pool_runs, pooled_paired
+from .pooling import assign_seeds, choose_pooled_pair, pool_runs, pooled_paired, pooled_sides
 from .render import render_html, render_md
 from .runs import headline_mode, load_run
-from .sections import overlap_blocks, overlap_warnings, success_blocks, summary_blocks
+from .sections import apart_warnings, overlap_blocks, overlap_warnings, success_blocks, summary_blocks
 from .sections_detail import ablation_blocks, offline_vs_closed_blocks, pooled_blocks, probe_blocks, strip_blocks
 from .stats import summarize_episodes
-from .tables import paired_blocks, pooled_paired_blocks
+from .tables import paired_blocks, pooled_paired_blocks, step_cell
 
 
 def _choose_compare(runs: list[dict], compare: tuple[str, str] | None, multi: bool) -> tuple[str, str] | None:
@@ -63,6 +63,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
         "images": images,
         "pooled": {},
         "paired_pooled": None,
+        "set_apart": {r["name"]: r["set_apart"] for r in runs if r["set_apart"]},
     }
     for r in runs:
         r["mode"] = headline_mode(r)
@@ -79,6 +80,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
                 "rate": o["rate"],
                 "ci": o["ci"],
                 "errors": o["errors"],
+                "checkpoint_step": step_cell(r["head"] + r["head_errors"]),
             }
     evald = [r for r in runs if r["episodes"] or r["errors"]]
     result["overlap"] = {
@@ -91,10 +93,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
     pair = _choose_compare(runs, compare, multi)
     result["pooled"], ppair = pool_runs(runs), choose_pooled_pair(runs, compare)
     result["paired_pooled"] = pooled_paired(runs, ppair) if ppair else None
+    pooled_match = pooled_sides(runs, ppair) if ppair and result["paired_pooled"] is None else None
 
     blocks: list[tuple] = [
         ("h", 1, "World-modality evaluation report"),
         *overlap_warnings(evald),
+        *apart_warnings(runs),
         *summary_blocks(runs, evald, pair, ppair if multi else None),
         ("h", 2, "Training curves"),
     ]
@@ -113,7 +117,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, compare: t
     blocks += ablation_blocks(runs, evald, out_dir, images)
     blocks += paired_blocks(runs, pair, result, multi)
     if multi:
-        blocks += pooled_paired_blocks(ppair, result["paired_pooled"])
+        blocks += pooled_paired_blocks(ppair, result["paired_pooled"], pooled_match)
     blocks += offline_vs_closed_blocks(runs)
     blocks += probe_blocks(runs)
     blocks += strip_blocks(runs, out_dir, images)

@@ -1,6 +1,10 @@
 """Loading training runs for the report: config, metrics, offline and probe results, and closed-loop episodes
 (shards merged, duplicates and retried errors resolved, each eval folder's overlap check), and the frames and
-outcome of an episode video. Reads files only; no model is run."""
+outcome of an episode video. Reads files only; no model is run.
+
+Only evaluations of one identity merge into a rate (identity.py): per suite and memory mode, the eval folders
+whose settings.json "identity" differs from the headline one (the newest checkpoint step, then the most
+episodes, then the longest step limit) are set apart, listed with their own counts and differing fields."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 from ..evaluate.episodes import episode_key, is_error, outcome, resolve
 from ..jsonl import read_jsonl
+from .identity import one_identity
 
 
 def read_json(path: Path) -> dict:
@@ -23,21 +28,24 @@ def read_json(path: Path) -> dict:
 
 
 def load_episodes(run_dir: Path) -> dict:
-    """All closed-loop episodes of a run (shards merged), each (suite, task_id, init_index, memory, seed) once.
+    """All closed-loop episodes of a run (shards merged), each (suite, task_id, init_index, memory, seed) once, from
+    evaluations of one identity per (suite, memory) (see the module docstring; the others are "set_apart").
 
     "episodes": the finished ones (success or failure), the first line written per key; "errors": the keys that
     only ever ended in an error (an exception, not the policy's), their last error each; "retried_errors": error
     lines whose key a rerun then finished (not counted anywhere else); "duplicates"/"conflicts": extra finished
-    lines of a key, and those with another outcome; "evals": each eval folder's overlap check (its settings.json).
+    lines of a key, and those with another outcome; "evals": each merged eval folder's overlap check and identity
+    (its settings.json). Each record carries its folder ("_source") and that folder's identity ("_identity").
     """
     recs: list[dict] = []
     bad = 0
     files = sorted((run_dir / "eval").glob("**/episodes*.jsonl"))
+    settings = {d: _read_settings(d) for d in sorted({f.parent for f in files})}
     for f in files:
         lines, n_bad = read_jsonl(f)
         bad += n_bad
         for r in lines:
-            r = {**r, "memory": r.get("memory") or "none", "_source": f.parent}
+            r = {**r, "memory": r.get("memory") or "none", "_source": f.parent, "_identity": settings[f.parent][1]}
             missing = [k for k in ("suite", "task_id", "init_index", "success") if k not in r]
             if missing:
                 raise ValueError(
@@ -48,12 +56,16 @@ def load_episodes(run_dir: Path) -> dict:
             except ValueError as e:
                 raise ValueError(f"an episode in {f}: {e}") from None
             recs.append(r)
+    recs, apart = one_identity(recs)
+    apart_only = {a["dir"] for a in apart} - {r["_source"] for r in recs}
+    files = [f for f in files if f.parent not in apart_only]
     finished, errors = resolve(recs)  # the first finished line per key; a resumed evaluator may rewrite it
     first = {episode_key(r): r for r in finished}
     repeats = [r for r in recs if not is_error(r) and first[episode_key(r)] is not r]
     conflicts = sum(outcome(r) != outcome(first[episode_key(r)]) for r in repeats)
     retried = sum(1 for r in recs if is_error(r) and episode_key(r) in first)
-    evals = [_eval_folder(d, [r for r in finished if r["_source"] == d]) for d in sorted({f.parent for f in files})]
+    folders = sorted({f.parent for f in files})
+    evals = [_eval_folder(d, settings[d], [r for r in finished if r["_source"] == d]) for d in folders]
     return {
         "episodes": finished,
         "errors": errors,
@@ -63,28 +75,36 @@ def load_episodes(run_dir: Path) -> dict:
         "conflicts": conflicts,
         "bad_lines": bad,
         "evals": evals,
+        "set_apart": apart,
     }
 
 
-def _eval_folder(folder: Path, episodes: list[dict]) -> dict:
-    """One eval folder's overlap check from its settings.json (None when the evaluation predates the check) and the
-    episodes it evaluated despite an overlap with the training starts (train_overlap)."""
-    settings, note = folder / "settings.json", None
-    overlap = None
-    if not settings.exists():
-        note = "no settings.json"
-    else:
-        try:
-            data = json.loads(settings.read_text())
-        except json.JSONDecodeError:
-            data, note = {}, "settings.json unreadable"
-        overlap = data.get("overlap") if isinstance(data, dict) else None
-        if not isinstance(overlap, dict):
-            overlap, note = None, note or "settings.json has no overlap record: evaluated before the check existed"
+def _read_settings(folder: Path) -> tuple[dict, dict | None, str | None]:
+    """(settings.json, its identity or None, a note on why either is missing)."""
+    path = folder / "settings.json"
+    if not path.exists():
+        return {}, None, "no settings.json"
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}, None, "settings.json unreadable"
+    if not isinstance(data, dict):
+        return {}, None, "settings.json unreadable"
+    identity = data.get("identity")
+    return data, identity if isinstance(identity, dict) else None, None
+
+
+def _eval_folder(folder: Path, settings: tuple, episodes: list[dict]) -> dict:
+    """One eval folder's overlap check from its settings.json (None when the evaluation predates the check), its
+    identity, and the episodes it evaluated despite an overlap with the training starts (train_overlap)."""
+    data, identity, note = settings
+    overlap = data.get("overlap")
+    if not isinstance(overlap, dict):
+        overlap, note = None, note or "settings.json has no overlap record: evaluated before the check existed"
     flagged = sorted(
         ((e["suite"], e["task_id"], e["init_index"], e["memory"]) for e in episodes if e.get("train_overlap")), key=repr
     )
-    return {"dir": folder, "overlap": overlap, "note": note, "train_overlap": flagged}
+    return {"dir": folder, "overlap": overlap, "note": note, "train_overlap": flagged, "identity": identity}
 
 
 def load_run(run_dir: str | Path) -> dict:

@@ -7,8 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 from ..evaluate.episodes import outcome
+from .identity import apart_text
 from .plots import plot_success_bars
-from .tables import ci_pct, fmt, pct, rate_cell
+from .tables import ci_pct, fmt, pct, rate_cell, step_cell
 
 
 def success_bar(o: dict) -> dict:
@@ -31,13 +32,13 @@ def summary_blocks(runs: list[dict], evald: list[dict], pair, pooled_pair=None) 
         text += "There are no closed-loop results; only training curves and offline metrics are shown. "
     if pair:
         text += (
-            f"The paired A/B comparison is {pair[1]} against {pair[0]} over identical (suite, task, initial "
-            "state) episodes. "
+            f"The paired A/B comparison is {pair[1]} against {pair[0]} over the (suite, task, initial state) "
+            "starts both ran under one protocol (step limit, evaluation seed). "
         )
     if pooled_pair:
         text += (
             f"Runs sharing a preset are training seeds; {pooled_pair[1]} is compared with {pooled_pair[0]} "
-            "pooled over seeds, on (training seed, suite, task, initial state) pairs. "
+            "pooled over seeds, on (training seed, suite, task, initial state) pairs run under one protocol. "
         )
     text += (
         "Rates carry 95% Wilson intervals over finished episodes; episodes that ended in an error (an exception, "
@@ -67,13 +68,25 @@ def summary_blocks(runs: list[dict], evald: list[dict], pair, pooled_pair=None) 
             len({m.get("epoch") for m in r["metrics"] if m.get("kind", "train") == "train"}),
             fmt(next((m.get("action_loss") for m in reversed(r["metrics"]) if m.get("action_loss") is not None), None)),
             "yes" if r["offline"] else "no",
+            step_cell(r["episodes"] + r["errors"]) if r["episodes"] or r["errors"] else "–",
         ]
         for r in runs
     ]
     return [
         ("p", text),
         ("h", 2, "Runs"),
-        ("table", ["experiment", "run folder", "epochs logged", "final action loss", "offline eval"], rows),
+        (
+            "table",
+            [
+                "experiment",
+                "run folder",
+                "epochs logged",
+                "final action loss",
+                "offline eval",
+                "evaluated checkpoint step",
+            ],
+            rows,
+        ),
         ("list", notes),
     ]
 
@@ -98,6 +111,7 @@ def success_blocks(evald: list[dict], out_dir: Path, images: list[Path]) -> list
             [
                 r["name"],
                 r["mode"],
+                step_cell(r["head"] + r["head_errors"]),
                 o["n"],
                 o["k"],
                 pct(o["rate"]),
@@ -137,6 +151,7 @@ def success_blocks(evald: list[dict], out_dir: Path, images: list[Path]) -> list
             [
                 "experiment",
                 "memory",
+                "checkpoint step",
                 "n",
                 "successes",
                 "success",
@@ -148,8 +163,14 @@ def success_blocks(evald: list[dict], out_dir: Path, images: list[Path]) -> list
             rows,
         ),
         ("img", "success_overall.png", "Closed-loop success per experiment (95% Wilson intervals)"),
+        *apart_blocks(evald),
         ("h", 3, "Per task (k/n = rate [95% Wilson], finished episodes; errors apart)"),
-        ("table", ["suite", "task", "instruction"] + [r["name"] for r in evald], trows),
+        (
+            "table",
+            ["suite", "task", "instruction"]
+            + [f"{r['name']} (step {step_cell(r['head'] + r['head_errors'])})" for r in evald],
+            trows,
+        ),
     ]
 
 
@@ -256,4 +277,55 @@ def overlap_blocks(runs: list[dict], evald: list[dict]) -> list[tuple]:
             rows,
         ),
         *overlap_warnings(evald),
+    ]
+
+
+def apart_warnings(runs: list[dict]) -> list[tuple]:
+    """Loud flags: evaluations of another identity found beside the reported one, kept out of every rate."""
+    return [("warn", f"{r['name']}: {apart_text(a)}.") for r in runs for a in r.get("set_apart", [])]
+
+
+def apart_blocks(runs: list[dict]) -> list[tuple]:
+    """The evaluations set apart (runs.load_episodes): each with its own counts and how it differs."""
+    rows = [
+        [
+            r["name"],
+            a["dir"].name,
+            a["suite"],
+            a["memory"],
+            "not recorded" if a["checkpoint_step"] is None else str(a["checkpoint_step"]),
+            f"{a['k']}/{a['n']}" + (f" (+{a['errors']} errors)" if a["errors"] else ""),
+            "identity not recorded"
+            if a["differs"] is None
+            else "; ".join(f"{k}: {v[0]!r} vs {v[1]!r}" for k, v in a["differs"].items()),
+            ", ".join(d.name for d in a["headline"]),
+        ]
+        for r in runs
+        for a in r.get("set_apart", [])
+    ]
+    if not rows:
+        return []
+    return [
+        ("h", 3, "Evaluations not merged"),
+        (
+            "p",
+            "Only evaluations of one identity (checkpoint step and weights, evaluation seed, step limit, "
+            "replanning interval, ...) merge into a rate. Per run, suite and memory mode the reported one is the "
+            "evaluation of the newest checkpoint step, then the one with the most episodes, then the longest step "
+            "limit; these others are in no rate.",
+        ),
+        (
+            "table",
+            [
+                "experiment",
+                "eval folder",
+                "suite",
+                "memory",
+                "checkpoint step",
+                "successes/finished",
+                "differs (there vs reported)",
+                "reported eval folder",
+            ],
+            rows,
+        ),
     ]

@@ -12,8 +12,9 @@ from .pooling import evaluated, seed_key
 from .runs import video_frames, video_outcome
 from .sections import success_bar
 from .stats import summarize_episodes
-from .tables import ci_pct, count_cell, fmt, mean_std, pct, rate_cell
+from .tables import ci_pct, count_cell, fmt, mean_std, pct, rate_cell, step_cell
 
+NO_EVAL = "no closed-loop results"
 OFFLINE_CAVEAT = (
     "Offline loss does not rank policies: held-out action MSE did not predict closed-loop success in "
     "the research notes, so rank experiments by the closed-loop column; the offline columns explain a "
@@ -40,7 +41,7 @@ def ablation_blocks(runs: list[dict], evald: list[dict], out_dir: Path, images: 
         cols = _mode_order(e["memory"] for r in evald for e in r["episodes"] + r["errors"])
         rows, groups = [], {}
         for r in evald:
-            row = [r["name"]]
+            row = [r["name"], step_cell(r["episodes"] + r["errors"])]
             for m in cols:
                 eps = [e for e in r["episodes"] + r["errors"] if e["memory"] == m]
                 o = summarize_episodes(eps)["overall"] if eps else None
@@ -50,7 +51,7 @@ def ablation_blocks(runs: list[dict], evald: list[dict], out_dir: Path, images: 
             rows.append(row)
         blocks += [
             ("p", "Closed-loop success per memory mode (k/n = rate [95% Wilson]):"),
-            ("table", ["experiment"] + cols, rows),
+            ("table", ["experiment", "checkpoint step"] + cols, rows),
         ]
         if len(groups) > len(evald):  # only worth a figure when some experiment ran more than one mode
             images.append(
@@ -92,6 +93,7 @@ def pooled_blocks(runs: list[dict], pooled: dict, out_dir: Path, images: list[Pa
                 f"{v['k']}/{v['n']} = {pct(v['rate'])} {ci_pct(v['ci'])}",
                 v["errors"],
                 mean_std(v["seed_mean"], v["seed_std"]) + f" ({n_seeds} seed{'s' * (n_seeds > 1)})",
+                step_cell([e for r in runs if r["preset"] == p for e in r["head"] + r.get("head_errors", [])]),
             ]
         )
     folders = {
@@ -135,6 +137,7 @@ def pooled_blocks(runs: list[dict], pooled: dict, out_dir: Path, images: list[Pa
                 "pooled (95% Wilson)",
                 "errors (excluded)",
                 "per-seed mean ± std",
+                "checkpoint step",
             ],
             rows,
         ),
@@ -154,13 +157,14 @@ def offline_vs_closed_blocks(runs: list[dict]) -> list[tuple]:
             else next((m for m in ("predicted", "none") if m in mse), next(iter(mse), None))
         )
         o = r["summary"]["overall"] if r["summary"] else None
+        step = step_cell(r["head"] + r["head_errors"]) if o else None
         rows.append(
             [
                 r["name"],
                 f"{fmt(mse.get(mode))} ({mode})" if mode else "–",
                 fmt(off.get("world_mse")),
                 fmt(off.get("world_skill"), "+.3f"),
-                f"{pct(o['rate'])} {ci_pct(o['ci'])} (n={o['n']})" if o else "no closed-loop results",
+                f"{pct(o['rate'])} {ci_pct(o['ci'])} (n={o['n']}, checkpoint step {step})" if o else NO_EVAL,
             ]
         )
     return [

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .pooling import pair_keys
+from .pooling import acting, match_sides, protocol_summary, side
+from .protocol import pairing_sentence, refusal_blocks
 from .stats import paired_comparison, usable_pairs
 
 
@@ -94,9 +95,19 @@ def paired_table(a: str, b: str, comparisons: Sequence[dict], first: tuple[str, 
     return ("table", header, rows)
 
 
+def run_paired(ra: dict, rb: dict) -> tuple[dict | None, dict]:
+    """The per-run paired comparison of rb against ra on their headline episodes (None without a usable pair) and
+    the protocol match behind it (pooling.match_sides)."""
+    m = match_sides(side([ra], False), side([rb], False))
+    m["acting"] = {"a": acting([ra]), "b": acting([rb])}
+    if not usable_pairs(m["a"], m["b"]):
+        return None, m
+    return {**paired_comparison(m["a"], m["b"]), **protocol_summary(m)}, m
+
+
 def paired_blocks(runs: list[dict], pair, result: dict, multi: bool = False) -> list[tuple]:
     """The per-run paired comparison (exact McNemar, paired bootstrap) of pair[1] against pair[0] on their headline
-    episodes; sets result["paired"]."""
+    episodes run under one protocol; sets result["paired"]."""
     blocks: list[tuple] = [("h", 2, "Paired comparison")]
     if not pair:
         return (
@@ -105,21 +116,22 @@ def paired_blocks(runs: list[dict], pair, result: dict, multi: bool = False) -> 
             else blocks + [("p", "No paired comparison: it needs two experiments with closed-loop results.")]
         )
     ra, rb = (next(r for r in runs if r["name"] == n) for n in pair)
-    (ka, xa), (kb, xb) = pair_keys(ra["head"], ra["head_errors"]), pair_keys(rb["head"], rb["head_errors"])
-    if not usable_pairs(ka, kb):
+    pc, m = run_paired(ra, rb)
+    xa, xb = m["extra"]
+    if pc is None:
         return blocks + [
+            *refusal_blocks(m, pair),
             (
                 "p",
                 f"No paired comparison: {pair[0]} and {pair[1]} share no finished closed-loop "
-                "(suite, task, initial state) episodes.",
-            )
+                "(suite, task, initial state) episodes run under one protocol.",
+            ),
         ]
-    pc = paired_comparison(ka, kb)
     result["paired"] = {"a": pair[0], "b": pair[1], **pc}
     left = (
         f"Episodes without a partner were left out: {pc['unpaired_keys']['a']} of {pair[0]}, "
         f"{pc['unpaired_keys']['b']} of {pair[1]}; pairs left out because an episode ended in an error on either "
-        f"side: {pc['error_pairs']}"
+        f"side: {pc['error_pairs']}; pairs refused for differing protocols: {pc['n_refused']}"
         + (
             f"; extra seeds at one initial state (lowest seed kept): {xa} of {pair[0]}, {xb} of {pair[1]}."
             if xa or xb
@@ -127,45 +139,75 @@ def paired_blocks(runs: list[dict], pair, result: dict, multi: bool = False) -> 
         )
     )
     return blocks + [
+        *refusal_blocks(pc, pair),
         (
             "p",
-            f"{pair[1]} (memory {rb['mode']}) against {pair[0]} (memory {ra['mode']}) on {pc['n_pairs']} identical "
-            f"(suite, task, initial state) episodes. Difference = {pair[1]} − {pair[0]}.",
+            f"{pair[1]} (memory {rb['mode']}, {eval_steps(rb['head'])}) against {pair[0]} (memory {ra['mode']}, "
+            f"{eval_steps(ra['head'])}) on {pc['n_pairs']} {pairing_sentence(pc, pair)}. "
+            f"Difference = {pair[1]} − {pair[0]}.",
         ),
         paired_table(pair[0], pair[1], [pc]),
         ("p", left),
+        ("p", acting_sentence(pc["acting"], pair)),
     ]
 
 
-def pooled_paired_blocks(pair, pc: dict | None) -> list[tuple]:
-    """The pooled paired comparison: overall row (clustered test and interval) and per-seed rows (exact McNemar)."""
+def acting_sentence(act: dict, pair) -> str:
+    """How each arm acts: its own settings, which may differ between the two arms of a pair."""
+    return (
+        f"How each arm acts (its own settings, not part of the protocol): {pair[0]} {act['a']}; {pair[1]} {act['b']}."
+    )
+
+
+def step_cell(records: list[dict]) -> str:
+    """The checkpoint step(s) whose evaluation gave these episodes (their eval folders' identity): '40', '30, 40',
+    'not recorded'."""
+    steps = {(e.get("_identity") or {}).get("checkpoint_step") for e in records}
+    known = sorted((s for s in steps if s is not None), key=str)
+    text = ", ".join(map(str, known))
+    if None in steps:
+        return f"{text} and not recorded" if known else "not recorded"
+    return text or "–"
+
+
+def eval_steps(records: list[dict]) -> str:
+    """step_cell in words: 'checkpoint step 40'."""
+    return f"checkpoint step {step_cell(records)}"
+
+
+def pooled_paired_blocks(pair, pc: dict | None, match: dict | None = None) -> list[tuple]:
+    """The pooled paired comparison: overall row (clustered test and interval) and per-seed rows (exact McNemar);
+    match: pooling.pooled_sides' result, which says why there is no comparison when pc is None."""
     blocks: list[tuple] = [("h", 2, "Paired comparison pooled over training seeds")]
     if not pair:
         return blocks + [("p", "No paired comparison: it needs two experiments with closed-loop results.")]
     if pc is None:
         return blocks + [
+            *refusal_blocks(match or {}, pair),
             (
                 "p",
                 f"No paired comparison: {pair[0]} and {pair[1]} share no finished (training seed, "
-                "suite, task, initial state) episodes.",
-            )
+                "suite, task, initial state) episodes run under one protocol.",
+            ),
         ]
     ua, ub, xa, xb = pc["unpaired_keys"]["a"], pc["unpaired_keys"]["b"], *pc["extra_eval_seeds"].values()
     left = f"Keys that could not be paired (left out): {ua} of {pair[0]}, {ub} of {pair[1]}"
-    for side, name in (("a", pair[0]), ("b", pair[1])):
-        if pc["unpaired_seeds"][side]:
-            left += f"; {name} training seed(s) without a partner: {', '.join(map(str, pc['unpaired_seeds'][side]))}"
+    for arm, name in (("a", pair[0]), ("b", pair[1])):
+        if pc["unpaired_seeds"][arm]:
+            left += f"; {name} training seed(s) without a partner: {', '.join(map(str, pc['unpaired_seeds'][arm]))}"
     left += f"; pairs left out because an episode ended in an error on either side: {pc['error_pairs']}"
+    left += f"; pairs refused for differing protocols: {pc['n_refused']}"
     left += (
         f"; extra evaluation seeds at one initial state (lowest kept): {xa} of {pair[0]}, {xb} of {pair[1]}."
         if xa or xb
         else "."
     )
     return blocks + [
+        *refusal_blocks(pc, pair),
         (
             "p",
             f"{pair[1]} against {pair[0]}: training seed s of {pair[1]} is paired with training seed s of {pair[0]} "
-            f"on identical (suite, task, initial state) episodes, i.e. pairs keyed by (training seed, suite, task, "
+            f"on {pairing_sentence(pc, pair)}, i.e. pairs keyed by (training seed, suite, task, "
             f"initial state); {pc['n_pairs']} pairs over {len(pc['per_seed'])} seed(s) and {pc['n_clusters']} "
             f"(suite, task, initial state) clusters. Difference = {pair[1]} − {pair[0]}. The seeds share their "
             "initial states, so pairs of one cluster are not independent: the pooled p-value flips the sign of each "
@@ -175,6 +217,7 @@ def pooled_paired_blocks(pair, pc: dict | None) -> list[tuple]:
         ),
         paired_table(pair[0], pair[1], [pc]),
         ("p", left),
+        *([("p", acting_sentence(pc["acting"], pair))] if pc.get("acting") else []),
         ("h", 3, "Per training seed"),
         paired_table(pair[0], pair[1], list(pc["per_seed"].values()), ("training seed", list(pc["per_seed"]))),
         ("p", f"Per-seed differences: mean ± std = {mean_std(pc['seed_diff_mean'], pc['seed_diff_std'], 'pp')}."),

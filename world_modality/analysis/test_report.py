@@ -273,6 +273,7 @@ def test_report_counts_errors_apart_and_retried_errors_once(tmp_path):
         "rate": pytest.approx(k2 / 10),
         "ci": pytest.approx(wilson_interval(k2, 10)),
         "errors": 2,
+        "checkpoint_step": "not recorded",
     }
     k0 = sum(v for j, v in enumerate(E2_ZERO.values()) if j != 1)
     assert res["experiments"]["E0"]["n"] == 12 and res["experiments"]["E0"]["k"] == k0
@@ -281,9 +282,10 @@ def test_report_counts_errors_apart_and_retried_errors_once(tmp_path):
     # Success table: errors apart, old-format exceptions labelled as failures.
     lo, hi = wilson_interval(k2, 10)
     assert (
-        f"| E2 | predicted | 10 | {k2} | {100 * k2 / 10:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}]% | {10 - k2} | 2 | 0 |"
+        f"| E2 | predicted | not recorded | 10 | {k2} | {100 * k2 / 10:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}]% "
+        f"| {10 - k2} | 2 | 0 |"
     ) in md
-    assert "| E0 | none | 12 |" in md and f"| {12 - k0 - 1} | 0 | 1 |" in md
+    assert "| E0 | none | not recorded | 12 |" in md and f"| {12 - k0 - 1} | 0 | 1 |" in md
     assert "| errors (excluded) | old-format exceptions (counted as failures) |" in md
     assert "E2: 1 episode file(s) merged; 0 duplicate episode line(s)" in md
     assert "2 episode(s) ended in an error and never finished (left out of rates); 1 errored attempt(s) retried" in md
@@ -331,6 +333,6 @@ def test_e2_present_headline_is_present_and_it_pairs_against_e0(tmp_path):
         assert res["paired"]["success_b"] == sum(E2_OUT[k] for k in E2_OUT if k in E0_OUT)
         md = (out / "report.md").read_text()
         # Columns: E0's "none", then MEMORY_MODES order; closed loop, then offline.
-        assert "| experiment | none | predicted | present | zero |" in md
+        assert "| experiment | checkpoint step | none | predicted | present | zero |" in md
         assert "| experiment | none | predicted | present | oracle | zero | random | shuffle |" in md
-        assert "E2-Present (memory present) against E0 (memory none)" in md
+        assert "E2-Present (memory present, checkpoint step not recorded) against E0 (memory none," in md

@@ -93,7 +93,7 @@ def test_report_seed_sweep(tmp_path):
         assert f"| {s} | 10 | {sum(sa[k] for k in ks)} ({100 * sum(sa[k] for k in ks) / 10:.1f}%) |" in md
     assert (
         "Keys that could not be paired (left out): 1 of E0, 0 of E2; pairs left out because an episode ended in an "
-        "error on either side: 0."
+        "error on either side: 0; pairs refused for differing protocols: 0."
     ) in md
     assert "## Paired comparison pooled over training seeds" in md and "| exact McNemar (per seed) |" in md
     assert f"| {pc['p']:.4g} | {pc['test']} |" in md and pc["diff_ci_method"] in md
