@@ -168,8 +168,10 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
     p = report.get("paired")
     if p:
         lo, hi = p["diff_ci"]
+        same = not p.get("protocol_note") and not p.get("n_refused")
+        starts = "identical initial states" if same else "initial states (protocols not all matched: see the report)"
         lines.append(
-            f"  paired E2 - E0 over {p['n_pairs']} identical initial states: {100 * p['diff']:+.1f} pts "
+            f"  paired E2 - E0 over {p['n_pairs']} {starts}: {100 * p['diff']:+.1f} pts "
             f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}); E2-only successes {p['b_only']}, "
             f"E0-only {p['a_only']}; {p['test']} p = {p['p']:.3g}"
         )
