@@ -49,25 +49,14 @@ def _unit(module: str) -> str:
     return module.split(".")[1]
 
 
-def _type_only(tree: ast.AST) -> set[int]:
-    """Ids of import nodes under `if TYPE_CHECKING:`: read by type checkers, never executed."""
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return out
-
-
-def _imports(module: str, path: Path, modules: dict[str, Path], runtime: bool = False) -> list[tuple[str, int]]:
-    """(imported module of the package, line) for every import statement anywhere in the file; `runtime`
-    leaves out imports under `if TYPE_CHECKING:` (they order layers but cannot make a circle at run time)."""
+def _imports(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int]]:
+    """(imported module of the package, line) for every import statement anywhere in the file, those under
+    `if TYPE_CHECKING:` included: a circle closed only through annotations makes no run-time cycle, but it shows a
+    type living in the wrong file (a settings type belongs below both of its users)."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = []
     tree = ast.parse(path.read_text(), str(path))
-    skip = _type_only(tree) if runtime else set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -89,9 +78,9 @@ def _imports(module: str, path: Path, modules: dict[str, Path], runtime: bool = 
     return found
 
 
-def _graph(runtime: bool = False) -> tuple[dict[str, Path], dict[str, list[tuple[str, int]]]]:
+def _graph() -> tuple[dict[str, Path], dict[str, list[tuple[str, int]]]]:
     modules = _modules()
-    return modules, {m: _imports(m, p, modules, runtime) for m, p in modules.items()}
+    return modules, {m: _imports(m, p, modules) for m, p in modules.items()}
 
 
 def _where(path: Path, line: int) -> str:
@@ -190,12 +179,12 @@ def _one_circle(component: list[str], graph: dict[str, list[tuple[str, int]]]) -
 
 
 def test_no_import_cycle():
-    modules, graph = _graph(runtime=True)
+    modules, graph = _graph()
     found = []
     for component in _cycles(graph):
         edges = _one_circle(component, graph)
         found.append(" -> ".join(f"{a} ({_where(modules[a], line)})" for a, _, line in edges) + f" -> {edges[0][0]}")
-    assert not found, "import cycles (imports inside functions count):\n" + "\n".join(found)
+    assert not found, "import cycles (imports inside functions and under TYPE_CHECKING count):\n" + "\n".join(found)
 
 
 def test_the_documents_state_the_layer_order_once():
@@ -228,9 +217,12 @@ def test_the_checker_sees_a_call_time_circle_and_an_upward_import(tmp_path):
         ("world_modality.data.lerobot", "world_modality.world.encoder", 2),
     ]
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    from ..train import x\n    from . import y\n")
-    modules = {"world_modality.policy.m": src, "world_modality.train": src, "world_modality.policy.y": src}
+    type_only = "if TYPE_CHECKING:\n    from .z import Z\n"
+    src.write_text("def f():\n    from ..train import x\n    from . import y\n" + type_only)
+    modules = {n: src for n in ("world_modality.policy.m", "world_modality.train", "world_modality.policy.y")}
+    modules["world_modality.policy.z"] = src
     assert _imports("world_modality.policy.m", src, modules) == [
         ("world_modality.train", 2),
         ("world_modality.policy.y", 3),
+        ("world_modality.policy.z", 5),
     ]

@@ -1,5 +1,5 @@
 """One evaluation's folder: its episodes files, the identity that keeps evaluations apart (checkpoint
-weights, suite, memory, seed, limits), and the lock that keeps two writers out."""
+weights and settings, suite, memory, seed, limits), and the lock that keeps two writers out."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..jsonl import read_jsonl
 
 if TYPE_CHECKING:
-    from .closed_loop import EvalSettings
+    from .eval_settings import EvalSettings
 
 
 def episodes_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -38,14 +38,27 @@ def weights_sha256(ckpt: Path) -> str:
     return _file_sha256(Path(ckpt) / "model.safetensors")
 
 
+def _json_sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -> dict:
-    """Everything that changes an episode's outcome (not the device, workers, tasks or episode count)."""
+    """Everything that changes an episode's outcome (not the device, workers, tasks or episode count).
+    The checkpoint's settings are in it: config.json (locations aside: a moved dataset or model keeps it) and
+    what policy.json tells the runner about the data (frame sizes, control steps per frame, gripper); a
+    config.json edited in place after an evaluation once reran into its folder and was reported with the old
+    episodes. The training starts are left out: they decide which starts may run, not how one ends."""
+    from ..policy.checkpoint_store import settings_sha256
+
     meta = json.loads((ckpt / "policy.json").read_text())
+    info = {k: v for k, v in (meta.get("data_info") or {}).items() if k != "training_starts"}
     return {
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_step": meta.get("step"),
         "weights_sha256": _file_sha256(ckpt / "model.safetensors"),
         **_ema_identity(ckpt),
+        "config_sha256": settings_sha256(ckpt / "config.json")[:16],
+        "data_info_sha256": _json_sha256(info),
         "suite": settings.suite,
         "memory": settings.memory,
         "seed": settings.seed,
@@ -82,13 +95,22 @@ def check_same_evaluation(out: Path, identity: dict, path: Path) -> None:
             "use another --out or delete that folder."
         )
     if old is not None and old != identity:
+        keys = [*identity, *(k for k in old if k not in identity)]  # an EMA file deleted since: absent now
         diff = "; ".join(
-            f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in identity if old.get(k) != identity[k]
+            f"{k}: {_recorded(old, k)} there, {_recorded(identity, k)} now"
+            for k in keys
+            if old.get(k) != identity.get(k)
         )
         raise ConfigError(
             f"{out} holds episodes of another evaluation ({diff}); its outcomes would be mixed with "
             "these. Use another --out, or delete that folder to start over."
         )
+
+
+def _recorded(identity: dict, key: str) -> str:
+    # Absent from a folder written before the key joined the identity: whether its episodes agree on it cannot be
+    # told, so the folder is refused like any other.
+    return repr(identity[key]) if key in identity else "not recorded"
 
 
 def lock_folder(out: Path):

@@ -1,13 +1,15 @@
 """Checkpoints: safetensors + JSON, written atomically, loaded strictly.
 
-A checkpoint folder holds config.json (the resolved experiment), policy.json (shapes, world
-encoder identity, the fingerprint of a frozen pretrained backbone it does not store, step), model.safetensors
-(every tensor the policy needs to act), tokenizer.json (embedded default), ema.safetensors (the moving average of
-the trainable weights, when training kept one: what loading gives by default) and, for resuming,
+A checkpoint folder holds config.json (the resolved experiment), policy.json (shapes, world encoder identity,
+the fingerprint of a frozen pretrained backbone it does not store, step, the sha256 of the files below),
+model.safetensors (every tensor the policy needs to act), tokenizer.json (embedded default), ema.safetensors (the
+moving average of the trainable weights, when training kept one: what loading gives by default) and, for resuming,
 optimizer.safetensors + trainer_state.json (training_state.py).
 
 Reading one checks, before any model is built, that config, policy.json and the tensors agree
-(checkpoint_consistency.py). No checkpoint with NaN/inf weights is ever written. Where checkpoints live
+(checkpoint_consistency.py) and that config.json holds the settings it was saved with; loading one checks
+that the weight files are the ones saved (policy.json records their sha256; checkpoints saved before it
+did load unchecked). No checkpoint with NaN/inf weights is ever written. Where checkpoints live
 and how their files are read: checkpoint_store.py.
 """
 
@@ -28,13 +30,17 @@ from ..config import ExperimentConfig
 from ..optim_state import flatten_optimizer
 from .checkpoint_consistency import check_consistency, check_tokenizer_file, read_meta
 from .checkpoint_store import (
+    CHECKSUMS,
     DONE_MARKER,
     EMA_FILE,
     FORMAT,
     CheckpointError,
     read_header,
     read_tensors,
+    record_checksums,
     temporary_folder,
+    verify_config,
+    verify_weights,
 )
 from .model import PolicyShapes, WorldModalityPolicy
 
@@ -134,6 +140,9 @@ def save_checkpoint(
     if ema is not None:
         save_file(_unshared(dict(ema)), str(tmp / EMA_FILE), metadata={"format": FORMAT})
     policy.cfg.to_json(tmp / "config.json")
+    tok = policy.backbone.tokenizer
+    if hasattr(tok, "to_str"):
+        (tmp / "tokenizer.json").write_text(tok.to_str())
     enc = getattr(policy, "world_encoder", None)
     meta = {
         "format": FORMAT,
@@ -143,11 +152,9 @@ def save_checkpoint(
         "data_info": policy.data_info,
         "step": step,
         "epoch": epoch,
+        CHECKSUMS: record_checksums(tmp),
     }
     (tmp / "policy.json").write_text(json.dumps(meta, indent=2) + "\n")
-    tok = policy.backbone.tokenizer
-    if hasattr(tok, "to_str"):
-        (tmp / "tokenizer.json").write_text(tok.to_str())
     if optimizer is not None:
         opt_tensors, opt_meta = flatten_optimizer(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -175,6 +182,7 @@ def read_checkpoint_config(path: str | Path) -> ExperimentConfig:
     cfg = _read_config(root)
     check_consistency(root, cfg, meta, header)
     check_tokenizer_file(root, cfg)
+    verify_config(root, meta)
     return cfg
 
 
@@ -203,6 +211,7 @@ def load_checkpoint(
     cfg = _read_config(root)
     check_consistency(root, cfg, meta, read_header(root / "model.safetensors"))
     check_tokenizer_file(root, cfg)
+    verify_config(root, meta)
     tok_path = root / "tokenizer.json"
     try:
         tokenizer = tokenizer_from_json(tok_path.read_text()) if tok_path.exists() else None
@@ -243,6 +252,8 @@ def load_checkpoint(
             f"missing tensors {missing[:10]}{' …' if len(missing) > 10 else ''}; "
             f"unexpected tensors {unexpected[:10]}{' …' if len(unexpected) > 10 else ''}."
         )
+    # After the checks above, which name what is wrong where they can tell; the hash tells only that something is.
+    verify_weights(root, meta, ("model.safetensors", "tokenizer.json") + ((EMA_FILE,) if weights != "raw" else ()))
     try:
         policy.load_state_dict(tensors, strict=False)
     except RuntimeError as e:

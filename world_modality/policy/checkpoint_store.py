@@ -1,8 +1,10 @@
 """Where checkpoints live and how their files are written and read: a run's complete checkpoints and the newest
-one, a folder written under a temporary name and renamed, and the checked readers of its JSON and safetensors."""
+one, a folder written under a temporary name and renamed, the checked readers of its JSON and safetensors, and
+the sha256 of its files recorded at save and verified at load."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +19,20 @@ from safetensors.torch import load_file
 FORMAT = "world-modality-checkpoint/1"
 DONE_MARKER = "COMPLETE"
 EMA_FILE = "ema.safetensors"  # the exponential moving average of the trainable weights, when training kept one
+# policy.json's record at save: {file name: 64 hex digits}, of the weight files' bytes and config.json's settings.
+CHECKSUMS = "sha256"
+# Where things live, not what they are: a dataset or model moved to another disk is pointed at anew by editing these
+# in a checkpoint's config.json, so they stay out of its hash. What is found there is checked on its own: the
+# frozen backbone's fingerprint, the world encoder's id, the latent caches' dataset fingerprint.
+LOCATION_FIELDS = (
+    ("data", "dataset"),
+    ("data", "coc_jsonl"),
+    ("policy", "backbone_path"),
+    ("world", "world_encoder_path"),
+    ("world", "latent_cache_dir"),
+    ("train", "output_dir"),
+)
+WEIGHT_FILES = ("model.safetensors", EMA_FILE, "tokenizer.json")
 
 
 class CheckpointError(ValueError):
@@ -122,3 +138,79 @@ def read_json(path: Path, what: str) -> Any:
         raise CheckpointError(f"{path} is not valid JSON ({e}); expected {what}.") from None
     except OSError as e:
         raise CheckpointError(f"{path} cannot be read ({e}); expected {what}.") from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def settings_sha256(config_path: Path) -> str:
+    """sha256 of a checkpoint's config.json as settings: every value but the locations (LOCATION_FIELDS), keys
+    sorted, so that re-indenting the file or pointing it at a moved dataset keeps the hash. Hashed from the file,
+    not from the parsed config: a field a later version adds (with its default) must not change it."""
+    data = read_json(Path(config_path), "the experiment config a checkpoint was trained with")
+    if isinstance(data, dict):
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for section, name in LOCATION_FIELDS:
+            if isinstance(data.get(section), dict):
+                data[section].pop(name, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def record_checksums(root: Path) -> dict[str, str]:
+    """The hashes save records in policy.json: config.json's settings and every weight file present."""
+    sums = {"config.json": settings_sha256(root / "config.json")}
+    sums.update({name: file_sha256(root / name) for name in WEIGHT_FILES if (root / name).is_file()})
+    return sums
+
+
+def recorded_checksums(root: Path, meta: dict) -> dict[str, str]:
+    """policy.json's record; {} for a checkpoint saved before hashes were recorded (it loads as before)."""
+    sums = meta.get(CHECKSUMS, {})
+    if not (
+        isinstance(sums, dict)
+        and all(isinstance(v, str) and len(v) == 64 and set(v) <= set("0123456789abcdef") for v in sums.values())
+    ):
+        raise CheckpointError(
+            f"{root / 'policy.json'}: {CHECKSUMS} is {sums!r}; expected an object of file names and the 64-hex sha256 "
+            "each file had when the checkpoint was saved."
+        )
+    return sums
+
+
+def verify_config(root: Path, meta: dict) -> None:
+    """config.json as saved: an edited input setting (frame_stride, image_size, ...) with the weights unchanged
+    once evaluated and scored with exit 0; the weights cannot tell most of these settings."""
+    want = recorded_checksums(root, meta).get("config.json")
+    if want is not None and settings_sha256(root / "config.json") != want:
+        raise CheckpointError(
+            f"checkpoint {root}: {root / 'config.json'} does not match the sha256 recorded in policy.json when the "
+            f"checkpoint was saved (a setting was edited since); restore the config.json written with these weights "
+            f"(only the locations {', '.join('.'.join(f) for f in LOCATION_FIELDS)} may be changed)."
+        )
+
+
+def verify_weights(root: Path, meta: dict, names: tuple[str, ...] = WEIGHT_FILES) -> None:
+    """The weight files as saved: two same-shape tensors swapped inside model.safetensors once loaded and
+    acted. Hashing reads each file once more per load (about a second per GB); a checkpoint of a frozen
+    pretrained backbone stores only its adapters and heads, so this is small next to building the model."""
+    sums = recorded_checksums(root, meta)
+    for name in names:
+        if name not in sums:
+            continue
+        path = root / name
+        if not path.is_file():
+            raise CheckpointError(
+                f"checkpoint {root}: {name} is missing, but policy.json records it as saved with the checkpoint; "
+                f"restore the {name} written with these weights."
+            )
+        if file_sha256(path) != sums[name]:
+            raise CheckpointError(
+                f"checkpoint {root}: {name} does not match the sha256 recorded when it was saved (policy.json); it "
+                f"was changed or replaced since. Restore the {name} written with this checkpoint, or use another "
+                "checkpoint of the run."
+            )

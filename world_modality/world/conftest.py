@@ -24,3 +24,9 @@ def past_rows():
     # Clamped at the episode start, as window builders do: [max(i-1,0), i].
     i = np.arange(N)
     return np.stack([np.maximum(i - 1, 0), i], axis=1)
+
+
+@pytest.fixture(scope="module")
+def other_frames():
+    """Another dataset's frames, as many as `frames`: a cache of them has the same shape."""
+    return np.random.default_rng(1).integers(0, 256, (N, 36, 36, 3), dtype=np.uint8)

@@ -3,7 +3,11 @@
 A cache's file name is a hash of its identity (encoder, m, stride, camera, dataset, frame size, world tokens), so a
 cache whose recorded identity disagrees with its name was edited, copied or renamed, and deleting it
 is the fix. Other windows over the same frames (another episode key) get a cache of their own beside
-it: neither is ever deleted to make room for the other."""
+it: neither is ever deleted to make room for the other.
+
+The record (.json) holds the sha256 of the tensor file written with it, and the tensor file's own header its
+identity: a tensor file replaced by another dataset's of the same frame count, or another window length's
+latents under this one's name, is refused at load (it once trained and scored against the wrong latents)."""
 
 from __future__ import annotations
 
@@ -16,18 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..cache_dirs import locked, writable
-
-if TYPE_CHECKING:  # annotations only: the encoder module builds the env_state encoder, which reads this one
-    from .encoder import WorldEncoder
+from .latent_encoding import WindowEncoder
+from .latent_encoding import encode_latents as encode_latents  # re-exported: callers import it with the cache
 
 STD_FLOOR = 1e-6
 CACHE_FORMAT = 2  # 2: frame_size joined the identity
@@ -87,44 +88,6 @@ def _past_rows_sha(past_rows: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_past_rows(past_rows: np.ndarray, n_frames: int, m: int) -> np.ndarray:
-    rows = np.asarray(past_rows)
-    if rows.ndim != 2 or rows.shape[1] != m:
-        raise ValueError(f"past_rows must have shape (N, m={m}), got {rows.shape}")
-    if not np.issubdtype(rows.dtype, np.integer):
-        raise TypeError(f"past_rows must be integer indices, got {rows.dtype}")
-    if rows.size and (rows.min() < 0 or rows.max() >= n_frames):
-        raise IndexError(f"past_rows index range [{rows.min()}, {rows.max()}] outside the {n_frames} frames given")
-    return rows.astype(np.int64, copy=False)
-
-
-def encode_latents(
-    frames: np.ndarray,
-    past_rows: np.ndarray,
-    encoder: WorldEncoder,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> np.ndarray:
-    """Latent of every row's window: out[i] = encoder.encode(frames[past_rows[i]]); (N, D) float32.
-
-    frames may be a memory map (the frame cache): it is read one batch of windows at a time."""
-    frames = np.asarray(frames)  # a view for a memmap, never a copy
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
-    rows = _check_past_rows(past_rows, len(frames), encoder.num_frames)
-    out = np.empty((len(rows), encoder.latent_dim), dtype=np.float32)
-    bar = tqdm(total=len(rows), desc=f"encode {encoder.encoder_id}", unit="win", disable=not progress)
-    try:
-        for start in range(0, len(rows), batch_size):
-            idx = rows[start : start + batch_size]
-            windows = frames[idx]  # (b, m, H, W, 3)
-            out[start : start + len(idx)] = encoder.encode(torch.from_numpy(windows)).cpu().numpy()
-            bar.update(len(idx))
-    finally:
-        bar.close()
-    return out
-
-
 def _nonfinite_rows(latents: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~np.isfinite(latents).all(axis=1))
 
@@ -179,8 +142,17 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
+def _file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_cache(path: str | os.PathLike, latents: np.ndarray, meta: dict) -> LatentCache:
-    """Write <path>.safetensors then <path>.json; the JSON is written last so it marks completion."""
+    """Write <path>.safetensors then <path>.json; the JSON is written last so it marks completion. The tensor
+    file's header carries the identity fields too, and the JSON the tensor file's sha256."""
     st_path, json_path = _paths(path)
     latents = np.ascontiguousarray(latents, dtype=np.float32)
     mean, std = latent_stats(latents)
@@ -188,7 +160,13 @@ def save_cache(path: str | os.PathLike, latents: np.ndarray, meta: dict) -> Late
     meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     meta.setdefault("format", CACHE_FORMAT)
     tensors = {"latents": latents, "mean": mean, "std": std}
-    _atomic_write(st_path, lambda tmp: save_file(tensors, tmp))
+    header = {k: json.dumps(meta[k]) for k in (*IDENTITY_FIELDS, "world_tokens", "past_rows_sha") if k in meta}
+
+    def write_tensors(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=header)
+        meta["sha256"] = _file_sha256(tmp)
+
+    _atomic_write(st_path, write_tensors)
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w") as f:
@@ -235,12 +213,15 @@ def load_cache(
     frame_size: int | None = None,
     world_tokens: int = 1,
     n_frames: int | None = None,
+    latent_dim: int | None = None,
     past_rows_sha: str | None = None,
     keyed: bool = False,
 ) -> LatentCache:
-    """Load a cache and verify every identity field; any mismatch raises LatentCacheMismatch. `keyed`:
+    """Load a cache and verify every identity field, in its record and in its tensor file's header, and the
+    tensor file against the sha256 its record holds; any mismatch raises LatentCacheMismatch. `keyed`:
     the path is the one cache_key derives from this identity (load_or_build_cache), so an identity field
-    that disagrees means the file was edited, copied or renamed, and the error says to delete it."""
+    that disagrees means the file was edited, copied or renamed, and the error says to delete it. Caches
+    written before the hash and header were recorded are checked on their record alone."""
     st_path, json_path = _paths(path)
     if not (st_path.exists() and json_path.exists()):
         raise FileNotFoundError(f"latent cache {st_path.with_suffix('')} is incomplete or absent")
@@ -255,6 +236,8 @@ def load_cache(
     }
     if n_frames is not None:
         expected["n_frames"] = int(n_frames)
+    if latent_dim is not None:
+        expected["latent_dim"] = int(latent_dim)
     if past_rows_sha is not None:
         expected["past_rows_sha"] = past_rows_sha
     for name, value in expected.items():
@@ -267,24 +250,13 @@ def load_cache(
             int(world_tokens),
             _delete_advice(json_path) if keyed else None,
         )
-    try:
-        tensors = load_file(str(st_path))
-    except (SafetensorError, OSError) as e:
-        raise LatentCacheError(
-            f"latent cache {st_path} is unreadable (truncated or corrupt: {e}); delete it and it is rebuilt"
-        ) from e
-    missing = sorted({"latents", "mean", "std"} - set(tensors))
-    if missing:
-        raise LatentCacheError(f"latent cache {st_path} lacks tensors {missing}; delete it and it is rebuilt")
+    tensors = _read_tensors(st_path, meta, {**expected, "world_tokens": int(world_tokens)})
     latents = tensors["latents"]
-    if latents.shape != (meta.get("n_frames"), meta.get("latent_dim")):
-        raise LatentCacheMismatch(
-            st_path,
-            "latents.shape",
-            latents.shape,
-            (meta.get("n_frames"), meta.get("latent_dim")),
-            _delete_advice(st_path),
-        )
+    shapes = {"latents": (meta.get("n_frames"), meta.get("latent_dim"))}
+    shapes.update({"mean": shapes["latents"][1:], "std": shapes["latents"][1:]})
+    for name, shape in shapes.items():
+        if tensors[name].shape != shape:
+            raise LatentCacheMismatch(st_path, f"{name}.shape", tensors[name].shape, shape, _delete_advice(st_path))
     bad = _nonfinite_rows(latents)
     if len(bad):
         stem = st_path.with_suffix("")
@@ -295,10 +267,36 @@ def load_cache(
     return LatentCache(latents, tensors["mean"], tensors["std"], meta, str(st_path.with_suffix("")))
 
 
+def _read_tensors(st_path: Path, meta: dict, expected: dict) -> dict[str, np.ndarray]:
+    """The tensor file, checked against its record: the identity in its header, then its sha256 (one more
+    read of the file, about a second per GB, once per load)."""
+    stem = st_path.with_suffix("")
+    advice = f"it is not the tensor file its record {stem}.json was written with (copied over it since); delete "
+    advice += f"{stem}.json and {stem}.safetensors and it is rebuilt"
+    try:
+        with safe_open(str(st_path), framework="numpy") as f:
+            header = f.metadata() or {}
+        for name, value in expected.items():
+            if name in header and json.loads(header[name]) != json.loads(json.dumps(value)):
+                raise LatentCacheMismatch(st_path, name, json.loads(header[name]), value, advice)
+        digest = _file_sha256(st_path) if "sha256" in meta else None
+        if digest is not None and digest != meta["sha256"]:
+            raise LatentCacheMismatch(st_path, "sha256", digest[:16], str(meta["sha256"])[:16], advice)
+        tensors = load_file(str(st_path))
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise LatentCacheError(
+            f"latent cache {st_path} is unreadable (truncated or corrupt: {e}); delete it and it is rebuilt"
+        ) from e
+    missing = sorted({"latents", "mean", "std"} - set(tensors))
+    if missing:
+        raise LatentCacheError(f"latent cache {st_path} lacks tensors {missing}; delete it and it is rebuilt")
+    return tensors
+
+
 def load_or_build_cache(
     cache_dir: str | os.PathLike | list[str | os.PathLike],
     *,
-    encoder: WorldEncoder,
+    encoder: WindowEncoder,
     frames_fn: Callable[[], np.ndarray],
     past_rows: np.ndarray,
     frame_stride: int,
@@ -356,7 +354,9 @@ def load_or_build_cache(
         return None
 
     def load(path: Path) -> LatentCache:
-        return load_cache(path, **ident, n_frames=len(past_rows), past_rows_sha=rows_sha, keyed=True)
+        return load_cache(
+            path, **ident, n_frames=len(past_rows), latent_dim=encoder.latent_dim, past_rows_sha=rows_sha, keyed=True
+        )
 
     for folder in dirs:
         if (path := hit(folder)) is not None:
