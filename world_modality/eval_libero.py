@@ -31,6 +31,12 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
         help="per task: the benchmark's initial states 0..n-1 (default: all 50, the public protocol)",
     )
     p.add_argument(
+        "--init_states",
+        default=None,
+        help="per task: which stored initial states to run, '10-49' or '0,3,7' (instead of --n_episodes; e.g. "
+        "the states never used to tune a recipe)",
+    )
+    p.add_argument(
         "--memory",
         default=None,
         choices=CLOSED_LOOP_MEMORY_MODES,
@@ -97,6 +103,7 @@ def settings_from_args(args):
         suite=args.suite,
         tasks=tuple(parse_ids(args.tasks)) if args.tasks else None,
         n_episodes=args.n_episodes,
+        init_states=tuple(parse_ids(args.init_states, "--init_states", "initial states")) if args.init_states else None,
         memory=args.memory,
         replan_every=args.replan_every,
         workers=args.workers,

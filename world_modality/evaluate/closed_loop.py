@@ -5,8 +5,10 @@ Every start is first checked against the training data's starts (`overlap.py`). 
 success, a failure (the policy's: a timeout) or an error (an exception, a hung or lost worker: retried
 once, then recorded as an error, never counted in a rate, and retried by the next run of the command).
 A rerun into the same output folder skips the finished episodes of the same evaluation: the folder's
-`settings.json` holds what changes an outcome (checkpoint and its weights' hash, suite, memory, seed, step
-limit, replanning interval, overlap permission), and a rerun with other such settings is refused.
+`settings.json` holds what changes an outcome (checkpoint and the hashes of its weights, its config.json
+settings and its data info; suite, memory, seed, step limit, replanning interval, overlap permission), and a
+rerun with other such settings is refused. `init_states` picks which stored states run (e.g. 10-49, the ones a
+recipe was not tuned on); which ones ran is no part of the identity, each episode names its own.
 `settings.json` also holds the code's provenance (`provenance.py`), outside the identity: a later commit
 continues a folder, and each commit that ran episodes into it is listed once (its "continued_by"); each
 episode line names the commit that ran it ("commit", '-dirty' when the code had uncommitted changes).
@@ -90,12 +92,7 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     if bad:
         raise ConfigError(f"task ids {bad} are not tasks of {settings.suite}; expected ids in [0, {n_all - 1}].")
     n_init = {t: len(load_task(settings.suite, t)[1]) for t in tasks}
-    per_task = {t: settings.n_episodes or n_init[t] for t in tasks}
-    for t in tasks:
-        if per_task[t] > n_init[t]:
-            raise ConfigError(
-                f"n_episodes {settings.n_episodes} exceeds the {n_init[t]} initial states of {settings.suite} task {t}."
-            )
+    per_task = {t: starts_of(settings, n_init[t], t) for t in tasks}
     recorded = (json.loads((ckpt / "policy.json").read_text()).get("data_info") or {}).get("training_starts")
     overlap = check_overlap(
         cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap, recorded=recorded
@@ -127,6 +124,24 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
         lock.close()
 
 
+def starts_of(settings: EvalSettings, n_init: int, task: int) -> list[int]:
+    """The stored initial states one task runs from: `init_states`, else the first `n_episodes`, else all."""
+    from ..config import ConfigError
+
+    if settings.init_states is not None:
+        wanted = list(settings.init_states)
+        if max(wanted) >= n_init:
+            raise ConfigError(
+                f"init_states {max(wanted)} is not a stored initial state of {settings.suite} task {task}; expected "
+                f"states in [0, {n_init - 1}]."
+            )
+        return wanted
+    n = settings.n_episodes or n_init
+    if n > n_init:
+        raise ConfigError(f"n_episodes {n} exceeds the {n_init} initial states of {settings.suite} task {task}.")
+    return list(range(n))
+
+
 def _evaluate_locked(
     settings,
     ckpt,
@@ -153,7 +168,7 @@ def _evaluate_locked(
         check_server(settings.policy_server, identity["weights_sha256"], settings.memory)
     experiment = matching_preset(cfg) or cfg.preset or "custom"
     base = {"suite": settings.suite, "memory": settings.memory, "seed": settings.seed}
-    jobs = [(t, k) for t in tasks for k in range(per_task[t])][i::n]
+    jobs = [(t, k) for t in tasks for k in per_task[t]][i::n]
     wanted = {episode_key({**base, "task_id": t, "init_index": k}) for t, k in jobs}
     finished, _ = resolve(read_episodes(path))
     done = {episode_key(r) for r in finished if episode_key(r) in wanted}
@@ -164,7 +179,8 @@ def _evaluate_locked(
         "checkpoint": str(ckpt),
         "replan_every": replan,
         "step_limit": limit,
-        "n_episodes": per_task,
+        "n_episodes": {t: len(ks) for t, ks in per_task.items()},
+        "init_states": per_task,
         "experiment": experiment,
         "identity": identity,
         "overlap": overlap,

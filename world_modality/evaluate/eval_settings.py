@@ -12,6 +12,7 @@ class EvalSettings:
     suite: str = "libero_spatial"
     tasks: tuple[int, ...] | None = None  # default: every task of the suite
     n_episodes: int | None = None  # per task: initial states 0..n-1; default: all (50), the public protocol
+    init_states: tuple[int, ...] | None = None  # per task: these stored initial states (e.g. 10..49), not 0..n-1
     memory: str | None = None  # default: the checkpoint's training memory mode (evaluate() resolves it)
     replan_every: int | None = None  # frames between replans; default chunk_size // 2
     workers: int = 2
@@ -36,6 +37,16 @@ class EvalSettings:
             raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}.")
         if self.n_episodes is not None and self.n_episodes < 1:
             raise ConfigError(f"n_episodes must be >= 1 (or left out for all initial states), got {self.n_episodes}.")
+        if self.init_states is not None:
+            if self.n_episodes is not None:
+                raise ConfigError(
+                    f"give n_episodes ({self.n_episodes}) or init_states, not both: init_states names the initial "
+                    "states to run, n_episodes the first n of them."
+                )
+            if not self.init_states or any(k < 0 for k in self.init_states):
+                raise ConfigError(f"init_states must name initial states >= 0, got {self.init_states}.")
+            if len(set(self.init_states)) != len(self.init_states):
+                raise ConfigError(f"init_states names a state twice: {self.init_states}.")
         if self.tasks is not None and not self.tasks:
             raise ConfigError("tasks is empty: name at least one task id (e.g. 0,1 or 0-9), or leave it out for all.")
         if self.workers < 1:

@@ -49,14 +49,15 @@ def training_start_states(dataset: str | Path, recorded: dict | None = None) -> 
 def check_overlap(
     dataset: str | Path,
     suite: str,
-    episodes: dict[int, int],
+    episodes: dict[int, int | list[int]],
     allow: bool = False,
     tolerance: float = OVERLAP_TOLERANCE,
     recorded: dict | None = None,
 ) -> dict:
-    """Compare the first `episodes[task]` stored initial states of each task of `suite` with the training
-    starts. Returns the record kept in the evaluation's settings.json; raises TrainOverlapError on an
-    overlap unless `allow`, in which case the overlapping (task, init) pairs are listed and flagged."""
+    """Compare the stored initial states of each task of `suite` that evaluation runs (`episodes[task]`: a list of
+    state indices, or n for the first n) with the training starts. Returns the record kept in the evaluation's
+    settings.json; raises TrainOverlapError on an overlap unless `allow`, in which case the overlapping (task,
+    init) pairs are listed and flagged."""
     from ..sim.suites import load_task
 
     train, how = training_start_states(dataset, recorded)
@@ -76,12 +77,13 @@ def check_overlap(
     for s in train:
         by_shape.setdefault(s.shape, []).append(s)
     dmin = np.inf
-    for task, n in episodes.items():
-        stored = np.asarray(load_task(suite, task)[1], dtype=np.float64)[:n]
+    for task, which in episodes.items():
+        index = np.arange(which) if isinstance(which, int) else np.asarray(which, dtype=int)
+        stored = np.asarray(load_task(suite, task)[1], dtype=np.float64)[index]
         refs = by_shape.get(stored.shape[1:], [])
         dist, _ = nearest(stored, np.stack(refs)) if refs else (np.full(len(stored), np.inf), None)
         dmin = min(dmin, float(dist.min()))
-        result["overlapping"] += [[task, int(k)] for k in np.nonzero(dist <= tolerance)[0]]
+        result["overlapping"] += [[task, int(index[k])] for k in np.nonzero(dist <= tolerance)[0]]
     result["min_distance"] = None if not np.isfinite(dmin) else dmin
     if result["overlapping"] and not allow:
         pairs = ", ".join(f"task {t} init {k}" for t, k in result["overlapping"][:8])

@@ -107,6 +107,25 @@ def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):
     assert (out / video).stat().st_size > 0
 
 
+def test_init_states_runs_exactly_the_named_stored_states(checkpoint, tmp_path):
+    """--init_states 10-49 keeps tuning states 0-9 out of a recipe's final figure: only the named states run."""
+    import json
+
+    from world_modality.config import ConfigError
+
+    def settings(**kw):
+        base = dict(checkpoint=str(checkpoint), tasks=(0,), workers=1, max_steps=4, out=str(tmp_path / "e"))
+        return EvalSettings(**{**base, **kw}, device="cpu")
+
+    with pytest.raises(ConfigError, match=r"init_states 50 is not a stored initial state .* \[0, 49\]"):
+        evaluate(settings(init_states=(3, 50)), progress=False)
+    with pytest.raises(ConfigError, match="not both"):
+        settings(init_states=(3,), n_episodes=2)
+    run = evaluate(settings(init_states=(3, 1)), progress=False)
+    assert sorted(r["init_index"] for r in read_episodes(run.path)) == [1, 3]
+    assert json.loads((tmp_path / "e" / "settings.json").read_text())["init_states"] == {"0": [3, 1]}
+
+
 def test_a_checkpoint_the_workers_cannot_load_fails_with_its_own_error(checkpoint, tmp_path):
     # The parent reads only the config; the policy loads in each worker, whose error must come back as is.
     import shutil
