@@ -139,6 +139,26 @@ def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset
     )
 
 
+def _read_settings(path: Path) -> dict:
+    """The settings a study folder holds. A file that cannot be read as them stops the study: replacing it would
+    retrain finished runs in place and overwrite the finished report."""
+    from ..config import ConfigError
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        old, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = f"it holds a JSON {type(old).__name__}"
+    if not isinstance(old, dict):
+        raise ConfigError(
+            f"{path} is damaged ({why}); expected the JSON object of study settings this command writes. Restore "
+            f"it (the study's command is in {path.parent / INVOCATIONS_FILE}), delete it to continue this folder with "
+            "the current flags, or use another --out."
+        )
+    return old
+
+
 def check_same_study(s: StudySettings) -> None:
     """Write <out>/study_settings.json, or refuse when it holds another study."""
     from ..config import ConfigError
@@ -148,12 +168,9 @@ def check_same_study(s: StudySettings) -> None:
         raise ConfigError(f"--out {out} is a file; expected a folder for the study.")
     path = out / SETTINGS_FILE
     mine = json.loads(json.dumps(s.identity()))
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old is not None and old != mine:
+    if path.exists() or path.is_symlink():
+        old = _read_settings(path)
+        if old != mine:
             diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
             raise ConfigError(
                 f"{out} holds a study with other settings ({', '.join(diff)}: "

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from .records import checkpoint_arm, dataset_provenance, eval_protocol, read_provenance, train_provenance
 from .settings import StudySettings, run_config
 
 TIMES_FILE = "times.json"
@@ -23,7 +24,23 @@ class Times:
 
     def __init__(self, out: Path):
         self.path = out / TIMES_FILE
-        self.seconds: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.seconds: dict[str, float] = self._read() if self.path.exists() else {}
+
+    def _read(self) -> dict[str, float]:
+        from ..config import ConfigError
+
+        try:
+            seconds = json.loads(self.path.read_text())
+        except (OSError, ValueError) as e:
+            seconds, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = "a value is not seconds" if isinstance(seconds, dict) else f"it holds a JSON {type(seconds).__name__}"
+        if not isinstance(seconds, dict) or not all(isinstance(v, (int, float)) for v in seconds.values()):
+            raise ConfigError(
+                f"{self.path} is damaged ({why}); expected a JSON object of seconds per stage. Delete it (the stage "
+                "times restart from zero; no result is lost) or restore it."
+            )
+        return seconds
 
     def _write(self, name: str, seconds: float) -> None:
         self.seconds[name] = round(seconds, 2)
@@ -85,7 +102,7 @@ def generate_suite(s: StudySettings, suite: str, tasks: list[int]) -> dict:
     except gen.TooFewDemonstrations:  # errors (not expert failures) propagate: a rerun retries them
         return {"not_run": "the scripted expert solved no task of this suite", "demos": {t: 0 for t in tasks}}
     counts = _demonstration_counts(data)
-    return {"dataset": str(data), "demos": {t: counts.get(t, 0) for t in tasks}}
+    return {"dataset": str(data), "demos": {t: counts.get(t, 0) for t in tasks}, "provenance": dataset_provenance(data)}
 
 
 def run_dir(s: StudySettings, suite: str, experiment: str, seed: int) -> Path:
@@ -115,7 +132,8 @@ def eval_run(
     tasks: list[int],
     n_episodes: int | None,
 ) -> dict:
-    """{"episodes": finished, "errors": errored} of one run on one suite (the same initial states for every run)."""
+    """{"episodes": finished, "errors": errored} of one run on one suite (the same initial states for every run), with
+    the protocol it ran under, the arm's description and the code commits of its training and evaluation."""
     from ..evaluate.closed_loop import EvalSettings, evaluate
 
     out = run_dir(s, train_suite, experiment, seed) / "eval" / suite
@@ -133,7 +151,13 @@ def eval_run(
             ),
             progress=False,
         )
-    return {"episodes": r.finished, "errors": r.errors}
+    return {
+        "episodes": r.finished,
+        "errors": r.errors,
+        "protocol": eval_protocol(r.settings, suite),
+        "arm": checkpoint_arm(checkpoint, r.settings.get("replan_every")),
+        "provenance": {"train": train_provenance(checkpoint), "eval": read_provenance(out / "settings.json")},
+    }
 
 
 def plan(s: StudySettings) -> list[tuple]:
@@ -163,7 +187,8 @@ def merge_suites(s: StudySettings, suites: dict[str, dict]) -> dict:
     if not parts:
         return {"not_run": "no suite has a demonstration"}
     name = dataset_path(s, "+".join(parts)).name.replace("-fresh", "-joint")
-    return {"dataset": str(joint_dataset(parts, Path(s.data) / name, s.image_size))}
+    data = joint_dataset(parts, Path(s.data) / name, s.image_size)
+    return {"dataset": str(data), "provenance": dataset_provenance(data)}
 
 
 def run_stages(s: StudySettings, tasks_of) -> dict:

@@ -1,6 +1,8 @@
-"""The study's report: the published layout (a row per experiment; Spatial, Object, Goal, Long, Average; k/n with a
-95% Wilson interval, seeds pooled), the paired row per suite (clustered over suite, task and initial state), and
-the LIBERO-PRO table. Statistics come from analysis/ (stats, pooling); nothing is recomputed here."""
+"""The study's report: the published layout (a row per experiment, naming its world encoder and backbone; Spatial,
+Object, Goal, Long, Average; k/n with an interval that clusters a start's repeats over seeds, the starts and each
+seed's k/n), the primary contrast per suite (conditional on these checkpoints and at method level), every
+contrast, the arms, the LIBERO-PRO table and each stage's commit. Statistics come from analysis/ (stats, pooling,
+levels)."""
 
 from __future__ import annotations
 
@@ -10,120 +12,150 @@ from pathlib import Path
 from .settings import SUITE_COLUMNS, StudySettings, invocations
 
 
-def _cell(episodes: list[dict], errors: int) -> dict:
+def _cell(rows: list[dict], missing: list[dict]) -> dict:
+    """Seeds pooled over `rows` (each one run on one suite): k/n, the interval that counts a start's repeats over
+    seeds as one cluster (levels.clustered_rate), the pooled Wilson interval kept apart and named, per-seed k/n,
+    and the runs that contributed nothing with why. No finished episode: {"not_run": why}."""
+    from ..analysis.levels import CLUSTERED_WILSON, clustered_rate
     from ..analysis.stats import wilson_interval
 
-    n = len(episodes)
-    k = sum(1 for e in episodes if e.get("success"))
+    clusters: dict[tuple, list[int]] = {}
+    per_seed: dict = {}
+    errors = 0
+    for r in rows:
+        seed = per_seed.setdefault(r["seed"], {"k": 0, "n": 0, "errors": 0})
+        seed["errors"] += len(r.get("errors", []))
+        errors += len(r.get("errors", []))
+        for e in r.get("episodes", []):
+            c = clusters.setdefault((e["suite"], e["task_id"], e["init_index"]), [0, 0])
+            c[0] += bool(e.get("success"))
+            c[1] += 1
+            seed["k"] += bool(e.get("success"))
+            seed["n"] += 1
+    per_seed = {s: v for s, v in per_seed.items() if v["n"] or v["errors"]}
+    if not clusters:
+        why = f"all {errors} episodes ended in errors" if errors else _why(missing)
+        return {"not_run": why, "errors": errors, "missing": missing}
+    c = clustered_rate([v[0] for v in clusters.values()], [v[1] for v in clusters.values()])
     return {
-        "k": k,
-        "n": n,
-        "rate": k / n if n else None,
-        "ci": list(wilson_interval(k, n)) if n else None,
+        "k": c["k"],
+        "n": c["n"],
+        "rate": c["rate"],
+        "ci": c["ci"],
+        "ci_method": CLUSTERED_WILSON,
+        "design_effect": c["design_effect"],
+        "ci_pooled_wilson": list(wilson_interval(c["k"], c["n"])),
+        "starts": c["clusters"],
+        "seeds": sorted((s for s, v in per_seed.items() if v["n"]), key=str),
+        "per_seed": {str(s): v for s, v in per_seed.items()},
         "errors": errors,
+        "missing": missing,
     }
 
 
-def _select(evals: list[dict], experiment: str, suites: set[str]) -> tuple[list[dict], list[dict], list[str]]:
-    rows = [r for r in evals if r["experiment"] == experiment and r["suite"] in suites]
-    episodes = [e for r in rows for e in r.get("episodes", [])]
-    errors = [e for r in rows for e in r.get("errors", [])]
-    return episodes, errors, [r["not_run"] for r in rows if "not_run" in r]
+def _why(missing: list[dict]) -> str:
+    reasons = list(dict.fromkeys(m["why"] for m in missing))
+    return reasons[0] if len(reasons) == 1 else "not run"
 
 
-def _suite_cell(evals: list[dict], experiment: str, target: str, generation: dict) -> dict:
-    """One experiment on one evaluated suite, seeds pooled; without any episode, why it was not run."""
-    eps, errs, why = _select(evals, experiment, {target})
-    if eps or errs:
-        return _cell(eps, len(errs))
-    why = why or ([generation["not_run"]] if "not_run" in generation else [])
-    return {"not_run": why[0] if why else "not run"}
+def _runs_of(s: StudySettings, evals: list[dict], experiment: str, targets: list[str], suites: dict) -> tuple:
+    """The runs of one experiment on `targets` that have episodes or errors, and every (seed, suite) that has none,
+    with why: its record's reason, its suite's generation's, or "not run"."""
+    rows, missing = [], []
+    for target in targets:
+        base = target if target in SUITE_COLUMNS else target.rsplit("_", 1)[0]
+        for seed in s.seeds:
+            recs = [r for r in evals if (r["experiment"], r["seed"], r["suite"]) == (experiment, seed, target)]
+            have = [r for r in recs if r.get("episodes") or r.get("errors")]
+            rows += have
+            if any(r.get("episodes") for r in have):
+                continue
+            if have:
+                n = sum(len(r.get("errors", [])) for r in have)
+                why = f"all {n} episodes ended in errors"
+            elif any("not_run" in r for r in recs):
+                why = next(r["not_run"] for r in recs if "not_run" in r)
+            elif recs:
+                why = "no episodes"
+            else:
+                why = suites.get(base, {}).get("not_run", "not run")
+            missing.append({"seed": seed, "suite": target, "why": why})
+    return rows, missing
 
 
-def _paired(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> dict | None:
-    from ..analysis.pooling import pooled_paired
+def _suite_cell(s: StudySettings, evals: list[dict], experiment: str, targets: list[str], suites: dict) -> dict:
+    rows, missing = _runs_of(s, evals, experiment, targets, suites)
+    return _cell(rows, missing)
 
-    runs = [
-        {
-            "preset": r["experiment"],
-            "train_seed": r["seed"],
-            "head": r.get("episodes", []),
-            "head_errors": r.get("errors", []),
-        }
-        for r in evals
-        if r["experiment"] in pair and r["suite"] in suites and "not_run" not in r
-    ]
-    p = pooled_paired(runs, pair) if runs else None
-    if not p:
-        return None
-    return {
-        "n_pairs": p["n_pairs"],
-        "diff": p["diff"],
-        "diff_ci": list(p["diff_ci"]),
-        "p": p["p"],
-        "test": p["test"],
-        "n_clusters": p["n_clusters"],
-    }
+
+def arms(s: StudySettings, evals: list[dict]) -> dict:
+    """Each experiment's world encoder, backbone, chunk and replanning interval: as its evaluations recorded them,
+    else as the study's settings build it (the same preset and sizes)."""
+    from .records import arm_of
+    from .settings import run_config
+
+    out = {}
+    for e in s.experiments:
+        seen = [r["arm"] for r in evals if r["experiment"] == e and r.get("arm")]
+        built = seen[0] if seen else arm_of(run_config(s, e, s.suites[0], s.seeds[0], Path("-"), Path("-")), None)
+        out[e] = dict(built)
+        replans = sorted({a["replan_every"] for a in seen})
+        if len(replans) > 1:
+            out[e]["replan_every"] = ", ".join(map(str, replans))
+    return out
 
 
 def results(s: StudySettings, run: dict) -> dict:
-    """Every table's numbers, JSON-ready; a suite with no finished run carries its reason."""
-    evals, suites = run["evals"], run["suites"]
+    """Every table's numbers, JSON-ready; a suite with no finished run carries its reason. "paired" is the primary
+    contrast (as before there were several); "contrasts" lists them all."""
+    from .contrasts import contrasts
+    from .provenance import stage_commits
+
+    evals, gens = run["evals"], run["suites"]
     standard: dict[str, dict] = {}
     for e in s.experiments:
-        row = {}
-        for suite in SUITE_COLUMNS:
-            if suite not in s.suites:
-                continue
-            row[suite] = _suite_cell(evals, e, suite, suites.get(suite, {}))
-        eps, errs, _ = _select(evals, e, set(s.suites))
-        row["average"] = _cell(eps, len(errs))
+        row = {suite: _suite_cell(s, evals, e, [suite], gens) for suite in SUITE_COLUMNS if suite in s.suites}
+        row["average"] = _suite_cell(s, evals, e, list(s.suites), gens)
         standard[e] = row
-    paired = {}
-    if len(s.experiments) >= 2:
-        pair = (s.experiments[0], s.experiments[1])
-        paired = {
-            "a": pair[0],
-            "b": pair[1],
-            "per_suite": {suite: _paired(evals, pair, {suite}) for suite in s.suites},
-            "average": _paired(evals, pair, set(s.suites)),
-        }
+    cs = contrasts(s.experiments, s.suites, evals)
+    paired = {k: cs[0][k] for k in ("a", "b", "per_suite", "average")} if cs else {}
     pro = {}
     for p in s.pro:
         for e in s.experiments:
-            cells = {}
-            for suite in s.suites:
-                cells[suite] = _suite_cell(evals, e, f"{suite}_{p}", suites.get(suite, {}))
-            pro[f"{p}/{e}"] = cells
-    suites = {suite: g for suite, g in suites.items() if suite in s.suites}  # not the --joint dataset
+            pro[f"{p}/{e}"] = {suite: _suite_cell(s, evals, e, [f"{suite}_{p}"], gens) for suite in s.suites}
+    suites = {suite: g for suite, g in gens.items() if suite in s.suites}  # not the --joint dataset
     zero = {suite: sorted(int(t) for t, n in g.get("demos", {}).items() if n == 0) for suite, g in suites.items()}
     errors = sum(len(r.get("errors", [])) for r in evals)
     return {
         "standard": standard,
         "paired": paired,
+        "contrasts": cs,
+        "arms": arms(s, evals),
         "pro": pro,
         "demonstrations": {suite: g.get("demos", {}) for suite, g in suites.items()},
         "tasks_without_demonstrations": {k: v for k, v in zero.items() if v},
         "errors": errors,
         "failed": run["failed"],
+        "provenance": stage_commits(gens, evals),
     }
 
 
-def _fmt(c: dict) -> str:
+def _fmt(c: dict, name_suite: bool = False) -> str:
+    """k/n = rate [clustered interval]; starts; per-seed k/n; errors; every run missing from the pool and why."""
     if "not_run" in c:
         return "not run" if c["not_run"] == "not run" else f"not run ({c['not_run']})"
-    if not c["n"]:
-        return f"0/0 ({c['errors']} errors)"
     lo, hi = c["ci"]
-    text = f"{c['k']}/{c['n']} = {100 * c['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-    return text + (f" ({c['errors']} errors)" if c["errors"] else "")
-
-
-def _fmt_pair(p: dict | None) -> str:
-    if not p:
-        return "no pairs"
-    lo, hi = p["diff_ci"]
-    return f"{100 * p['diff']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], p = {p['p']:.3g} ({p['n_pairs']} pairs)"
+    text = f"{c['k']}/{c['n']} = {100 * c['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]; {c['starts']} starts; "
+    text += ", ".join(f"seed {k}: {v['k']}/{v['n']}" for k, v in c.get("per_seed", {}).items() if v["n"])
+    if c["errors"]:
+        text += f" ({c['errors']} errors)"
+    groups: dict[tuple, list] = {}
+    for m in c.get("missing", []):
+        groups.setdefault((m["suite"] if name_suite else None, m["why"]), []).append(str(m["seed"]))
+    for (suite, why), seeds in groups.items():
+        text += f"; seed{'s' * (len(seeds) > 1)} {', '.join(seeds)}" + (f" on {suite}" if suite else "")
+        text += f" missing ({why})"
+    return text
 
 
 def _provenance(runs: list[dict], seconds: dict[str, float]) -> list[str]:
@@ -148,32 +180,67 @@ def _provenance(runs: list[dict], seconds: dict[str, float]) -> list[str]:
     return lines + [f"| {name} | {sec:.0f} |" for name, sec in seconds.items()]
 
 
+def _arms_table(res: dict) -> list[str]:
+    lines = [
+        "",
+        "## Arms",
+        "",
+        "How each arm acts (chunk, replanning interval) belongs to the arm, not to the evaluation protocol: it may "
+        "differ between two paired arms.",
+        "",
+        "| Experiment | World encoder | Backbone | Chunk (actions per call) | Replanning interval (frames) | Memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e, a in res.get("arms", {}).items():
+        lines.append(
+            f"| {e} | {a['world_encoder']} | {a['backbone']} | {a['chunk_size']} | {a['replan_every']} | "
+            f"{a['memory_mode']} |"
+        )
+    return lines
+
+
 def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str, float] | None = None) -> str:
+    from .contrasts import fmt_conditional, fmt_method, render_contrasts
+    from .provenance import across_commits, render_commits
+
     cols = list(SUITE_COLUMNS)
     head = "| Experiment | " + " | ".join(SUITE_COLUMNS[c] for c in cols) + " | Average |"
     sep = "|---" * (len(cols) + 2) + "|"
-    lines = [
-        "# Study: closed-loop success in LIBERO",
-        "",
-        f"Seeds {', '.join(map(str, s.seeds))} pooled (n sums over seeds); cells: successes/episodes = rate "
-        "[95% Wilson interval]. Average: all episodes of the suites run. Errored episodes are counted apart.",
+    warning = across_commits(res.get("provenance", {}))
+    lines = ["# Study: closed-loop success in LIBERO", ""] + ([f"**{warning}**", ""] if warning else [])
+    lines += [
+        f"Training seeds {', '.join(map(str, s.seeds))}, pooled: a cell's n sums every seed's episodes, and each "
+        "start (suite, task, initial state) is run once per seed, so n is not n independent trials. Cells: "
+        "successes/episodes = rate [95% interval that treats a start's repeats as one cluster: Wilson at the "
+        "effective n = n / design effect, the design effect measured from how a start's seeds agree]; the number "
+        "of distinct starts; each seed's k/n; runs missing from the pool and why. The plain Wilson interval on the "
+        "pooled n (as if every episode were independent) is in study.json as ci_pooled_wilson only. Average: all "
+        "episodes of the suites run. Errored episodes are counted apart.",
         "",
         head,
         sep,
     ]
+    arms = res.get("arms", {})
     for e, row in res["standard"].items():
+        label = f"{e} (world: {arms[e]['world_encoder']}; backbone: {arms[e]['backbone']})" if e in arms else e
         cells = [_fmt(row[c]) if c in row else "not run" for c in cols]
-        lines.append(f"| {e} | " + " | ".join(cells) + f" | {_fmt(row['average'])} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(row['average'], name_suite=True)} |")
     p = res["paired"]
     if p:
-        cells = [_fmt_pair(p["per_suite"].get(c)) if c in p["per_suite"] else "not run" for c in cols]
-        lines.append(f"| {p['b']} − {p['a']} (paired) | " + " | ".join(cells) + f" | {_fmt_pair(p['average'])} |")
+        for kind, fmt in (("paired, these checkpoints", fmt_conditional), ("method level", fmt_method)):
+            cells = [fmt(p["per_suite"].get(c)) if c in p["per_suite"] else "not run" for c in cols]
+            lines.append(f"| {p['b']} − {p['a']} ({kind}) | " + " | ".join(cells) + f" | {fmt(p['average'])} |")
         lines += [
             "",
-            "Paired rows: difference in points over identical (suite, task, initial state) starts, seeds "
-            "pooled; 95% cluster-bootstrap interval and cluster sign-flip p (cluster = suite, task, initial "
-            "state; analysis/pooling.py).",
+            f'Primary contrast {p["b"]} − {p["a"]}, in points. "Paired, these checkpoints": conditional on the '
+            "trained runs, over identical (suite, task, initial state) starts, seeds pooled; 95% cluster-bootstrap "
+            'interval and cluster sign-flip p (cluster = start; analysis/pooling.py). "Method level": 95% '
+            "two-level bootstrap that also draws each arm's training seeds again, independently per arm "
+            "(analysis/levels.py); it is the one that speaks for the training method, and its p needs at least 3 "
+            "seeds per arm.",
         ]
+    lines += _arms_table(res)
+    lines += render_contrasts(res.get("contrasts", []))
     if res["pro"]:
         lines += [
             "",
@@ -194,6 +261,7 @@ def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str
         )
     if res["failed"]:
         lines += ["", "## Stages that failed", ""] + [f"- {f}" for f in res["failed"]]
+    lines += render_commits(res.get("provenance", {}))
     lines += _provenance(list(runs), seconds or {})
     return "\n".join(lines) + "\n"
 

@@ -74,10 +74,10 @@ def test_tiny_study_table_layout_and_counts(tiny_study):
     lines = (out / "report.md").read_text().splitlines()
     table = [ln for ln in lines if ln.startswith("|")]
     assert table[0] == "| Experiment | Spatial | Object | Goal | Long | Average |"
-    assert table[2].startswith("| E0 | ") and table[3].startswith("| E2 | ")
+    assert table[2].startswith("| E0 (world: none; ") and table[3].startswith("| E2 (world: tiny V-JEPA-style")
     assert table[2].split(" | ")[2:5] == ["not run"] * 3  # Object, Goal and Long were not asked for
     assert "/4 = " in table[2].split(" | ")[1]
-    assert table[4].startswith("| E2 − E0 (paired) | ") and "pts" in table[4]
+    assert table[4].startswith("| E2 − E0 (paired, these checkpoints) | ") and "pts" in table[4]
     assert any(ln.startswith("| swap/E0 | ") for ln in table)
     assert "## Stage wall times" in lines and any(ln.startswith("| generate/libero_spatial | ") for ln in lines)
     (run,) = study["invocations"]  # when, at which commit and with which command the study ran
@@ -225,13 +225,16 @@ def test_report_tables_from_episode_records(tmp_path):
     table = [ln for ln in render(s, res).splitlines() if ln.startswith("|")]
     assert table[0] == "| Experiment | Spatial | Object | Goal | Long | Average |"
     e0_cells = table[2].split(" | ")
-    assert e0_cells[0] == "| E0" and e0_cells[1].startswith("3/8 = 37.5% [") and "(1 errors)" in e0_cells[1]
+    assert e0_cells[0].startswith("| E0 (world: none; backbone: ") and e0_cells[1].startswith("3/8 = 37.5% [")
+    assert "(1 errors)" in e0_cells[1] and "; 4 starts; seed 0: 1/4, seed 1: 2/4" in e0_cells[1]
     assert e0_cells[2] == "not run" and e0_cells[3].startswith("not run (the scripted expert solved no task")
     assert table[3].split(" | ")[1].startswith("7/8 = 87.5% [")
-    assert table[4].startswith("| E2 − E0 (paired) | +50.0 pts [") and "no pairs" in table[4]
+    assert table[4].startswith("| E2 − E0 (paired, these checkpoints) | +50.0 pts [") and "no pairs" in table[4]
+    assert table[5].startswith("| E2 − E0 (method level) | +50.0 pts [")
     pro = [ln for ln in table if ln.startswith("| swap/")]
     assert [ln.split(" | ")[0] for ln in pro] == ["| swap/E0", "| swap/E2"]
     assert pro[1].split(" | ")[1].startswith("1/2 = 50.0% [")
+    assert pro[1].split(" | ")[1].endswith("; seed 1 missing (training failed: boom)")
     assert pro[0].rstrip(" |").endswith("not run (the scripted expert solved no task of this suite)")
 
 

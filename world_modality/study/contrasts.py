@@ -1,0 +1,178 @@
+"""The study's paired contrasts: the primary one (second experiment − first), each further experiment against the
+first and E2 − E2-Present when both ran; each conditional on these checkpoints (analysis/pooling) and at method
+level (analysis/levels, training seeds resampled too), the secondary ones Holm-adjusted, with the smallest
+difference the study could detect."""
+
+from __future__ import annotations
+
+from ..analysis.levels import MDD_FORMULA, holm, minimum_detectable_difference, two_level_contrast
+
+ALPHA, POWER = 0.05, 0.8
+
+
+def pairs_of(experiments: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(a, b, role) for every contrast b − a, the primary first."""
+    if len(experiments) < 2:
+        return []
+    first = experiments[0]
+    out = [(first, experiments[1], "primary")] + [(first, e, "secondary") for e in experiments[2:]]
+    if "E2" in experiments and "E2-Present" in experiments:
+        if not any({a, b} == {"E2", "E2-Present"} for a, b, _ in out):
+            out.append(("E2-Present", "E2", "secondary"))
+    return out
+
+
+def _runs(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> list[dict]:
+    return [
+        {
+            "preset": r["experiment"],
+            "train_seed": r["seed"],
+            "head": r.get("episodes", []),
+            "head_errors": r.get("errors", []),
+            **({"protocol": r["protocol"]} if r.get("protocol") else {}),
+        }
+        for r in evals
+        if r["experiment"] in pair and r["suite"] in suites and "not_run" not in r
+    ]
+
+
+def _outcomes(side: dict) -> dict:
+    """{training seed: {(suite, task, start): success}} from one side of pooling.pooled_sides (errors left out)."""
+    out: dict = {}
+    for (seed, *start), v in side.items():
+        if v is not None:
+            out.setdefault(seed, {})[tuple(start)] = v
+    return out
+
+
+def mdd(pair: dict) -> dict:
+    """The smallest difference detectable at 80% power, two-sided alpha 0.05, sized on the discordance measured and
+    the number of starts (clusters) as the effective n."""
+    psi = (pair["a_only"] + pair["b_only"]) / pair["n_pairs"]
+    d = minimum_detectable_difference(psi, pair["n_clusters"], ALPHA, POWER)
+    return {
+        "diff": d,
+        "discordance": psi,
+        "n": pair["n_clusters"],
+        "alpha": ALPHA,
+        "power": POWER,
+        "formula": MDD_FORMULA,
+        "kind": "derived",
+    }
+
+
+def paired(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> dict | None:
+    """Conditional (clusters = starts, pooling.pooled_paired) and method-level contrast of pair[1] − pair[0], over
+    the pairs run under one protocol; pairs refused for differing protocols are kept in "refused" (also when none
+    is left, then without a difference). None without any shared start."""
+    from ..analysis.pooling import pooled_paired, pooled_sides
+
+    runs = _runs(evals, pair, suites)
+    if not runs:
+        return None
+    sides = pooled_sides(runs, pair)
+    p = pooled_paired(runs, pair)
+    if not p:
+        return {"refused": sides["refused"], "n_refused": sides["n_refused"]} if sides["refused"] else None
+    out = {k: p[k] for k in ("n_pairs", "diff", "p", "test", "n_clusters", "a_only", "b_only")}
+    out["diff_ci"] = list(p["diff_ci"])
+    out["diff_ci_method"] = p.get("diff_ci_method")
+    out["refused"], out["n_refused"] = p.get("refused", []), p.get("n_refused", 0)
+    out["protocol_note"] = p.get("protocol_note")
+    a, b = _outcomes(sides["a"]), _outcomes(sides["b"])
+    out["method_level"] = two_level_contrast(a, b) if a and b else None
+    out["mdd"] = mdd(out)
+    return out
+
+
+def contrasts(experiments: tuple[str, ...], suites: tuple[str, ...], evals: list[dict]) -> list[dict]:
+    """Every contrast, per suite and over all suites; "p_holm" adjusts the secondary ones' all-suite conditional
+    (and, where given, method-level) p-values as one family each; the primary is never adjusted."""
+    out = []
+    for a, b, role in pairs_of(experiments):
+        out.append(
+            {
+                "role": role,
+                "a": a,
+                "b": b,
+                "per_suite": {suite: paired(evals, (a, b), {suite}) for suite in suites},
+                "average": paired(evals, (a, b), set(suites)),
+            }
+        )
+    secondary = [c["average"] for c in out if c["role"] == "secondary" and (c["average"] or {}).get("n_pairs")]
+    for p, adj in zip(secondary, holm([c["p"] for c in secondary]), strict=True):
+        p["p_holm"] = adj
+    levels = [c["method_level"] for c in secondary if c["method_level"]]
+    for m, adj in zip(levels, holm([m["p"] for m in levels]), strict=True):
+        m["p_holm"] = adj
+    return out
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _no_pairs(p: dict | None) -> str:
+    return f"no pairs ({p['n_refused']} refused: other protocol)" if p and p.get("n_refused") else "no pairs"
+
+
+def fmt_conditional(p: dict | None) -> str:
+    if not p or "diff" not in p:
+        return _no_pairs(p)
+    lo, hi = p["diff_ci"]
+    text = f"{_pts(p['diff'])} pts [{_pts(lo)}, {_pts(hi)}], p = {p['p']:.3g}"
+    if p.get("p_holm") is not None:
+        text += f" (Holm {p['p_holm']:.3g})"
+    return text + f" ({p['n_pairs']} pairs, {p['n_clusters']} starts)"
+
+
+def fmt_method(p: dict | None) -> str:
+    m = (p or {}).get("method_level")
+    if not m:
+        return _no_pairs(p)
+    lo, hi = m["diff_ci"]
+    text = f"{_pts(m['diff'])} pts [{_pts(lo)}, {_pts(hi)}]"
+    if m["p"] is None:
+        return f"{text}; {m['p_note']} ({m['seeds_a']} and {m['seeds_b']})"
+    text += f", p = {m['p']:.3g}"
+    return text + (f" (Holm {m['p_holm']:.3g})" if m.get("p_holm") is not None else "")
+
+
+def fmt_mdd(p: dict | None) -> str:
+    m = (p or {}).get("mdd")
+    if not m or m["diff"] is None:
+        return "not derivable (no discordant pair, or too few starts)"
+    return f"±{100 * m['diff']:.1f} pts (ψ = {m['discordance']:.2f}, n = {m['n']} starts)"
+
+
+def render_contrasts(cs: list[dict]) -> list[str]:
+    """The contrasts section of report.md: both interval kinds, named, and the refused pairs if any."""
+    if not cs:
+        return []
+    lines = [
+        "",
+        "## Contrasts",
+        "",
+        "Conditional on these checkpoints: the trained runs are held fixed and only the starts are resampled "
+        "(cluster = suite, task, initial state; cluster bootstrap interval, cluster sign-flip p; analysis/pooling.py)"
+        ": it says whether these checkpoints differ, not whether the training method does. Method level: a "
+        "two-level bootstrap that draws each arm's training seeds independently, then the starts (analysis/"
+        "levels.py); its p is given only with at least 3 seeds per arm. The primary contrast is not adjusted; "
+        "secondary ones carry Holm-adjusted p-values. Smallest detectable difference (derived, 80% power, two-sided "
+        f"α = 0.05): the δ solving {MDD_FORMULA}, ψ the measured share of discordant pairs, n the number of starts.",
+        "",
+        "| Contrast | Role | Conditional on these checkpoints | Method level | Smallest detectable difference |",
+        "|---|---|---|---|---|",
+    ]
+    for c in cs:
+        p = c["average"]
+        lines.append(f"| {c['b']} − {c['a']} | {c['role']} | {fmt_conditional(p)} | {fmt_method(p)} | {fmt_mdd(p)} |")
+    refused = [c for c in cs if (c["average"] or {}).get("refused")]
+    if refused:
+        from ..analysis.protocol import refused_text
+
+        lines += ["", "### Pairs refused: the two evaluations ran under different protocols", ""]
+        lines += [f"- {c['b']} − {c['a']}: {refused_text(c['average']['refused'], (c['a'], c['b']))}" for c in refused]
+    notes = [c for c in cs if (c["average"] or {}).get("protocol_note")]
+    lines += [""] * bool(notes) + [f"- {c['b']} − {c['a']}: {c['average']['protocol_note']}" for c in notes]
+    return lines
