@@ -68,7 +68,7 @@ def arm_of(cfg, replan_every: int | None) -> dict:
         "backbone": backbone_text(cfg),
         "chunk_size": cfg.policy.chunk_size,
         "replan_every": replan_every or max(1, cfg.policy.chunk_size // 2),
-        "memory_mode": cfg.policy.memory_mode,
+        "memory_mode": "none" if cfg.policy.disable_future_injection else cfg.policy.memory_mode,
     }
 
 

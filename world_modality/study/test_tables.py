@@ -141,6 +141,7 @@ def test_arms_name_their_encoder_backbone_and_action_chunking(tmp_path):
     }
     res = results(s, _run(evals))
     assert res["arms"]["E0"]["world_encoder"] == "none" and res["arms"]["E0"]["replan_every"] == 4  # chunk // 2
+    assert res["arms"]["E0"]["memory_mode"] == "none"  # no world stream: no memory mode to name
     assert res["arms"]["E2"]["replan_every"] == 2  # as evaluated
     table = _table(render(s, res))
     assert table[2].startswith("| E0 (world: none; backbone: tiny-qwen2.5-vl, random init) | ")
