@@ -53,6 +53,7 @@ def test_same_seed_same_weights_metrics_and_offline_results(fixture_dataset, tra
 
     a, b = (json.loads(r.read_text()) for r in (run_a / "config.json", run_b / "config.json"))
     a["train"].pop("output_dir"), b["train"].pop("output_dir")
+    a.pop("provenance"), b.pop("provenance")  # the commit that ran each: not a setting
     assert a == b, "the two runs must share every setting but the folder"
 
     def metrics(run):

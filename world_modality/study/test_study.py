@@ -108,7 +108,10 @@ def test_a_study_killed_mid_training_resumes_to_the_same_results(tiny_study, tmp
     assert main(args) == 0
     whole = json.loads((root / "whole" / "study.json").read_text())
     resumed = json.loads((out / "study.json").read_text())
-    assert resumed["results"] == whole["results"]
+    # The commits that ran each stage are provenance, not results: a checkout that moves on mid-test changes them.
+    assert {k: v for k, v in resumed["results"].items() if k != "provenance"} == {
+        k: v for k, v in whole["results"].items() if k != "provenance"
+    }
     assert resumed["seconds"]["generate/libero_spatial"] > 0  # times accumulate over both runs
     assert len(resumed["invocations"]) == 2  # the killed run and the one that finished it
 
