@@ -32,11 +32,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Test files run in parallel, one pytest worker per core (TEST_JOBS=1 for one process); a file's tests stay on one
+# worker, so its module fixtures (a trained checkpoint, a simulator dataset) are built once.
+TEST_JOBS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not sim"
+	$(PYTEST) -m "not slow and not sim"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
