@@ -234,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial states per task on each standard suite (default: all 50, the public protocol)",
     )
     p.add_argument(
+        "--init-states",
+        dest="init_states",
+        default=None,
+        help="which stored initial states of each task to run on each standard suite, e.g. '10-49' (the states a "
+        "recipe was not tuned on); instead of --episodes-per-task",
+    )
+    p.add_argument(
         "--pro-episodes",
         dest="pro_episodes",
         type=int,

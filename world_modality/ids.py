@@ -29,3 +29,17 @@ def parse_ids(text: str, flag: str = "--tasks", what: str = "task ids") -> list[
     if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
         raise ConfigError(f"{flag} must name distinct {what} >= 0 like '0,1,4' or '0-9', got {text!r}.")
     return ids
+
+
+def format_ids(ids) -> str:
+    """The inverse of parse_ids for a written command: runs of consecutive ids as ranges ([10..49] -> '10-49')."""
+    parts: list[str] = []
+    ids = list(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if j == i else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(parts)

@@ -49,9 +49,12 @@ class StudySettings:
     out: str
     data: str  # folder of the generated datasets (shared between studies: names carry their settings)
     joint: bool = False  # one policy per experiment and seed over every suite, instead of one per suite
+    init_states: tuple[int, ...] | None = None  # standard-suite stored states to run (e.g. 10-49), not the first n
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("workers", "out", "data")}
+        # init_states joins the identity only when given, so a study begun before it existed still continues.
+        skip = ("workers", "out", "data") + (("init_states",) if self.init_states is None else ())
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 def _names(text: str, choices, what: str, flag: str) -> tuple[str, ...]:
@@ -94,6 +97,14 @@ def settings_from_args(args) -> StudySettings:
     for name in ("episodes_per_task", "pro_episodes", "max_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    init_states = _ints(getattr(args, "init_states", None), "--init-states", "initial states")
+    if init_states is not None and args.episodes_per_task is not None:
+        raise ConfigError(
+            f"give --episodes-per-task ({args.episodes_per_task}) or --init-states ({args.init_states}), not both: "
+            "--init-states names the stored states to run, --episodes-per-task the first n of them."
+        )
+    if init_states is not None and max(init_states) >= 50:
+        raise ConfigError(f"--init-states {args.init_states}: each task stores 50 initial states, ids 0-49.")
     s = StudySettings(
         suites=suites,
         experiments=experiments,
@@ -112,6 +123,7 @@ def settings_from_args(args) -> StudySettings:
         out=str(args.out),
         data=str(args.data or Path(args.out) / "data"),
         joint=bool(getattr(args, "joint", False)),
+        init_states=init_states,
     )
     for e in experiments:  # a preset that needs more than a dataset (E2-Pretrained's encoder) fails here
         run_config(s, e, "libero_spatial", seeds[0], Path("unused"), Path("unused"))
@@ -193,6 +205,10 @@ def command_line(s: StudySettings) -> str:
         parts += ["--pro", ",".join(s.pro)]
     if s.tasks is not None:
         parts += ["--tasks", ",".join(map(str, s.tasks))]
+    if s.init_states is not None:
+        from ..ids import format_ids
+
+        parts += ["--init-states", format_ids(s.init_states)]
     sizes = {
         "--demos-per-task": s.demos_per_task,
         "--epochs": s.epochs,

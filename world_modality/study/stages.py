@@ -131,6 +131,7 @@ def eval_run(
     suite: str,
     tasks: list[int],
     n_episodes: int | None,
+    init_states: tuple[int, ...] | None = None,
 ) -> dict:
     """{"episodes": finished, "errors": errored} of one run on one suite (the same initial states for every run), with
     the protocol it ran under, the arm's description and the code commits of its training and evaluation."""
@@ -145,6 +146,7 @@ def eval_run(
                 suite=suite,
                 tasks=tuple(tasks),
                 n_episodes=n_episodes,
+                init_states=init_states,
                 workers=s.workers,
                 max_steps=s.max_steps,
                 out=str(out),
@@ -231,9 +233,11 @@ def run_stages(s: StudySettings, tasks_of) -> dict:
                 if "not_run" in suites.get(base, {}):  # --joint: a suite without demonstrations is not evaluated
                     record["not_run"] = suites[base]["not_run"]
                 elif isinstance(ckpt, Path):
-                    n = s.episodes_per_task if target == base else s.pro_episodes
+                    standard = target == base
+                    n = s.episodes_per_task if standard else s.pro_episodes
+                    which = s.init_states if standard else None  # LIBERO-PRO suites keep their first n states
                     try:
-                        record.update(eval_run(s, ckpt, suite, st[2], st[3], target, tasks_of(base), n))
+                        record.update(eval_run(s, ckpt, suite, st[2], st[3], target, tasks_of(base), n, which))
                     except Exception as e:
                         record.update(not_run=f"evaluation failed: {type(e).__name__}: {e}", error=True)
                 else:

@@ -152,6 +152,25 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
         check_same_study(other)
 
 
+def test_init_states_name_the_held_out_states_and_join_the_identity_only_when_given(tmp_path):
+    from world_modality.cli import build_parser
+    from world_modality.ids import format_ids, parse_ids
+    from world_modality.study.settings import command_line, settings_from_args
+
+    def parsed(*extra):
+        return settings_from_args(build_parser().parse_args(_args(tmp_path, *extra)))
+
+    s = parsed("--init-states", "10-49")
+    assert s.init_states == tuple(range(10, 50)) and tuple(s.identity()["init_states"]) == tuple(range(10, 50))
+    assert "--init-states 10-49" in command_line(s)  # the command that continues the study, as typed
+    assert "init_states" not in parsed().identity()  # a study begun before the flag existed continues
+    assert parse_ids(format_ids([0, 1, 2, 5, 7, 8])) == [0, 1, 2, 5, 7, 8] and format_ids([3]) == "3"
+    with pytest.raises(ConfigError, match="not both"):
+        parsed("--init-states", "10-49", "--episodes-per-task", "5")
+    with pytest.raises(ConfigError, match="ids 0-49"):
+        parsed("--init-states", "45-55")
+
+
 def test_flags_override_the_budget(tmp_path):
     from world_modality.cli import build_parser
     from world_modality.study.settings import BUDGETS, settings_from_args
@@ -341,7 +360,7 @@ def test_stages_that_cannot_run_are_reported_and_the_study_exits_non_zero(tmp_pa
             raise RuntimeError("boom")
         return tmp_path / "ckpt"
 
-    def evaluate(s, ckpt, train_suite, experiment, seed, suite, tasks, n):
+    def evaluate(s, ckpt, train_suite, experiment, seed, suite, tasks, n, init_states=None):
         return {
             "episodes": [{"suite": suite, "task_id": t, "init_index": 0, "success": True} for t in tasks],
             "errors": [],
@@ -388,3 +407,24 @@ def test_the_recorded_command_rebuilds_the_same_study(tmp_path):
     assert words[:2] == ["world-modality", "study"]
     again = settings_from_args(build_parser().parse_args(words[1:]))
     assert again == s
+
+
+def test_init_states_reach_the_standard_suites_evaluations_only(tmp_path, monkeypatch):
+    from world_modality.study import run, stages
+
+    asked = {}
+
+    def evaluate(s, ckpt, train_suite, experiment, seed, suite, tasks, n, init_states=None):
+        asked[suite] = (n, init_states)
+        ks = init_states or range(n or 1)
+        eps = [{"suite": suite, "task_id": 0, "init_index": k, "success": True} for k in ks]
+        return {"episodes": eps, "errors": []}
+
+    monkeypatch.setattr(stages, "generate_suite", lambda s, suite, tasks: {"dataset": "d", "demos": {0: 2}})
+    monkeypatch.setattr(stages, "train_run", lambda *a: tmp_path / "ckpt")
+    monkeypatch.setattr(stages, "eval_run", evaluate)
+    extra = ("--suites", "libero_spatial", "--experiments", "E0", "--tasks", "0", "--pro", "swap")
+    extra += ("--pro-episodes", "1")
+    s = _settings(tmp_path, *extra, "--seeds", "0", "--init-states", "10-12")
+    assert run.run_study(s) == 0
+    assert asked == {"libero_spatial": (None, (10, 11, 12)), "libero_spatial_swap": (1, None)}
