@@ -103,7 +103,9 @@ def settings_from_args(args):
         suite=args.suite,
         tasks=tuple(parse_ids(args.tasks)) if args.tasks else None,
         n_episodes=args.n_episodes,
-        init_states=tuple(parse_ids(args.init_states, "--init_states", "initial states")) if args.init_states else None,
+        init_states=None
+        if args.init_states is None
+        else tuple(parse_ids(args.init_states, "--init_states", "initial states")),
         memory=args.memory,
         replan_every=args.replan_every,
         workers=args.workers,

@@ -131,9 +131,11 @@ def starts_of(settings: EvalSettings, n_init: int, task: int) -> list[int]:
     if settings.init_states is not None:
         wanted = list(settings.init_states)
         if max(wanted) >= n_init:
+            from ..ids import format_ids
+
             raise ConfigError(
-                f"init_states {max(wanted)} is not a stored initial state of {settings.suite} task {task}; expected "
-                f"states in [0, {n_init - 1}]."
+                f"--init_states {format_ids(wanted)} names state {max(wanted)}, which {settings.suite} task {task} "
+                f"does not store; expected states in [0, {n_init - 1}]."
             )
         return wanted
     n = settings.n_episodes or n_init

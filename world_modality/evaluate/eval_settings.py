@@ -40,13 +40,13 @@ class EvalSettings:
         if self.init_states is not None:
             if self.n_episodes is not None:
                 raise ConfigError(
-                    f"give n_episodes ({self.n_episodes}) or init_states, not both: init_states names the initial "
-                    "states to run, n_episodes the first n of them."
+                    f"give --n_episodes ({self.n_episodes}) or --init_states ({_ids(self.init_states)}), not both: "
+                    "--init_states names the stored initial states to run, --n_episodes the first n of them."
                 )
             if not self.init_states or any(k < 0 for k in self.init_states):
-                raise ConfigError(f"init_states must name initial states >= 0, got {self.init_states}.")
+                raise ConfigError(f"--init_states must name initial states >= 0, got {self.init_states}.")
             if len(set(self.init_states)) != len(self.init_states):
-                raise ConfigError(f"init_states names a state twice: {self.init_states}.")
+                raise ConfigError(f"--init_states names a state twice: {self.init_states}.")
         if self.tasks is not None and not self.tasks:
             raise ConfigError("tasks is empty: name at least one task id (e.g. 0,1 or 0-9), or leave it out for all.")
         if self.workers < 1:
@@ -79,3 +79,9 @@ class EvalSettings:
                 parse_address(self.policy_server)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+
+
+def _ids(ids) -> str:
+    from ..ids import format_ids
+
+    return format_ids(ids)

@@ -117,7 +117,7 @@ def test_init_states_runs_exactly_the_named_stored_states(checkpoint, tmp_path):
         base = dict(checkpoint=str(checkpoint), tasks=(0,), workers=1, max_steps=4, out=str(tmp_path / "e"))
         return EvalSettings(**{**base, **kw}, device="cpu")
 
-    with pytest.raises(ConfigError, match=r"init_states 50 is not a stored initial state .* \[0, 49\]"):
+    with pytest.raises(ConfigError, match=r"--init_states 3,50 names state 50, which .* \[0, 49\]"):
         evaluate(settings(init_states=(3, 50)), progress=False)
     with pytest.raises(ConfigError, match="not both"):
         settings(init_states=(3,), n_episodes=2)

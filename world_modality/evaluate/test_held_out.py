@@ -80,6 +80,7 @@ def _retarget(checkpoint: Path, dataset: Path, dest: Path) -> Path:
     """A copy of the checkpoint as if trained on `dataset`: its config names it and its policy.json records
     the dataset's start states, as training writes them."""
     from world_modality.data.starts import read_training_starts
+    from world_modality.policy.checkpoint_store import meta_sha256
 
     ck = Path(shutil.copytree(checkpoint, dest))
     cfg = json.loads((ck / "config.json").read_text())
@@ -87,6 +88,7 @@ def _retarget(checkpoint: Path, dataset: Path, dest: Path) -> Path:
     (ck / "config.json").write_text(json.dumps(cfg))
     meta = json.loads((ck / "policy.json").read_text())
     meta["data_info"]["training_starts"] = read_training_starts(dataset)
+    meta["sha256"]["policy.json"] = meta_sha256(meta)  # recorded as a save would record it
     (ck / "policy.json").write_text(json.dumps(meta))
     return ck
 

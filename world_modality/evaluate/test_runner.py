@@ -115,7 +115,7 @@ def test_checkpoint_without_frame_size_renders_at_image_size(native_run, tmp_pat
     _, ckpt = native_run
     old = shutil.copytree(ckpt, tmp_path / "old")
     meta = json.loads((old / "policy.json").read_text())
-    del meta["data_info"]["frame_size"]
+    del meta["data_info"]["frame_size"], meta["sha256"]  # saved before either was recorded
     (old / "policy.json").write_text(json.dumps(meta))
     runner = PolicyRunner(old, device="cpu")
     assert runner.render_sizes == {k: (SIZE, SIZE) for k in CAMERAS}

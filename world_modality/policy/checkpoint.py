@@ -152,8 +152,8 @@ def save_checkpoint(
         "data_info": policy.data_info,
         "step": step,
         "epoch": epoch,
-        CHECKSUMS: record_checksums(tmp),
     }
+    meta[CHECKSUMS] = record_checksums(tmp, meta)
     (tmp / "policy.json").write_text(json.dumps(meta, indent=2) + "\n")
     if optimizer is not None:
         opt_tensors, opt_meta = flatten_optimizer(optimizer)

@@ -161,9 +161,19 @@ def settings_sha256(config_path: Path) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def record_checksums(root: Path) -> dict[str, str]:
-    """The hashes save records in policy.json: config.json's settings and every weight file present."""
+def meta_sha256(meta: dict) -> str:
+    """sha256 of policy.json's own fields but its hash record: what the runner is told about the data (frame sizes,
+    control steps per frame, the training starts the held-out check compares) changes outcomes as a setting does."""
+    rest = {k: v for k, v in meta.items() if k != CHECKSUMS}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def record_checksums(root: Path, meta: dict | None = None) -> dict[str, str]:
+    """The hashes save records in policy.json: config.json's settings, policy.json's other fields (`meta`, when
+    given) and every weight file present."""
     sums = {"config.json": settings_sha256(root / "config.json")}
+    if meta is not None:
+        sums["policy.json"] = meta_sha256(meta)
     sums.update({name: file_sha256(root / name) for name in WEIGHT_FILES if (root / name).is_file()})
     return sums
 
@@ -185,7 +195,14 @@ def recorded_checksums(root: Path, meta: dict) -> dict[str, str]:
 def verify_config(root: Path, meta: dict) -> None:
     """config.json as saved: an edited input setting (frame_stride, image_size, ...) with the weights unchanged
     once evaluated and scored with exit 0; the weights cannot tell most of these settings."""
-    want = recorded_checksums(root, meta).get("config.json")
+    sums = recorded_checksums(root, meta)
+    if "policy.json" in sums and meta_sha256(meta) != sums["policy.json"]:
+        raise CheckpointError(
+            f"checkpoint {root}: {root / 'policy.json'} does not match the sha256 it recorded when the checkpoint was "
+            "saved (its data info, shapes or world encoder were edited since); restore the policy.json written with "
+            "these weights."
+        )
+    want = sums.get("config.json")
     if want is not None and settings_sha256(root / "config.json") != want:
         raise CheckpointError(
             f"checkpoint {root}: {root / 'config.json'} does not match the sha256 recorded in policy.json when the "

@@ -56,6 +56,21 @@ def test_an_edited_input_setting_is_refused_at_read_and_load(ck, section, field,
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "field,value",
+    [("control_steps_per_frame", 3), ("training_starts", {"kind": "indices", "indices": [0]})],
+    ids=["control-steps", "training-starts"],
+)
+def test_an_edited_data_info_in_policy_json_is_refused_at_read_and_load(ck, field, value):
+    """Actions held for another number of control steps, or training starts the held-out check would compare
+    against, once ran from an edited policy.json with exit 0."""
+    _edit_json(ck / "policy.json", lambda d: d["data_info"].__setitem__(field, value))
+    needle = rf"checkpoint {ck}: {ck / 'policy.json'} does not match the sha256 it recorded when the checkpoint"
+    for read in (read_checkpoint_config, load_checkpoint):
+        with pytest.raises(CheckpointError, match=needle):
+            read(ck)
+
+
 def test_a_config_pointed_at_moved_data_and_reindented_still_loads(ck):
     data = json.loads((ck / "config.json").read_text())
     data["data"]["dataset"], data["world"]["latent_cache_dir"] = "/elsewhere/data", "/elsewhere/cache"
