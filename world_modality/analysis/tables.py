@@ -147,8 +147,24 @@ def paired_blocks(runs: list[dict], pair, result: dict, multi: bool = False) -> 
             f"Difference = {pair[1]} − {pair[0]}.",
         ),
         paired_table(pair[0], pair[1], [pc]),
+        *few_pairs_blocks(pc["n_pairs"]),
         ("p", left),
         ("p", acting_sentence(pc["acting"], pair)),
+    ]
+
+
+FEW_PAIRS = 20  # below this a percentile bootstrap over pairs can exclude 0 where the exact test gives p = 0.5
+
+
+def few_pairs_blocks(n_pairs: int) -> list[tuple]:
+    if n_pairs >= FEW_PAIRS:
+        return []
+    return [
+        (
+            "p",
+            f"WARNING: only {n_pairs} pairs. A bootstrap interval over so few is unreliable (it can exclude 0 where "
+            "the exact test does not, or have no width at all): read the exact p-value, not the interval.",
+        )
     ]
 
 

@@ -169,6 +169,7 @@ def test_report_end_to_end(tmp_path):
     )
     assert row in md
     assert pc["test"] == "exact McNemar" and pc["p"] == pc["mcnemar_p"] and pc["error_pairs"] == 0
+    assert "WARNING: only 12 pairs. A bootstrap interval over so few is unreliable" in md  # 12 < FEW_PAIRS
 
     # Memory ablation (closed loop and offline), offline-vs-closed-loop caveat, no step-level p-values.
     assert "| E2 | – | " in md and f"{sum(E2_ZERO.values())}/12" in md

@@ -199,6 +199,45 @@ def _arms_table(res: dict) -> list[str]:
     return lines
 
 
+# Below this many starts a percentile bootstrap over starts is unreliable: with 2 starts it can exclude 0 where the
+# exact paired test gives p = 0.5.
+FEW_STARTS = 20
+
+
+def protocol_line(s: StudySettings) -> str:
+    """What this study ran, against the public protocol (10 tasks, 50 stored states each, each suite's step limit):
+    a table of a cut-down run must not pass for the benchmark's."""
+    from ..ids import format_ids
+
+    tasks = "all 10 tasks" if s.tasks is None else f"tasks {format_ids(s.tasks)} of 10"
+    if s.init_states is not None:
+        states = f"stored states {format_ids(s.init_states)}"
+    elif s.episodes_per_task is not None:
+        states = f"stored states 0-{s.episodes_per_task - 1}" if s.episodes_per_task > 1 else "stored state 0"
+    else:
+        states = "all 50 stored states"
+    steps = "each suite's public step limit" if s.max_steps is None else f"a {s.max_steps}-step limit"
+    ran = f"Protocol: {tasks}, {states} per task, {steps}; suites {', '.join(s.suites)}."
+    public = s.tasks is None and s.init_states is None and s.episodes_per_task is None and s.max_steps is None
+    if public and len(s.suites) == len(SUITE_COLUMNS):
+        return ran + " This is the public protocol."
+    return (
+        f"**Smaller than the public protocol** (all four suites, all 10 tasks, all 50 stored states, each suite's "
+        f"step limit): {ran[len('Protocol: ') :]} The Average column averages only the suites run."
+    )
+
+
+def few_starts_line(pair: dict | None) -> str | None:
+    n = (pair or {}).get("n_clusters")
+    if n is None or n >= FEW_STARTS:
+        return None
+    return (
+        f"**Few starts:** the primary contrast rests on {n} distinct starts. A bootstrap interval over so few is "
+        "unreliable (it can exclude 0 where the exact paired test does not, or have no width at all): read the p-value "
+        "and the smallest detectable difference, not the interval."
+    )
+
+
 def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str, float] | None = None) -> str:
     from .contrasts import fmt_conditional, fmt_method, render_contrasts
     from .provenance import across_commits, render_commits
@@ -208,6 +247,7 @@ def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str
     sep = "|---" * (len(cols) + 2) + "|"
     warning = across_commits(res.get("provenance", {}))
     lines = ["# Study: closed-loop success in LIBERO", ""] + ([f"**{warning}**", ""] if warning else [])
+    lines += [protocol_line(s), ""]
     lines += [
         f"Training seeds {', '.join(map(str, s.seeds))}, pooled: a cell's n sums every seed's episodes, and each "
         "start (suite, task, initial state) is run once per seed, so n is not n independent trials. Cells: "
@@ -239,6 +279,8 @@ def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str
             "(analysis/levels.py); it is the one that speaks for the training method, and its p needs at least 3 "
             "seeds per arm.",
         ]
+        few = few_starts_line(p.get("average"))
+        lines += ["", few] if few else []
     lines += _arms_table(res)
     lines += render_contrasts(res.get("contrasts", []))
     if res["pro"]:

@@ -239,3 +239,21 @@ def test_a_trained_run_is_read_back_for_its_commits_and_arm(tmp_path):
     assert arm["world_encoder"] == "tiny V-JEPA-style encoder, random weights"
     assert (arm["chunk_size"], arm["replan_every"]) == (6, 3)
     assert checkpoint_arm(tmp_path / "absent", 2) is None
+
+
+def test_a_cut_down_study_says_so_above_its_table_and_few_starts_warn_off_the_interval(tmp_path):
+    from world_modality.study.tables import protocol_line, render, results
+
+    small = _settings(tmp_path, "--suites", "libero_spatial", "--tasks", "0", "--episodes-per-task", "2")
+    line = protocol_line(small)
+    assert line.startswith("**Smaller than the public protocol**") and "tasks 0 of 10" in line
+    assert "stored states 0-1 per task" in line and "averages only the suites run" in line
+    held_out = _settings(tmp_path, "--init-states", "10-49", "--max-steps", "12")
+    assert "stored states 10-49 per task, a 12-step limit" in protocol_line(held_out)
+    full = _settings(tmp_path, "--suites", "libero_spatial,libero_object,libero_goal,libero_10")
+    assert protocol_line(full).endswith("This is the public protocol.")
+    s = _settings(tmp_path, "--suites", "libero_spatial", "--seeds", "0")
+    evals = [_eval(e, 0, "libero_spatial", [e == "E2", False, e == "E2", False]) for e in ("E0", "E2")]
+    text = render(s, results(s, _run(evals)))
+    assert text.index("**Smaller than the public protocol**") < text.index("| Experiment |")
+    assert "**Few starts:** the primary contrast rests on 4 distinct starts" in text
