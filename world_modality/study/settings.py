@@ -182,17 +182,32 @@ def check_same_study(s: StudySettings) -> None:
     mine = json.loads(json.dumps(s.identity()))
     if path.exists() or path.is_symlink():
         old = _read_settings(path)
+        if not {"suites", "experiments", "seeds"} <= set(old):
+            raise ConfigError(
+                f"{path} is damaged: it lacks the study's suites, experiments or seeds (it holds {sorted(old)}); "
+                f"expected the JSON object of study settings this command writes. Restore it (the study's command is "
+                f"in {out / INVOCATIONS_FILE}), delete it to continue this folder with the current flags, or use "
+                "another --out."
+            )
         if old != mine:
             diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+            said = "; ".join(f"{_flag(k)}: {_shown(old, k)} there, {_shown(mine, k)} now" for k in diff)
             raise ConfigError(
-                f"{out} holds a study with other settings ({', '.join(diff)}: "
-                f"{ {k: old.get(k) for k in diff} } there, { {k: mine.get(k) for k in diff} } now); "
-                "rerun with the same settings to continue it, or use another --out."
+                f"{out} holds a study with other settings ({said}); rerun with the same settings to continue it, "
+                "or use another --out."
             )
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(mine, indent=2) + "\n")
     tmp.replace(path)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _shown(settings: dict, key: str) -> str:
+    return repr(settings[key]) if key in settings else "not given"
 
 
 def command_line(s: StudySettings) -> str:

@@ -148,8 +148,11 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
     # The number of workers changes no outcome; it may differ.
     check_same_study(settings_from_args(build_parser().parse_args(_args(tmp_path, "--seeds", "0", "--workers", "1"))))
     other = settings_from_args(build_parser().parse_args(_args(tmp_path, "--seeds", "0,1")))
-    with pytest.raises(ConfigError, match="other settings.*seeds"):
+    with pytest.raises(ConfigError, match=r"other settings \(--seeds: \[0\] there, \[0, 1\] now\)"):
         check_same_study(other)
+    (tmp_path / "s" / "study_settings.json").write_text("{}")  # an object, but not of a study
+    with pytest.raises(ConfigError, match="study_settings.json is damaged: it lacks the study's suites"):
+        check_same_study(first)
 
 
 def test_init_states_name_the_held_out_states_and_join_the_identity_only_when_given(tmp_path):
