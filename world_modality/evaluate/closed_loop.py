@@ -191,6 +191,11 @@ def _evaluate_locked(
     (out / "settings.json").write_text(json.dumps(written, indent=2, default=str) + "\n")
     if progress:
         print(f"[eval] {describe(overlap)}")
+        from ..ids import format_ids
+
+        states = "; ".join(f"task {t}: {format_ids(ks)}" for t, ks in per_task.items())
+        public = "the suite's public limit" if settings.max_steps is None else "not the public limit"
+        print(f"[eval] stored initial states: {states}; step limit {limit} ({public})")
         print(
             f"[eval] {experiment} {settings.suite} memory={settings.memory}: {len(jobs)} episodes in this shard, "
             f"{len(jobs) - len(todo)} already done, {len(todo)} to run on {settings.workers} worker(s) -> {path}"

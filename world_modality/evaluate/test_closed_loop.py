@@ -78,6 +78,7 @@ def test_killed_evaluation_resumes_with_every_episode_once(checkpoint, tmp_path)
         assert r["steps"] <= 24 and r["failure"] in (None, "timeout") and r["experiment"] == "E2"
     assert "libero_spatial:" in done.stdout
     assert "[info]" not in done.stdout + done.stderr  # LIBERO's task-order notices, once per worker and lookup
+    assert "stored initial states: task 0: 0-1; task 1: 0-1; step limit 24 (not the public limit)" in done.stdout
 
 
 def test_shards_split_the_episodes_and_video_is_written(checkpoint, tmp_path):
