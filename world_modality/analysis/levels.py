@@ -20,6 +20,9 @@ CLUSTERED_WILSON = "Wilson interval at the effective n = n / design effect (Kish
 TWO_LEVEL = "two-level percentile bootstrap (each arm's training seeds drawn independently, then starts)"
 MDD_FORMULA = "n·δ² = (z₀.₉₇₅·√ψ + z₀.₈·√(ψ − δ²))²"
 MIN_SEEDS_FOR_P = 3
+# Below this many starts (or pairs) a percentile bootstrap is unreliable: over 2 starts it can exclude 0 where the
+# exact paired test gives p = 0.5, or have no width at all. The reports say so beside such an interval.
+FEW_FOR_BOOTSTRAP = 20
 
 Outcomes = Mapping[Hashable, Mapping[Hashable, bool]]  # {training seed: {start: success}}
 

@@ -153,11 +153,10 @@ def paired_blocks(runs: list[dict], pair, result: dict, multi: bool = False) -> 
     ]
 
 
-FEW_PAIRS = 20  # below this a percentile bootstrap over pairs can exclude 0 where the exact test gives p = 0.5
-
-
 def few_pairs_blocks(n_pairs: int) -> list[tuple]:
-    if n_pairs >= FEW_PAIRS:
+    from .levels import FEW_FOR_BOOTSTRAP
+
+    if n_pairs >= FEW_FOR_BOOTSTRAP:
         return []
     return [
         (

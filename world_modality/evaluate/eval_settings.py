@@ -39,9 +39,11 @@ class EvalSettings:
             raise ConfigError(f"n_episodes must be >= 1 (or left out for all initial states), got {self.n_episodes}.")
         if self.init_states is not None:
             if self.n_episodes is not None:
+                from ..ids import format_ids
+
                 raise ConfigError(
-                    f"give --n_episodes ({self.n_episodes}) or --init_states ({_ids(self.init_states)}), not both: "
-                    "--init_states names the stored initial states to run, --n_episodes the first n of them."
+                    f"give --n_episodes ({self.n_episodes}) or --init_states ({format_ids(self.init_states)}), not "
+                    "both: --init_states names the stored initial states to run, --n_episodes the first n of them."
                 )
             if not self.init_states or any(k < 0 for k in self.init_states):
                 raise ConfigError(f"--init_states must name initial states >= 0, got {self.init_states}.")
@@ -79,9 +81,3 @@ class EvalSettings:
                 parse_address(self.policy_server)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-
-
-def _ids(ids) -> str:
-    from ..ids import format_ids
-
-    return format_ids(ids)

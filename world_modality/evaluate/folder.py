@@ -4,7 +4,6 @@ weights and settings, suite, memory, seed, limits), and the lock that keeps two 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,21 +24,11 @@ def read_episodes(path: Path) -> list[dict]:
     return read_jsonl(path)[0]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def weights_sha256(ckpt: Path) -> str:
     """The checkpoint's weights' hash (16 hex digits): the evaluation identity's and a policy server's."""
-    return _file_sha256(Path(ckpt) / "model.safetensors")
+    from ..policy.checkpoint_store import file_sha256
 
-
-def _json_sha256(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return file_sha256(Path(ckpt) / "model.safetensors")[:16]
 
 
 def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -> dict:
@@ -48,17 +37,17 @@ def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -
     what policy.json tells the runner about the data (frame sizes, control steps per frame, gripper); a
     config.json edited in place after an evaluation once reran into its folder and was reported with the old
     episodes. The training starts are left out: they decide which starts may run, not how one ends."""
-    from ..policy.checkpoint_store import settings_sha256
+    from ..policy.checkpoint_store import json_sha256, settings_sha256
 
     meta = json.loads((ckpt / "policy.json").read_text())
     info = {k: v for k, v in (meta.get("data_info") or {}).items() if k != "training_starts"}
     return {
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_step": meta.get("step"),
-        "weights_sha256": _file_sha256(ckpt / "model.safetensors"),
+        "weights_sha256": weights_sha256(ckpt),
         **_ema_identity(ckpt),
         "config_sha256": settings_sha256(ckpt / "config.json")[:16],
-        "data_info_sha256": _json_sha256(info),
+        "data_info_sha256": json_sha256(info)[:16],
         "suite": settings.suite,
         "memory": settings.memory,
         "seed": settings.seed,
@@ -72,7 +61,9 @@ def _ema_identity(ckpt: Path) -> dict:
     """The EMA weights, which evaluation loads when a checkpoint keeps them; absent before EMA existed, so
     identities of evaluations of checkpoints without EMA stay as they were."""
     ema = ckpt / "ema.safetensors"
-    return {"ema_sha256": _file_sha256(ema)} if ema.exists() else {}
+    from ..policy.checkpoint_store import file_sha256
+
+    return {"ema_sha256": file_sha256(ema)[:16]} if ema.exists() else {}
 
 
 def check_same_evaluation(out: Path, identity: dict, path: Path) -> None:

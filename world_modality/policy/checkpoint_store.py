@@ -148,6 +148,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def json_sha256(value) -> str:
+    """sha256 of a JSON value as settings: keys sorted, no whitespace, so re-indenting a file keeps it."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def settings_sha256(config_path: Path) -> str:
     """sha256 of a checkpoint's config.json as settings: every value but the locations (LOCATION_FIELDS), keys
     sorted, so that re-indenting the file or pointing it at a moved dataset keeps the hash. Hashed from the file,
@@ -158,14 +163,13 @@ def settings_sha256(config_path: Path) -> str:
         for section, name in LOCATION_FIELDS:
             if isinstance(data.get(section), dict):
                 data[section].pop(name, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256(data)
 
 
 def meta_sha256(meta: dict) -> str:
     """sha256 of policy.json's own fields but its hash record: what the runner is told about the data (frame sizes,
     control steps per frame, the training starts the held-out check compares) changes outcomes as a setting does."""
-    rest = {k: v for k, v in meta.items() if k != CHECKSUMS}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256({k: v for k, v in meta.items() if k != CHECKSUMS})
 
 
 def record_checksums(root: Path, meta: dict | None = None) -> dict[str, str]:

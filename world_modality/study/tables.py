@@ -199,11 +199,6 @@ def _arms_table(res: dict) -> list[str]:
     return lines
 
 
-# Below this many starts a percentile bootstrap over starts is unreliable: with 2 starts it can exclude 0 where the
-# exact paired test gives p = 0.5.
-FEW_STARTS = 20
-
-
 def protocol_line(s: StudySettings) -> str:
     """What this study ran, against the public protocol (10 tasks, 50 stored states each, each suite's step limit):
     a table of a cut-down run must not pass for the benchmark's."""
@@ -228,8 +223,10 @@ def protocol_line(s: StudySettings) -> str:
 
 
 def few_starts_line(pair: dict | None) -> str | None:
+    from ..analysis.levels import FEW_FOR_BOOTSTRAP
+
     n = (pair or {}).get("n_clusters")
-    if n is None or n >= FEW_STARTS:
+    if n is None or n >= FEW_FOR_BOOTSTRAP:
         return None
     return (
         f"**Few starts:** the primary contrast rests on {n} distinct starts. A bootstrap interval over so few is "
