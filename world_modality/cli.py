@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=2, help="simulator processes, >= 1 (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the objects' fresh placements (default: 0)")
+    from .sim.render_profile import DEFAULT_GENERATED, PROFILES
+
+    p.add_argument(
+        "--render-profile",
+        dest="render_profile",
+        choices=tuple(PROFILES),
+        default=DEFAULT_GENERATED,
+        help="camera settings of the frames, recorded in meta/info.json and used by every evaluation of a policy "
+        f"trained on them: 'libero' (LIBERO's: 4x MSAA, shadows) or 'fast' (both off) (default: {DEFAULT_GENERATED!r})",
+    )
     p.add_argument(
         "--job-timeout",
         dest="job_timeout",

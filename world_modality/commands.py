@@ -71,6 +71,7 @@ def cmd_generate(args) -> int:
         workers=args.workers,
         seed=args.seed,
         job_timeout_s=args.job_timeout or None,
+        render_profile=args.render_profile,
     )
     print(f"[generate] dataset: {out} (annotations: {out / 'coc.jsonl'})")
     return 0

@@ -89,6 +89,12 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
         help="ask the policy server there (`world-modality serve` of the same --checkpoint, checked by its "
         "weights' hash) for actions instead of loading the checkpoint in each worker (default: none)",
     )
+    p.add_argument(
+        "--render_profile",
+        default=None,
+        help="camera settings to render with; only the profile the policy's training frames were rendered with "
+        "(recorded in its policy.json) is accepted, so the flag only documents it (default: that profile)",
+    )
 
 
 def settings_from_args(args):
@@ -118,6 +124,7 @@ def settings_from_args(args):
         episode_timeout_s=args.episode_timeout or None,
         allow_train_overlap=args.allow_train_overlap,
         policy_server=args.policy_server,
+        render_profile=args.render_profile,
     )
 
 

@@ -109,6 +109,7 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
         policy.set_stats(**stats)
         from .data.frames import native_frame_sizes
         from .data.starts import read_training_starts
+        from .sim.render_profile import recorded_profile
 
         # Public LIBERO conversions store every 20 Hz control step (labelled 10 fps): one step per row
         # unless the dataset says otherwise (generated demonstrations hold each action for 2 steps).
@@ -122,6 +123,8 @@ def train(cfg: ExperimentConfig, progress: bool = True) -> Path:
             "frame_size": native_frame_sizes(
                 ds.features, tuple(cfg.data.image_keys) + ((cfg.world.world_image_key,) if encoder is not None else ())
             ),
+            # The camera settings of the training frames (`sim/render_profile.py`): evaluation renders with them.
+            "render_profile": recorded_profile(ds.info),
             # The demonstrations' start states travel with the policy, so evaluation can
             # check held-out starts even where the dataset is not (data/starts.py).
             "training_starts": read_training_starts(ds.root),

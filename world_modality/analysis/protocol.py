@@ -1,8 +1,8 @@
 """When two arms' episodes make a pair: the protocol they ran under must match, not only the start.
 
 The protocol is how an episode was run, whatever the policy: the step limit, the evaluation seed, the suite (and
-its starts, which the pair key holds) and any further field an evaluation records (render settings, once they
-exist: a protocol is an open dict, compared field by field). How an arm acts (its replanning interval, its chunk
+its starts, which the pair key holds), the render profile the cameras used, and any further field an evaluation
+records (a protocol is an open dict, compared field by field). How an arm acts (its replanning interval, its chunk
 length) is the arm's own and may differ between the two sides. A shared start whose two protocols differ is
 refused: left out of every statistic and listed apart, grouped by the two protocols. Where a side recorded no
 protocol (evaluations from before it was recorded) the start pairs as before, and the result names those runs."""
@@ -13,8 +13,8 @@ from collections.abc import Hashable, Mapping
 
 # The fields of an evaluation's settings.json "identity" that belong to the protocol; a field recorded there later
 # (e.g. render settings) joins the protocol by its name being added here.
-PROTOCOL_FIELDS = ("suite", "seed", "step_limit")
-LABELS = {"suite": "suite", "seed": "evaluation seed", "step_limit": "step limit"}
+PROTOCOL_FIELDS = ("suite", "seed", "step_limit", "render_profile")
+LABELS = {"suite": "suite", "seed": "evaluation seed", "step_limit": "step limit", "render_profile": "render profile"}
 
 
 def protocol_of(identity) -> dict | None:
@@ -35,7 +35,10 @@ def describe(protocol: Mapping | None) -> str:
     """A protocol in words: 'step limit 220, evaluation seed 0, suite libero_spatial'."""
     if not protocol:
         return "not recorded"
-    order = [*(k for k in ("step_limit", "seed", "suite") if k in protocol), *sorted(set(protocol) - set(LABELS))]
+    order = [
+        *(k for k in ("step_limit", "seed", "suite", "render_profile") if k in protocol),
+        *sorted(set(protocol) - set(LABELS)),
+    ]
     return ", ".join(f"{LABELS.get(k, k)} {protocol[k]}" for k in order)
 
 

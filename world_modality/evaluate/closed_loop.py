@@ -81,6 +81,7 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
             f"memory mode {settings.memory!r} needs a policy with future injection; the checkpoint "
             f"{ckpt} has none (E0): leave --memory out."
         )
+    settings = dataclasses.replace(settings, render_profile=policy_render_profile(ckpt, settings.render_profile))
     replan = settings.replan_every or max(1, cfg.policy.chunk_size // 2)
     if not 1 <= replan <= cfg.policy.chunk_size:
         raise ConfigError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")
@@ -122,6 +123,19 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
         )
     finally:
         lock.close()
+
+
+def policy_render_profile(ckpt: Path, asked: str | None) -> str:
+    """The render profile of the policy's training frames (policy.json's data_info); another one asked for is
+    refused, naming both."""
+    from ..config import ConfigError
+    from ..sim.render_profile import check_profile, recorded_profile
+
+    info = json.loads((Path(ckpt) / "policy.json").read_text()).get("data_info") or {}
+    try:
+        return check_profile(asked, recorded_profile(info), f"{Path(ckpt) / 'policy.json'}: data_info.render_profile")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def starts_of(settings: EvalSettings, n_init: int, task: int) -> list[int]:

@@ -25,6 +25,9 @@ class EvalSettings:
     episode_timeout_s: float | None = 1800  # a hung worker is killed and its episode retried once; None: no limit
     allow_train_overlap: bool = False  # evaluate starts that produced training data (flagged), instead of refusing
     policy_server: str | None = None  # HOST:PORT of `world-modality serve` with this checkpoint; None: load it
+    render_profile: str | None = (
+        None  # camera settings (sim/render_profile.py); None: the training data's, the only one allowed
+    )
 
     def __post_init__(self) -> None:
         # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
@@ -69,6 +72,13 @@ class EvalSettings:
             )
         if self.memory is not None:
             check_memory_mode(self.memory, "closed-loop")
+        if self.render_profile is not None:
+            from ..sim.render_profile import render_profile
+
+            try:
+                render_profile(self.render_profile)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         try:
             base_suite(self.suite)
         except ValueError as e:

@@ -52,6 +52,7 @@ def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -
         "memory": settings.memory,
         "seed": settings.seed,
         "step_limit": limit,
+        "render_profile": settings.render_profile,
         "replan_every": replan,
         "allow_train_overlap": settings.allow_train_overlap,
     }

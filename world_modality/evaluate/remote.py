@@ -18,6 +18,7 @@ import torch
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
+from ..sim.render_profile import recorded_profile
 from . import wire
 from .runner import PolicyRunner
 
@@ -141,6 +142,8 @@ class RemoteRunner(PolicyRunner):
         self.image_keys, self.chunk_size = tuple(meta["image_keys"]), meta["chunk_size"]
         self.control_steps_per_frame = meta["control_steps_per_frame"]
         self.render_sizes = {k: tuple(v) for k, v in meta["render_sizes"].items()}
+        # A server from before render profiles (or another project's) names none: LIBERO's settings.
+        self.render_profile = recorded_profile({"render_profile": meta.get("render_profile")})
         self.world_frame_size = meta["image_size"]
         self.generator, self._rng = torch.Generator(), np.random.default_rng(0)  # reset reseeds them; unused here
         self._bank, self._eligible = None, np.arange(0)  # `shuffle` draws happen on the server

@@ -22,6 +22,7 @@ from ..policy.checkpoint import load_checkpoint
 from ..policy.device import resolve_device
 from ..policy.factory import build_preprocessor
 from ..policy.types import Batch
+from ..sim.render_profile import recorded_profile
 from .schedule import is_world_frame, world_window
 
 
@@ -106,6 +107,8 @@ class PolicyRunner:
         self.chunk_size = cfg.policy.chunk_size
         self.control_steps_per_frame = int(self.policy.data_info.get("control_steps_per_frame", 1))
         self.binary_gripper = bool(self.policy.data_info.get("binary_gripper", False))
+        # The camera settings the training frames were rendered with; checkpoints from before profiles: LIBERO's.
+        self.render_profile = recorded_profile(self.policy.data_info)
         # Training read every camera from the frame cache resized to image_size (pipeline.py: the
         # world camera too, before the encoder's own resize), from frames recorded at frame_size.
         # Checkpoints from before frame_size was recorded trained on data rendered at image_size.

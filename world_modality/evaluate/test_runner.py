@@ -397,3 +397,49 @@ def test_an_e0_checkpoint_refuses_a_memory_mode_before_any_episode(small_data, t
         evaluate(EvalSettings(checkpoint=str(ckpt), memory="present", device="cpu"), progress=False)
     with pytest.raises(ValueError, match="needs a policy with future injection"):
         PolicyRunner(ckpt, memory_mode="present", device="cpu")
+
+
+def test_evaluation_inputs_are_not_augmented(native_run):
+    """Training shifts images at random (augment_shift); the runner's inputs for one observation are the same
+    pixels under any torch seed, the unshifted frame, while a training shift of them differs."""
+    from world_modality.pipeline import random_shift
+
+    cfg, ckpt = native_run
+    assert cfg.train.augment_shift > 0
+    runner = PolicyRunner(ckpt, device="cpu")
+    rng = np.random.default_rng(3)
+    obs = {k: rng.integers(0, 256, (NATIVE, NATIVE, 3), dtype=np.uint8) for k in CAMERAS}
+    obs.update({"observation.state": np.zeros(8, np.float32), "task": "move the block"})
+    world = rng.integers(0, 256, (runner.num_frames, NATIVE, NATIVE, 3), dtype=np.uint8)
+    seen = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        seen.append(runner.inputs(obs, world).images)
+    assert all(torch.equal(seen[0], s) for s in seen[1:])
+    assert torch.equal(seen[0], runner.preprocess([obs]).images)
+    torch.manual_seed(0)
+    assert not torch.equal(random_shift(seen[0], cfg.train.augment_shift), seen[0])
+
+
+def test_render_profile_travels_from_the_dataset_to_evaluation(native_run, tmp_path):
+    """A dataset recording no profile (public data) trains a policy rendered with LIBERO's settings; a policy whose
+    data recorded `fast` is evaluated with `fast`, and asking for another profile is refused naming both."""
+    import shutil
+
+    from world_modality.evaluate.closed_loop import policy_render_profile
+
+    _, ckpt = native_run
+    assert json.loads((ckpt / "policy.json").read_text())["data_info"]["render_profile"] == "libero"
+    assert PolicyRunner(ckpt, device="cpu").render_profile == "libero"
+    assert policy_render_profile(ckpt, None) == "libero"
+    fast = shutil.copytree(ckpt, tmp_path / "fast")
+    meta = json.loads((fast / "policy.json").read_text())
+    meta["data_info"]["render_profile"] = "fast"
+    del meta["sha256"]  # as if trained on fast frames: no stale hash of the edited field
+    (fast / "policy.json").write_text(json.dumps(meta))
+    assert PolicyRunner(fast, device="cpu").render_profile == "fast"
+    assert policy_render_profile(fast, None) == policy_render_profile(fast, "fast") == "fast"
+    with pytest.raises(ConfigError, match=r"'libero' differs from 'fast'.*policy\.json"):
+        policy_render_profile(fast, "libero")
+    with pytest.raises(ValueError, match="unknown render profile 'dim'"):
+        policy_render_profile(fast, "dim")

@@ -68,6 +68,7 @@ def run_job(task_id: int, init_index: int, record_video: bool) -> dict:
                 seed=st["seed"],
                 max_steps=st["max_steps"],
                 camera_sizes=runner.render_sizes,
+                render_profile=runner.render_profile,
             )
         task = env.task
         seed = st["seed"] * 100_003 + task_id * 1_000 + init_index

@@ -134,7 +134,7 @@ def test_a_malformed_hash_record_is_named(ck):
 
 
 def _settings(**over):
-    base = dict(suite="libero_spatial", memory="predicted", seed=7, allow_train_overlap=False)
+    base = dict(suite="libero_spatial", memory="predicted", seed=7, allow_train_overlap=False, render_profile="libero")
     return SimpleNamespace(**{**base, **over})
 
 

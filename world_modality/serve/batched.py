@@ -80,6 +80,7 @@ class BatchedPolicy:
             "chunk_size": int(r.chunk_size),
             "image_keys": list(r.image_keys),
             "render_sizes": {k: list(v) for k, v in r.render_sizes.items()},
+            "render_profile": r.render_profile,
             "uses_world": bool(r.uses_world),
             "world_key": r.world_key,
             "num_frames": int(r.num_frames),

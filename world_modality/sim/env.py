@@ -34,11 +34,15 @@ class LiberoEnv:
         render_mode: str = "auto",
         max_steps: int | None = None,
         settle_steps: int = SETTLE_STEPS,
-        shadows: bool = True,
+        render_profile: str = "libero",
         camera_sizes: Mapping[str, tuple[int, int]] | None = None,
     ):
         """camera_sizes: (height, width) per camera key, overriding image_size; a policy trained on
-        frames recorded at another size sees them rendered at that size, then resized as in training."""
+        frames recorded at another size sees them rendered at that size, then resized as in training.
+        render_profile: `sim/render_profile.py` (the dataset's, for a policy trained on it)."""
+        from world_modality.sim.render_profile import render_profile as _profile
+
+        self.render_profile = _profile(render_profile)
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}.")
         self.camera_sizes = {k: (int(h), int(w)) for k, (h, w) in (camera_sizes or {}).items()}
@@ -60,8 +64,6 @@ class LiberoEnv:
         self.task_name = task.name
         self.max_steps = step_limit(suite) if max_steps is None else max_steps
         self.settle_steps = settle_steps
-        # Shadows/reflections on match the public frames; off saves ~40% of render time (notes).
-        self.shadows = shadows
         # use_camera_obs=False: robosuite would otherwise render both cameras on every control step.
         self._env = OffScreenRenderEnv(
             bddl_file_name=str(bddl),
@@ -113,7 +115,6 @@ class LiberoEnv:
             )
         self.start_state = state
         self._raw = self._env.set_init_state(state)
-        self._configure_renderer()  # hard reset rebuilt the render context
         for _ in range(self.settle_steps):
             self._raw, _, _, _ = self._env.step(list(NOOP_ACTION))
         self.t, self.done = 0, False
@@ -150,6 +151,7 @@ class LiberoEnv:
     def render(self, key: str = IMAGE_KEY) -> np.ndarray:
         """One camera frame (H, W, 3) uint8, rotated 180 degrees like the public data."""
         h, w = self.camera_sizes.get(key, (self.image_size, self.image_size))
+        self._configure_renderer()
         raw = self._env.sim.render(camera_name=CAMERAS[key], width=w, height=h)
         return flip_image(raw)
 
@@ -228,9 +230,37 @@ class LiberoEnv:
         self.close()
 
     def _configure_renderer(self) -> None:
+        """Apply the render profile to the current render context: a hard reset rebuilds it from the model file
+        (LIBERO's 4x MSAA, shadows on), and robosuite creates it lazily on the first frame."""
         import mujoco
 
+        sim = self._env.sim
+        sim.model.vis.quality.offsamples = self.render_profile.msaa_samples  # a context built later takes it
+        ctx = sim._render_context_offscreen
+        if ctx is None:
+            sim.render(camera_name=CAMERAS[IMAGE_KEY], width=8, height=8)  # build it now, to configure it
+            ctx = sim._render_context_offscreen
+        # Marked on the context itself: a reference kept here would free the old context's GL state later, under
+        # the new one (black frames).
+        if getattr(ctx, "_render_profile", None) == self.render_profile.name:
+            return
+        if ctx.con.offSamples != self.render_profile.msaa_samples:
+            ctx.gl_ctx.make_current()
+            ctx.con.free()
+            ctx._set_mujoco_context_and_buffers()  # robosuite's own rebuild, as when the buffer grows
+        on = int(self.render_profile.shadows)
+        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = on
+        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = on
+        ctx._render_profile = self.render_profile.name
+
+    def render_settings(self) -> dict:
+        """The settings the current render context actually uses (what a frame was rendered with)."""
+        import mujoco
+
+        self._configure_renderer()
         ctx = self._env.sim._render_context_offscreen
-        if ctx is not None:
-            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(self.shadows)
-            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(self.shadows)
+        return {
+            "msaa_samples": int(ctx.con.offSamples),
+            "shadows": bool(ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW]),
+            "reflections": bool(ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION]),
+        }

@@ -27,8 +27,11 @@ import numpy as np
 
 from ..workers import JobLost, WorkerPool
 from .record import CONTROL_STEPS_PER_FRAME, DATASET_FPS
+from .render_profile import DEFAULT_GENERATED, INFO_KEY
+from .render_profile import render_profile as _profile
 
 IMAGE_KEYS = ("observation.images.image", "observation.images.wrist_image")
+
 PROVENANCE_FILE = "provenance.json"  # in the staging folder: the commits that ran its attempts
 
 
@@ -42,6 +45,7 @@ class Job:
     attempt: int
     image_size: int
     seed: int
+    render_profile: str = DEFAULT_GENERATED
 
     @property
     def name(self) -> str:
@@ -88,11 +92,14 @@ def _run_job(job: Job, staging: str) -> dict:
 
     base = {"task_id": job.task_id, "attempt": job.attempt, "placement_seed": job.placement_seed}
     try:
-        if _ENV is None or (_ENV.suite, _ENV.task_id, _ENV.image_size) != (job.suite, job.task_id, job.image_size):
+        have = None if _ENV is None else (_ENV.suite, _ENV.task_id, _ENV.image_size, _ENV.render_profile.name)
+        if have != (job.suite, job.task_id, job.image_size, job.render_profile):
             if _ENV is not None:
                 _ENV.close()
             _ENV = None
-            _ENV = LiberoEnv(job.suite, job.task_id, image_size=job.image_size, seed=job.seed)
+            _ENV = LiberoEnv(
+                job.suite, job.task_id, image_size=job.image_size, seed=job.seed, render_profile=job.render_profile
+            )
         demonstration = record_demonstration(_ENV, job.attempt, seed=job.seed, placement_seed=job.placement_seed)
         dist, _ = nearest(demonstration.start_state[None], _ENV.stored_init_states)
     except Exception as e:  # an error, not the expert's failure: the run ends naming it and a rerun retries it
@@ -159,6 +166,7 @@ def generate(
     progress: bool = True,
     job_timeout_s: float | None = 900,
     allow_short: bool = False,
+    render_profile: str = DEFAULT_GENERATED,
 ) -> Path:
     """A LeRobot dataset of `episodes_per_task` expert demonstrations per task, each from a fresh placement.
     A task the expert solves fewer times raises TooFewDemonstrations once its attempts are spent, unless
@@ -174,6 +182,7 @@ def generate(
             f"--out {out} is {'a file' if not out.is_dir() else 'a non-empty folder without a dataset'}; "
             "expected a new or empty folder."
         )
+    _profile(render_profile)
     if episodes_per_task < 1 or workers < 1:
         raise ValueError(f"episodes_per_task and workers must be >= 1, got {episodes_per_task} and {workers}.")
     staging = Path(str(out) + ".partial")
@@ -184,6 +193,7 @@ def generate(
         "image_size": image_size,
         "seed": seed,
         "starts": "fresh placements",
+        INFO_KEY: render_profile,
     }
     settings_path = staging / "settings.json"
     if settings_path.exists():
@@ -234,7 +244,7 @@ def generate(
             for t in tasks:
                 in_flight = sum(1 for j in pool.keys() if j.task_id == t)
                 while pool.free > 0 and len(wins[t]) + in_flight < episodes_per_task and queues[t]:
-                    job = Job(suite, t, queues[t].pop(0), image_size, seed)
+                    job = Job(suite, t, queues[t].pop(0), image_size, seed, render_profile)
                     pool.submit(job, _run_job, job, str(staging))
                     in_flight += 1
 
@@ -273,14 +283,14 @@ def generate(
     short = {t: len(w) for t, w in wins.items() if len(w) < episodes_per_task}
     solved = [t for t in tasks if wins[t]]
     if short and allow_short and solved:
-        return _write_dataset(out, staging, suite, solved, wins, episodes_per_task, image_size, seed)
+        return _write_dataset(out, staging, suite, solved, wins, episodes_per_task, image_size, seed, render_profile)
     if short:
         raise TooFewDemonstrations(
             f"the expert succeeded from fewer than {episodes_per_task} of {max_attempts} "
             f"fresh placements for tasks {short} (successes so far); finished episodes are kept "
             f"in {staging}."
         )
-    return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed)
+    return _write_dataset(out, staging, suite, tasks, wins, episodes_per_task, image_size, seed, render_profile)
 
 
 def _record_provenance(staging: Path, log_path: Path) -> dict:
@@ -321,7 +331,7 @@ def _env_state_layout(staging: Path, names: list[str]) -> list[str] | None:
     return merge_names(layouts)
 
 
-def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, seed) -> Path:
+def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, seed, profile: str) -> Path:
     from ..data.env_state import ENV_STATE_KEY, align
     from ..data.starts import START_STATES_FILE, start_record, start_states_text
     from ..data.writer import LeRobotWriter
@@ -329,6 +339,9 @@ def _write_dataset(out: Path, staging: Path, suite, tasks, wins, n, image_size, 
 
     extra = {
         "control_steps_per_frame": CONTROL_STEPS_PER_FRAME,
+        # The camera settings every frame was rendered with; an evaluation of a policy trained on it uses them.
+        INFO_KEY: profile,
+        "render_settings": _profile(profile).record(),
         "provenance": json.loads((staging / PROVENANCE_FILE).read_text()),
         "source": {
             "generator": "world_modality.sim.generate",

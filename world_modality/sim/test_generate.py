@@ -38,6 +38,9 @@ def test_generated_dataset_reads_back_in_the_public_schema(generated):
     texts, missing = join_annotations(ds, read_annotations(generated / "coc.jsonl"))
     assert missing == 0 and any("black bowl" in t for t in texts)
     assert not (generated.parent / "spatial.partial").exists()
+    # Generated frames record their render profile (the fast default), which evaluation renders with again.
+    assert ds.info["render_profile"] == "fast"
+    assert ds.info["render_settings"] == {"name": "fast", "msaa_samples": 0, "shadows": False}
 
 
 def test_demonstrations_start_from_fresh_placements_never_the_stored_states(generated):
