@@ -47,6 +47,14 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--replan_every", type=int, default=None, help="dataset frames between replans, >= 1 (default: chunk_size // 2)"
     )
+    p.add_argument(
+        "--temporal_ensemble",
+        type=float,
+        default=None,
+        metavar="M",
+        help="ACT's temporal ensembling: each frame's action is the mean of every overlapping chunk's, weighted "
+        "exp(-M i), i = 0 the oldest; M is ACT's exponential weight m, e.g. 0.01 (default: off)",
+    )
     p.add_argument("--workers", type=int, default=2, help="simulator processes, >= 1 (default: 2)")
     p.add_argument(
         "--seed",
@@ -114,6 +122,7 @@ def settings_from_args(args):
         else tuple(parse_ids(args.init_states, "--init_states", "initial states")),
         memory=args.memory,
         replan_every=args.replan_every,
+        temporal_ensemble=args.temporal_ensemble,
         workers=args.workers,
         seed=args.seed,
         video=args.video,

@@ -220,6 +220,7 @@ def _evaluate_locked(
         "seed": settings.seed,
         "suite": settings.suite,
         "replan_every": replan,
+        "temporal_ensemble": settings.temporal_ensemble,
         "max_steps": settings.max_steps,
         "device": settings.device,
         "policy_server": settings.policy_server,

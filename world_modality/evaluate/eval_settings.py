@@ -15,6 +15,7 @@ class EvalSettings:
     init_states: tuple[int, ...] | None = None  # per task: these stored initial states (e.g. 10..49), not 0..n-1
     memory: str | None = None  # default: the checkpoint's training memory mode (evaluate() resolves it)
     replan_every: int | None = None  # frames between replans; default chunk_size // 2
+    temporal_ensemble: float | None = None  # ACT's exponential weight m over overlapping chunks; None: off
     workers: int = 2
     seed: int = 7  # env seed, as in the public LIBERO evaluation scripts
     video: int = 0  # rollouts per task saved as mp4
@@ -60,6 +61,13 @@ class EvalSettings:
             raise ConfigError(
                 f"replan_every must be >= 1 frame (or left out for chunk_size // 2), got {self.replan_every}."
             )
+        if self.temporal_ensemble is not None:
+            from .runner import check_temporal_ensemble
+
+            try:
+                check_temporal_ensemble(self.temporal_ensemble)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(
                 f"max_steps must be >= 1 control step (or left out for the suite's limit), got {self.max_steps}."

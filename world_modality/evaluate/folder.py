@@ -36,12 +36,13 @@ def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -
     The checkpoint's settings are in it: config.json (locations aside: a moved dataset or model keeps it) and
     what policy.json tells the runner about the data (frame sizes, control steps per frame, gripper); a
     config.json edited in place after an evaluation once reran into its folder and was reported with the old
-    episodes. The training starts are left out: they decide which starts may run, not how one ends."""
+    episodes. The training starts are left out: they decide which starts may run, not how one ends. A temporal
+    ensemble is in it only when set, so folders evaluated before the option existed keep their identity."""
     from ..policy.checkpoint_store import json_sha256, settings_sha256
 
     meta = json.loads((ckpt / "policy.json").read_text())
     info = {k: v for k, v in (meta.get("data_info") or {}).items() if k != "training_starts"}
-    return {
+    identity = {
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_step": meta.get("step"),
         "weights_sha256": weights_sha256(ckpt),
@@ -56,6 +57,10 @@ def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -
         "replan_every": replan,
         "allow_train_overlap": settings.allow_train_overlap,
     }
+    ensemble = getattr(settings, "temporal_ensemble", None)  # a stand-in for EvalSettings without the field: off
+    if ensemble is not None:
+        identity["temporal_ensemble"] = ensemble
+    return identity
 
 
 def _ema_identity(ckpt: Path) -> dict:

@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from ..sim.render_profile import recorded_profile
 from . import wire
-from .runner import PolicyRunner
+from .runner import PolicyRunner, check_temporal_ensemble
 
 WORLD_KEY, EPISODE_KEY, STEP_KEY, RESET_KEY = "world_frames", "episode_id", "episode_step", "reset"
 
@@ -127,10 +127,12 @@ class PolicyClient:
 class RemoteRunner(PolicyRunner):
     """`PolicyRunner`'s episode interface (`reset`, `select_action`, `needs_*`, `world_input`) over a server's
     `act`. Each `reset(seed, instructions)` starts a new episode on the server, seeded as a local runner's reset
-    seeds it, so an episode draws the same noise (flow head, `random` and `shuffle` memory) as it would locally."""
+    seeds it, so an episode draws the same noise (flow head, `random` and `shuffle` memory) as it would locally.
+    `temporal_ensemble` blends the server's chunks here, as a local runner does (`PolicyRunner`)."""
 
-    def __init__(self, address: str, retries: int = 3, backoff_s: float = 0.5):
+    def __init__(self, address: str, retries: int = 3, backoff_s: float = 0.5, temporal_ensemble: float | None = None):
         # No super().__init__(): that loads the checkpoint. These are the attributes the episode methods read.
+        self.temporal_ensemble = check_temporal_ensemble(temporal_ensemble)  # before connecting: a typo fails at once
         host, port = parse_address(address)
         self.client = PolicyClient(host, port, retries=retries, backoff_s=backoff_s)
         meta = self.metadata = self.client.get_server_metadata()
@@ -141,6 +143,9 @@ class RemoteRunner(PolicyRunner):
         self.num_frames, self.frame_stride = meta["num_frames"], meta["frame_stride"]
         self.image_keys, self.chunk_size = tuple(meta["image_keys"]), meta["chunk_size"]
         self.control_steps_per_frame = meta["control_steps_per_frame"]
+        # The server snaps each chunk's gripper; an ensemble's mean of them is snapped here. A server from before
+        # it named this sends none: its chunks are blended unsnapped.
+        self.binary_gripper = bool(meta.get("binary_gripper", False))
         self.render_sizes = {k: tuple(v) for k, v in meta["render_sizes"].items()}
         # A server from before render profiles (or another project's) names none: LIBERO's settings.
         self.render_profile = recorded_profile({"render_profile": meta.get("render_profile")})
@@ -149,6 +154,7 @@ class RemoteRunner(PolicyRunner):
         self._bank, self._eligible = None, np.arange(0)  # `shuffle` draws happen on the server
         self.replan_every = meta["replan_every"]
         self._queue: deque[np.ndarray] = deque()
+        self._chunks: list[tuple[int, np.ndarray]] = []
         self._frame = 0
         self._world: dict[int, np.ndarray] = {}
         self._episode: str | None = None  # None until reset: requests then use the server's shared stream

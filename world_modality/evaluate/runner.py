@@ -9,6 +9,7 @@ size the dataset recorded them (`render_sizes`) and go through the training fram
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 
@@ -23,7 +24,7 @@ from ..policy.device import resolve_device
 from ..policy.factory import build_preprocessor
 from ..policy.types import Batch
 from ..sim.render_profile import recorded_profile
-from .schedule import is_world_frame, world_window
+from .schedule import is_replan_frame, is_world_frame, world_window
 
 
 def _norm(instruction: str) -> str:
@@ -40,6 +41,19 @@ def model_inputs(preprocess, observations: list[dict], world_frames: np.ndarray 
     if world_frames is not None:
         batch = batch.replace(world_frames=resize_frames(np.asarray(world_frames), world_frame_size))
     return batch
+
+
+def check_temporal_ensemble(m) -> float | None:
+    """ACT's temporal-ensemble weight m as a float, None (off) kept; anything but a finite number >= 0 is a
+    ValueError naming it."""
+    if m is None:
+        return None
+    number = isinstance(m, (int, float, np.integer, np.floating)) and not isinstance(m, (bool, np.bool_))
+    if not number or not math.isfinite(m) or m < 0:
+        raise ValueError(
+            f"temporal_ensemble must be a finite number >= 0 (ACT's weight m, e.g. 0.01) or None (off), got {m!r}."
+        )
+    return float(m)
 
 
 class PolicyRunner:
@@ -69,7 +83,13 @@ class PolicyRunner:
             obs = env.observe() if runner.needs_observation else None
 
     Passing the observation and the world frame on every call is always allowed (what is not needed is
-    ignored or dropped once no later window reaches it)."""
+    ignored or dropped once no later window reaches it).
+
+    `temporal_ensemble` m (ACT's temporal ensembling, Zhao et al. 2023; None: off) still predicts a chunk every
+    `replan_every` frames, but each frame's action is the mean of what every chunk still covering it predicted
+    for it, weighted exp(-m i) with i = 0 the oldest (a binary gripper snapped to +-1 after the mean)."""
+
+    temporal_ensemble: float | None = None  # a runner made without __init__ (a test's scripted one) ensembles nothing
 
     def __init__(
         self,
@@ -78,10 +98,12 @@ class PolicyRunner:
         seed: int = 0,
         device: str = "auto",
         replan_every: int | None = None,
+        temporal_ensemble: float | None = None,
     ):
         from ..config import check_memory_mode
         from ..policy.checkpoint_store import resolve_checkpoint
 
+        self.temporal_ensemble = check_temporal_ensemble(temporal_ensemble)  # before the checkpoint loads
         if memory_mode is not None:
             check_memory_mode(memory_mode, "closed-loop")
         self.device = resolve_device(device)
@@ -127,6 +149,7 @@ class PolicyRunner:
         self._eligible = np.arange(0 if self._bank is None else len(self._bank))
         self.replan_every = replan_every or max(1, self.chunk_size // 2)
         self._queue: deque[np.ndarray] = deque()  # actions of the current chunk not yet handed out
+        self._chunks: list[tuple[int, np.ndarray]] = []  # temporal ensemble: (first frame, chunk) still covering
         self._frame = 0  # dataset frames since reset: the index of the next select_action call
         self._world: dict[int, np.ndarray] = {}  # world frames by frame index, kept while a window reaches them
 
@@ -143,7 +166,8 @@ class PolicyRunner:
     def reset(self, seed: int = 0, instructions: Iterable[str] = (), replan_every: int | None = None) -> None:
         """Start an episode: empty the action queue and world window, reseed, set `replan_every` when given,
         and (memory `shuffle`) name the instructions of the task being
-        evaluated, so that `act` draws only memories of training frames of other instructions.
+        evaluated, so that `act` draws only memories of training frames of other instructions. The chunks a
+        temporal ensemble keeps are dropped too.
         Where the bank holds no other instruction (a dataset of one task, or none given, the
         default) every entry stays eligible: the memory then comes from any training frame,
         possibly of this very task. Instructions match after lower-casing and collapsing spaces."""
@@ -152,6 +176,7 @@ class PolicyRunner:
                 raise ValueError(f"replan_every must be in [1, chunk_size={self.chunk_size}], got {replan_every}.")
             self.replan_every = replan_every
         self._queue.clear()
+        self._chunks = []
         self._frame = 0
         self._world = {}
         self.generator.manual_seed(seed)
@@ -210,7 +235,9 @@ class PolicyRunner:
     @property
     def needs_observation(self) -> bool:
         """The next `select_action` predicts a new chunk, so it needs the observation."""
-        return not self._queue
+        if self.temporal_ensemble is None:
+            return not self._queue
+        return is_replan_frame(self._frame, self.replan_every)
 
     @property
     def needs_world_frame(self) -> bool:
@@ -219,22 +246,47 @@ class PolicyRunner:
 
     def select_action(self, observation: dict | None, world_frame: np.ndarray | None = None) -> np.ndarray:
         """The action for this frame, (action_dim,): the next one of the queue, which is refilled with the first
-        `replan_every` actions of a new chunk when it is empty. `world_frame` is `world_input(env, observation)`
-        of this frame (needed when `needs_world_frame`)."""
+        `replan_every` actions of a new chunk when it is empty (with `temporal_ensemble`: the ensemble of the
+        chunks covering the frame). `world_frame` is `world_input(env, observation)` of this frame (needed when
+        `needs_world_frame`)."""
         frame = self._frame
         if world_frame is not None and self.uses_world:
             self._world[frame] = world_frame
         elif self.needs_world_frame:
             raise ValueError(f"frame {frame} is in a world window: select_action needs its world frame.")
-        if not self._queue:
-            if observation is None:
-                raise ValueError(f"frame {frame} starts a new chunk: select_action needs the observation.")
-            window = world_window(frame, self.num_frames, self.frame_stride)
-            frames = np.stack([self._world[f] for f in window]) if self.uses_world else None
-            self._queue.extend(self.act(observation, frames)[: self.replan_every])
+        if self.needs_observation:
+            chunk = self._predict(frame, observation)
+            if self.temporal_ensemble is None:
+                self._queue.extend(chunk[: self.replan_every])
+            else:
+                self._chunks.append((frame, chunk))
         self._frame += 1
         # Keep only frames a later window can still reach (and frame 0, which early windows repeat).
         oldest = self._frame - (self.num_frames - 1) * self.frame_stride - self.replan_every
         for f in [f for f in self._world if 0 < f < oldest]:
             del self._world[f]
-        return self._queue.popleft()
+        return self._queue.popleft() if self.temporal_ensemble is None else self._ensembled(frame)
+
+    def _predict(self, frame: int, observation: dict | None) -> np.ndarray:
+        """The chunk predicted at `frame` from its observation and the world window ending there."""
+        if observation is None:
+            raise ValueError(f"frame {frame} starts a new chunk: select_action needs the observation.")
+        window = world_window(frame, self.num_frames, self.frame_stride)
+        frames = np.stack([self._world[f] for f in window]) if self.uses_world else None
+        return self.act(observation, frames)
+
+    def _ensembled(self, frame: int) -> np.ndarray:
+        """ACT's temporal ensemble for `frame`: the chunks covering it, oldest first, averaged with weights
+        exp(-m i); a binary gripper is snapped after the mean, as `act` snaps it."""
+        self._chunks = [(start, c) for start, c in self._chunks if frame < start + len(c)]
+        if not self._chunks:
+            raise ValueError(
+                f"frame {frame} is covered by no predicted chunk: replan_every ({self.replan_every}) must be "
+                f"at most chunk_size ({self.chunk_size}) with temporal_ensemble."
+            )
+        actions = np.stack([np.asarray(c[frame - start]) for start, c in self._chunks])
+        weights = np.exp(-self.temporal_ensemble * np.arange(len(actions)))
+        action = np.average(actions, axis=0, weights=weights).astype(actions.dtype)
+        if self.binary_gripper:
+            action[-1] = 1.0 if action[-1] >= 0 else -1.0
+        return action

@@ -443,3 +443,210 @@ def test_render_profile_travels_from_the_dataset_to_evaluation(native_run, tmp_p
         policy_render_profile(fast, "libero")
     with pytest.raises(ValueError, match="unknown render profile 'dim'"):
         policy_render_profile(fast, "dim")
+
+
+# --- temporal ensembling (ACT) of overlapping chunks --------------------------------------------------------
+def _recording(runner) -> list[np.ndarray]:
+    """Every chunk `runner.act` returns from now on, in order (the instance's act wrapped)."""
+    chunks = []
+    real = runner.act
+
+    def act(observation, world_frames=None):
+        chunk = real(observation, world_frames)
+        chunks.append(chunk.copy())
+        return chunk
+
+    runner.act = act
+    return chunks
+
+
+def _drive(runner, frames: int, seed: int = 0, only_needed: bool = False) -> tuple[list[np.ndarray], list[bool]]:
+    """An episode of random observations: (each frame's action, whether the runner asked for its observation).
+    only_needed: pass the observation and world frame only when the runner says it needs them."""
+    rng = np.random.default_rng(seed)
+    runner.reset(seed, instructions="move the block")
+    actions, asked = [], []
+    for _ in range(frames):
+        obs = {k: rng.integers(0, 256, (NATIVE, NATIVE, 3), dtype=np.uint8) for k in CAMERAS}
+        obs.update({"observation.state": rng.normal(size=8).astype(np.float32), "task": "move the block"})
+        asked.append(runner.needs_observation)
+        world = obs[WORLD] if runner.needs_world_frame or not only_needed else None
+        actions.append(runner.select_action(obs if asked[-1] or not only_needed else None, world))
+    return actions, asked
+
+
+def _ensemble(chunks: list[tuple[int, np.ndarray]], frame: int, m: float) -> np.ndarray:
+    """ACT's weighted mean, by hand: chunks (first frame, actions) covering `frame`, i = 0 the oldest."""
+    covering = [c[frame - start] for start, c in chunks if start <= frame < start + len(c)]
+    weights = [np.exp(-m * i) for i in range(len(covering))]
+    return sum(w * a.astype(np.float64) for w, a in zip(weights, covering)) / sum(weights)
+
+
+def test_temporal_ensemble_off_acts_as_before(native_run):
+    """None is today's runner bit for bit: the first replan_every rows of each chunk, in turn."""
+    _, ckpt = native_run
+    plain, off = PolicyRunner(ckpt, device="cpu"), PolicyRunner(ckpt, device="cpu", temporal_ensemble=None)
+    assert off.temporal_ensemble is None
+    chunks = _recording(off)
+    a_plain, asked_plain = _drive(plain, 12)
+    a_off, asked_off = _drive(off, 12)
+    assert asked_plain == asked_off and all(np.array_equal(a, b) for a, b in zip(a_plain, a_off))
+    r = off.replan_every
+    assert all(np.array_equal(a, chunks[f // r][f % r]) for f, a in enumerate(a_off))
+
+
+@pytest.mark.parametrize("m", [0.01, 0.5])
+def test_temporal_ensemble_is_the_weighted_mean_of_the_covering_chunks(native_run, m):
+    """replan_every=1 is ACT's scheme: each frame's action is the exp(-m i)-weighted mean (i = 0 the oldest) of
+    what every chunk predicted so far says for it, and not the newest chunk's own first action."""
+    _, ckpt = native_run
+    runner = PolicyRunner(ckpt, device="cpu", temporal_ensemble=m)
+    runner.binary_gripper = False  # the gripper's snapping is checked below
+    chunks = _recording(runner)
+    runner.reset(0, replan_every=1)
+    frames = runner.chunk_size + 4  # past the first chunk's end: the oldest ones drop out
+    actions, asked = _drive(runner, frames)
+    assert all(asked) and len(chunks) == frames
+    started = list(enumerate(chunks))
+    for f, a in enumerate(actions):
+        np.testing.assert_allclose(a, _ensemble(started, f, m), rtol=1e-5, atol=1e-6)
+    # Not vacuous: the ensemble is not the plain runner's action (this frame's first row), and the order matters.
+    assert not np.allclose(actions[-1], chunks[-1][0], atol=1e-4)
+    if m > 0.1:
+        newest_first = [(f, c) for f, c in reversed(started)]
+        assert not np.allclose(actions[-1], _ensemble(newest_first, frames - 1, m), atol=1e-4)
+
+
+def test_temporal_ensemble_snaps_a_binary_gripper_after_the_mean(native_run):
+    _, ckpt = native_run
+    runner = PolicyRunner(ckpt, device="cpu", temporal_ensemble=0.3)
+    runner.binary_gripper = True  # as a checkpoint trained on +-1 grippers: act snaps each chunk
+    chunks = _recording(runner)
+    runner.reset(0, replan_every=1)
+    actions, _ = _drive(runner, runner.chunk_size + 2)
+    for f, a in enumerate(actions):
+        expected = _ensemble(list(enumerate(chunks)), f, 0.3)
+        assert a[-1] == (1.0 if expected[-1] >= 0 else -1.0)
+        np.testing.assert_allclose(a[:-1], expected[:-1], rtol=1e-5, atol=1e-6)
+
+
+def test_temporal_ensemble_asks_for_inputs_only_on_replanning_frames(native_run):
+    """Observations are needed exactly on replanning frames and world frames exactly where a window reaches them
+    (a missing one would raise); kept world frames stay bounded; replan_every = chunk_size has nothing to
+    blend, so it acts as the plain runner; reset drops the stored chunks."""
+    from world_modality.evaluate.schedule import is_replan_frame, is_world_frame
+
+    _, ckpt = native_run
+    runner = PolicyRunner(ckpt, device="cpu", temporal_ensemble=0.01)
+    plain = PolicyRunner(ckpt, device="cpu")
+    chunk, m, s = runner.chunk_size, runner.num_frames, runner.frame_stride
+    for replan in sorted({1, 3, max(1, chunk // 2), chunk}):
+        chunks = _recording(runner)
+        runner.reset(0, replan_every=replan)
+        rng = np.random.default_rng(replan)
+        for f in range(3 * chunk):
+            assert runner.needs_observation == is_replan_frame(f, replan), (replan, f)
+            assert runner.needs_world_frame == is_world_frame(f, replan, m, s), (replan, f)
+            obs = {k: rng.integers(0, 256, (NATIVE, NATIVE, 3), dtype=np.uint8) for k in CAMERAS}
+            obs.update({"observation.state": np.zeros(8, np.float32), "task": "move the block"})
+            runner.select_action(
+                obs if runner.needs_observation else None, obs[WORLD] if runner.needs_world_frame else None
+            )
+            assert len(runner._world) <= (m - 1) * s + replan + 1
+            assert len(runner._chunks) <= -(-chunk // replan)
+        assert len(chunks) == -(-3 * chunk // replan)
+        del runner.act  # the recording wrapper: the next replan_every records its own
+    runner.reset(0, replan_every=chunk)
+    plain.reset(0, replan_every=chunk)
+    a_ens, asked_ens = _drive(runner, 2 * chunk + 1, only_needed=True)
+    a_plain, asked_plain = _drive(plain, 2 * chunk + 1, only_needed=True)
+    assert asked_ens == asked_plain and all(np.array_equal(a, b) for a, b in zip(a_ens, a_plain))
+    runner.reset(0, replan_every=1)
+    _drive(runner, 3)
+    runner.reset(0)
+    assert runner._chunks == [] and runner.needs_observation
+
+
+@pytest.mark.parametrize("bad", [-1, -0.01, float("nan"), float("inf"), True, "0.01"])
+def test_a_bad_temporal_ensemble_is_refused_naming_it(bad, tmp_path):
+    from world_modality.evaluate.closed_loop import EvalSettings
+    from world_modality.evaluate.remote import RemoteRunner
+
+    named = rf"temporal_ensemble must be a finite number >= 0.*got {repr(bad)}"
+    with pytest.raises(ValueError, match=named):
+        PolicyRunner(tmp_path / "never-loaded", device="cpu", temporal_ensemble=bad)  # before the checkpoint loads
+    with pytest.raises(ConfigError, match=named):
+        EvalSettings(checkpoint="runs/e2", temporal_ensemble=bad)
+    with pytest.raises(ValueError, match=named):
+        RemoteRunner("127.0.0.1:1", temporal_ensemble=bad)  # before connecting
+    assert EvalSettings(checkpoint="runs/e2", temporal_ensemble=0).temporal_ensemble == 0
+
+
+def test_temporal_ensemble_flag_reaches_the_settings_and_a_bad_one_exits_2(tmp_path, capsys):
+    import argparse
+
+    from world_modality.eval_libero import add_eval_flags, main, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_eval_flags(p)
+    assert settings_from_args(p.parse_args(["--checkpoint", "C"])).temporal_ensemble is None
+    args = p.parse_args(["--checkpoint", "C", "--temporal_ensemble", "0.01"])
+    assert settings_from_args(args).temporal_ensemble == 0.01
+    assert main(["--checkpoint", str(tmp_path), "--temporal_ensemble", "nan"]) == 2
+    assert "got nan" in capsys.readouterr().err
+
+
+def test_eval_identity_names_the_temporal_ensemble_only_when_set(native_run, tmp_path):
+    """Folders evaluated before the option keep their identity (no key); a set ensemble is another evaluation."""
+    from world_modality.evaluate.closed_loop import EvalSettings
+    from world_modality.evaluate.folder import check_same_evaluation, eval_identity
+
+    _, ckpt = native_run
+    base = dict(checkpoint=str(ckpt), memory="predicted", render_profile="libero", device="cpu")
+    off = eval_identity(ckpt, EvalSettings(**base), 4, 220)
+    assert "temporal_ensemble" not in off
+    assert off == eval_identity(ckpt, EvalSettings(**base, temporal_ensemble=None), 4, 220)
+    on = eval_identity(ckpt, EvalSettings(**base, temporal_ensemble=0.01), 4, 220)
+    assert on == {**off, "temporal_ensemble": 0.01}
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"identity": off}))
+    (out / "episodes.jsonl").write_text(json.dumps({"task_id": 0, "init_index": 0, "success": True}) + "\n")
+    check_same_evaluation(out, off, out / "episodes.jsonl")  # without the option: the folder continues
+    with pytest.raises(ConfigError, match=r"temporal_ensemble: not recorded there, 0.01 now"):
+        check_same_evaluation(out, on, out / "episodes.jsonl")
+
+
+def test_worker_and_remote_runner_ensemble_like_the_local_runner(native_run):
+    """The worker builds its runner with the setting, local or over a policy server, and a RemoteRunner blends
+    the server's chunks as the local runner blends its own, bit for bit (the gripper snapped alike)."""
+    from world_modality.evaluate import worker
+    from world_modality.evaluate.remote import RemoteRunner
+    from world_modality.serve.batched import BatchedPolicy
+    from world_modality.serve.server import PolicyServer
+
+    _, ckpt = native_run
+    server = PolicyServer(BatchedPolicy(PolicyRunner(ckpt, device="cpu", seed=0)), port=0)
+    port = server.start()
+    threads = torch.get_num_threads()  # a worker sets its process to one thread; this process is the tests'
+    try:
+        settings = {"checkpoint": str(ckpt), "memory": None, "seed": 0, "device": "cpu", "temporal_ensemble": 0.2}
+        worker._init(settings)
+        assert worker._STATE["runner"].temporal_ensemble == 0.2
+        worker._STATE.clear()
+        worker._init({**settings, "policy_server": f"127.0.0.1:{port}"})
+        remote = worker._runner()
+        assert isinstance(remote, RemoteRunner) and remote.temporal_ensemble == 0.2
+        local = PolicyRunner(ckpt, device="cpu", seed=0, temporal_ensemble=0.2)
+        assert remote.binary_gripper == local.binary_gripper
+        for runner in (local, remote):
+            runner.reset(3, replan_every=2)
+        a_local, asked_local = _drive(local, 2 * local.chunk_size, seed=3, only_needed=True)
+        a_remote, asked_remote = _drive(remote, 2 * local.chunk_size, seed=3, only_needed=True)
+        assert asked_local == asked_remote
+        assert all(np.array_equal(a, b) for a, b in zip(a_local, a_remote))
+        remote.close()
+    finally:
+        worker._STATE.clear()
+        server.stop()
+        torch.set_num_threads(threads)

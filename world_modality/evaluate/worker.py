@@ -34,7 +34,11 @@ def _init(settings: dict) -> None:
     if resolve_device(settings["device"]).type == "cpu":
         torch.set_num_threads(1)  # one core per simulator process; threads would only contend
     _STATE["runner"] = PolicyRunner(
-        settings["checkpoint"], settings["memory"], seed=settings["seed"], device=settings["device"]
+        settings["checkpoint"],
+        settings["memory"],
+        seed=settings["seed"],
+        device=settings["device"],
+        temporal_ensemble=settings.get("temporal_ensemble"),
     )
 
 
@@ -42,7 +46,8 @@ def _runner():
     if "runner" not in _STATE:
         from .remote import RemoteRunner
 
-        _STATE["runner"] = RemoteRunner(_STATE["settings"]["policy_server"])
+        st = _STATE["settings"]
+        _STATE["runner"] = RemoteRunner(st["policy_server"], temporal_ensemble=st.get("temporal_ensemble"))
     return _STATE["runner"]
 
 

@@ -87,6 +87,7 @@ class BatchedPolicy:
             "frame_stride": int(r.frame_stride),
             "replan_every": int(r.replan_every),
             "control_steps_per_frame": int(r.control_steps_per_frame),
+            "binary_gripper": bool(r.binary_gripper),
             "world_frames_key": WORLD_KEY,
             "world_state_names": r.world_state_names,
             "image_size": int(r.cfg.data.image_size),
