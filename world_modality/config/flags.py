@@ -60,6 +60,9 @@ FIELD_HELP = {
     f"(Qwen2.5-VL) and smolvlm (SmolVLM) load --backbone_path)",
     "backbone_path": "local folder or hub-cache id of the VLM weights (needed by qwen2.5-vl and smolvlm)",
     "backbone_dtype": f"{_one_of(BACKBONE_DTYPES)}: the VLM's weights (bfloat16 on GPUs)",
+    "tiny_width": "hidden size of tiny-qwen2.5-vl's language model (its MLP is twice as wide), a positive multiple "
+    "of 16 (4 attention heads, each with a head dim that is a multiple of 4); other backbones keep the default",
+    "tiny_depth": "language-model layers of tiny-qwen2.5-vl, >= 1; other backbones keep the default",
     "freeze_backbone": "freeze every backbone weight (LoRA adapters still train; the checkpoint then leaves the "
     "pretrained weights out)",
     "use_lora": "add LoRA adapters to the language model's attention projections",

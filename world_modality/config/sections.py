@@ -120,12 +120,28 @@ class WorldConfig:
         )
 
 
+# tiny_width is split over the tiny Qwen's 4 attention heads, and tiny_qwen_config halves each head's dim for the
+# rotary embedding (which turns pairs of dimensions) before splitting it over time/height/width: the head dim must
+# be even. Steps of 16 (head dims 4, 8, 12, ...) keep that with room to spare.
+TINY_WIDTH_UNIT = 16
+# The embedded tiny-qwen2.5-vl's size (policy/backbone.py's TinyQwenSize); other backbones must leave these alone.
+TINY_DEFAULTS = {"tiny_width": 128, "tiny_depth": 2}
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, and a JSON 64.0 would build a model with a float width.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     # Backbone
     backbone: str = "tiny-qwen2.5-vl"  # tiny-qwen2.5-vl (embedded default) | qwen2.5-vl | tiny-smolvlm | smolvlm
     backbone_path: str | None = None  # local path or hub-cache id of the VLM
     backbone_dtype: str = "float32"  # float32 | bfloat16 | float16 (weights of the VLM; bfloat16 for GPUs)
+    # Size of tiny-qwen2.5-vl only (the defaults are the embedded model; other backbones take theirs from weights)
+    tiny_width: int = 128  # language model's hidden size; its MLP is 2x; a positive multiple of TINY_WIDTH_UNIT
+    tiny_depth: int = 2  # language-model layers, >= 1
     # Finetuning settings
     freeze_backbone: bool = False  # freeze every backbone weight (LoRA adapters still train)
     use_lora: bool = False  # add LoRA adapters to the language model's attention projections
@@ -158,6 +174,24 @@ class PolicyConfig:
         check(
             self.backbone_dtype in BACKBONE_DTYPES,
             f"`backbone_dtype` must be one of {BACKBONE_DTYPES}, got {self.backbone_dtype!r}.",
+        )
+        check(
+            _is_int(self.tiny_width) and self.tiny_width >= TINY_WIDTH_UNIT and self.tiny_width % TINY_WIDTH_UNIT == 0,
+            f"`tiny_width` must be a positive multiple of {TINY_WIDTH_UNIT}, got {self.tiny_width!r}: the tiny Qwen "
+            f"splits it over 4 attention heads, whose head dim (tiny_width / 4) must then be a multiple of 4, "
+            f"an even number the rotary embedding can halve into pairs of dimensions.",
+        )
+        check(
+            _is_int(self.tiny_depth) and self.tiny_depth >= 1,
+            f"`tiny_depth` (language-model layers) must be an integer >= 1, got {self.tiny_depth!r}.",
+        )
+        resized = {k: getattr(self, k) for k, v in TINY_DEFAULTS.items() if getattr(self, k) != v}
+        check(
+            self.backbone == "tiny-qwen2.5-vl" or not resized,
+            f"`tiny_width` and `tiny_depth` size the tiny-qwen2.5-vl backbone only: got "
+            f"{', '.join(f'`{k}` {v}' for k, v in resized.items())} with `backbone` {self.backbone!r} (whose size "
+            f"comes from its own config); expected the default {', '.join(f'{k}={TINY_DEFAULTS[k]}' for k in resized)}"
+            ".",
         )
         check(
             self.action_head in ACTION_HEADS, f"`action_head` must be one of {ACTION_HEADS}, got {self.action_head!r}."

@@ -31,6 +31,13 @@ def world_encoder_from_config(cfg: ExperimentConfig) -> WorldEncoder:
     )
 
 
+def tiny_qwen_size(cfg: ExperimentConfig) -> TinyQwenSize:
+    """The tiny Qwen's size from `tiny_width`/`tiny_depth`; the defaults give the embedded model exactly."""
+    p = cfg.policy
+    # The MLP stays 2x the width, as in the default (128 -> 256); the vision tower and patching stay as they are.
+    return TinyQwenSize(hidden_size=p.tiny_width, num_layers=p.tiny_depth, intermediate_size=2 * p.tiny_width)
+
+
 def check_image_size(cfg: ExperimentConfig) -> None:
     """Refuse an `image_size` the backbone cannot take, reading at most the model's config.json:
     training calls this before it decodes frames, encodes latents or loads any weights. Qwen2.5-VL
@@ -38,7 +45,7 @@ def check_image_size(cfg: ExperimentConfig) -> None:
     encoder's input, so any size goes (only the folder's model type is checked)."""
     p, size = cfg.policy, cfg.data.image_size
     if p.backbone == "tiny-qwen2.5-vl":
-        tiny = TinyQwenSize()
+        tiny = tiny_qwen_size(cfg)
         unit, what = tiny.patch_size * tiny.merge_size, "patch_size*merge_size"
     elif p.backbone == "tiny-smolvlm":
         tiny = TinySmolVLMSize()
@@ -66,7 +73,7 @@ def build_backbone(cfg: ExperimentConfig, tokenizer=None) -> VLMBackbone:
             f"read from a checkpoint)."
         )
     if p.backbone == "tiny-qwen2.5-vl":
-        backbone = build_tiny_qwen(tokenizer, seed=cfg.train.seed, dtype=p.backbone_dtype)
+        backbone = build_tiny_qwen(tokenizer, seed=cfg.train.seed, size=tiny_qwen_size(cfg), dtype=p.backbone_dtype)
     elif p.backbone == "tiny-smolvlm":
         backbone = build_tiny_smolvlm(tokenizer, cfg.data.image_size, seed=cfg.train.seed, dtype=p.backbone_dtype)
     elif p.backbone == "qwen2.5-vl":
