@@ -8,9 +8,13 @@ in one process, episode by episode, the project's rollout vs the naive loop on o
     .venv/bin/python bench/eval_throughput.py --episodes 10 --max-steps 0   # the suite's step limit
     .venv/bin/python bench/eval_throughput.py --study               # 5 tasks x 20 init states vs the physics floor
     .venv/bin/python bench/eval_throughput.py --study --quick       # 2 tasks x 2 init states of 16 steps
+    .venv/bin/python bench/eval_throughput.py --generation          # generate() for 5 tasks x 4 demos vs its floor
+    .venv/bin/python bench/eval_throughput.py --generation --quick  # 2 tasks x 1 demo
 
---study (_floor.py) runs a study-sized evaluate() whose workers record each episode's actions, replays them with
-physics only, and writes its figures under "floor" in the results file, beside the comparison's.
+--study (_floor.py) runs a study-sized evaluate() of a policy whose training data records --render-profile (default
+the generated data's, "fast"), its workers recording each episode's actions, replays them with physics only, and
+writes its figures under "floor" in the results file, beside the comparison's. --generation (_generation_floor.py)
+does the same for generate()'s attempts, under "generation_floor". Each run replaces only its own section.
 """
 
 from __future__ import annotations
@@ -22,9 +26,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS_DIR, command, commit, emit, host, median, tiny_checkpoint, undeclared_derived
+from _common import (
+    RESULTS_DIR,
+    command,
+    commit,
+    emit,
+    fixture_dataset,
+    host,
+    median,
+    tiny_checkpoint,
+    tiny_config,
+    undeclared_derived,
+)
 
 ENV_SEED = 7  # EvalSettings' default, as in the public LIBERO scripts
+SECTIONS = ("floor", "generation_floor")  # written by --study and --generation, kept by the other runs
 EPH_DEFINITION = (
     "episodes / seconds; project: evaluate()'s wall time incl. worker start; naive: its env and policy "
     "load plus the sum of its timed episodes (run interleaved with the in-process rollouts, not counted)"
@@ -96,6 +112,7 @@ def run_paired(ckpt, suite, task, inits, replan, max_steps) -> tuple[list[dict],
         seed=ENV_SEED,
         max_steps=max_steps,
         camera_sizes=runner.render_sizes,
+        render_profile=runner.render_profile,  # as evaluate()'s workers: the training data's
     ) as env:
         setup = time.perf_counter() - t0
         for k in inits:
@@ -160,11 +177,29 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 episodes (per task with --study) of 16 steps")
     ap.add_argument("--study", action="store_true", help="the project's episodes vs their physics floor")
-    ap.add_argument("--tasks", default="0-4", help="--study: task ids, e.g. 0-4 or 0,3")
+    ap.add_argument("--tasks", default="0-4", help="--study, --generation: task ids, e.g. 0-4 or 0,3")
     ap.add_argument("--rounds", type=int, default=2, help="--study: evaluate, then replay, per group of tasks")
-    ap.add_argument("--replay-batch", type=int, default=10, help="--study: episodes per replay job")
+    ap.add_argument("--replay-batch", type=int, default=10, help="--study, --generation: episodes per replay job")
+    ap.add_argument("--generation", action="store_true", help="generate()'s attempts vs their physics floor")
+    ap.add_argument("--demos", type=int, default=4, help="--generation: demonstrations per task (--quick: 1)")
+    ap.add_argument(
+        "--render-profile",
+        default=None,
+        help="--study: the profile the policy's training data records; --generation: the one generated with "
+        "(default: the generator's, 'fast')",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.study and args.generation:
+        ap.error("--study and --generation are separate runs; give one of them")
+    from world_modality.sim.render_profile import DEFAULT_GENERATED, render_profile
+
+    try:
+        args.render_profile = render_profile(args.render_profile or DEFAULT_GENERATED).name
+    except ValueError as e:
+        ap.error(str(e))
+    if args.generation:
+        return main_generation(args)
     if args.quick:
         args.episodes, args.max_steps = 2, 16
     if args.episodes is None:
@@ -266,14 +301,31 @@ def main() -> None:
         "naive_wall_s": naive_wall,
     }
     dest = Path(args.out) if args.out else RESULTS_DIR / "eval_throughput.json"
-    kept = json.loads(dest.read_text()).get("floor") if dest.exists() else None
-    if kept:
-        from _floor import DERIVED
-
-        details["floor"] = kept  # --study's run, kept with its own provenance
-        figures["derived"] = {**figures["derived"], **{k: f for k, (f, _) in DERIVED.items()}}
-        figures["derived_assumptions"] = {**figures["derived_assumptions"], **{k: a for k, (_, a) in DERIVED.items()}}
+    old = json.loads(dest.read_text()) if dest.exists() else {}
+    for key in SECTIONS:  # --study's and --generation's runs, kept with their own provenance and formulas
+        if key in old:
+            details[key] = old[key]
+            for meta in ("derived", "derived_assumptions"):
+                figures[meta] = {**figures[meta], **section_meta(old, meta, key)}
     emit("eval_throughput", table, figures, details, args.out)
+
+
+def section_meta(data: dict, meta: str, key: str) -> dict:
+    """The entries of data[meta] ("derived" or "derived_assumptions") about figures of section `key`."""
+    return {k: v for k, v in (data.get(meta) or {}).items() if k.startswith(key + ".")}
+
+
+def profiled_checkpoint(workdir: Path, profile: str) -> Path:
+    """tiny_checkpoint's policy, its fixture dataset labelled as rendered with `profile` (as a generated dataset
+    records it), so evaluate() renders with that profile as it would for a policy trained on generated data."""
+    from world_modality.sim.render_profile import INFO_KEY
+    from world_modality.train import train
+
+    data = fixture_dataset(workdir / "fixture", n_episodes=4, length=16, image_size=128)
+    info_path = data / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "control_steps_per_frame": 2, INFO_KEY: profile}, indent=2))
+    return train(tiny_config(data, workdir / "E2", "E2", image_size=128), progress=False)
 
 
 def main_study(args, max_steps: int) -> None:
@@ -283,28 +335,48 @@ def main_study(args, max_steps: int) -> None:
     if args.quick:
         tasks = tasks[:2]
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = tiny_checkpoint(Path(tmp) / "ckpt", "E2")
+        ckpt = profiled_checkpoint(Path(tmp) / "ckpt", args.render_profile)
         warm_s = warm_simulator(args.suite, tasks[0])
         table, section = study(ckpt, args, max_steps, tasks, Path(tmp) / "eval")
-    section = {**section, "simulator_warmup_s_untimed": round(warm_s, 1), "commit": commit(), "command": command()}
-    section.update(host())
+    write_section(args, "floor", table, {**section, "simulator_warmup_s_untimed": round(warm_s, 1)})
+
+
+def main_generation(args) -> None:
+    """generate() for --demos demonstrations of each of --tasks vs its physics floor; section `generation_floor`."""
+    from _generation_floor import generation_study
+
+    tasks = parse_tasks(args.tasks)
+    if args.quick:
+        tasks, args.demos = tasks[:2], 1
+    if args.demos < 1:
+        raise SystemExit(f"--demos must be >= 1, got {args.demos}")
+    with tempfile.TemporaryDirectory() as tmp:
+        warm_s = warm_simulator(args.suite, tasks[0])
+        table, section = generation_study(args, tasks, Path(tmp))
+    write_section(args, "generation_floor", table, {**section, "simulator_warmup_s_untimed": round(warm_s, 1)})
+
+
+def write_section(args, key: str, table: list[str], section: dict) -> None:
+    """Print the table; put `section` with its provenance under `key` of the results file (a --quick run only to
+    an explicit --out), dropping that section's stale formulas; end stdout with the section as one JSON line."""
+    section = {**section, "commit": commit(), "command": command(), **host()}
     section["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     section["host_note"] = "a shared machine: other jobs ran on its cores during the run (load_avg_1m)"
     print("\n".join(table), flush=True)
     path = Path(args.out) if args.out else (None if args.quick else RESULTS_DIR / "eval_throughput.json")
     if path is not None:
         data = json.loads(path.read_text()) if path.exists() else {"benchmark": "eval_throughput"}
-        data["floor"] = section
-        from _floor import DERIVED
-
-        for key, (formula, assumption) in DERIVED.items():
-            data.setdefault("derived", {})[key] = formula
-            data.setdefault("derived_assumptions", {})[key] = assumption
+        data[key] = section
+        for meta in ("derived", "derived_assumptions"):  # the section is measured: no formula of its own left
+            stale = section_meta(data, meta, key)
+            data[meta] = {k: v for k, v in (data.get(meta) or {}).items() if k not in stale}
         problems = undeclared_derived(data)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError(f"{path}: {'; '.join(problems)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in section.items() if k != "episodes_detail"}), flush=True)
+    detail = ("episodes_detail", "attempts_detail")
+    print(json.dumps({k: v for k, v in section.items() if k not in detail}), flush=True)
 
 
 def parse_tasks(text: str) -> list[int]:

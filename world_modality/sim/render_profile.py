@@ -19,7 +19,7 @@ class RenderProfile:
 
 
 # libero: LIBERO's own settings (4x MSAA, shadows, reflections), those of the public datasets. fast: both off; on a
-# CPU (llvmpipe) a frame costs about a third (bench/results/eval_throughput.json, render_profiles), with a mean
+# CPU (llvmpipe) a frame costs about a third (bench/results/eval_throughput.json, floor.render_profiles), with a mean
 # pixel difference of about 3/255.
 PROFILES = {
     "libero": RenderProfile("libero", msaa_samples=4, shadows=True),
