@@ -204,6 +204,8 @@ def generate(
                 f"{settings_path} is not valid JSON; expected the settings of the interrupted generation "
                 f"in {staging}. Delete {staging} to start the generation over."
             ) from None
+        if isinstance(old, dict) and INFO_KEY not in old:
+            old = {**old, INFO_KEY: "libero"}  # staged before profiles: rendered with LIBERO's settings
         if old != settings:
             raise ValueError(
                 f"{staging} holds an interrupted run with other settings {json.dumps(old)}; "

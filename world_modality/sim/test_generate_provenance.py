@@ -13,6 +13,17 @@ from world_modality.sim.generate import PROVENANCE_FILE, generate
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 A = {"commit": "aaaaaaa", "dirty": False}
 B = {"commit": "bbbbbbb", "dirty": True}
+SETTINGS = {"suite": "libero_spatial", "tasks": [0], "image_size": 32, "seed": 0, "starts": "fresh placements"}
+
+
+def test_a_generation_staged_before_render_profiles_is_not_continued_with_other_frames(tmp_path):
+    """Its frames were rendered with LIBERO's settings: continuing it as `fast` would mix two profiles in one
+    dataset, so it is refused naming the profile it was staged with."""
+    staging = tmp_path / "ds.partial"
+    staging.mkdir()
+    (staging / "settings.json").write_text(json.dumps(SETTINGS) + "\n")
+    with pytest.raises(ValueError, match=r"other settings .*\"render_profile\": \"libero\".*'render_profile': 'fast'"):
+        generate("libero_spatial", [0], 1, tmp_path / "ds", image_size=32, workers=1, seed=0, progress=False)
 
 
 def test_a_generation_continued_by_a_later_commit_records_both(tmp_path, monkeypatch):
@@ -20,7 +31,7 @@ def test_a_generation_continued_by_a_later_commit_records_both(tmp_path, monkeyp
     staging = tmp_path / "ds.partial"
     staging.mkdir()
     # An earlier commit started this generation (settings as generate() writes them) and was stopped.
-    settings = {"suite": "libero_spatial", "tasks": [0], "image_size": 32, "seed": 0, "starts": "fresh placements"}
+    settings = {**SETTINGS, "render_profile": "fast"}
     (staging / "settings.json").write_text(json.dumps(settings) + "\n")
     (staging / PROVENANCE_FILE).write_text(json.dumps(prov.continued(None, A)))
     monkeypatch.setattr(prov, "provenance", lambda paths=("world_modality",): B)
