@@ -309,11 +309,7 @@ def study(ckpt, args, max_steps: int, tasks: list[int], out_dir: Path) -> tuple[
     table = [
         f"evaluation vs its physics floor: {args.suite} tasks {tasks}, {args.episodes} init states each "
         f"({n} episodes), {max_steps} control steps max, {args.workers} workers",
-        f"{'per episode, median s':<28}{'s':>8}{'x floor':>9}",
-        f"{'project':<28}{med['project']:8.3f}{ratio:9.2f}",
-        *(f"{'  ' + p:<28}{med[p]:8.3f}{med[p] / median(fl):9.2f}" for p in PARTS),
-        f"{'floor (physics replay)':<28}{median(fl):8.3f}{1.0:9.2f}",
-        "mean share of project time: " + ", ".join(f"{p} {mean[p] / mean['project']:.0%}" for p in PARTS),
+        *split_lines("episode", med, mean, median(fl), PARTS),
         f"worker start-up {startup:.1f} s in all ({startup / n:.2f} s per episode, not in the above); "
         f"evaluate() wall {wall:.1f} s in all = {wall * args.workers / n:.2f} s x {args.workers} workers per episode; "
         f"replay wall {floor_wall:.1f} s; {len(rounds)} round(s) of evaluate() then replay",
@@ -326,6 +322,17 @@ def study(ckpt, args, max_steps: int, tasks: list[int], out_dir: Path) -> tuple[
     ]
     check_agreement(keys, agree, "the evaluation's")
     return table, section
+
+
+def split_lines(unit: str, med: dict, mean: dict, floor_median: float, parts) -> list[str]:
+    """The table's split: the project's median per part against the floor, then each part's mean share."""
+    return [
+        f"{'per ' + unit + ', median s':<28}{'s':>8}{'x floor':>9}",
+        f"{'project':<28}{med['project']:8.3f}{med['project'] / floor_median:9.2f}",
+        *(f"{'  ' + p:<28}{med[p]:8.3f}{med[p] / floor_median:9.2f}" for p in parts),
+        f"{'floor (physics replay)':<28}{floor_median:8.3f}{1.0:9.2f}",
+        "mean share of project time: " + ", ".join(f"{p} {mean[p] / mean['project']:.0%}" for p in parts),
+    ]
 
 
 def agreement(project: list[dict], floor: list[dict]) -> tuple[list, list[bool], list[float]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import median
-from _floor import RATIO_GOAL, agreement, check_agreement, check_render_settings, replay_all
+from _floor import RATIO_GOAL, agreement, check_agreement, check_render_settings, replay_all, split_lines
 
 PARTS = ("physics", "rendering", "expert", "other")
 DEFINITIONS = {
@@ -55,6 +55,20 @@ def _add(part: str, fn):
     return timed
 
 
+def _counted(part: str, count: str, fn):
+    """`fn` with its seconds added to _CLOCK[part] and each call counted in _CLOCK[count]."""
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CLOCK[part] += time.perf_counter() - t0
+            _CLOCK[count] += 1
+
+    return timed
+
+
 def _install_timers() -> None:
     """Wrap LiberoEnv's reset/step/render/construction and TaskExpert's construction/act in this process, once."""
     from world_modality.sim.env import LiberoEnv
@@ -64,26 +78,14 @@ def _install_timers() -> None:
         return
     render, step, build = LiberoEnv.render, _add("physics", LiberoEnv.step), LiberoEnv.__init__
 
-    def timed_render(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return render(self, *args, **kwargs)
-        finally:
-            _CLOCK["rendering"] += time.perf_counter() - t0
-            _CLOCK["frames"] += 1
+    timed_render = _counted("rendering", "frames", render)
 
     def recorded_step(self, action, *args, **kwargs):
         # The action as applied (the dataset keeps a float32 copy, which would replay other physics).
         _CLOCK["actions"].append(np.asarray(action, dtype=np.float64).reshape(-1).tolist())
         return step(self, action, *args, **kwargs)
 
-    def timed_build(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return build(self, *args, **kwargs)
-        finally:
-            _CLOCK["build"] += time.perf_counter() - t0
-            _CLOCK["builds"] += 1
+    timed_build = _counted("build", "builds", build)
 
     LiberoEnv.render, LiberoEnv.step, LiberoEnv.__init__ = timed_render, recorded_step, timed_build
     LiberoEnv.reset = _add("physics", LiberoEnv.reset)
@@ -242,11 +244,7 @@ def generation_study(args, tasks: list[int], work: Path) -> tuple[list[str], dic
     table = [
         f"generation vs its physics floor: {args.suite} tasks {tasks}, {args.demos} demonstration(s) each "
         f"({n} attempts, {section['successes']} solved), {args.workers} workers, profile {args.render_profile!r}",
-        f"{'per attempt, median s':<28}{'s':>8}{'x floor':>9}",
-        f"{'project':<28}{med['project']:8.3f}{ratio:9.2f}",
-        *(f"{'  ' + p:<28}{med[p]:8.3f}{med[p] / f_med:9.2f}" for p in PARTS),
-        f"{'floor (physics replay)':<28}{f_med:8.3f}{1.0:9.2f}",
-        "mean share of project time: " + ", ".join(f"{p} {mean[p] / mean['project']:.0%}" for p in PARTS),
+        *split_lines("attempt", med, mean, f_med, PARTS),
         f"simulator builds {len(builds)} (median {section['simulator_build_median_s']} s, in other); camera frames "
         f"per attempt median {median(frames):.0f}, {per_frame * 1000:.1f} ms each; generate() wall {wall:.1f} s, "
         f"replay wall {floor_wall:.1f} s",

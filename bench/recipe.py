@@ -25,6 +25,7 @@ from _common import RESULTS_DIR, ROOT, commit, host
 
 SUITE, TASKS, TUNING_STATES = "libero_spatial", "0-9", "0-9"
 RESULTS = RESULTS_DIR / "recipe_libero_spatial.json"
+EPISODES_DIR = RESULTS_DIR / "recipe_libero_spatial"  # each evaluation's episodes.jsonl and settings.json
 CLI = str(ROOT / ".venv" / "bin" / "world-modality")
 
 
@@ -90,6 +91,7 @@ def evaluate(run_dir: Path, states: str, eval_flags: dict, out: Path, workers: i
     cmd += ["--workers", str(workers), "--out", str(out), *flag_words(eval_flags)]
     seconds = run(cmd, out.parent / f"{out.name}.log")
     records, _ = read_jsonl(out / "episodes.jsonl")
+    keep_episodes(out)
     finished, errors = resolve(records)
     k, n = sum(bool(r["success"]) for r in finished), len(finished)
     lo, hi = wilson_interval(k, n)
@@ -103,6 +105,17 @@ def evaluate(run_dir: Path, states: str, eval_flags: dict, out: Path, workers: i
         for t in sorted({r["task_id"] for r in finished})
     }
     return outcome, seconds, shlex.join(cmd)
+
+
+def keep_episodes(out: Path) -> None:
+    """Copy an evaluation's episodes and settings (its identity and hashes) next to the results file: runs/ does not
+    outlive a session, and a row is re-read or re-pooled from these."""
+    import shutil
+
+    kept = EPISODES_DIR / out.name
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("episodes.jsonl", "settings.json"):
+        shutil.copy2(out / name, kept / name)
 
 
 def cmd_row(args) -> None:
