@@ -396,7 +396,8 @@ def test_stage_times_accumulate_and_survive_a_kill(tmp_path, monkeypatch):
     first = Times(tmp_path).seconds["train/x"]
     with Times(tmp_path).stage("train/x"):  # a resumed study adds to it
         time.sleep(0.1)
-    assert Times(tmp_path).seconds["train/x"] >= first + 0.1
+    # Stored to the hundredth (and 0.31 + 0.1 > 0.41 in floats), so allow one hundredth of rounding.
+    assert Times(tmp_path).seconds["train/x"] >= first + 0.09
 
 
 def test_the_recorded_command_rebuilds_the_same_study(tmp_path):
