@@ -101,6 +101,12 @@ class LiberoEnv:
             )
         # Seeding per reset keeps an episode reproducible whatever ran before it in this process.
         self._env.seed(int(placement_seed) if placement_seed is not None else self.seed + init_state_index)
+        # LIBERO's hard reset appends the scene's articulation samplers (drawers, knobs) again on every model load
+        # without dropping the old ones, and each draws from the seeded RNG before the placement: a fresh
+        # placement would depend on how many resets this simulator ran before it (on which worker got the job).
+        inner = self._env.env
+        if isinstance(getattr(inner, "object_property_initializers", None), list):
+            inner.object_property_initializers.clear()
         self._env.reset()
         if placement_seed is not None:
             state = np.asarray(self._env.get_sim_state(), dtype=np.float64).copy()
