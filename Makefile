@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 	# CPU torch first (a local wheel on CI machines), so nothing below can pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# openpi's own client, for the tests that drive the policy server with it: its metadata asks for numpy<2, which
+	# pip would downgrade to, so it goes in without its dependencies (websockets, msgpack, numpy and pillow are ours)
+	# beside the one it lacks; under numpy 2 it works (world_modality/serve/test_openpi_client.py).
+	$(BIN)/pip install -q --no-deps openpi-client==0.1.2 dm-tree==0.1.10
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -169,7 +169,7 @@ def run_evaluation(ckpt, suite, tasks, n, max_steps, workers, out_dir) -> tuple[
 def sim_kwargs(ckpt) -> dict:
     """The simulator's construction arguments in evaluate()'s workers for this checkpoint, its render profile
     (the training data's, from the checkpoint's data_info) included."""
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
 
     runner = PolicyRunner(ckpt, device="cpu")
     return {

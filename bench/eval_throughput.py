@@ -99,7 +99,7 @@ def run_paired(ckpt, suite, task, inits, replan, max_steps) -> tuple[list[dict],
     import torch
 
     torch.set_num_threads(1)  # as each evaluation worker does, so all arms compute the same actions
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
     from world_modality.sim.env import LiberoEnv
 
     t0 = time.perf_counter()

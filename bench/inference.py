@@ -81,7 +81,7 @@ def main() -> None:
     if args.quick:
         args.calls, args.warmup = 10, 2
     torch.set_num_threads(1)
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
 
     with tempfile.TemporaryDirectory() as tmp:
         # On the CPU whatever the machine has: this measures one core.

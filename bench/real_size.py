@@ -275,7 +275,7 @@ def run_steps(
     closed-loop evaluation does per replanning: preprocess, encode the world window, predict actions
     (backbone, Prophet, then the memory, cross-attention and action head, timed as `head`). `step` is
     the wall time of the whole step, its parts' synchronisation included."""
-    from world_modality.evaluate.runner import model_inputs
+    from world_modality.inference.runner import model_inputs
 
     timer = Timer(device)
     # Time the policy's own pieces in place, so the step runs exactly the evaluation code path

@@ -69,7 +69,7 @@ def start_server(ckpt: Path, window_ms: float) -> tuple[subprocess.Popen, int]:
 
 
 def run_clients(port: int, n: int, calls: int, warmup: int, obs: list[dict]) -> dict:
-    from world_modality.evaluate.remote import PolicyClient
+    from world_modality.inference.remote import PolicyClient
 
     clients = [PolicyClient(port=port) for _ in range(n)]
     for c in clients:
@@ -107,7 +107,7 @@ def run_clients(port: int, n: int, calls: int, warmup: int, obs: list[dict]) -> 
 
 
 def request_part(ckpt: Path, args) -> tuple[list[str], dict]:
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
 
     runner = PolicyRunner(ckpt, device="cpu")
     obs = [observation(runner.cfg.data.image_size, runner.num_frames, s) for s in range(4)]

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("loader", "pipeline"),
     ("sim",),
     ("train_output", "train"),
+    ("inference",),  # the policy's inference interface: below the closed loop and the server, which both use it
     ("evaluate",),
     ("analysis",),
     ("demo", "eval_libero", "study", "serve"),  # entry points

@@ -42,7 +42,7 @@ class PreparedData:
     latents: LatentCache | None
     texts: list[str | None] | None = None  # chain-of-causation text per frame (E4)
     texts_missing: int = 0  # frames the annotation file has no text for
-    # Side of the camera frames read from the dataset; evaluation resizes rendered frames to it (evaluate/runner.py).
+    # Side of the camera frames read from the dataset; evaluation resizes rendered frames to it (inference/runner.py).
     image_size: int | None = None
 
     def latent_stats(self) -> dict[str, np.ndarray]:
@@ -98,7 +98,7 @@ def _load_with_latents(cfg: ExperimentConfig, world_encoder, progress: bool):
             [cfg.world.latent_cache_dir] if cfg.world.latent_cache_dir else default_dirs(dataset.root, "latents"),
             encoder=world_encoder,
             # Read at image_size, as closed-loop evaluation resizes the world camera before encoding
-            # (evaluate/runner.py).
+            # (inference/runner.py).
             frames_fn=lambda: dataset.images(cfg.world.world_image_key, d.image_size),
             frame_size=d.image_size,
             past_rows=past,

@@ -1,2 +1,2 @@
-"""Closed-loop evaluation: drives a policy in the simulator through one small interface
-(observation dict in, action chunk out); episodes go to an append-only JSONL."""
+"""Closed-loop evaluation: drives a policy in the simulator through the inference interface (`inference/`:
+observation dict in, action out); episodes go to an append-only JSONL."""

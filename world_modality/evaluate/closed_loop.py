@@ -13,7 +13,7 @@ recipe was not tuned on); which ones ran is no part of the identity, each episod
 continues a folder, and each commit that ran episodes into it is listed once (its "continued_by"); each
 episode line names the commit that ran it ("commit", '-dirty' when the code had uncommitted changes).
 `--shard i/n` takes every n-th episode so machines can split a suite. With `policy_server` the workers ask a
-`world-modality serve` of the same weights for their chunks (`remote.py`) instead of loading the checkpoint.
+`world-modality serve` of the same weights for their chunks (`inference/remote.py`) instead of loading the checkpoint.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _evaluate_locked(
     identity = eval_identity(ckpt, settings, replan, limit)
     check_same_evaluation(out, identity, path)
     if settings.policy_server:  # before anything is written: a server of other weights is refused
-        from .remote import check_server
+        from .server_check import check_server
 
         check_server(settings.policy_server, identity["weights_sha256"], settings.memory)
     experiment = matching_preset(cfg) or cfg.preset or "custom"

@@ -62,7 +62,7 @@ class EvalSettings:
                 f"replan_every must be >= 1 frame (or left out for chunk_size // 2), got {self.replan_every}."
             )
         if self.temporal_ensemble is not None:
-            from .runner import check_temporal_ensemble
+            from ..inference.episode import check_temporal_ensemble
 
             try:
                 check_temporal_ensemble(self.temporal_ensemble)
@@ -93,7 +93,7 @@ class EvalSettings:
             raise ConfigError(str(e)) from None
         resolve_device(self.device)
         if self.policy_server is not None:
-            from .remote import parse_address
+            from ..inference.remote import parse_address
 
             try:
                 parse_address(self.policy_server)

@@ -24,13 +24,6 @@ def read_episodes(path: Path) -> list[dict]:
     return read_jsonl(path)[0]
 
 
-def weights_sha256(ckpt: Path) -> str:
-    """The checkpoint's weights' hash (16 hex digits): the evaluation identity's and a policy server's."""
-    from ..policy.checkpoint_store import file_sha256
-
-    return file_sha256(Path(ckpt) / "model.safetensors")[:16]
-
-
 def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -> dict:
     """Everything that changes an episode's outcome (not the device, workers, tasks or episode count).
     The checkpoint's settings are in it: config.json (locations aside: a moved dataset or model keeps it) and
@@ -38,7 +31,7 @@ def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -
     config.json edited in place after an evaluation once reran into its folder and was reported with the old
     episodes. The training starts are left out: they decide which starts may run, not how one ends. A temporal
     ensemble is in it only when set, so folders evaluated before the option existed keep their identity."""
-    from ..policy.checkpoint_store import json_sha256, settings_sha256
+    from ..policy.checkpoint_store import json_sha256, settings_sha256, weights_sha256
 
     meta = json.loads((ckpt / "policy.json").read_text())
     info = {k: v for k, v in (meta.get("data_info") or {}).items() if k != "training_starts"}

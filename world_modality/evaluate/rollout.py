@@ -13,8 +13,8 @@ def run_episode(
     env, runner, init_index: int, replan_every: int, seed: int = 0, record_video: bool = False
 ) -> dict[str, Any]:
     """-> {success, steps, frames, failure, seconds, timing, video_frames?}. `env` is a `sim.LiberoEnv`, `runner` a
-    `PolicyRunner` (or anything with its `reset`, `select_action`, `needs_observation`, `needs_world_frame`,
-    `world_input`, `image_keys` and `control_steps_per_frame`).
+    `inference.EpisodeRunner` (a `PolicyRunner`, a `RemoteRunner`, or anything with their `reset`, `select_action`,
+    `needs_observation`, `needs_world_frame`, `world_input`, `image_keys` and `control_steps_per_frame`).
 
     `timing` splits the episode's seconds: `physics_s` (reset and control steps), `rendering_s` (camera frames,
     or the object state an `env_state` policy reads in their place) and `policy_s` (the runner's reset and

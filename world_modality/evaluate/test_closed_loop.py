@@ -148,7 +148,7 @@ def test_a_checkpoint_the_workers_cannot_load_fails_with_its_own_error(checkpoin
 
 
 def test_oracle_memory_is_refused_in_closed_loop(checkpoint):
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
 
     with pytest.raises(ValueError, match="offline"):
         PolicyRunner(checkpoint, "oracle")
@@ -160,7 +160,7 @@ def test_cameras_render_at_the_recorded_size_and_the_policy_acts(tmp_path):
     from conftest import tiny_config
     from world_modality.data.fixture import make_fixture_dataset
     from world_modality.evaluate.rollout import run_episode
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
     from world_modality.sim.env import IMAGE_KEY, WRIST_KEY, LiberoEnv
     from world_modality.train import train
 

@@ -11,7 +11,7 @@ import torch
 from world_modality.config import ConfigError
 from world_modality.data.fixture import make_fixture_dataset
 from world_modality.data.frames import native_frame_sizes, render_size
-from world_modality.evaluate.runner import PolicyRunner
+from world_modality.inference.runner import PolicyRunner
 from world_modality.policy.device import resolve_device
 
 NATIVE, SIZE = 48, 32  # the dataset's recorded frame side; the policy's image_size
@@ -534,7 +534,7 @@ def test_temporal_ensemble_asks_for_inputs_only_on_replanning_frames(native_run)
     """Observations are needed exactly on replanning frames and world frames exactly where a window reaches them
     (a missing one would raise); kept world frames stay bounded; replan_every = chunk_size has nothing to
     blend, so it acts as the plain runner; reset drops the stored chunks."""
-    from world_modality.evaluate.schedule import is_replan_frame, is_world_frame
+    from world_modality.inference.schedule import is_replan_frame, is_world_frame
 
     _, ckpt = native_run
     runner = PolicyRunner(ckpt, device="cpu", temporal_ensemble=0.01)
@@ -570,7 +570,7 @@ def test_temporal_ensemble_asks_for_inputs_only_on_replanning_frames(native_run)
 @pytest.mark.parametrize("bad", [-1, -0.01, float("nan"), float("inf"), True, "0.01"])
 def test_a_bad_temporal_ensemble_is_refused_naming_it(bad, tmp_path):
     from world_modality.evaluate.closed_loop import EvalSettings
-    from world_modality.evaluate.remote import RemoteRunner
+    from world_modality.inference.remote import RemoteRunner
 
     named = rf"temporal_ensemble must be a finite number >= 0.*got {repr(bad)}"
     with pytest.raises(ValueError, match=named):
@@ -621,7 +621,7 @@ def test_worker_and_remote_runner_ensemble_like_the_local_runner(native_run):
     """The worker builds its runner with the setting, local or over a policy server, and a RemoteRunner blends
     the server's chunks as the local runner blends its own, bit for bit (the gripper snapped alike)."""
     from world_modality.evaluate import worker
-    from world_modality.evaluate.remote import RemoteRunner
+    from world_modality.inference.remote import RemoteRunner
     from world_modality.serve.batched import BatchedPolicy
     from world_modality.serve.server import PolicyServer
 

@@ -24,8 +24,8 @@ def worker_init(settings: dict) -> None:
 def _init(settings: dict) -> None:
     import torch
 
+    from ..inference.runner import PolicyRunner
     from ..policy.device import resolve_device
-    from .runner import PolicyRunner
 
     _STATE["settings"] = settings
     if settings.get("policy_server"):
@@ -44,7 +44,7 @@ def _init(settings: dict) -> None:
 
 def _runner():
     if "runner" not in _STATE:
-        from .remote import RemoteRunner
+        from ..inference.remote import RemoteRunner
 
         st = _STATE["settings"]
         _STATE["runner"] = RemoteRunner(st["policy_server"], temporal_ensemble=st.get("temporal_ensemble"))

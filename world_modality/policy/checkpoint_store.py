@@ -148,6 +148,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(ckpt: Path) -> str:
+    """The checkpoint's weights' hash (16 hex digits): an evaluation's identity and a policy server's metadata name
+    it, so an evaluation against a server of other weights is refused."""
+    return file_sha256(Path(ckpt) / "model.safetensors")[:16]
+
+
 def json_sha256(value) -> str:
     """sha256 of a JSON value as settings: keys sorted, no whitespace, so re-indenting a file keeps it."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

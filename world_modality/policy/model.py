@@ -136,7 +136,7 @@ class WorldModalityPolicy(nn.Module):
         """The latent the action path attends to. Only `oracle` reads this sample's true future;
         `present` reads z_t, the world encoder's latent of the last m frames (history, no foresight);
         `shuffle` reads `z_other`, the memory of a sample of another episode that the caller chose
-        (offline: `pipeline.shuffle_memory_rows`; closed loop: `evaluate/runner.py`)."""
+        (offline: `pipeline.shuffle_memory_rows`; closed loop: `inference/runner.py`)."""
         check_memory_mode(mode, "offline")
         mean, std = self.prophet.latent_mean, self.prophet.latent_std
         if mode == "predicted":

@@ -1,6 +1,7 @@
 """The policy behind the server: a `PolicyRunner` asked for whole action chunks, one request or several stacked into
-one forward pass, with each request checked first so that a bad one is refused before it reaches the model, and
-each client episode drawing its noise from its own stream, as the same episode would locally."""
+one forward pass, with each request checked first so that a bad one is refused before it reaches the model (in this
+project's keys or openpi's LIBERO example's, `openpi_keys.py`), and each client episode drawing its noise from its
+own stream, as the same episode would locally."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..evaluate.remote import EPISODE_KEY, RESET_KEY, STEP_KEY, WORLD_KEY
-from ..evaluate.runner import PolicyRunner, model_inputs
+from ..inference.remote import EPISODE_KEY, RESET_KEY, STEP_KEY, WORLD_KEY
+from ..inference.runner import PolicyRunner, model_inputs
+from ..policy.checkpoint_store import weights_sha256
 from .checks import (
     MAX_INSTRUCTION_CHARS,
     MAX_INSTRUCTIONS,
@@ -25,8 +27,8 @@ from .checks import (
     max_message_bytes,
     show,
 )
+from .openpi_keys import STATE_KEY, TASK_KEY, carrier, state_layout
 
-STATE_KEY, TASK_KEY = "observation.state", "task"
 MAX_EPISODES = 4096  # episodes whose noise stream the server keeps; the least recently used goes first
 
 
@@ -53,16 +55,15 @@ class _Episode:
 class BatchedPolicy:
     """A `PolicyRunner` at the chunk level for a server: `metadata()` for clients, `check(obs)` per request and
     `act_batch(observations)` -> one (chunk, action_dim) float32 array per observation. An observation is what
-    `sim.LiberoEnv` gives (the dataset's cameras as (H, W, 3) uint8, `observation.state`, `task`) plus, for a
-    policy that injects the world modality, `world_frames`: the runner's world window, (m, H, W, 3) uint8 frames or
-    (m, D) states. Between requests only noise streams are kept: the runner's, shared by plain requests, and one
-    per episode a client started with `reset_episode` (its requests name it and their chunk index)."""
+    `sim.LiberoEnv` gives (the dataset's cameras as (H, W, 3) uint8, `observation.state`, `task`; or openpi's
+    LIBERO keys for them, `openpi_keys.ALIASES`) plus, for a policy that injects the world modality, `world_frames`:
+    the runner's world window, (m, H, W, 3) uint8 frames or (m, D) states. Between requests only noise streams are
+    kept: the runner's, shared by plain requests, and one per episode a client started with `reset_episode` (its
+    requests name it and their chunk index)."""
 
     def __init__(self, runner: PolicyRunner):
         self.runner = runner
         self._episodes: OrderedDict[str, _Episode] = OrderedDict()
-        from ..evaluate.folder import weights_sha256
-
         self._sha = weights_sha256(runner.checkpoint)  # once: clients compare it with the checkpoint they name
         r = runner
         self.state_dim = int(r.policy.shapes.state_dim)
@@ -135,17 +136,18 @@ class BatchedPolicy:
         if not isinstance(obs, dict):
             raise BadRequest(f"a request must be a map of observation keys, got {type(obs).__name__}.")
         r = self.runner
-        kept = {key: frames(obs, key, (), r.render_sizes[key], "camera") for key in r.image_keys}
-        d = self.state_dim
-        state = array(obs, STATE_KEY, f"a vector of {d} numbers (the checkpoint's state dimension)")
-        if state.shape != (d,):
-            raise BadRequest(
-                f"{STATE_KEY!r} must be a vector of {d} numbers (the checkpoint's state dimension), "
-                f"got shape {tuple(state.shape)}."
-            )
-        if TASK_KEY not in obs:
-            raise BadRequest(f"the observation lacks {TASK_KEY!r}, the instruction as a string.")
-        kept.update({STATE_KEY: state, TASK_KEY: instruction(obs[TASK_KEY], repr(TASK_KEY))})
+        kept = {}
+        for key in r.image_keys:  # an error names the key the client sent, and the camera it stands for
+            h, w = r.render_sizes[key]
+            sent = carrier(obs, key, f"(H, W, 3) uint8 with H <= {h} and W <= {w}")
+            kept[key] = frames(obs, sent, (), (h, w), "camera", camera=key)
+        sent = carrier(obs, STATE_KEY, f"a vector of {self.state_dim} numbers (the checkpoint's state dimension)")
+        what = state_layout(sent, self.state_dim)
+        state = array(obs, sent, what)
+        if state.shape != (self.state_dim,):
+            raise BadRequest(f"{sent!r} must be {what}, got shape {tuple(state.shape)}.")
+        sent = carrier(obs, TASK_KEY, "the instruction as a string")
+        kept.update({STATE_KEY: state, TASK_KEY: instruction(obs[sent], repr(sent))})
         window = None
         if r.uses_world and r.world_state_names is not None:
             want = (r.num_frames, len(r.world_state_names))

@@ -1,10 +1,12 @@
 """`world-modality serve`: one policy loaded once, answering action-chunk requests over WebSocket in openpi's protocol.
-On connect the server sends its metadata; each client message is an observation, each reply {"actions": (chunk,
-action_dim) float32, "server_timing": {...}} or {"error": "..."}. Requests arriving within `batch_window_ms` of each
-other go through the model as one batch. `GET /healthz` answers OK; `GET /stats` answers JSON counts of the batches run
-so far by size (requests, batches, batch_sizes), and stopping logs them. Each request is checked field by field
-against what the metadata advertises (`checks.py`) before the model thread sees it, and a message longer than the
-advertised `max_message_bytes` closes its connection (WebSocket code 1009) unread."""
+On connect the server sends its metadata; each client message is an observation (this project's keys or openpi's
+LIBERO example's, `openpi_keys.py`), each reply {"actions": (chunk, action_dim) float32, "server_timing": {...}}, or
+for a request it cannot answer a text frame naming why (as openpi's server sends its errors, so openpi's client
+raises on it; here the connection stays open). Requests arriving within `batch_window_ms` of each other go through
+the model as one batch. `GET /healthz` answers OK; `GET /stats` answers JSON counts of the batches run so far by
+size (requests, batches, batch_sizes), and stopping logs them. Each request is checked field by field against what
+the metadata advertises (`checks.py`) before the model thread sees it, and a message longer than the advertised
+`max_message_bytes` closes its connection (WebSocket code 1009) unread."""
 
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ..config import ConfigError
-from ..evaluate import wire
-from ..evaluate.remote import RESET_KEY
+from ..inference import wire
+from ..inference.remote import RESET_KEY
 from .batched import BadRequest, BatchedPolicy
 
 log = logging.getLogger(__name__)
@@ -160,13 +162,15 @@ class PolicyServer:
             async for message in ws:
                 arrived = time.perf_counter()
                 try:
+                    if isinstance(message, str):
+                        raise BadRequest("a request is one msgpack message in a binary frame, got a text frame.")
                     message = wire.unpackb(message)
                     if isinstance(message, dict) and RESET_KEY in message:
                         reset = self.policy.check_reset(message)
                     else:
                         request = self.policy.check(message)
                 except Exception as err:  # noqa: BLE001 -- unreadable msgpack included; the connection stays open
-                    await ws.send(wire.packb({"error": f"bad request: {err}"}))
+                    await ws.send(f"bad request: {err}")
                     continue
                 if isinstance(message, dict) and RESET_KEY in message:
                     # On the model's thread: an episode's state is swapped into the runner there.
@@ -174,12 +178,13 @@ class PolicyServer:
                         await self._loop.run_in_executor(self._model, self.policy.reset_episode, *reset)
                         reply = {RESET_KEY: reset[0]}
                     except Exception as err:  # noqa: BLE001 -- answered; serving goes on
-                        reply = {"error": f"reset failed: {type(err).__name__}: {err}"}
-                    await ws.send(wire.packb(reply))
+                        reply = f"reset failed: {type(err).__name__}: {err}"
+                    await ws.send(reply if isinstance(reply, str) else wire.packb(reply))
                     continue
                 done = self._loop.create_future()
                 await self._queue.put((request, done, arrived))
-                await ws.send(wire.packb(await done))
+                reply = await done
+                await ws.send(reply if isinstance(reply, str) else wire.packb(reply))
         except ConnectionClosed:
             pass
 
@@ -216,11 +221,11 @@ class PolicyServer:
                     "batch_size": len(batch),
                 }
                 if error or isinstance(chunks[i], BadRequest):
-                    reply = {"error": error or f"bad request: {chunks[i]}"}
+                    reply = error or f"bad request: {chunks[i]}"  # sent as text: openpi's client raises on it
                 else:
-                    reply = {"actions": chunks[i]}
+                    reply = {"actions": chunks[i], "server_timing": timing}
                 if not done.done():  # its client may have gone meanwhile
-                    done.set_result({**reply, "server_timing": timing})
+                    done.set_result(reply)
             log.info(
                 "batch of %d: infer %.1f ms, request latency %s ms",
                 len(batch),
@@ -239,7 +244,7 @@ def serve_checkpoint(
     seed: int = 0,
 ) -> None:
     """The command line's `serve`: load the checkpoint once, serve until interrupted."""
-    from ..evaluate.runner import PolicyRunner
+    from ..inference.runner import PolicyRunner
 
     check_can_listen(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from world_modality.evaluate.remote import RemoteRunner, parse_address
-from world_modality.evaluate.runner import PolicyRunner
+from world_modality.inference.remote import RemoteRunner, parse_address
+from world_modality.inference.runner import PolicyRunner
 from world_modality.serve.batched import BatchedPolicy
 from world_modality.serve.server import PolicyServer
 from world_modality.serve.test_serve import CAMERAS, SIZE, tiny_run  # noqa: F401 (the module's checkpoint fixture)
@@ -127,8 +127,8 @@ def test_an_episode_step_is_answered_once_and_in_turn(tiny_run):  # noqa: F811
 
 def test_the_server_must_serve_the_evaluated_weights(tiny_run):  # noqa: F811
     from world_modality.config import ConfigError
-    from world_modality.evaluate.folder import weights_sha256
-    from world_modality.evaluate.remote import check_server
+    from world_modality.evaluate.server_check import check_server
+    from world_modality.policy.checkpoint_store import weights_sha256
 
     runner = PolicyRunner(tiny_run, device="cpu")
     server = PolicyServer(BatchedPolicy(runner), port=0)
@@ -177,6 +177,47 @@ def test_a_lost_server_ends_the_episode_as_an_error(tiny_run):  # noqa: F811
         worker._STATE.update(settings=settings, env=Env())  # no runner yet: the first job connects, and fails
         rec = worker.run_job(0, 4, False)
         assert rec["outcome"] == "error" and "ServerLost" in rec["error"]
+    finally:
+        worker._STATE.clear()
+        server.stop()
+
+
+def test_a_refused_request_raises_and_ends_the_episode_as_an_error(tiny_run):  # noqa: F811
+    """The server answers a request it cannot take with a text frame (as openpi's server sends an error):
+    `RemoteRunner` raises it as `RequestRefused` naming the cause, and the worker's job records an error outcome,
+    never a policy failure."""
+    from world_modality.evaluate import worker
+    from world_modality.inference.remote import RequestRefused
+
+    bad_state = lambda rng: {**_obs(rng), "observation.state": np.zeros(3, np.float32)}  # noqa: E731
+
+    class Env:
+        task_id, task = 0, "move the block"
+
+        def reset(self, init_index, render=True):
+            return bad_state(np.random.default_rng(init_index))
+
+        def step(self, action):
+            return None, False, False, {"t": 1}
+
+        def observe(self):
+            return bad_state(np.random.default_rng(0))
+
+    server = PolicyServer(BatchedPolicy(PolicyRunner(tiny_run, device="cpu")), port=0)
+    port = server.start()
+    settings = {"seed": 7, "replan_every": 4, "policy_server": f"127.0.0.1:{port}"}
+    try:
+        remote = RemoteRunner(settings["policy_server"], retries=1, backoff_s=0.01)
+        remote.reset(0)
+        window = np.zeros((remote.num_frames, SIZE, SIZE, 3), np.uint8)
+        with pytest.raises(RequestRefused, match=r"'observation.state' must be a vector of 8 numbers.*\(3,\)"):
+            remote.act(bad_state(np.random.default_rng(1)), window)
+        assert remote.act(_obs(np.random.default_rng(1)), window).shape[0] == remote.chunk_size  # still connected
+        worker._STATE.update(settings=settings, env=Env(), runner=remote)
+        rec = worker.run_job(0, 3, False)
+        assert rec["outcome"] == "error" and rec["success"] is None and rec["failure"] is None
+        assert rec["error"].startswith("RequestRefused: ") and "'observation.state' must be" in rec["error"]
+        remote.close()
     finally:
         worker._STATE.clear()
         server.stop()

@@ -5,7 +5,7 @@ import libero.libero  # noqa: F401  (a hard dependency: a broken install fails h
 import pytest
 
 from world_modality.evaluate.closed_loop import EvalSettings, evaluate
-from world_modality.evaluate.runner import PolicyRunner
+from world_modality.inference.runner import PolicyRunner
 from world_modality.serve.batched import BatchedPolicy
 from world_modality.serve.server import PolicyServer
 

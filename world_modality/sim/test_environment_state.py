@@ -61,7 +61,7 @@ def test_e2_state_trains_on_generated_data_and_its_runner_acts_in_the_simulator(
     from conftest import tiny_config
     from world_modality.data.starts import read_training_starts
     from world_modality.evaluate.rollout import run_episode
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
     from world_modality.sim.env import LiberoEnv
     from world_modality.train import train
 

@@ -152,7 +152,7 @@ def test_e2_state_trains_checkpoints_and_acts_on_state_windows(state_dataset, tm
     from world_modality.analysis.offline import evaluate_offline
     from world_modality.config import matching_preset
     from world_modality.evaluate.rollout import run_episode
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.runner import PolicyRunner
     from world_modality.policy.checkpoint import load_checkpoint
     from world_modality.train import train
 

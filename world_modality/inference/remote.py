@@ -1,6 +1,8 @@
 """The client side of a policy server (openpi's protocol, `world-modality serve`): `PolicyClient(host, port).infer(obs)`
--> {"actions": (chunk, action_dim), "server_timing": {...}}, and `RemoteRunner`, a `PolicyRunner` whose chunks come
-from the server, so a closed-loop loop runs unchanged on a machine that never loads the checkpoint.
+-> {"actions": (chunk, action_dim), "server_timing": {...}}, and `RemoteRunner`, the inference interface
+(`EpisodeRunner`) over a server's chunks, so a closed loop runs unchanged on a machine that never loads the
+checkpoint. A request the server cannot answer comes back as a text frame naming why (as openpi's server sends an
+error), raised here as `RequestRefused`.
 
 Besides openpi's plain observations, a request may name an episode: `{RESET_KEY: {EPISODE_KEY, "seed",
 "instructions"}}` starts one on the server (its noise stream seeded as `PolicyRunner.reset` seeds it), and an
@@ -10,17 +12,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
 from types import SimpleNamespace
 
 import numpy as np
-import torch
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 from ..sim.render_profile import recorded_profile
 from . import wire
-from .runner import PolicyRunner, check_temporal_ensemble
+from .episode import EpisodeRunner, check_temporal_ensemble
 
 WORLD_KEY, EPISODE_KEY, STEP_KEY, RESET_KEY = "world_frames", "episode_id", "episode_step", "reset"
 
@@ -86,16 +86,18 @@ class PolicyClient:
                 self.close()
         raise ServerLost(f"policy server {self.uri} lost: {1 + self.retries} tries failed ({errors[-1]}).")
 
-    def _request(self, message: bytes) -> dict:
+    def _request(self, message: bytes) -> dict | str:
         self._ws.send(message)
-        return wire.unpackb(self._ws.recv())
+        reply = self._ws.recv()
+        return reply if isinstance(reply, str) else wire.unpackb(reply)
 
     def _ask(self, message: dict) -> dict:
         packed = wire.packb(message)
         reply = self._with_retries(lambda: self._request(packed))
-        if isinstance(reply, str):  # openpi's server sends a traceback as text before closing
-            raise RequestRefused(reply)
-        if "error" in reply:
+        # An error is a text frame, as openpi's server sends one (its traceback); an answer is always msgpack bytes.
+        if isinstance(reply, str):
+            raise RequestRefused(f"policy server {self.uri}: {reply}")
+        if "error" in reply:  # a server from before errors were text frames
             raise RequestRefused(reply["error"])
         return reply
 
@@ -124,19 +126,18 @@ class PolicyClient:
         self.close()
 
 
-class RemoteRunner(PolicyRunner):
-    """`PolicyRunner`'s episode interface (`reset`, `select_action`, `needs_*`, `world_input`) over a server's
-    `act`. Each `reset(seed, instructions)` starts a new episode on the server, seeded as a local runner's reset
-    seeds it, so an episode draws the same noise (flow head, `random` and `shuffle` memory) as it would locally.
+class RemoteRunner(EpisodeRunner):
+    """The inference interface (`reset`, `select_action`, `needs_*`, `world_input`) over a server's chunks. Each
+    `reset(seed, instructions)` starts a new episode on the server, seeded as a local runner's reset seeds it, so
+    an episode draws the same noise (flow head, `random` and `shuffle` memory) as it would locally.
     `temporal_ensemble` blends the server's chunks here, as a local runner does (`PolicyRunner`)."""
 
     def __init__(self, address: str, retries: int = 3, backoff_s: float = 0.5, temporal_ensemble: float | None = None):
-        # No super().__init__(): that loads the checkpoint. These are the attributes the episode methods read.
         self.temporal_ensemble = check_temporal_ensemble(temporal_ensemble)  # before connecting: a typo fails at once
         host, port = parse_address(address)
         self.client = PolicyClient(host, port, retries=retries, backoff_s=backoff_s)
         meta = self.metadata = self.client.get_server_metadata()
-        self.device, self.checkpoint, self.memory_mode = torch.device("cpu"), meta["checkpoint"], meta["memory_mode"]
+        self.checkpoint, self.memory_mode = meta["checkpoint"], meta["memory_mode"]
         self.cfg = SimpleNamespace(data=SimpleNamespace(image_size=meta["image_size"]))  # what a worker reads
         self.uses_world, self.world_key = meta["uses_world"], meta["world_key"]
         self.world_state_names = meta["world_state_names"]
@@ -149,14 +150,8 @@ class RemoteRunner(PolicyRunner):
         self.render_sizes = {k: tuple(v) for k, v in meta["render_sizes"].items()}
         # A server from before render profiles (or another project's) names none: LIBERO's settings.
         self.render_profile = recorded_profile({"render_profile": meta.get("render_profile")})
-        self.world_frame_size = meta["image_size"]
-        self.generator, self._rng = torch.Generator(), np.random.default_rng(0)  # reset reseeds them; unused here
-        self._bank, self._eligible = None, np.arange(0)  # `shuffle` draws happen on the server
         self.replan_every = meta["replan_every"]
-        self._queue: deque[np.ndarray] = deque()
-        self._chunks: list[tuple[int, np.ndarray]] = []
-        self._frame = 0
-        self._world: dict[int, np.ndarray] = {}
+        self._clear_episode()
         self._episode: str | None = None  # None until reset: requests then use the server's shared stream
         self._step = 0
 
@@ -182,28 +177,3 @@ class RemoteRunner(PolicyRunner):
 
     def close(self) -> None:
         self.client.close()
-
-
-def check_server(address: str, weights_sha256: str, memory: str) -> dict:
-    """The metadata of the server at `address`, or ConfigError when it serves other weights or another memory
-    mode than the evaluation names (its outcomes would be another policy's)."""
-    from ..config import ConfigError
-
-    host, port = parse_address(address)
-    try:
-        with PolicyClient(host, port, retries=2) as client:
-            meta = client.get_server_metadata()
-    except ServerLost as err:
-        raise ConfigError(f"--policy_server {address}: {err}") from None
-    if meta.get("weights_sha256") != weights_sha256:
-        raise ConfigError(
-            f"--policy_server {address} serves {meta.get('checkpoint')!r} (weights sha256 "
-            f"{meta.get('weights_sha256')}), not the checkpoint evaluated (weights sha256 "
-            f"{weights_sha256}); start the server with the same --checkpoint."
-        )
-    if meta.get("memory_mode") != memory:
-        raise ConfigError(
-            f"--policy_server {address} serves memory mode {meta.get('memory_mode')!r}, the evaluation "
-            f"asks for {memory!r}; start the server with --memory {memory}."
-        )
-    return meta

@@ -1,4 +1,4 @@
-from world_modality.evaluate.schedule import is_replan_frame, is_world_frame, world_window
+from world_modality.inference.schedule import is_replan_frame, is_world_frame, world_window
 
 
 def test_world_frames_are_exactly_those_some_replan_window_uses():
@@ -21,12 +21,12 @@ def test_window_clamps_to_the_first_frame_like_training():
 
 
 def _scripted_runner(replan, m, s, chunk=8):
-    """A PolicyRunner whose `act` returns chunk rows tagged (call, row) and records the world window it saw."""
+    """An EpisodeRunner whose `act` returns chunk rows tagged (call, row) and records the world window it saw."""
     from collections import deque
 
-    from world_modality.evaluate.runner import PolicyRunner
+    from world_modality.inference.episode import EpisodeRunner
 
-    r = object.__new__(PolicyRunner)
+    r = object.__new__(EpisodeRunner)
     r.uses_world, r.num_frames, r.frame_stride, r.chunk_size, r.replan_every = True, m, s, chunk, replan
     r._queue, r._frame, r._world, r.calls = deque(), 0, {}, []
 

@@ -1,22 +1,17 @@
-"""The policy side of closed-loop evaluation: a checkpoint behind LeRobot's inference shape, `reset()` and
-`select_action(observation)` (one action per call from an internal action queue), over `act`, one chunk.
-
-It uses the training code's own preprocessor and prompt builder (through `build_preprocessor`),
-so what the policy sees in the simulator is what it saw in training: cameras are rendered at the
-size the dataset recorded them (`render_sizes`) and go through the training frame cache's resize
-(`images.py:resize_frames`), the policy's cameras and the world encoder's frames alike.
-"""
+"""A checkpoint behind the inference interface (`episode.EpisodeRunner`): `act`, one chunk, through the training
+code's own preprocessor and prompt builder (through `build_preprocessor`), so what the policy sees in the simulator
+is what it saw in training: cameras are rendered at the size the dataset recorded them (`render_sizes`) and go
+through the training frame cache's resize (`images.py:resize_frames`), the policy's cameras and the world encoder's
+frames alike."""
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 
-from ..data.env_state import ENV_STATE_KEY, align
+from ..data.env_state import ENV_STATE_KEY
 from ..data.frames import render_size
 from ..images import resize_frames
 from ..policy.checkpoint import load_checkpoint
@@ -24,7 +19,7 @@ from ..policy.device import resolve_device
 from ..policy.factory import build_preprocessor
 from ..policy.types import Batch
 from ..sim.render_profile import recorded_profile
-from .schedule import is_replan_frame, is_world_frame, world_window
+from .episode import EpisodeRunner, check_temporal_ensemble
 
 
 def _norm(instruction: str) -> str:
@@ -43,53 +38,13 @@ def model_inputs(preprocess, observations: list[dict], world_frames: np.ndarray 
     return batch
 
 
-def check_temporal_ensemble(m) -> float | None:
-    """ACT's temporal-ensemble weight m as a float, None (off) kept; anything but a finite number >= 0 is a
-    ValueError naming it."""
-    if m is None:
-        return None
-    number = isinstance(m, (int, float, np.integer, np.floating)) and not isinstance(m, (bool, np.bool_))
-    if not number or not math.isfinite(m) or m < 0:
-        raise ValueError(
-            f"temporal_ensemble must be a finite number >= 0 (ACT's weight m, e.g. 0.01) or None (off), got {m!r}."
-        )
-    return float(m)
-
-
-class PolicyRunner:
+class PolicyRunner(EpisodeRunner):
     """A checkpoint acting in closed loop with one memory mode (`config.CLOSED_LOOP_MEMORY_MODES`); by default
     (None) the mode it was trained with, `cfg.policy.memory_mode`. Memory `shuffle` replaces the
     policy's predicted future with the true future latent of a training frame whose instruction is
-    not the evaluated task's (`reset(seed, instructions)`).
-
-    An episode calls two methods: `reset(seed, instructions)` at its start, then `select_action(observation,
-    world_frame)` once per dataset frame (each action is held for `control_steps_per_frame` control steps).
-    A new chunk is predicted when the action queue is empty, every `replan_every` frames (default half a chunk).
-    Only those frames need the observation, and only the frames of the world window a chunk will see need a
-    world frame: `needs_observation` and `needs_world_frame` say so for the next call, so a loop renders
-    nothing else (pass None then). A user's own loop over a `sim.LiberoEnv`:
-
-        runner.reset(seed, instructions=env.task)
-        obs = env.reset(init_index)
-        while True:
-            world = runner.world_input(env, obs) if runner.needs_world_frame else None
-            action = runner.select_action(obs, world)
-            for _ in range(runner.control_steps_per_frame):
-                _, done, success, _ = env.step(action)
-                if done:
-                    break
-            if done:
-                break
-            obs = env.observe() if runner.needs_observation else None
-
-    Passing the observation and the world frame on every call is always allowed (what is not needed is
-    ignored or dropped once no later window reaches it).
-
-    `temporal_ensemble` m (ACT's temporal ensembling, Zhao et al. 2023; None: off) still predicts a chunk every
-    `replan_every` frames, but each frame's action is the mean of what every chunk still covering it predicted
-    for it, weighted exp(-m i) with i = 0 the oldest (a binary gripper snapped to +-1 after the mean)."""
-
-    temporal_ensemble: float | None = None  # a runner made without __init__ (a test's scripted one) ensembles nothing
+    not the evaluated task's (`reset(seed, instructions)`); the bank of those latents is built when the runner is.
+    The episode methods (`reset`, `select_action`, `needs_*`, `world_input`, `temporal_ensemble`) are
+    `EpisodeRunner`'s."""
 
     def __init__(
         self,
@@ -148,10 +103,7 @@ class PolicyRunner:
             self._bank, self._bank_task, self._bank_names = self._shuffle_bank()
         self._eligible = np.arange(0 if self._bank is None else len(self._bank))
         self.replan_every = replan_every or max(1, self.chunk_size // 2)
-        self._queue: deque[np.ndarray] = deque()  # actions of the current chunk not yet handed out
-        self._chunks: list[tuple[int, np.ndarray]] = []  # temporal ensemble: (first frame, chunk) still covering
-        self._frame = 0  # dataset frames since reset: the index of the next select_action call
-        self._world: dict[int, np.ndarray] = {}  # world frames by frame index, kept while a window reaches them
+        self._clear_episode()
 
     def _shuffle_bank(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """True future latents of the training frames, with each frame's instruction (as codes
@@ -164,21 +116,12 @@ class PolicyRunner:
         return latents, codes.astype(np.int64), [str(n) for n in names]
 
     def reset(self, seed: int = 0, instructions: Iterable[str] = (), replan_every: int | None = None) -> None:
-        """Start an episode: empty the action queue and world window, reseed, set `replan_every` when given,
-        and (memory `shuffle`) name the instructions of the task being
-        evaluated, so that `act` draws only memories of training frames of other instructions. The chunks a
-        temporal ensemble keeps are dropped too.
+        """`EpisodeRunner.reset`, then reseed, and (memory `shuffle`) name the instructions of the task being
+        evaluated, so that `act` draws only memories of training frames of other instructions.
         Where the bank holds no other instruction (a dataset of one task, or none given, the
         default) every entry stays eligible: the memory then comes from any training frame,
         possibly of this very task. Instructions match after lower-casing and collapsing spaces."""
-        if replan_every is not None:
-            if not 1 <= replan_every <= self.chunk_size:
-                raise ValueError(f"replan_every must be in [1, chunk_size={self.chunk_size}], got {replan_every}.")
-            self.replan_every = replan_every
-        self._queue.clear()
-        self._chunks = []
-        self._frame = 0
-        self._world = {}
+        super().reset(seed, instructions, replan_every)
         self.generator.manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         if self._bank is not None:
@@ -188,19 +131,6 @@ class PolicyRunner:
             own_codes = [i for i, name in enumerate(self._bank_names) if name in own]
             others = np.flatnonzero(~np.isin(self._bank_task, own_codes))
             self._eligible = others if len(others) else np.arange(len(self._bank))
-
-    def world_input(self, env, observation: dict | None = None) -> np.ndarray:
-        """One frame of the world window from a `sim.LiberoEnv`: the world camera (from `observation` when it
-        holds it, else rendered), or for `env_state` the object state in the layout the encoder was fitted on
-        (an object the training scenes lacked is an error, one this scene lacks is 0 as in training)."""
-        if self.world_state_names is None:
-            return observation[self.world_key] if observation is not None else env.render(self.world_key)
-        return align(
-            env.environment_state(),
-            env.environment_state_names(),
-            self.world_state_names,
-            f"{env.suite} task {env.task_id}'s",
-        )
 
     def inputs(self, observation: dict, world_frames: np.ndarray | None = None) -> Batch:
         """`model_inputs` of one observation and its world window: (m, H, W, 3) frames, or (m, D) states."""
@@ -231,62 +161,3 @@ class PolicyRunner:
         if self.binary_gripper:
             actions[:, -1] = np.where(actions[:, -1] >= 0, 1.0, -1.0)
         return actions
-
-    @property
-    def needs_observation(self) -> bool:
-        """The next `select_action` predicts a new chunk, so it needs the observation."""
-        if self.temporal_ensemble is None:
-            return not self._queue
-        return is_replan_frame(self._frame, self.replan_every)
-
-    @property
-    def needs_world_frame(self) -> bool:
-        """The next frame lies in the world window of a chunk to come, so `select_action` needs its world frame."""
-        return self.uses_world and is_world_frame(self._frame, self.replan_every, self.num_frames, self.frame_stride)
-
-    def select_action(self, observation: dict | None, world_frame: np.ndarray | None = None) -> np.ndarray:
-        """The action for this frame, (action_dim,): the next one of the queue, which is refilled with the first
-        `replan_every` actions of a new chunk when it is empty (with `temporal_ensemble`: the ensemble of the
-        chunks covering the frame). `world_frame` is `world_input(env, observation)` of this frame (needed when
-        `needs_world_frame`)."""
-        frame = self._frame
-        if world_frame is not None and self.uses_world:
-            self._world[frame] = world_frame
-        elif self.needs_world_frame:
-            raise ValueError(f"frame {frame} is in a world window: select_action needs its world frame.")
-        if self.needs_observation:
-            chunk = self._predict(frame, observation)
-            if self.temporal_ensemble is None:
-                self._queue.extend(chunk[: self.replan_every])
-            else:
-                self._chunks.append((frame, chunk))
-        self._frame += 1
-        # Keep only frames a later window can still reach (and frame 0, which early windows repeat).
-        oldest = self._frame - (self.num_frames - 1) * self.frame_stride - self.replan_every
-        for f in [f for f in self._world if 0 < f < oldest]:
-            del self._world[f]
-        return self._queue.popleft() if self.temporal_ensemble is None else self._ensembled(frame)
-
-    def _predict(self, frame: int, observation: dict | None) -> np.ndarray:
-        """The chunk predicted at `frame` from its observation and the world window ending there."""
-        if observation is None:
-            raise ValueError(f"frame {frame} starts a new chunk: select_action needs the observation.")
-        window = world_window(frame, self.num_frames, self.frame_stride)
-        frames = np.stack([self._world[f] for f in window]) if self.uses_world else None
-        return self.act(observation, frames)
-
-    def _ensembled(self, frame: int) -> np.ndarray:
-        """ACT's temporal ensemble for `frame`: the chunks covering it, oldest first, averaged with weights
-        exp(-m i); a binary gripper is snapped after the mean, as `act` snaps it."""
-        self._chunks = [(start, c) for start, c in self._chunks if frame < start + len(c)]
-        if not self._chunks:
-            raise ValueError(
-                f"frame {frame} is covered by no predicted chunk: replan_every ({self.replan_every}) must be "
-                f"at most chunk_size ({self.chunk_size}) with temporal_ensemble."
-            )
-        actions = np.stack([np.asarray(c[frame - start]) for start, c in self._chunks])
-        weights = np.exp(-self.temporal_ensemble * np.arange(len(actions)))
-        action = np.average(actions, axis=0, weights=weights).astype(actions.dtype)
-        if self.binary_gripper:
-            action[-1] = 1.0 if action[-1] >= 0 else -1.0
-        return action
