@@ -275,7 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train one policy per experiment and seed over all the suites' demonstrations (default: one per suite)",
     )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only the I-th of N disjoint parts of the study, counted from 1 (1/N to N/N): whole runs (training "
+        "and every evaluation of it), the sorted (suite, experiment, seed) runs dealt round-robin; each shard's "
+        "--out holds its results, and `world-modality study merge` makes the report (default: the whole study)",
+    )
     p.set_defaults(func=cmd_study)
+    _add_study_merge(p)
 
     from .serve.command import add_serve_flags
     from .serve.command import run as run_serve
@@ -290,8 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_study_merge(study: argparse.ArgumentParser) -> None:
+    """`world-modality study merge DIR... --out DIR`, a subcommand of study."""
+    from .study.merge import merge_command
+
+    # Every study flag's default, taken before merge joins: a study flag given with merge is refused, not dropped.
+    defaults = {k: v for k, v in vars(study.parse_args([])).items() if k != "func"}
+    sub = study.add_subparsers(dest="study_command", metavar="merge")
+    p = sub.add_parser(
+        "merge",
+        help="one report.md and study.json from the folders of a study's shards (--shard); refuses shards of other "
+        "settings or that ran the same episode, names the runs no shard holds",
+    )
+    p.add_argument("shards", nargs="+", metavar="DIR", help="the --out folders of the shards (copies or moved ones do)")
+    p.add_argument("--out", dest="merge_out", required=True, metavar="DIR", help="folder for report.md and study.json")
+    p.set_defaults(func=merge_command, study_defaults=defaults)
+
+
 def run_command(args) -> int:
-    if args.command in SIMULATOR_COMMANDS:
+    if args.command in SIMULATOR_COMMANDS and getattr(args, "study_command", None) != "merge":
         from .sim.gl import check_gl_environment
 
         check_gl_environment()
@@ -300,7 +326,8 @@ def run_command(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_reporting_errors(f"world-modality {args.command}", run_command, args)
+    prog = " ".join(filter(None, ("world-modality", args.command, getattr(args, "study_command", None))))
+    return run_reporting_errors(prog, run_command, args)
 
 
 if __name__ == "__main__":

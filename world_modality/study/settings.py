@@ -50,10 +50,12 @@ class StudySettings:
     data: str  # folder of the generated datasets (shared between studies: names carry their settings)
     joint: bool = False  # one policy per experiment and seed over every suite, instead of one per suite
     init_states: tuple[int, ...] | None = None  # standard-suite stored states to run (e.g. 10-49), not the first n
+    shard: tuple[int, int] | None = None  # (i, n): the i-th of n parts of the runs (shards.py); None: all
 
     def identity(self) -> dict:
         # init_states joins the identity only when given, so a study begun before it existed still continues.
-        skip = ("workers", "out", "data") + (("init_states",) if self.init_states is None else ())
+        # shard is not part of it either: every shard of one study holds the same settings, which merge compares.
+        skip = ("workers", "out", "data", "shard") + (("init_states",) if self.init_states is None else ())
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -129,6 +131,10 @@ def settings_from_args(args) -> StudySettings:
         run_config(s, e, "libero_spatial", seeds[0], Path("unused"), Path("unused"))
     if any(t >= 10 for t in s.tasks or ()):
         raise ConfigError(f"--tasks {args.tasks}: task ids must be in [0, 9] (each suite has 10 tasks).")
+    if getattr(args, "shard", None) is not None:
+        from .shards import parse_shard, study_runs
+
+        s = replace(s, shard=parse_shard(args.shard, len(study_runs(s))))
     return s
 
 
@@ -238,6 +244,8 @@ def command_line(s: StudySettings) -> str:
     parts += [str(v) for flag, value in sizes.items() if value is not None for v in (flag, value)]
     if s.joint:
         parts.append("--joint")
+    if s.shard is not None:
+        parts += ["--shard", f"{s.shard[0]}/{s.shard[1]}"]
     return shlex.join([*parts, "--out", s.out, "--data", s.data])
 
 

@@ -181,6 +181,20 @@ def plan(s: StudySettings) -> list[tuple]:
     return stages
 
 
+def shard_plan(s: StudySettings, runs: list[tuple]) -> list[tuple]:
+    """The study's stages a shard of `runs` needs: their training and evaluations, and the datasets they train on
+    (every suite's with --joint), which each shard generates or finds for itself."""
+    keep = set(runs)
+    suites = set(s.suites) if s.joint else {r[0] for r in runs}
+
+    def wanted(st: tuple) -> bool:
+        if st[0] in ("train", "eval"):
+            return st[1:4] in keep
+        return st[0] == "merge" or st[1] in suites
+
+    return [st for st in plan(s) if wanted(st)]
+
+
 def merge_suites(s: StudySettings, suites: dict[str, dict]) -> dict:
     """--joint: one dataset of every suite that has demonstrations, or {"not_run": reason}."""
     from .joint import joint_dataset
@@ -193,13 +207,15 @@ def merge_suites(s: StudySettings, suites: dict[str, dict]) -> dict:
     return {"dataset": str(data), "provenance": dataset_provenance(data)}
 
 
-def run_stages(s: StudySettings, tasks_of) -> dict:
-    """Run every stage; returns {"suites": {suite: generation}, "evals": [...], "failed": [...]} for the report."""
+def run_stages(s: StudySettings, tasks_of, stages: list[tuple] | None = None, artifacts=None) -> dict:
+    """Run `stages` (default: every stage of the plan); returns {"suites": {suite: generation}, "evals": [...],
+    "failed": [...]} for the report. With `artifacts` (artifacts.Artifacts), each dataset and final checkpoint is
+    checked against the hash this folder recorded before anything uses it; a mismatch stops the study."""
     from tqdm.auto import tqdm
 
     out = Path(s.out)
     times = Times(out)
-    stages = plan(s)
+    stages = plan(s) if stages is None else stages
     suites: dict[str, dict] = {}
     checkpoints: dict[tuple, Path | str] = {}
     evals: list[dict] = []
@@ -217,6 +233,8 @@ def run_stages(s: StudySettings, tasks_of) -> dict:
                     )
                 except Exception as e:  # reported in the table; the study exits non-zero so it is rerun
                     suites[suite] = {"not_run": f"{kind} failed: {type(e).__name__}: {e}", "error": True}
+                if artifacts is not None and "dataset" in suites[suite]:
+                    suites[suite]["fingerprint"] = artifacts.check_dataset(suite, Path(suites[suite]["dataset"]))
             elif "not_run" in gen:
                 pass
             elif kind == "train":
@@ -225,6 +243,8 @@ def run_stages(s: StudySettings, tasks_of) -> dict:
                     checkpoints[key] = train_run(s, *key, gen["dataset"])
                 except Exception as e:
                     checkpoints[key] = f"training failed: {type(e).__name__}: {e}"
+                if artifacts is not None and isinstance(checkpoints[key], Path):
+                    artifacts.check_checkpoint("/".join(map(str, key)), checkpoints[key])
             else:
                 key, target = st[1:4], st[4]
                 base = target if target in s.suites else target.rsplit("_", 1)[0]

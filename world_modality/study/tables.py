@@ -137,6 +137,8 @@ def results(s: StudySettings, run: dict) -> dict:
         "errors": errors,
         "failed": run["failed"],
         "provenance": stage_commits(gens, evals),
+        # Only a merge of shards that leaves runs out has any (study merge).
+        **({"missing_runs": run["missing"]} if run.get("missing") else {}),
     }
 
 
@@ -235,15 +237,24 @@ def few_starts_line(pair: dict | None) -> str | None:
     )
 
 
-def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str, float] | None = None) -> str:
+def render(
+    s: StudySettings,
+    res: dict,
+    runs: list[dict] = (),
+    seconds: dict[str, float] | None = None,
+    shards: list[dict] | None = None,
+) -> str:
     from .contrasts import fmt_conditional, fmt_method, render_contrasts
     from .provenance import across_commits, render_commits
+    from .shards import missing_line, render_shards
 
     cols = list(SUITE_COLUMNS)
     head = "| Experiment | " + " | ".join(SUITE_COLUMNS[c] for c in cols) + " | Average |"
     sep = "|---" * (len(cols) + 2) + "|"
     warning = across_commits(res.get("provenance", {}))
     lines = ["# Study: closed-loop success in LIBERO", ""] + ([f"**{warning}**", ""] if warning else [])
+    if res.get("missing_runs"):
+        lines += [f"**{missing_line(res['missing_runs'])}**", ""]
     lines += [protocol_line(s), ""]
     lines += [
         f"Training seeds {', '.join(map(str, s.seeds))}, pooled: a cell's n sums every seed's episodes, and each "
@@ -301,15 +312,20 @@ def render(s: StudySettings, res: dict, runs: list[dict] = (), seconds: dict[str
     if res["failed"]:
         lines += ["", "## Stages that failed", ""] + [f"- {f}" for f in res["failed"]]
     lines += render_commits(res.get("provenance", {}))
+    lines += render_shards(shards) if shards else []
     lines += _provenance(list(runs), seconds or {})
     return "\n".join(lines) + "\n"
 
 
-def write_report(s: StudySettings, run: dict) -> dict:
+def write_report(s: StudySettings, run: dict, runs: list[dict] | None = None, shards: list[dict] | None = None) -> dict:
+    """report.md and study.json in s.out; `runs`: the invocations (default: the folder's), `shards`: the shard
+    folders a merged report came from (study merge)."""
     res = results(s, run)
     out = Path(s.out)
-    runs = invocations(out)
-    (out / "report.md").write_text(render(s, res, runs, run["times"]))
+    runs = invocations(out) if runs is None else runs
+    (out / "report.md").write_text(render(s, res, runs, run["times"], shards))
     study = {"settings": s.identity(), "results": res, "seconds": run["times"], "invocations": runs}
+    if shards:
+        study["shards"] = shards
     (out / "study.json").write_text(json.dumps(study, indent=2, default=str) + "\n")
     return res

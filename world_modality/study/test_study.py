@@ -116,6 +116,40 @@ def test_a_study_killed_mid_training_resumes_to_the_same_results(tiny_study, tmp
     assert len(resumed["invocations"]) == 2  # the killed run and the one that finished it
 
 
+@pytest.mark.slow
+@pytest.mark.sim
+def test_two_shards_one_killed_and_rerun_merge_to_the_unsharded_numbers(tiny_study, tmp_path):
+    _, root = tiny_study
+    shard = ["study", *TINY, "--data", str(root / "data")]  # the shards share the whole study's datasets
+    first = [*shard, "--shard", "1/2", "--out", str(tmp_path / "s1")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "world_modality.cli", *first],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = tmp_path / "s1" / "runs" / "libero_spatial" / "e0-seed0" / "train.log"
+    deadline = time.time() + 300
+    while not log.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the shard ended before its training started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "s1" / "report_inputs.json").exists()
+    assert main(first) == 0  # resumed
+    assert main([*shard, "--shard", "2/2", "--out", str(tmp_path / "s2")]) == 0
+    assert not (tmp_path / "s2" / "runs" / "libero_spatial" / "e0-seed0").exists()  # E0 is shard 1's alone
+    merged = tmp_path / "merged"
+    assert main(["study", "merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(merged)]) == 0
+    whole = json.loads((root / "whole" / "study.json").read_text())
+    study = json.loads((merged / "study.json").read_text())
+    # The commits that ran each stage are provenance, not results (as in the resume test above).
+    assert {k: v for k, v in study["results"].items() if k != "provenance"} == {
+        k: v for k, v in whole["results"].items() if k != "provenance"
+    }
+    assert [len(sh["runs"]) for sh in study["shards"]] == [1, 1] and len(study["invocations"]) == 3
+
+
 def _args(tmp_path: Path, *extra: str) -> list[str]:
     return ["study", "--out", str(tmp_path / "s"), *extra]
 

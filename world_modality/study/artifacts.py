@@ -1,0 +1,87 @@
+"""The hashes of the large artifacts a study folder used (<out>/artifacts.json): each dataset's fingerprint and each
+run's checkpoint weights' sha256, recorded at first use and checked at every later one, so a dataset or checkpoint
+rebuilt or changed since is refused instead of mixed with the results it did not produce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError
+
+ARTIFACTS_FILE = "artifacts.json"
+
+
+class ArtifactMismatch(ConfigError):
+    """A dataset or checkpoint whose hash differs from the one this folder's results were made with."""
+
+
+def dataset_hash(root: Path) -> str:
+    """The dataset fingerprint that keys every cache (data/fingerprint.py: sha256 of its content, not of the commit
+    that wrote it, so shards at other commits agree)."""
+    from ..data.fingerprint import dataset_fingerprint
+
+    root = Path(root)
+    return dataset_fingerprint(root, sorted((root / "data").glob("**/*.parquet")))
+
+
+def checkpoint_hashes(ckpt: Path) -> dict[str, str]:
+    """sha256 of each weight file the checkpoint has (the weights, their moving average, the tokenizer)."""
+    from ..policy.checkpoint_store import WEIGHT_FILES, file_sha256
+
+    return {name: file_sha256(Path(ckpt) / name) for name in WEIGHT_FILES if (Path(ckpt) / name).exists()}
+
+
+class Artifacts:
+    """artifacts.json of one study folder: {"datasets": {suite: {"name", "fingerprint"}}, "checkpoints": {run:
+    {"checkpoint": path under the folder, "sha256": {file: hex}}}}."""
+
+    def __init__(self, out: Path):
+        from .shards import read_json
+
+        self.out = Path(out)
+        self.path = self.out / ARTIFACTS_FILE
+        data = read_json(self.path, "the artifact hashes a study writes") if self.path.exists() else {}
+        self.datasets: dict[str, dict] = dict(data.get("datasets") or {})
+        self.checkpoints: dict[str, dict] = dict(data.get("checkpoints") or {})
+
+    def _write(self) -> None:
+        from .shards import write_json
+
+        write_json(self.path, {"datasets": self.datasets, "checkpoints": self.checkpoints})
+
+    def check_dataset(self, suite: str, root: Path) -> str:
+        """The dataset's fingerprint, recorded on first use; ArtifactMismatch when it differs from the recorded one."""
+        found = dataset_hash(root)
+        old = self.datasets.get(suite)
+        if old and old.get("fingerprint") != found:
+            raise ArtifactMismatch(
+                f"dataset {root} has fingerprint {found}, but this folder's runs of {suite} used "
+                f"{old.get('fingerprint')} (dataset {old.get('name')}, {self.path}): its results would be mixed with "
+                "another dataset's. Point --data at the dataset they used, or use another --out."
+            )
+        if not old:
+            self.datasets[suite] = {"name": Path(root).name, "fingerprint": found}
+            self._write()
+        return found
+
+    def check_checkpoint(self, run: str, ckpt: Path) -> dict[str, str]:
+        """The final checkpoint's weight hashes, recorded on first use; ArtifactMismatch when they differ."""
+        found = checkpoint_hashes(ckpt)
+        old = self.checkpoints.get(run)
+        try:
+            where = str(Path(ckpt).resolve().relative_to(self.out.resolve()))
+        except ValueError:
+            where = str(ckpt)
+        if old and old.get("sha256") != found:
+            changed = sorted(k for k in set(found) | set(old.get("sha256", {})) if found.get(k) != old["sha256"].get(k))
+            raise ArtifactMismatch(
+                f"checkpoint {ckpt} of run {run} differs from the one this folder's evaluations of it ran "
+                f"({old.get('checkpoint')}, {self.path}): sha256 of {', '.join(changed)} "
+                f"{', '.join(str(found.get(k, 'absent'))[:16] for k in changed)} now, "
+                f"{', '.join(str(old['sha256'].get(k, 'absent'))[:16] for k in changed)} recorded. Restore that "
+                "checkpoint, or delete the run's folder and its entry in artifacts.json to train and evaluate it anew."
+            )
+        if not old:
+            self.checkpoints[run] = {"checkpoint": where, "sha256": found}
+            self._write()
+        return found
