@@ -167,6 +167,7 @@ def cmd_report(args) -> None:
     out = ROOT / "runs" / "recipe" / "eval" / f"{args.name}-states-{args.states}"
     outcome, eval_s, eval_cmd = evaluate(Path(row["run_dir"]), args.states, row["eval_flags"], out, args.workers)
     outcome.update(eval_minutes=round(eval_s / 60, 1), command=eval_cmd, commit=commit())
+    keep_episodes(out)
     data = load()
     find(data, args.name).setdefault("reported", {})[args.states] = outcome
     save(data)
@@ -222,6 +223,19 @@ def cmd_table(_args) -> None:
     for row in data["rows"]:
         for states, o in (row.get("reported") or {}).items():
             print(f"{row['name']} on states {states}: {_rate(o)}")
+            if states == "10-49" and row["tuning"]["states"] == "0-9":
+                print(f"{row['name']} on all 50 states: {_rate(pooled(row['tuning'], o))} (derived: {POOLED})")
+
+
+POOLED = "the same policy's two evaluations pooled, k = k(0-9) + k(10-49), n = n(0-9) + n(10-49)"
+
+
+def pooled(a: dict, b: dict) -> dict:
+    """Two evaluations of one policy on disjoint stored states, as one: counts summed, Wilson interval of the sum."""
+    from world_modality.analysis.stats import wilson_interval
+
+    k, n = a["k"] + b["k"], a["n"] + b["n"]
+    return {"k": k, "n": n, "rate": k / n, "ci95_wilson": list(wilson_interval(k, n)), "errors": a["errors"] + b["errors"]}
 
 
 def main() -> None:
