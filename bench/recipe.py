@@ -235,7 +235,8 @@ def pooled(a: dict, b: dict) -> dict:
     from world_modality.analysis.stats import wilson_interval
 
     k, n = a["k"] + b["k"], a["n"] + b["n"]
-    return {"k": k, "n": n, "rate": k / n, "ci95_wilson": list(wilson_interval(k, n)), "errors": a["errors"] + b["errors"]}
+    errors = a["errors"] + b["errors"]
+    return {"k": k, "n": n, "rate": k / n, "ci95_wilson": list(wilson_interval(k, n)), "errors": errors}
 
 
 def main() -> None:
