@@ -14,7 +14,11 @@ from .sim.suites import PRO_PERTURBATIONS, STANDARD_SUITES
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint folder, or a run folder (its newest checkpoint); or --arm instead",
+    )
     p.add_argument(
         "--suite",
         default="libero_spatial",
@@ -103,6 +107,85 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
         help="camera settings to render with; only the profile the policy's training frames were rendered with "
         "(recorded in its policy.json) is accepted, so the flag only documents it (default: that profile)",
     )
+    add_arm_flags(p)
+
+
+def add_arm_flags(p: argparse.ArgumentParser) -> None:
+    """An external policy server as the evaluated policy, instead of --checkpoint."""
+    from .inference.arm import CONVENTIONS, FIELD_HELP
+
+    p.add_argument(
+        "--arm",
+        default=None,
+        metavar="NAME=ws://HOST:PORT",
+        help="evaluate an external policy server speaking openpi's LIBERO example protocol instead of a checkpoint; "
+        "NAME names it in the results (with its conventions, its identity); every convention must be stated by "
+        "--arm_convention, --arm_spec or --arm_set (default: none)",
+    )
+    p.add_argument(
+        "--arm_convention",
+        default=None,
+        choices=tuple(CONVENTIONS),
+        help="a named set of conventions: openpi-libero is openpi's LIBERO example client ("
+        + ", ".join(f"{k} {v}" for k, v in CONVENTIONS["openpi-libero"].items())
+        + "); chunk_size is the served model's and still has to be stated (default: none)",
+    )
+    p.add_argument(
+        "--arm_spec",
+        default=None,
+        metavar="FILE",
+        help="JSON file of the arm's conventions (an object of FIELD: VALUE), replacing --arm_convention's where "
+        "both state a field (default: none)",
+    )
+    p.add_argument(
+        "--arm_set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="one convention, replacing --arm_spec's and --arm_convention's; repeatable. Fields: "
+        + "; ".join(f"{k}: {v}" for k, v in FIELD_HELP.items()),
+    )
+    p.add_argument(
+        "--arm_timeout",
+        type=float,
+        default=120.0,
+        help="seconds the arm's server may take to answer one request before the episode ends as an error "
+        "(retried once) (default: 120)",
+    )
+    p.add_argument(
+        "--train_starts",
+        default=None,
+        metavar="PATH",
+        help="the arm's training data, whose starts evaluation must not start from: a dataset folder, or a "
+        "start-states file (JSON lines with suite, task_id, sim_state, as meta/start_states.jsonl) (default: none, "
+        "held-out starts not checked, and said so)",
+    )
+
+
+def arm_settings(args) -> dict:
+    """The EvalSettings fields of --arm and its flags; ConfigError naming what is missing or wrong."""
+    given = [f for f in ("arm_convention", "arm_spec", "train_starts") if getattr(args, f, None) is not None]
+    given += ["arm_set"] if getattr(args, "arm_set", None) else []
+    if getattr(args, "arm", None) is None:
+        if given:
+            raise ConfigError(f"--{given[0]} describes an external arm; name it with --arm NAME=ws://HOST:PORT.")
+        return {}
+    from .inference.arm import ArmSpecError, build_spec, parse_arm
+
+    try:
+        name, address = parse_arm(args.arm)
+        spec = build_spec(name, args.arm_convention, args.arm_spec, args.arm_set)
+    except ArmSpecError as e:
+        raise ConfigError(
+            f"{e} State the arm's conventions with --arm_spec FILE (JSON), --arm_set FIELD=VALUE, or "
+            "--arm_convention openpi-libero for openpi's LIBERO example's."
+        ) from None
+    return {
+        "arm": spec.to_dict(),
+        "arm_address": address,
+        "arm_timeout_s": args.arm_timeout,
+        "train_starts": args.train_starts,
+    }
 
 
 def settings_from_args(args):
@@ -134,6 +217,7 @@ def settings_from_args(args):
         allow_train_overlap=args.allow_train_overlap,
         policy_server=args.policy_server,
         render_profile=args.render_profile,
+        **arm_settings(args),
     )
 
 

@@ -14,6 +14,8 @@ continues a folder, and each commit that ran episodes into it is listed once (it
 episode line names the commit that ran it ("commit", '-dirty' when the code had uncommitted changes).
 `--shard i/n` takes every n-th episode so machines can split a suite. With `policy_server` the workers ask a
 `world-modality serve` of the same weights for their chunks (`inference/remote.py`) instead of loading the checkpoint.
+With `arm` the policy is an external server's (`inference/external.py`), named and described by its spec: its name
+and conventions are the identity, and its starts are checked against the training data declared (`train_starts`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,16 +66,32 @@ class EvalRun:
     overlap: dict = field(default_factory=dict)
 
 
+@dataclass
+class Subject:
+    """What an evaluation runs, a checkpoint of this project (loaded or served) or an external arm: its identity,
+    its name in the records, what each worker builds its runner from, and its fields in settings.json and in every
+    episode line. `check()` runs before anything is written and returns more fields for settings.json."""
+
+    identity: dict
+    experiment: str
+    memory: str
+    worker: dict
+    written: dict
+    record: dict
+    check: Callable[[], dict] = dict
+    console: tuple[str, ...] = ()
+
+
 # --- parent side ----------------------------------------------------------------------------------
 def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
-    from tqdm.auto import tqdm
-
     from ..config import ConfigError, matching_preset
     from ..policy.checkpoint import read_checkpoint_config
     from ..policy.checkpoint_store import resolve_checkpoint
-    from ..sim.suites import load_task, num_tasks, step_limit
-    from .overlap import check_overlap, describe
+    from ..sim.suites import step_limit
+    from .overlap import check_overlap
 
+    if settings.arm is not None:
+        return _evaluate_arm(settings, progress)
     ckpt = resolve_checkpoint(settings.checkpoint)
     cfg = read_checkpoint_config(ckpt)  # the workers load the policy; here only its settings are needed
     settings = resolve_memory(settings, cfg)
@@ -86,41 +105,160 @@ def evaluate(settings: EvalSettings, progress: bool = True) -> EvalRun:
     if not 1 <= replan <= cfg.policy.chunk_size:
         raise ConfigError(f"replan_every must be in [1, chunk_size={cfg.policy.chunk_size}], got {replan}.")
     limit = settings.max_steps or step_limit(settings.suite)
-    i, n = settings.shard
+    tasks, per_task = tasks_and_starts(settings)
+    recorded = (json.loads((ckpt / "policy.json").read_text()).get("data_info") or {}).get("training_starts")
+    overlap = check_overlap(
+        cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap, recorded=recorded
+    )
+    identity = eval_identity(ckpt, settings, replan, limit)
+
+    def check() -> dict:
+        if settings.policy_server:  # a server of other weights is refused
+            from .server_check import check_server
+
+            check_server(settings.policy_server, identity["weights_sha256"], settings.memory)
+        return {}
+
+    subject = Subject(
+        identity=identity,
+        experiment=matching_preset(cfg) or cfg.preset or "custom",
+        memory=settings.memory,
+        worker={
+            "checkpoint": str(ckpt),
+            "memory": settings.memory,
+            "device": settings.device,
+            "policy_server": settings.policy_server,
+        },
+        written={"checkpoint": str(ckpt)},
+        record={"checkpoint": str(ckpt)},
+        check=check,
+    )
+    return _in_folder(settings, subject, eval_folder(ckpt, settings), tasks, per_task, replan, limit, overlap, progress)
+
+
+def tasks_and_starts(settings: EvalSettings) -> tuple[list[int], dict[int, list[int]]]:
+    """The tasks evaluated and, per task, the stored initial states it runs from."""
+    from ..config import ConfigError
+    from ..sim.suites import load_task, num_tasks
+
     n_all = num_tasks(settings.suite)
     tasks = list(settings.tasks) if settings.tasks is not None else list(range(n_all))
     bad = [t for t in tasks if not 0 <= t < n_all]
     if bad:
         raise ConfigError(f"task ids {bad} are not tasks of {settings.suite}; expected ids in [0, {n_all - 1}].")
     n_init = {t: len(load_task(settings.suite, t)[1]) for t in tasks}
-    per_task = {t: starts_of(settings, n_init[t], t) for t in tasks}
-    recorded = (json.loads((ckpt / "policy.json").read_text()).get("data_info") or {}).get("training_starts")
-    overlap = check_overlap(
-        cfg.data.dataset, settings.suite, per_task, allow=settings.allow_train_overlap, recorded=recorded
+    return tasks, {t: starts_of(settings, n_init[t], t) for t in tasks}
+
+
+def _evaluate_arm(settings: EvalSettings, progress: bool) -> EvalRun:
+    """An external arm (`inference/external.py`): its spec gives the replanning interval, the render settings and
+    every convention; its held-out starts are checked against the training data the user declares, if any."""
+    from ..inference.arm import ArmSpec
+    from ..sim.suites import step_limit
+    from .folder import ARM_MEMORY, arm_identity
+
+    spec = ArmSpec.from_dict(settings.arm)
+    settings = dataclasses.replace(settings, render_profile=spec.render_profile)
+    limit = settings.max_steps or step_limit(settings.suite)
+    tasks, per_task = tasks_and_starts(settings)
+    overlap = arm_overlap(spec.name, settings.train_starts, settings.suite, per_task, settings.allow_train_overlap)
+
+    def check() -> dict:
+        return {"arm_server": {"address": settings.arm_address, "metadata": check_arm_server(settings)}}
+
+    subject = Subject(
+        identity=arm_identity(spec.to_dict(), settings, limit),
+        experiment=spec.name,
+        memory=ARM_MEMORY,
+        worker={"arm": spec.to_dict(), "arm_address": settings.arm_address, "arm_timeout_s": settings.arm_timeout_s},
+        written={"memory": ARM_MEMORY},
+        record={"checkpoint": None, "arm": spec.name},
+        check=check,
+        console=(f"[eval] {spec.describe()}; server {settings.arm_address}",),
     )
-    flagged = {tuple(p) for p in overlap["overlapping"]}
-    out = eval_folder(ckpt, settings)
+    out = (
+        Path(settings.out)
+        if settings.out
+        else Path("runs") / "arms" / spec.name / "eval" / f"{settings.suite}-{ARM_MEMORY}"
+    )
+    return _in_folder(settings, subject, out, tasks, per_task, spec.replan_every, limit, overlap, progress)
+
+
+def check_arm_server(settings: EvalSettings) -> dict:
+    """The metadata an arm's server sends on connect; ConfigError when it cannot be reached or sends none, so an
+    evaluation against no server never starts."""
+    from ..config import ConfigError
+    from ..inference.external import BadReply, OpenpiClient, ServerHung
+    from ..inference.remote import ServerLost
+
+    try:
+        client = OpenpiClient(settings.arm_address, timeout_s=settings.arm_timeout_s, retries=2)
+    except (ServerLost, ServerHung, BadReply) as err:
+        raise ConfigError(f"--arm {settings.arm['name']}={settings.arm_address}: {err}") from None
+    client.close()
+    return client.metadata
+
+
+def arm_overlap(name: str, train_starts: str | None, suite: str, per_task: dict, allow: bool) -> dict:
+    """The held-out check of an arm's evaluation: against the starts of the training data declared (a dataset
+    folder, or a start-states file in `meta/start_states.jsonl`'s format); without one, a record that says plainly
+    that nothing was checked."""
+    from ..config import ConfigError
+    from ..data.starts import OVERLAP_TOLERANCE
+    from .overlap import check_overlap
+
+    if train_starts is None:
+        return {
+            "checked": False,
+            "dataset": None,
+            "how": f"no training data declared for arm {name} (--train_starts names its dataset folder or "
+            "start-states file)",
+            "training_starts": 0,
+            "tolerance": OVERLAP_TOLERANCE,
+            "min_distance": None,
+            "overlapping": [],
+            "allowed": bool(allow),
+        }
+    path = Path(train_starts)
+    expected = (
+        "expected a dataset folder (with meta/info.json) or a start-states file (JSON lines with suite, task_id and "
+        "sim_state, as meta/start_states.jsonl)"
+    )
+    if path.is_dir():
+        if not (path / "meta" / "info.json").is_file():
+            raise ConfigError(f"--train_starts {path} is a folder without meta/info.json; {expected}.")
+        return check_overlap(path, suite, per_task, allow=allow)
+    if not path.is_file():
+        raise ConfigError(f"--train_starts {path} does not exist; {expected}.")
+    states = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            states.append(
+                {"suite": r["suite"], "task_id": r["task_id"], "sim_state": [float(x) for x in r["sim_state"]]}
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"--train_starts {path} line {i + 1} is not a start-state record ({e}); {expected}."
+            ) from None
+    if not states:
+        raise ConfigError(f"--train_starts {path} holds no start states; {expected}.")
+    result = check_overlap(path, suite, per_task, allow=allow, recorded={"kind": "states", "states": states})
+    result["how"] = f"start states read from {path}"  # not a checkpoint's record, which check_overlap assumes
+    return result
+
+
+def _in_folder(settings, subject, out, tasks, per_task, replan, limit, overlap, progress) -> EvalRun:
+    from ..config import ConfigError
+
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder for the episodes file.")
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_folder(out)
     try:
-        return _evaluate_locked(
-            settings,
-            ckpt,
-            cfg,
-            out,
-            tasks,
-            per_task,
-            replan,
-            limit,
-            overlap,
-            flagged,
-            progress,
-            tqdm,
-            matching_preset,
-            describe,
-        )
+        return _evaluate_locked(settings, subject, out, tasks, per_task, replan, limit, overlap, progress)
     finally:
         lock.close()
 
@@ -158,32 +296,18 @@ def starts_of(settings: EvalSettings, n_init: int, task: int) -> list[int]:
     return list(range(n))
 
 
-def _evaluate_locked(
-    settings,
-    ckpt,
-    cfg,
-    out,
-    tasks,
-    per_task,
-    replan,
-    limit,
-    overlap,
-    flagged,
-    progress,
-    tqdm,
-    matching_preset,
-    describe,
-) -> EvalRun:
+def _evaluate_locked(settings, subject, out, tasks, per_task, replan, limit, overlap, progress) -> EvalRun:
+    from tqdm.auto import tqdm
+
+    from .overlap import describe
+
     i, n = settings.shard
     path = episodes_path(out, settings.shard)
-    identity = eval_identity(ckpt, settings, replan, limit)
-    check_same_evaluation(out, identity, path)
-    if settings.policy_server:  # before anything is written: a server of other weights is refused
-        from .server_check import check_server
-
-        check_server(settings.policy_server, identity["weights_sha256"], settings.memory)
-    experiment = matching_preset(cfg) or cfg.preset or "custom"
-    base = {"suite": settings.suite, "memory": settings.memory, "seed": settings.seed}
+    flagged = {tuple(p) for p in overlap["overlapping"]}
+    check_same_evaluation(out, subject.identity, path)
+    checked = subject.check()  # before anything is written
+    experiment = subject.experiment
+    base = {"suite": settings.suite, "memory": subject.memory, "seed": settings.seed}
     jobs = [(t, k) for t in tasks for k in per_task[t]][i::n]
     wanted = {episode_key({**base, "task_id": t, "init_index": k}) for t, k in jobs}
     finished, _ = resolve(read_episodes(path))
@@ -192,38 +316,38 @@ def _evaluate_locked(
     code = provenance()
     written = {
         **asdict(settings),
-        "checkpoint": str(ckpt),
+        **subject.written,
+        **checked,
         "replan_every": replan,
         "step_limit": limit,
         "n_episodes": {t: len(ks) for t, ks in per_task.items()},
         "init_states": per_task,
         "experiment": experiment,
-        "identity": identity,
+        "identity": subject.identity,
         "overlap": overlap,
         "provenance": folder_provenance(out, code, runs=bool(todo)),
     }
     (out / "settings.json").write_text(json.dumps(written, indent=2, default=str) + "\n")
     if progress:
         print(f"[eval] {describe(overlap)}")
+        for line in subject.console:
+            print(line)
         from ..ids import format_ids
 
         states = "; ".join(f"task {t}: {format_ids(ks)}" for t, ks in per_task.items())
         public = "the suite's public limit" if settings.max_steps is None else "not the public limit"
         print(f"[eval] stored initial states: {states}; step limit {limit} ({public})")
         print(
-            f"[eval] {experiment} {settings.suite} memory={settings.memory}: {len(jobs)} episodes in this shard, "
+            f"[eval] {experiment} {settings.suite} memory={subject.memory}: {len(jobs)} episodes in this shard, "
             f"{len(jobs) - len(todo)} already done, {len(todo)} to run on {settings.workers} worker(s) -> {path}"
         )
     worker_settings = {
-        "checkpoint": str(ckpt),
-        "memory": settings.memory,
+        **subject.worker,
         "seed": settings.seed,
         "suite": settings.suite,
         "replan_every": replan,
         "temporal_ensemble": settings.temporal_ensemble,
         "max_steps": settings.max_steps,
-        "device": settings.device,
-        "policy_server": settings.policy_server,
     }
     video_dir = out / "videos"
     bar = tqdm(
@@ -274,7 +398,7 @@ def _evaluate_locked(
                     **base,
                     **rec,
                     "experiment": experiment,
-                    "checkpoint": str(ckpt),
+                    **subject.record,
                     "shard": f"{i}/{n}",
                     "step_limit": limit,
                     "replan_every": replan,

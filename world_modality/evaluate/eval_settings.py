@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EvalSettings:
-    checkpoint: str
+    checkpoint: str | None = None  # this project's policy; None with `arm`
     suite: str = "libero_spatial"
     tasks: tuple[int, ...] | None = None  # default: every task of the suite
     n_episodes: int | None = None  # per task: initial states 0..n-1; default: all (50), the public protocol
@@ -29,6 +29,11 @@ class EvalSettings:
     render_profile: str | None = (
         None  # camera settings (sim/render_profile.py); None: the training data's, the only one allowed
     )
+    # An external policy instead of a checkpoint: its spec (`inference.arm.ArmSpec.to_dict()`) and server address.
+    arm: dict | None = None
+    arm_address: str | None = None
+    arm_timeout_s: float = 120.0  # seconds a reply may take before the request ends as an error
+    train_starts: str | None = None  # an arm's training data (dataset folder or start-states file); None: unchecked
 
     def __post_init__(self) -> None:
         # Checked before the checkpoint loads or the simulator starts, so a typo fails at once.
@@ -36,6 +41,7 @@ class EvalSettings:
         from ..policy.device import resolve_device
         from ..sim.suites import base_suite
 
+        self._check_policy()
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}.")
@@ -99,3 +105,45 @@ class EvalSettings:
                 parse_address(self.policy_server)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+
+    def _check_policy(self) -> None:
+        """Exactly one policy: a checkpoint (served or loaded) or an external arm, with only the settings that mean
+        something for it."""
+        from ..config import ConfigError
+
+        if (self.checkpoint is None) == (self.arm is None):
+            raise ConfigError(
+                "an evaluation needs --checkpoint (a policy of this project) or --arm NAME=ws://HOST:PORT (an external "
+                f"policy server), exactly one; got {'both' if self.arm is not None else 'neither'}."
+            )
+        if self.arm is None:
+            for flag, value in (("arm_address", self.arm_address), ("--train_starts", self.train_starts)):
+                if value is not None:
+                    raise ConfigError(
+                        f"{flag} {value!r} is for an external arm (--arm); a checkpoint records its own training data "
+                        "and is served by --policy_server."
+                    )
+            return
+        from ..inference.arm import ArmSpec, ArmSpecError, check_address
+
+        try:
+            spec = ArmSpec.from_dict(self.arm)
+            check_address(self.arm_address)
+        except ArmSpecError as e:
+            raise ConfigError(str(e)) from None
+        # These belong to this project's policies; an arm states its own (replanning, render settings) in its spec.
+        for flag, value, why in (
+            ("--memory", self.memory, "an external policy has no world-memory mode"),
+            ("--replan_every", self.replan_every, "the arm's spec states replan_every"),
+            ("--policy_server", self.policy_server, "the arm names its own server"),
+            ("--device", None if self.device == "auto" else self.device, "the arm runs on its own server"),
+        ):
+            if value is not None:
+                raise ConfigError(f"{flag} {value!r} does not apply to arm {spec.name!r}: {why}.")
+        if self.render_profile is not None and self.render_profile != spec.render_profile:
+            raise ConfigError(
+                f"--render_profile {self.render_profile!r} differs from arm {spec.name!r}'s stated render_profile "
+                f"{spec.render_profile!r}; an arm is evaluated with the camera settings it states. Leave the flag out."
+            )
+        if not (isinstance(self.arm_timeout_s, (int, float)) and self.arm_timeout_s > 0):
+            raise ConfigError(f"--arm_timeout must be positive seconds, got {self.arm_timeout_s!r}.")

@@ -1,5 +1,6 @@
-"""One evaluation's folder: its episodes files, the identity that keeps evaluations apart (checkpoint
-weights and settings, suite, memory, seed, limits), and the lock that keeps two writers out."""
+"""One evaluation's folder: its episodes files, the identity that keeps evaluations apart (checkpoint weights and
+settings, or an external arm's name and conventions; suite, memory, seed, limits), and the lock that keeps two
+writers out."""
 
 from __future__ import annotations
 
@@ -53,6 +54,29 @@ def eval_identity(ckpt: Path, settings: EvalSettings, replan: int, limit: int) -
     ensemble = getattr(settings, "temporal_ensemble", None)  # a stand-in for EvalSettings without the field: off
     if ensemble is not None:
         identity["temporal_ensemble"] = ensemble
+    return identity
+
+
+ARM_MEMORY = "external"  # an external arm's records' `memory`: it has none of this project's modes
+
+
+def arm_identity(spec: dict, settings: EvalSettings, limit: int) -> dict:
+    """An external arm's evaluation identity: its name and every stated convention (each one `arm_<field>`, so a
+    refusal names the field that differs; replanning and render settings under the keys a checkpoint's use), and
+    the protocol. Where its server runs is not in it: the same arm may be served from anywhere."""
+    identity = {
+        "arm": spec["name"],
+        **{f"arm_{k}": v for k, v in spec.items() if k not in ("name", "replan_every", "render_profile")},
+        "suite": settings.suite,
+        "memory": ARM_MEMORY,
+        "seed": settings.seed,
+        "step_limit": limit,
+        "render_profile": spec["render_profile"],
+        "replan_every": spec["replan_every"],
+        "allow_train_overlap": settings.allow_train_overlap,
+    }
+    if settings.temporal_ensemble is not None:
+        identity["temporal_ensemble"] = settings.temporal_ensemble
     return identity
 
 

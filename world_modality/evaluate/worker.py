@@ -1,6 +1,7 @@
 """The worker side of closed-loop evaluation (`closed_loop.evaluate`): each simulator process holds one policy
-runner, local (the checkpoint loaded) or remote (`RemoteRunner`, asking a policy server), and one `LiberoEnv`,
-and runs one episode per job; an exception, a lost server included, ends the episode as an error.
+runner, local (the checkpoint loaded), remote (`RemoteRunner`, asking a policy server) or an external arm's
+(`ExternalRunner`), and one `LiberoEnv`, and runs one episode per job; an exception, a lost, hung or garbled server
+included, ends the episode as an error.
 Each record's `timing` adds to the episode's split (`rollout.run_episode`) the job's seconds in this process
 (`job_s`: with a simulator built for a new task), the seconds it waited since its previous job or its start-up
 (`idle_s`: the parent's turn, both ways of the pipe) and, on its first job, the start-up itself (`startup_s`)."""
@@ -28,7 +29,7 @@ def _init(settings: dict) -> None:
     from ..policy.device import resolve_device
 
     _STATE["settings"] = settings
-    if settings.get("policy_server"):
+    if settings.get("policy_server") or settings.get("arm"):
         torch.set_num_threads(1)
         return  # connected by the first job, so an unreachable server is that episode's error, not the run's
     if resolve_device(settings["device"]).type == "cpu":
@@ -44,10 +45,21 @@ def _init(settings: dict) -> None:
 
 def _runner():
     if "runner" not in _STATE:
-        from ..inference.remote import RemoteRunner
-
         st = _STATE["settings"]
-        _STATE["runner"] = RemoteRunner(st["policy_server"], temporal_ensemble=st.get("temporal_ensemble"))
+        if st.get("arm"):
+            from ..inference.arm import ArmSpec
+            from ..inference.external import ExternalRunner
+
+            _STATE["runner"] = ExternalRunner(
+                st["arm_address"],
+                ArmSpec.from_dict(st["arm"]),
+                timeout_s=st["arm_timeout_s"],
+                temporal_ensemble=st.get("temporal_ensemble"),
+            )
+        else:
+            from ..inference.remote import RemoteRunner
+
+            _STATE["runner"] = RemoteRunner(st["policy_server"], temporal_ensemble=st.get("temporal_ensemble"))
     return _STATE["runner"]
 
 

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 INFERENCE = [
+    "world_modality.inference.arm",
     "world_modality.inference.episode",
+    "world_modality.inference.external",
     "world_modality.inference.remote",
     "world_modality.inference.runner",
     "world_modality.inference.schedule",
