@@ -39,3 +39,15 @@ def test_a_failed_run_stops_the_other_at_once(fixture_dataset, tmp_path):
 def test_a_torn_metrics_line_is_skipped(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "epoch": 1}\n{"kind": "tr')
     assert [r["epoch"] for r in _epochs_logged(tmp_path)] == [1]
+
+
+def test_the_demo_trains_with_the_cpu_recipe_scaled_down():
+    """`make demo` is the study's `--budget cpu` recipe on fewer tasks, demonstrations and episodes: the same
+    image size, batch size and learning-rate schedule."""
+    from world_modality.demo import FULL, QUICK
+    from world_modality.study.settings import BUDGETS
+
+    cpu = BUDGETS["cpu"]
+    for b in (FULL, QUICK):
+        assert (b.image_size, b.batch_size, b.lr_schedule) == (cpu.image_size, cpu.batch_size, cpu.lr_schedule)
+        assert b.episodes_per_task <= cpu.demos_per_task and len(b.tasks) < 10

@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiments",
         default="E0,E2",
-        help="presets to train, comma-separated; the first two are paired, second - first (default: 'E0,E2')",
+        help="presets to train, comma-separated, e.g. E0,E2,E2-Present,E2-State; contrasts E2 - E0 (primary), "
+        "E2 - E2-Present, E2-Present - E0 and E2-State - E0 when their arms run, other arms against E0 or the first "
+        "(default: 'E0,E2')",
     )
     p.add_argument("--seeds", default="0", help="training seeds: '0,1,2' or '0-2' (default: '0')")
     p.add_argument(
@@ -223,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         default="cpu",
         choices=("cpu", "gpu"),
-        help="sizes: cpu fits 2 cores (64 px, tiny backbone, 6 epochs, 20 demonstrations per task); "
+        help="sizes: cpu is the CPU recipe (128 px, tiny backbone, 12 epochs with a cosine learning rate, "
+        "30 demonstrations per task; ~32 min of training per run on 2 cores); "
         "gpu the real-size defaults; the flags below override it (default: 'cpu')",
     )
     for flag, what in (
@@ -236,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         dest = "epochs" if flag == "epochs" else flag.replace("-", "_")
         p.add_argument(f"--{flag}", dest=dest, type=int, default=None, help=f"{what} (default: the budget's)")
+    p.add_argument(
+        "--lr-schedule",
+        dest="lr_schedule",
+        choices=("constant", "cosine"),
+        default=None,
+        help="each run's learning rate after warmup: constant, or cosine decay to 0 (default: the budget's)",
+    )
     p.add_argument(
         "--episodes-per-task",
         dest="episodes_per_task",
@@ -275,6 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train one policy per experiment and seed over all the suites' demonstrations (default: one per suite)",
     )
+    p.add_argument(
+        "--world-encoder",
+        dest="world_encoder",
+        default="pretrained",
+        choices=("pretrained", "random"),
+        help="weights of the image world encoder of E2, E2-Present, E2-Flow and E4: 'pretrained' by pretrain-world on "
+        "the study's own demonstrations, once per training dataset, a stage of its own (E2-Pretrained always uses "
+        "it); 'random' the tiny encoder's fixed random init (default: 'pretrained')",
+    )
+    for flag, what in (
+        ("pretrain-steps", "pretrain-world optimiser steps (default: the budget's, cpu 2000, gpu 5000)"),
+        ("pretrain-batch-size", "pretrain-world windows per step (default: the budget's, cpu 32, gpu 64)"),
+        ("pretrain-seed", "pretrain-world seed of its init and draws (default: 0)"),
+    ):
+        p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=int, default=None, help=what)
     p.add_argument(
         "--shard",
         default=None,

@@ -26,6 +26,7 @@ class DemoBudget:
     max_epochs: int = 20
     batch_size: int = 16
     image_size: int = 128
+    lr_schedule: str = "cosine"  # the CPU recipe's (docs/RESULTS.md, "CPU recipe"), on fewer tasks and demonstrations
     workers: int = 2
 
 
@@ -123,6 +124,7 @@ def run_demo(quick: bool = False, out: str | Path = "runs/demo") -> int:
                 "image_size": b.image_size,
                 "max_epochs": b.max_epochs,
                 "batch_size": b.batch_size,
+                "lr_schedule": b.lr_schedule,
                 "seed": 0,
                 "output_dir": str(out / preset.lower()),
             },

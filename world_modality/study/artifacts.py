@@ -1,6 +1,7 @@
-"""The hashes of the large artifacts a study folder used (<out>/artifacts.json): each dataset's fingerprint and each
-run's checkpoint weights' sha256, recorded at first use and checked at every later one, so a dataset or checkpoint
-rebuilt or changed since is refused instead of mixed with the results it did not produce."""
+"""The hashes of the large artifacts a study folder used (<out>/artifacts.json): each dataset's fingerprint, each
+pretrained world encoder's files' sha256 and each run's checkpoint weights' sha256, recorded at first use and checked
+at every later one, so a dataset, encoder or checkpoint rebuilt or changed since is refused instead of mixed with
+the results it did not produce."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def dataset_hash(root: Path) -> str:
     return dataset_fingerprint(root, sorted((root / "data").glob("**/*.parquet")))
 
 
+# What makes a pretrain-world folder the encoder it is (weights, architecture, input processing); its training
+# checkpoints and loss log are how it was made, not what the runs load.
+ENCODER_FILES = ("model.safetensors", "config.json", "video_preprocessor_config.json")
+
+
+def encoder_hashes(folder: Path) -> dict[str, str]:
+    from ..policy.checkpoint_store import file_sha256
+
+    return {name: file_sha256(Path(folder) / name) for name in ENCODER_FILES if (Path(folder) / name).exists()}
+
+
 def checkpoint_hashes(ckpt: Path) -> dict[str, str]:
     """sha256 of each weight file the checkpoint has (the weights, their moving average, the tokenizer)."""
     from ..policy.checkpoint_store import WEIGHT_FILES, file_sha256
@@ -32,8 +44,9 @@ def checkpoint_hashes(ckpt: Path) -> dict[str, str]:
 
 
 class Artifacts:
-    """artifacts.json of one study folder: {"datasets": {suite: {"name", "fingerprint"}}, "checkpoints": {run:
-    {"checkpoint": path under the folder, "sha256": {file: hex}}}}."""
+    """artifacts.json of one study folder: {"datasets": {suite: {"name", "fingerprint"}}, "world_encoders": {suite:
+    {"name", "sha256": {file: hex}}}, "checkpoints": {run: {"checkpoint": path under the folder, "sha256": {file:
+    hex}}}}."""
 
     def __init__(self, out: Path):
         from .shards import read_json
@@ -42,12 +55,14 @@ class Artifacts:
         self.path = self.out / ARTIFACTS_FILE
         data = read_json(self.path, "the artifact hashes a study writes") if self.path.exists() else {}
         self.datasets: dict[str, dict] = dict(data.get("datasets") or {})
+        self.encoders: dict[str, dict] = dict(data.get("world_encoders") or {})
         self.checkpoints: dict[str, dict] = dict(data.get("checkpoints") or {})
 
     def _write(self) -> None:
         from .shards import write_json
 
-        write_json(self.path, {"datasets": self.datasets, "checkpoints": self.checkpoints})
+        encoders = {"world_encoders": self.encoders} if self.encoders else {}
+        write_json(self.path, {"datasets": self.datasets, **encoders, "checkpoints": self.checkpoints})
 
     def check_dataset(self, suite: str, root: Path) -> str:
         """The dataset's fingerprint, recorded on first use; ArtifactMismatch when it differs from the recorded one."""
@@ -61,6 +76,26 @@ class Artifacts:
             )
         if not old:
             self.datasets[suite] = {"name": Path(root).name, "fingerprint": found}
+            self._write()
+        return found
+
+    def check_encoder(self, suite: str, folder: Path) -> dict[str, str]:
+        """The pretrained encoder's file hashes, recorded on first use; ArtifactMismatch when they differ (pretraining
+        repeats bit for bit only on one machine with one thread count, so a rebuilt encoder may differ)."""
+        found = encoder_hashes(folder)
+        old = self.encoders.get(suite)
+        if old and old.get("sha256") != found:
+            changed = sorted(k for k in set(found) | set(old.get("sha256", {})) if found.get(k) != old["sha256"].get(k))
+            raise ArtifactMismatch(
+                f"world encoder {folder} of {suite} differs from the one this folder's runs of {suite} used "
+                f"({old.get('name')}, {self.path}): sha256 of {', '.join(changed)} "
+                f"{', '.join(str(found.get(k, 'absent'))[:16] for k in changed)} now, "
+                f"{', '.join(str(old['sha256'].get(k, 'absent'))[:16] for k in changed)} recorded; its results would "
+                "be mixed with another encoder's. Point --data at the folder holding the encoder they used, or use "
+                "another --out."
+            )
+        if not old:
+            self.encoders[suite] = {"name": Path(folder).name, "sha256": found}
             self._write()
         return found
 

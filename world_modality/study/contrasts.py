@@ -1,7 +1,7 @@
-"""The study's paired contrasts: the primary one (second experiment − first), each further experiment against the
-first and E2 − E2-Present when both ran; each conditional on these checkpoints (analysis/pooling) and at method
-level (analysis/levels, training seeds resampled too), the secondary ones Holm-adjusted, with the smallest
-difference the study could detect."""
+"""The study's paired contrasts: the named ones whose arms ran (E2 − E0, the primary; E2 − E2-Present, E2-Present −
+E0, E2-State − E0), else the second experiment − the first, and every arm no named contrast covers against the
+first; each conditional on these checkpoints (analysis/pooling) and at method level (analysis/levels, training
+seeds resampled too), the secondary ones Holm-adjusted, with the smallest difference the study could detect."""
 
 from __future__ import annotations
 
@@ -10,15 +10,42 @@ from ..analysis.levels import MDD_FORMULA, holm, minimum_detectable_difference, 
 ALPHA, POWER = 0.05, 0.8
 
 
-def pairs_of(experiments: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    """(a, b, role) for every contrast b − a, the primary first."""
+def e2_arm(experiments: tuple[str, ...]) -> str | None:
+    """The arm that plays E2 in the named contrasts: E2, else E2-Pretrained (E2 with the pretrained encoder)."""
+    return next((e for e in ("E2", "E2-Pretrained") if e in experiments), None)
+
+
+def named_pairs(experiments: tuple[str, ...], encoders: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(a, b, question) of each named contrast b − a whose two arms ran. The foresight contrast needs E2 and
+    E2-Present to share an encoder (`encoders`: experiment -> world_encoder.encoder_of), else it would mix
+    foresight with the encoder's weights."""
+    e2 = e2_arm(experiments)
+    same = encoders is None or encoders.get(e2) == encoders.get("E2-Present")
+    named = [
+        ("E0", e2, "does the world modality help"),
+        ("E2-Present", e2, "foresight, given the same history and encoder") if same else None,
+        ("E0", "E2-Present", "history, without foresight"),
+        ("E0", "E2-State", "the upper bound: privileged object state (positive control)"),
+        ("E2", "E2-Pretrained", "a pretrained encoder against the random one"),
+    ]
+    return [p for p in named if p and p[0] in experiments and p[1] in experiments and p[0] != p[1]]
+
+
+def pairs_of(experiments: tuple[str, ...], encoders: dict[str, str] | None = None) -> list[tuple[str, str, str, str]]:
+    """(a, b, role, question) for every contrast b − a, the primary first: E2 − E0 when both ran, else the first
+    named contrast, else the second experiment − the first; then the other named ones, then each arm that no
+    contrast covers against E0 (or the first experiment)."""
     if len(experiments) < 2:
         return []
-    first = experiments[0]
-    out = [(first, experiments[1], "primary")] + [(first, e, "secondary") for e in experiments[2:]]
-    if "E2" in experiments and "E2-Present" in experiments:
-        if not any({a, b} == {"E2", "E2-Present"} for a, b, _ in out):
-            out.append(("E2-Present", "E2", "secondary"))
+    named = named_pairs(experiments, encoders)
+    if named:
+        primary, rest = named[0], named[1:]
+    else:
+        primary, rest = (experiments[0], experiments[1], "the second experiment against the first"), []
+    out = [(*primary[:2], "primary", primary[2])] + [(a, b, "secondary", q) for a, b, q in rest]
+    first = "E0" if "E0" in experiments else experiments[0]
+    covered = {e for a, b, _, _ in out for e in (a, b)}
+    out += [(first, e, "secondary", f"against {first}") for e in experiments if e not in covered and e != first]
     return out
 
 
@@ -85,14 +112,17 @@ def paired(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> dict |
     return out
 
 
-def contrasts(experiments: tuple[str, ...], suites: tuple[str, ...], evals: list[dict]) -> list[dict]:
+def contrasts(
+    experiments: tuple[str, ...], suites: tuple[str, ...], evals: list[dict], encoders: dict[str, str] | None = None
+) -> list[dict]:
     """Every contrast, per suite and over all suites; "p_holm" adjusts the secondary ones' all-suite conditional
     (and, where given, method-level) p-values as one family each; the primary is never adjusted."""
     out = []
-    for a, b, role in pairs_of(experiments):
+    for a, b, role, question in pairs_of(experiments, encoders):
         out.append(
             {
                 "role": role,
+                "question": question,
                 "a": a,
                 "b": b,
                 "per_suite": {suite: paired(evals, (a, b), {suite}) for suite in suites},
@@ -145,6 +175,22 @@ def fmt_mdd(p: dict | None) -> str:
     return f"±{100 * m['diff']:.1f} pts (ψ = {m['discordance']:.2f}, n = {m['n']} starts)"
 
 
+def contrast_table(cs: list[dict]) -> list[str]:
+    """One row per contrast: its question, role, both interval kinds and the smallest detectable difference."""
+    lines = [
+        "| Contrast | Question | Role | Conditional on these checkpoints | Method level "
+        "| Smallest detectable difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in cs:
+        p = c["average"]
+        lines.append(
+            f"| {c['b']} − {c['a']} | {c.get('question', '')} | {c['role']} | {fmt_conditional(p)} | {fmt_method(p)} "
+            f"| {fmt_mdd(p)} |"
+        )
+    return lines
+
+
 def render_contrasts(cs: list[dict]) -> list[str]:
     """The contrasts section of report.md: both interval kinds, named, and the refused pairs if any."""
     if not cs:
@@ -161,12 +207,8 @@ def render_contrasts(cs: list[dict]) -> list[str]:
         "secondary ones carry Holm-adjusted p-values. Smallest detectable difference (derived, 80% power, two-sided "
         f"α = 0.05): the δ solving {MDD_FORMULA}, ψ the measured share of discordant pairs, n the number of starts.",
         "",
-        "| Contrast | Role | Conditional on these checkpoints | Method level | Smallest detectable difference |",
-        "|---|---|---|---|---|",
+        *contrast_table(cs),
     ]
-    for c in cs:
-        p = c["average"]
-        lines.append(f"| {c['b']} − {c['a']} | {c['role']} | {fmt_conditional(p)} | {fmt_method(p)} | {fmt_mdd(p)} |")
     refused = [c for c in cs if (c["average"] or {}).get("refused")]
     if refused:
         from ..analysis.protocol import refused_text

@@ -1,11 +1,11 @@
 """`world-modality study merge DIR... --out DIR`: one report.md and study.json from the folders of a study's shards,
 read from their small files only (so a shard folder copied or moved to another machine merges): shards of other
-settings, two shards that ran the same episode and datasets of another fingerprint are refused; runs that no shard
-holds are named, their cells marked, and the merge exits non-zero."""
+settings, two shards that ran the same episode, datasets of another fingerprint and pretrained world encoders of
+another hash are refused; runs that no shard holds are named, their cells marked, and the merge exits non-zero."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..config import ConfigError
@@ -21,6 +21,7 @@ class ShardFolder:
     inputs: dict  # report_inputs.json: suites, evals, failed, times
     datasets: dict  # artifacts.json's dataset fingerprints
     invocations: list[dict]
+    encoders: dict = field(default_factory=dict)  # artifacts.json's pretrained world encoders' hashes
 
 
 def read_shard(folder: Path) -> ShardFolder:
@@ -48,15 +49,16 @@ def read_shard(folder: Path) -> ShardFolder:
     if bad:
         raise ConfigError(f"{path} is damaged: {', '.join(bad)} missing or of another type; rerun the shard's command.")
     artifacts = folder / ARTIFACTS_FILE
-    datasets = (read_json(artifacts, "the artifact hashes").get("datasets") or {}) if artifacts.exists() else {}
+    hashes = read_json(artifacts, "the artifact hashes") if artifacts.exists() else {}
     return ShardFolder(
         folder=folder,
         settings=_read_settings(folder / SETTINGS_FILE),
         shard=inputs.get("shard"),
         runs=[tuple(r) for r in inputs["runs"]],
         inputs=inputs,
-        datasets=datasets,
+        datasets=hashes.get("datasets") or {},
         invocations=invocations(folder),
+        encoders=hashes.get("world_encoders") or {},
     )
 
 
@@ -114,6 +116,26 @@ def check_same_datasets(shards: list[ShardFolder]) -> None:
             seen.setdefault(suite, (fp, sh.folder))
 
 
+def check_same_encoders(shards: list[ShardFolder]) -> None:
+    """Each training dataset's pretrained world encoder has one hash across the shards: pretraining repeats bit for
+    bit only on one machine with one thread count, so shards that each pretrained their own may differ."""
+    seen: dict[str, tuple[dict, Path]] = {}
+    for sh in shards:
+        for suite, rec in sh.encoders.items():
+            sha = rec.get("sha256") if isinstance(rec, dict) else None
+            if not sha:
+                continue
+            if suite in seen and seen[suite][0] != sha:
+                first, where = seen[suite]
+                raise ConfigError(
+                    f"the shards used different pretrained world encoders for {suite}: model.safetensors sha256 "
+                    f"{str(first.get('model.safetensors'))[:16]} in {where}, {str(sha.get('model.safetensors'))[:16]} "
+                    f"in {sh.folder} (their artifacts.json); a table over both would mix two encoders. Rerun one "
+                    "shard with the other's encoder (its --data holding that world-encoders/ folder), then merge."
+                )
+            seen.setdefault(suite, (sha, sh.folder))
+
+
 def check_disjoint(shards: list[ShardFolder]) -> None:
     """No episode and no run in two shards: which copy to keep is not merge's to choose."""
     from .shards import run_name
@@ -158,8 +180,11 @@ def merge_runs(s: StudySettings, shards: list[ShardFolder]) -> dict:
     for sh in shards:
         for suite, g in sh.inputs["suites"].items():
             if suite not in suites or ("dataset" in g and "dataset" not in suites[suite]):
-                suites[suite] = g
-    evals = [r for sh in shards for r in sh.inputs["evals"]]
+                suites[suite] = dict(g)
+            # Only shards with a run that uses the pretrained encoder have its record; a finished one wins.
+            if "not_run" not in g.get("world_encoder", {"not_run": None}):
+                suites[suite]["world_encoder"] = g["world_encoder"]
+    evals = [_relocated(r, sh.folder, s.out) for sh in shards for r in sh.inputs["evals"]]
     held = {run for sh in shards for run in sh.runs}
     # Which shard holds a missing run can be told only when every shard given split the study into the same n.
     ns = {sh.shard.split("/")[1] for sh in shards if sh.shard}
@@ -185,6 +210,17 @@ def merge_runs(s: StudySettings, shards: list[ShardFolder]) -> dict:
     failed = list(dict.fromkeys(f for sh in shards for f in sh.inputs["failed"]))
     ordered = {k: suites[k] for k in (*s.suites, "joint") if k in suites}
     return {"suites": ordered, "evals": evals, "failed": failed, "times": times, "missing": missing}
+
+
+def _relocated(record: dict, folder: Path, out: str) -> dict:
+    """An evaluation record whose kept videos' paths (under its shard folder) are made relative to the merged
+    report's folder, so its links still open."""
+    import os
+
+    if not record.get("videos"):
+        return record
+    moved = [{**v, "path": os.path.relpath(Path(folder) / v["path"], out)} for v in record["videos"]]
+    return {**record, "videos": moved}
 
 
 def shard_summary(sh: ShardFolder) -> dict:
@@ -214,6 +250,7 @@ def merge(folders: list[Path], out: Path) -> int:
     shards = [read_shard(Path(f)) for f in folders]
     check_same_study(shards)
     check_same_datasets(shards)
+    check_same_encoders(shards)
     check_disjoint(shards)
     s = settings_of(shards[0], out)
     run = merge_runs(s, shards)

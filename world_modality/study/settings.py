@@ -21,11 +21,21 @@ class Budget:
     image_size: int  # policy image side in pixels (also the recorded frames' side)
     world_image_size: int  # world-encoder input side in pixels
     workers: int  # simulator processes for generation and evaluation
+    lr_schedule: str = "constant"  # learning rate after warmup: constant, or cosine decay to 0 at the last update
 
 
-# cpu: fits 2 cores (small images, the tiny backbone, few epochs, as the demo); gpu: the real-size defaults.
+# cpu: the CPU recipe's winner (bench/results/recipe_libero_spatial.json, row R4: 78/100 on the tuning states,
+# ~32 min of training per run on 2 cores); gpu: the real-size defaults.
 BUDGETS = {
-    "cpu": Budget(demos_per_task=20, epochs=6, batch_size=16, image_size=64, world_image_size=64, workers=2),
+    "cpu": Budget(
+        demos_per_task=30,
+        epochs=12,
+        batch_size=16,
+        image_size=128,
+        world_image_size=64,
+        workers=2,
+        lr_schedule="cosine",
+    ),
     "gpu": Budget(demos_per_task=50, epochs=20, batch_size=32, image_size=128, world_image_size=128, workers=8),
 }
 
@@ -50,13 +60,32 @@ class StudySettings:
     data: str  # folder of the generated datasets (shared between studies: names carry their settings)
     joint: bool = False  # one policy per experiment and seed over every suite, instead of one per suite
     init_states: tuple[int, ...] | None = None  # standard-suite stored states to run (e.g. 10-49), not the first n
+    lr_schedule: str = "constant"  # each run's learning-rate schedule (the budget's)
     shard: tuple[int, int] | None = None  # (i, n): the i-th of n parts of the runs (shards.py); None: all
+    # The weights of the E2-family arms' image encoder (world_encoder.py). "random" is what a study read back
+    # without the key ran: the key and the pretraining settings exist only in studies that pretrain.
+    world_encoder: str = "random"
+    pretrain_steps: int | None = None  # None: no arm uses a pretrained encoder
+    pretrain_batch_size: int | None = None
+    pretrain_seed: int | None = None
 
     def identity(self) -> dict:
         # init_states joins the identity only when given, so a study begun before it existed still continues.
         # shard is not part of it either: every shard of one study holds the same settings, which merge compares.
+        # lr_schedule likewise only when not constant (every study before it had a constant rate).
         skip = ("workers", "out", "data", "shard") + (("init_states",) if self.init_states is None else ())
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        skip += ("lr_schedule",) if self.lr_schedule == "constant" else ()
+        return {k: v for k, v in asdict(self).items() if k not in skip + self._unused_encoder_settings()}
+
+    def _unused_encoder_settings(self) -> tuple[str, ...]:
+        """The world-encoder settings that change no arm of this study: left out of its identity, so a study of
+        other arms (and one begun before pretraining was a stage) keeps the identity it had."""
+        from .world_encoder import governed, uses_pretrained
+
+        pretraining = ("pretrain_steps", "pretrain_batch_size", "pretrain_seed")
+        if not uses_pretrained(self):
+            return ("world_encoder", *pretraining)
+        return () if governed(self) else ("world_encoder",)
 
 
 def _names(text: str, choices, what: str, flag: str) -> tuple[str, ...]:
@@ -107,6 +136,7 @@ def settings_from_args(args) -> StudySettings:
         )
     if init_states is not None and max(init_states) >= 50:
         raise ConfigError(f"--init-states {args.init_states}: each task stores 50 initial states, ids 0-49.")
+    pretraining = encoder_settings(args)
     s = StudySettings(
         suites=suites,
         experiments=experiments,
@@ -126,7 +156,10 @@ def settings_from_args(args) -> StudySettings:
         data=str(args.data or Path(args.out) / "data"),
         joint=bool(getattr(args, "joint", False)),
         init_states=init_states,
+        lr_schedule=b.lr_schedule,
+        **pretraining,
     )
+    s = check_encoder_settings(s, args)
     for e in experiments:  # a preset that needs more than a dataset (E2-Pretrained's encoder) fails here
         run_config(s, e, "libero_spatial", seeds[0], Path("unused"), Path("unused"))
     if any(t >= 10 for t in s.tasks or ()):
@@ -141,6 +174,7 @@ def settings_from_args(args) -> StudySettings:
 def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset: Path, run_dir: Path):
     """One run's config, built as the demo builds E0 and E2: the preset, then the study's sizes."""
     from ..config import build_config
+    from .world_encoder import encoder_overrides
 
     return build_config(
         {
@@ -149,12 +183,61 @@ def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset
             "world_image_size": s.world_image_size,
             "max_epochs": s.epochs,
             "batch_size": s.batch_size,
+            "lr_schedule": s.lr_schedule,
             "seed": seed,
             "output_dir": str(run_dir),
             "tensorboard": False,
+            **encoder_overrides(s, experiment, dataset),
         },
         preset=experiment,
     )
+
+
+PRETRAIN_SETTINGS = ("pretrain_steps", "pretrain_batch_size", "pretrain_seed")
+
+
+def encoder_settings(args) -> dict:
+    """--world-encoder and the pretraining budget (flags over the budget's defaults), each checked."""
+    from ..config import ConfigError
+    from .world_encoder import CHOICES, PRETRAIN_BUDGETS
+
+    choice = getattr(args, "world_encoder", None) or "pretrained"
+    if choice not in CHOICES:
+        raise ConfigError(f"--world-encoder {choice!r}: expected one of {', '.join(CHOICES)}.")
+    budget = PRETRAIN_BUDGETS[args.budget]
+    values = {"pretrain_steps": budget.steps, "pretrain_batch_size": budget.batch_size, "pretrain_seed": 0}
+    for name in PRETRAIN_SETTINGS:
+        given = getattr(args, name, None)
+        if given is not None:
+            if given < (0 if name == "pretrain_seed" else 1):
+                raise ConfigError(f"{_flag(name)} must be >= {0 if name == 'pretrain_seed' else 1}, got {given}.")
+            values[name] = given
+    return {"world_encoder": choice, **values}
+
+
+def check_encoder_settings(s: StudySettings, args) -> StudySettings:
+    """Refuse arms that would be one arm twice, and pretraining flags no arm uses (they would change nothing);
+    the settings without the pretraining budget when no arm uses it."""
+    from ..config import ConfigError
+    from .world_encoder import check_pretraining, uses_pretrained
+
+    if s.world_encoder == "pretrained" and {"E2", "E2-Pretrained"} <= set(s.experiments):
+        raise ConfigError(
+            "--experiments names E2 and E2-Pretrained, which are one arm under --world-encoder pretrained (E2 then "
+            "uses the study's pretrained encoder); give --world-encoder random to compare the random encoder (E2) "
+            "with the pretrained one (E2-Pretrained), or leave E2-Pretrained out."
+        )
+    if not uses_pretrained(s):
+        given = [_flag(k) for k in PRETRAIN_SETTINGS if getattr(args, k, None) is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} given, but no arm of --experiments {','.join(s.experiments)} uses a pretrained "
+                f"world encoder (--world-encoder {s.world_encoder}); expected an E2-family arm with --world-encoder "
+                "pretrained, or E2-Pretrained."
+            )
+        return replace(s, **dict.fromkeys(PRETRAIN_SETTINGS))
+    check_pretraining(s)
+    return s
 
 
 def _read_settings(path: Path) -> dict:
@@ -198,9 +281,15 @@ def check_same_study(s: StudySettings) -> None:
         if old != mine:
             diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
             said = "; ".join(f"{_flag(k)}: {_shown(old, k)} there, {_shown(mine, k)} now" for k in diff)
+            hint = ""
+            if "world_encoder" in diff and "world_encoder" not in old:
+                hint = (
+                    " A study that names no --world-encoder ran its E2-family arms with the random encoder (or began "
+                    "before pretraining was a stage): add --world-encoder random to continue it."
+                )
             raise ConfigError(
                 f"{out} holds a study with other settings ({said}); rerun with the same settings to continue it, "
-                "or use another --out."
+                f"or use another --out.{hint}"
             )
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -244,6 +333,13 @@ def command_line(s: StudySettings) -> str:
     parts += [str(v) for flag, value in sizes.items() if value is not None for v in (flag, value)]
     if s.joint:
         parts.append("--joint")
+    if s.lr_schedule != "constant":
+        parts += ["--lr-schedule", s.lr_schedule]
+    if s.world_encoder != "pretrained":
+        parts += ["--world-encoder", s.world_encoder]
+    if s.pretrain_steps is not None:
+        parts += ["--pretrain-steps", str(s.pretrain_steps), "--pretrain-batch-size", str(s.pretrain_batch_size)]
+        parts += ["--pretrain-seed", str(s.pretrain_seed)]
     if s.shard is not None:
         parts += ["--shard", f"{s.shard[0]}/{s.shard[1]}"]
     return shlex.join([*parts, "--out", s.out, "--data", s.data])

@@ -15,15 +15,17 @@ RULE = (
     "i+2n, ... of that list"
 )
 # What a results folder may leave out: large, and rebuilt from study_settings.json by a rerun of the shard's
-# command, then checked against artifacts.json before use.
+# command, then checked against artifacts.json before use. Videos are ignored file by file, not as a folder, so
+# the few the report shows (videos.py) can be kept: git cannot keep a file inside an ignored folder.
 LARGE = (
     "data/",
     "runs/*/*/checkpoints/",
     "runs/*/*/tensorboard/",
-    "runs/*/*/eval/*/videos/",
+    "runs/*/*/eval/*/videos/*",
     ".lock",
     "*.tmp",
 )
+IGNORE_HEADER = "# Large artifacts: rebuilt from study_settings.json by rerunning this folder's command"
 
 
 def study_runs(s) -> list[tuple[str, str, int]]:
@@ -89,15 +91,28 @@ def check_same_shard(s) -> list[tuple]:
         # A folder begun before shards existed ran the whole study.
         raise ConfigError(f"{out} holds the whole study (no --shard), not --shard {mine['shard']}; use another --out.")
     write_json(path, mine)
-    ignore = out / IGNORE_FILE
-    if not ignore.exists():
-        ignore.write_text(
-            "# Large artifacts: rebuilt from study_settings.json by rerunning this folder's command\n"
-            "# (invocations.jsonl), and checked against the hashes in artifacts.json before use.\n"
-            + "\n".join(LARGE)
-            + "\n"
-        )
+    write_ignore(s, runs)
     return runs
+
+
+def write_ignore(s, runs: list[tuple]) -> None:
+    """<out>/.gitignore: the large artifacts, less the videos the report shows. Rewritten while it is the one this
+    command wrote (a folder begun before videos were kept gets the kept ones); one a person wrote is left alone."""
+    from .videos import ignore_exceptions
+
+    ignore = Path(s.out) / IGNORE_FILE
+    if ignore.exists() and not ignore.read_text().startswith(IGNORE_HEADER):
+        return
+    kept = ignore_exceptions(s, runs)
+    text = (
+        f"{IGNORE_HEADER}\n"
+        "# (invocations.jsonl), and checked against the hashes in artifacts.json before use.\n"
+        + "\n".join(LARGE)
+        + "\n"
+        + ("# The rollout videos report.md shows: small, and kept beside the numbers.\n" if kept else "")
+        + "".join(f"{line}\n" for line in kept)
+    )
+    ignore.write_text(text)
 
 
 def write_inputs(s, runs: list[tuple], run: dict) -> None:

@@ -1,7 +1,8 @@
-"""A study's stages, each resumable: demonstrations per suite (cached), one training run per suite (or, with --joint,
-one over all suites), experiment and seed, closed-loop evaluation of every run on each standard and LIBERO-PRO
-suite; wall times kept in <out>/times.json (accumulated across resumptions). Stages that cannot run are recorded
-with their reason, not hidden."""
+"""A study's stages, each resumable: demonstrations per suite (cached), the world encoder pretrained once per
+training dataset when an arm uses it (cached), one training run per suite (or, with --joint, one over all suites),
+experiment and seed, closed-loop evaluation of every run on each standard and LIBERO-PRO suite; wall times kept in
+<out>/times.json (accumulated across resumptions). Stages that cannot run are recorded with their reason, not
+hidden."""
 
 from __future__ import annotations
 
@@ -105,6 +106,18 @@ def generate_suite(s: StudySettings, suite: str, tasks: list[int]) -> dict:
     return {"dataset": str(data), "demos": {t: counts.get(t, 0) for t in tasks}, "provenance": dataset_provenance(data)}
 
 
+def encoder_users(s: StudySettings, suite: str, dataset: str) -> dict:
+    """{experiment: run config} of the arms that train on `suite`'s dataset with the pretrained encoder: the windows
+    its pretraining must match (world_encoder.pretrain_settings)."""
+    from .world_encoder import encoder_of
+
+    return {
+        e: run_config(s, e, suite, s.seeds[0], Path(dataset), run_dir(s, suite, e, s.seeds[0]))
+        for e in s.experiments
+        if encoder_of(s, e) == "pretrained"
+    }
+
+
 def run_dir(s: StudySettings, suite: str, experiment: str, seed: int) -> Path:
     return Path(s.out) / "runs" / suite / f"{experiment.lower()}-seed{seed}"
 
@@ -136,6 +149,7 @@ def eval_run(
     """{"episodes": finished, "errors": errored} of one run on one suite (the same initial states for every run), with
     the protocol it ran under, the arm's description and the code commits of its training and evaluation."""
     from ..evaluate.closed_loop import EvalSettings, evaluate
+    from .videos import kept_videos, videos_to_film
 
     out = run_dir(s, train_suite, experiment, seed) / "eval" / suite
     log_path = run_dir(s, train_suite, experiment, seed) / "eval.log"
@@ -149,11 +163,13 @@ def eval_run(
                 init_states=init_states,
                 workers=s.workers,
                 max_steps=s.max_steps,
+                video=videos_to_film(s, seed, suite),
                 out=str(out),
             ),
             progress=False,
         )
     return {
+        "videos": kept_videos(s, train_suite, experiment, seed, suite, tasks, r.finished),
         "episodes": r.finished,
         "errors": r.errors,
         "protocol": eval_protocol(r.settings, suite),
@@ -163,13 +179,18 @@ def eval_run(
 
 
 def plan(s: StudySettings) -> list[tuple]:
-    """Every stage in order: ("generate", suite), ("merge", "joint") with --joint, ("train", suite, experiment, seed)
-    and ("eval", suite, experiment, seed, eval_suite), where suite is "joint" for the runs over every suite."""
+    """Every stage in order: ("generate", suite), ("merge", "joint") with --joint, ("pretrain", suite) when an arm
+    uses the pretrained world encoder, ("train", suite, experiment, seed) and ("eval", suite, experiment, seed,
+    eval_suite), where suite is "joint" for the runs over every suite."""
+    from .world_encoder import uses_pretrained
+
     stages: list[tuple] = [("generate", suite) for suite in s.suites]
     groups = [("joint", s.suites)] if s.joint else [(suite, (suite,)) for suite in s.suites]
     if s.joint:
         stages.append(("merge", "joint"))
     for train_suite, suites in groups:
+        if uses_pretrained(s):
+            stages.append(("pretrain", train_suite))
         for e in s.experiments:
             for seed in s.seeds:
                 stages.append(("train", train_suite, e, seed))
@@ -182,14 +203,20 @@ def plan(s: StudySettings) -> list[tuple]:
 
 
 def shard_plan(s: StudySettings, runs: list[tuple]) -> list[tuple]:
-    """The study's stages a shard of `runs` needs: their training and evaluations, and the datasets they train on
-    (every suite's with --joint), which each shard generates or finds for itself."""
+    """The study's stages a shard of `runs` needs: their training and evaluations, the datasets they train on
+    (every suite's with --joint), which each shard generates or finds for itself, and the pretrained encoder of
+    those datasets when one of its runs uses it (found in --data, or pretrained there)."""
+    from .world_encoder import encoder_of
+
     keep = set(runs)
     suites = set(s.suites) if s.joint else {r[0] for r in runs}
+    pretrain = {r[0] for r in runs if encoder_of(s, r[1]) == "pretrained"}
 
     def wanted(st: tuple) -> bool:
         if st[0] in ("train", "eval"):
             return st[1:4] in keep
+        if st[0] == "pretrain":
+            return st[1] in pretrain
         return st[0] == "merge" or st[1] in suites
 
     return [st for st in plan(s) if wanted(st)]
@@ -210,8 +237,11 @@ def merge_suites(s: StudySettings, suites: dict[str, dict]) -> dict:
 def run_stages(s: StudySettings, tasks_of, stages: list[tuple] | None = None, artifacts=None) -> dict:
     """Run `stages` (default: every stage of the plan); returns {"suites": {suite: generation}, "evals": [...],
     "failed": [...]} for the report. With `artifacts` (artifacts.Artifacts), each dataset and final checkpoint is
-    checked against the hash this folder recorded before anything uses it; a mismatch stops the study."""
+    checked against the hash this folder recorded before anything uses it (the pretrained world encoder too); a
+    mismatch stops the study."""
     from tqdm.auto import tqdm
+
+    from .world_encoder import encoder_of, pretrain_stage
 
     out = Path(s.out)
     times = Times(out)
@@ -237,10 +267,22 @@ def run_stages(s: StudySettings, tasks_of, stages: list[tuple] | None = None, ar
                     suites[suite]["fingerprint"] = artifacts.check_dataset(suite, Path(suites[suite]["dataset"]))
             elif "not_run" in gen:
                 pass
+            elif kind == "pretrain":
+                try:
+                    record, folder = pretrain_stage(s, suite, gen["dataset"], encoder_users(s, suite, gen["dataset"]))
+                except Exception as e:  # the arms that need it are not trained; a rerun retries it
+                    record, folder = {"not_run": f"pretraining failed: {type(e).__name__}: {e}", "error": True}, None
+                if artifacts is not None and folder is not None:
+                    record["sha256"] = artifacts.check_encoder(suite, folder)
+                gen["world_encoder"] = record
             elif kind == "train":
                 key = st[1:4]
+                encoder = gen.get("world_encoder") or {"not_run": "its world encoder was not pretrained"}
                 try:
-                    checkpoints[key] = train_run(s, *key, gen["dataset"])
+                    if encoder_of(s, st[2]) == "pretrained" and "not_run" in encoder:
+                        checkpoints[key] = f"not trained: {encoder['not_run']}"
+                    else:
+                        checkpoints[key] = train_run(s, *key, gen["dataset"])
                 except Exception as e:
                     checkpoints[key] = f"training failed: {type(e).__name__}: {e}"
                 if artifacts is not None and isinstance(checkpoints[key], Path):
@@ -267,6 +309,11 @@ def run_stages(s: StudySettings, tasks_of, stages: list[tuple] | None = None, ar
     bar.close()
     failed = [f"{k}: {v}" for k, v in checkpoints.items() if not isinstance(v, Path)]
     failed += [f"{k}: {v['not_run']}" for k, v in suites.items() if v.get("error")]
+    failed += [
+        f"pretrain/{k}: {v['world_encoder']['not_run']}"
+        for k, v in suites.items()
+        if (v.get("world_encoder") or {}).get("error")
+    ]
     failed += [
         f"{'/'.join(map(str, (r['train_suite'], r['experiment'], r['seed'], r['suite'])))}: {r['not_run']}"
         for r in evals

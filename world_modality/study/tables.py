@@ -1,7 +1,8 @@
 """The study's report: the published layout (a row per experiment, naming its world encoder and backbone; Spatial,
 Object, Goal, Long, Average; k/n with an interval that clusters a start's repeats over seeds, the starts and each
 seed's k/n), the primary contrast per suite (conditional on these checkpoints and at method level), every
-contrast, the arms, the LIBERO-PRO table and each stage's commit. Statistics come from analysis/ (stats, pooling,
+contrast, the same on states 10-49 alone when the study ran 0-49, the arms, the world-encoder pretraining, the
+LIBERO-PRO table, the kept rollout videos and each stage's commit. Statistics come from analysis/ (stats, pooling,
 levels)."""
 
 from __future__ import annotations
@@ -88,37 +89,56 @@ def _suite_cell(s: StudySettings, evals: list[dict], experiment: str, targets: l
     return _cell(rows, missing)
 
 
-def arms(s: StudySettings, evals: list[dict]) -> dict:
+def arms(s: StudySettings, evals: list[dict], encoders: dict[str, dict] | None = None) -> dict:
     """Each experiment's world encoder, backbone, chunk and replanning interval: as its evaluations recorded them,
-    else as the study's settings build it (the same preset and sizes)."""
+    else as the study's settings build it (the same preset and sizes); "world_encoder_ids": every encoder id its
+    checkpoints recorded (one per training dataset for a pretrained encoder). `encoders`: the pretraining stage's
+    records, which name a pretrained encoder no evaluation has described yet."""
     from .records import arm_of
     from .settings import run_config
+    from .world_encoder import describe, encoder_of
 
     out = {}
     for e in s.experiments:
         seen = [r["arm"] for r in evals if r["experiment"] == e and r.get("arm")]
-        built = seen[0] if seen else arm_of(run_config(s, e, s.suites[0], s.seeds[0], Path("-"), Path("-")), None)
-        out[e] = dict(built)
+        if seen:
+            built = dict(seen[0])
+        else:
+            built = arm_of(run_config(s, e, s.suites[0], s.seeds[0], Path("-"), Path("-")), None)
+            if encoder_of(s, e) == "pretrained":  # its folder is not read here: named from the stage's record
+                built["world_encoder"] = describe(next(iter((encoders or {}).values()), None))
+        out[e] = built
         replans = sorted({a["replan_every"] for a in seen})
         if len(replans) > 1:
             out[e]["replan_every"] = ", ".join(map(str, replans))
+        out[e]["world_encoder_ids"] = sorted({a["world_encoder_id"] for a in seen if a.get("world_encoder_id")})
     return out
 
 
 def results(s: StudySettings, run: dict) -> dict:
     """Every table's numbers, JSON-ready; a suite with no finished run carries its reason. "paired" is the primary
     contrast (as before there were several); "contrasts" lists them all."""
+    from ..ids import format_ids
     from .contrasts import contrasts
+    from .held_out import held_out_view, restrict
     from .provenance import stage_commits
+    from .world_encoder import encoder_of
 
     evals, gens = run["evals"], run["suites"]
-    standard: dict[str, dict] = {}
-    for e in s.experiments:
-        row = {suite: _suite_cell(s, evals, e, [suite], gens) for suite in SUITE_COLUMNS if suite in s.suites}
-        row["average"] = _suite_cell(s, evals, e, list(s.suites), gens)
-        standard[e] = row
-    cs = contrasts(s.experiments, s.suites, evals)
+    standard = _standard(s, evals, gens)
+    kinds = {e: encoder_of(s, e) for e in s.experiments}
+    cs = contrasts(s.experiments, s.suites, evals, kinds)
     paired = {k: cs[0][k] for k in ("a", "b", "per_suite", "average")} if cs else {}
+    view = held_out_view(s)
+    held_out = None
+    if view is not None:
+        kept = restrict(evals, s.suites, view)
+        held_out = {
+            "states": format_ids(view),
+            "standard": _standard(s, kept, gens),
+            "contrasts": contrasts(s.experiments, s.suites, kept, kinds),
+        }
+    encoders = {suite: g["world_encoder"] for suite, g in gens.items() if "world_encoder" in g}
     pro = {}
     for p in s.pro:
         for e in s.experiments:
@@ -130,7 +150,12 @@ def results(s: StudySettings, run: dict) -> dict:
         "standard": standard,
         "paired": paired,
         "contrasts": cs,
-        "arms": arms(s, evals),
+        **({"held_out": held_out} if held_out else {}),
+        "arms": arms(s, evals, encoders),
+        "world_encoders": encoders,
+        "videos": [
+            {"experiment": r["experiment"], "seed": r["seed"], **v} for r in evals for v in r.get("videos") or []
+        ],
         "pro": pro,
         "demonstrations": {suite: g.get("demos", {}) for suite, g in suites.items()},
         "tasks_without_demonstrations": {k: v for k, v in zero.items() if v},
@@ -140,6 +165,16 @@ def results(s: StudySettings, run: dict) -> dict:
         # Only a merge of shards that leaves runs out has any (study merge).
         **({"missing_runs": run["missing"]} if run.get("missing") else {}),
     }
+
+
+def _standard(s: StudySettings, evals: list[dict], gens: dict) -> dict[str, dict]:
+    """The standard table's cells: per experiment, each suite run and the average over them."""
+    standard: dict[str, dict] = {}
+    for e in s.experiments:
+        row = {suite: _suite_cell(s, evals, e, [suite], gens) for suite in SUITE_COLUMNS if suite in s.suites}
+        row["average"] = _suite_cell(s, evals, e, list(s.suites), gens)
+        standard[e] = row
+    return standard
 
 
 def _fmt(c: dict, name_suite: bool = False) -> str:
@@ -172,7 +207,7 @@ def _provenance(runs: list[dict], seconds: dict[str, float]) -> list[str]:
         "",
         "## Stage wall times",
         "",
-        "Summed over every invocation. "
+        "Summed over every invocation; world-encoder pretraining (pretrain) is counted apart from training. "
         + ", ".join(f"{k}: {v / 60:.1f} min" for k, v in kinds.items())
         + f"; all stages: {sum(seconds.values()) / 60:.1f} min.",
         "",
@@ -190,15 +225,54 @@ def _arms_table(res: dict) -> list[str]:
         "How each arm acts (chunk, replanning interval) belongs to the arm, not to the evaluation protocol: it may "
         "differ between two paired arms.",
         "",
-        "| Experiment | World encoder | Backbone | Chunk (actions per call) | Replanning interval (frames) | Memory |",
-        "|---|---|---|---|---|---|",
+        "The encoder weights column names which weights each arm's world stream has and the id (a hash of the "
+        "weights) its checkpoints recorded: arms that share an id share the very encoder.",
+        "",
+        "| Experiment | World encoder | Backbone | Chunk (actions per call) | Replanning interval (frames) | Memory "
+        "| Encoder weights (id) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e, a in res.get("arms", {}).items():
+        weights = a.get("world_encoder_weights", "not recorded")
+        ids = ", ".join(a.get("world_encoder_ids") or [])
         lines.append(
             f"| {e} | {a['world_encoder']} | {a['backbone']} | {a['chunk_size']} | {a['replan_every']} | "
-            f"{a['memory_mode']} |"
+            f"{a['memory_mode']} | {weights}{f' ({ids})' if ids else ''} |"
         )
     return lines
+
+
+def _table_rows(standard: dict, arms: dict) -> list[str]:
+    """The standard table's experiment rows."""
+    cols = list(SUITE_COLUMNS)
+    lines = []
+    for e, row in standard.items():
+        label = f"{e} (world: {arms[e]['world_encoder']}; backbone: {arms[e]['backbone']})" if e in arms else e
+        cells = [_fmt(row[c]) if c in row else "not run" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(row['average'], name_suite=True)} |")
+    return lines
+
+
+def _held_out_section(view: dict | None) -> list[str]:
+    from .contrasts import contrast_table
+
+    if not view:
+        return []
+    cols = list(SUITE_COLUMNS)
+    return [
+        "",
+        f"## Stored states {view['states']} alone",
+        "",
+        f"The same table and contrasts on each task's stored states {view['states']} only: the recipe was chosen on "
+        "states 0-9, so these are the states it was never tuned on. LIBERO-PRO suites are left out; secondary "
+        "contrasts are Holm-adjusted within this view.",
+        "",
+        "| Experiment | " + " | ".join(SUITE_COLUMNS[c] for c in cols) + " | Average |",
+        "|---" * (len(cols) + 2) + "|",
+        *_table_rows(view["standard"], {}),
+        "",
+        *contrast_table(view["contrasts"]),
+    ]
 
 
 def protocol_line(s: StudySettings) -> str:
@@ -247,6 +321,8 @@ def render(
     from .contrasts import fmt_conditional, fmt_method, render_contrasts
     from .provenance import across_commits, render_commits
     from .shards import missing_line, render_shards
+    from .videos import render_videos
+    from .world_encoder import render_encoders
 
     cols = list(SUITE_COLUMNS)
     head = "| Experiment | " + " | ".join(SUITE_COLUMNS[c] for c in cols) + " | Average |"
@@ -268,11 +344,7 @@ def render(
         head,
         sep,
     ]
-    arms = res.get("arms", {})
-    for e, row in res["standard"].items():
-        label = f"{e} (world: {arms[e]['world_encoder']}; backbone: {arms[e]['backbone']})" if e in arms else e
-        cells = [_fmt(row[c]) if c in row else "not run" for c in cols]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(row['average'], name_suite=True)} |")
+    lines += _table_rows(res["standard"], res.get("arms", {}))
     p = res["paired"]
     if p:
         for kind, fmt in (("paired, these checkpoints", fmt_conditional), ("method level", fmt_method)):
@@ -291,6 +363,8 @@ def render(
         lines += ["", few] if few else []
     lines += _arms_table(res)
     lines += render_contrasts(res.get("contrasts", []))
+    lines += _held_out_section(res.get("held_out"))
+    lines += render_encoders(res.get("world_encoders") or {}, seconds or {})
     if res["pro"]:
         lines += [
             "",
@@ -309,6 +383,7 @@ def render(
             f"- {suite}: no demonstration for tasks {', '.join(map(str, tasks))} (the scripted expert "
             "failed every attempt)"
         )
+    lines += render_videos(res.get("videos") or [])
     if res["failed"]:
         lines += ["", "## Stages that failed", ""] + [f"- {f}" for f in res["failed"]]
     lines += render_commits(res.get("provenance", {}))

@@ -14,6 +14,7 @@ from world_modality.config import ConfigError
 
 STUDY = ["--suites", "libero_spatial", "--tasks", "0,1", "--experiments", "E0,E2", "--seeds", "0,1"]
 STUDY += ["--pro", "swap", "--episodes-per-task", "2", "--pro-episodes", "1"]
+STUDY += ["--world-encoder", "random"]  # the pretraining stage's own shards are in test_world_encoder.py
 
 
 def _settings(out: Path, *extra: str):

@@ -41,7 +41,11 @@ TINY = [
     "1",
     "--max-steps",
     "20",
-]  # the policy's steps, not their number, are under test: short episodes
+    "--pretrain-steps",
+    "4",
+    "--pretrain-batch-size",
+    "4",
+]  # the policy's steps, not their number, are under test: short episodes (and a short world-encoder pretraining)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +72,7 @@ def test_tiny_study_table_layout_and_counts(tiny_study):
     assert res["demonstrations"]["libero_spatial"] == {"0": 2, "1": 2}
     assert set(study["seconds"]) >= {
         "generate/libero_spatial",
+        "pretrain/libero_spatial",
         "train/libero_spatial/E0/0",
         "eval/libero_spatial/E2/0/libero_spatial_swap",
     }
@@ -75,6 +80,7 @@ def test_tiny_study_table_layout_and_counts(tiny_study):
     table = [ln for ln in lines if ln.startswith("|")]
     assert table[0] == "| Experiment | Spatial | Object | Goal | Long | Average |"
     assert table[2].startswith("| E0 (world: none; ") and table[3].startswith("| E2 (world: tiny V-JEPA-style")
+    assert "pretrained by pretrain-world on libero_spatial-" in table[3]  # the study's own encoder, by default
     assert table[2].split(" | ")[2:5] == ["not run"] * 3  # Object, Goal and Long were not asked for
     assert "/4 = " in table[2].split(" | ")[1]
     assert table[4].startswith("| E2 − E0 (paired, these checkpoints) | ") and "pts" in table[4]
@@ -215,6 +221,23 @@ def test_flags_override_the_budget(tmp_path):
     s = settings_from_args(build_parser().parse_args(_args(tmp_path, "--budget", "gpu", "--epochs", "3")))
     assert s.epochs == 3 and s.demos_per_task == BUDGETS["gpu"].demos_per_task
     assert settings_from_args(build_parser().parse_args(_args(tmp_path))).image_size == BUDGETS["cpu"].image_size
+
+
+def test_the_budgets_learning_rate_schedule_reaches_every_run_and_the_identity(tmp_path):
+    from world_modality.study.settings import BUDGETS, command_line, run_config
+
+    cpu = _settings(tmp_path)
+    assert cpu.lr_schedule == BUDGETS["cpu"].lr_schedule
+    cfg = run_config(cpu, "E0", "libero_spatial", 0, tmp_path / "d", tmp_path / "r")
+    assert cfg.train.lr_schedule == cpu.lr_schedule
+    flat = _settings(tmp_path, "--lr-schedule", "constant")
+    assert run_config(flat, "E0", "libero_spatial", 0, tmp_path / "d", tmp_path / "r").train.lr_schedule == "constant"
+    # A constant rate stays out of the identity (studies from before the field continue); cosine is in it.
+    assert "lr_schedule" not in flat.identity()
+    cosine = _settings(tmp_path, "--lr-schedule", "cosine")
+    assert cosine.identity()["lr_schedule"] == "cosine"
+    assert "--lr-schedule cosine" in command_line(cosine)
+    assert "--lr-schedule" not in command_line(flat)
 
 
 def _settings(tmp_path: Path, *extra: str):
@@ -406,7 +429,7 @@ def test_stages_that_cannot_run_are_reported_and_the_study_exits_non_zero(tmp_pa
     monkeypatch.setattr(stages, "generate_suite", generate)
     monkeypatch.setattr(stages, "train_run", train)
     monkeypatch.setattr(stages, "eval_run", evaluate)
-    s = _settings(tmp_path, "--suites", "libero_spatial,libero_goal", "--tasks", "0,1")
+    s = _settings(tmp_path, "--suites", "libero_spatial,libero_goal", "--tasks", "0,1", "--world-encoder", "random")
     assert run.run_study(s) == 1
     assert "training failed: RuntimeError: boom" in capsys.readouterr().out
     study = json.loads((tmp_path / "s" / "study.json").read_text())
@@ -424,9 +447,14 @@ def test_stage_times_accumulate_and_survive_a_kill(tmp_path, monkeypatch):
     monkeypatch.setattr(Times, "FLUSH_S", 0.05)
     times = Times(tmp_path)
     with times.stage("train/x"):
-        time.sleep(0.3)
-        # Mid-stage, the file already holds most of the time spent: a SIGKILL now loses at most FLUSH_S.
-        assert json.loads((tmp_path / "times.json").read_text())["train/x"] >= 0.2
+        # Mid-stage, the file comes to hold the time spent so far: a SIGKILL loses at most FLUSH_S. Polled, not slept
+        # for a fixed time: on a loaded machine the flushing thread may run late, never not at all.
+        deadline, held = time.time() + 30, 0.0
+        while held < 0.2 and time.time() < deadline:
+            time.sleep(0.05)
+            path = tmp_path / "times.json"
+            held = json.loads(path.read_text())["train/x"] if path.exists() else 0.0
+        assert held >= 0.2
     first = Times(tmp_path).seconds["train/x"]
     with Times(tmp_path).stage("train/x"):  # a resumed study adds to it
         time.sleep(0.1)
