@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(PROFILES),
         default=DEFAULT_GENERATED,
         help="camera settings of the frames, recorded in meta/info.json and used by every evaluation of a policy "
-        f"trained on them: 'libero' (LIBERO's: 4x MSAA, shadows) or 'fast' (both off) (default: {DEFAULT_GENERATED!r})",
+        "trained on them: 'libero' (LIBERO's: 4x MSAA, shadows), 'fast' (both off) or 'lean' (fast, with meshes of "
+        f"over 8000 vertices drawn from fewer faces; rendering only) (default: {DEFAULT_GENERATED!r})",
     )
     p.add_argument(
         "--job-timeout",

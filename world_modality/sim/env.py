@@ -157,7 +157,7 @@ class LiberoEnv:
     def render(self, key: str = IMAGE_KEY) -> np.ndarray:
         """One camera frame (H, W, 3) uint8, rotated 180 degrees like the public data."""
         h, w = self.camera_sizes.get(key, (self.image_size, self.image_size))
-        self._configure_renderer()
+        self._configure_renderer(w, h)
         raw = self._env.sim.render(camera_name=CAMERAS[key], width=w, height=h)
         return flip_image(raw)
 
@@ -235,32 +235,59 @@ class LiberoEnv:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _configure_renderer(self) -> None:
-        """Apply the render profile to the current render context: a hard reset rebuilds it from the model file
-        (LIBERO's 4x MSAA, shadows on), and robosuite creates it lazily on the first frame."""
+    def _configure_renderer(self, width: int = 0, height: int = 0) -> None:
+        """Apply the render profile to the current render context before a frame of width x height: a hard reset
+        rebuilds it from the model file (LIBERO's 4x MSAA, shadows on, the model's full meshes), robosuite creates it
+        lazily on the first frame, and rebuilds it when a frame outgrows its buffer."""
+        import weakref
+
         import mujoco
 
         sim = self._env.sim
-        sim.model.vis.quality.offsamples = self.render_profile.msaa_samples  # a context built later takes it
+        profile = self.render_profile
+        sim.model.vis.quality.offsamples = profile.msaa_samples  # a context built later takes it
         ctx = sim._render_context_offscreen
         if ctx is None:
             sim.render(camera_name=CAMERAS[IMAGE_KEY], width=8, height=8)  # build it now, to configure it
             ctx = sim._render_context_offscreen
+        if width > ctx.con.offWidth or height > ctx.con.offHeight:
+            # Grown here as robosuite would while rendering this frame, so that the frame is drawn with the profile's
+            # meshes rather than those of a context rebuilt after they were uploaded.
+            ctx.gl_ctx.make_current()
+            vis = sim.model.vis.global_
+            ctx.update_offscreen_size(max(width, vis.offwidth), max(height, vis.offheight))
         # Marked on the context itself: a reference kept here would free the old context's GL state later, under
-        # the new one (black frames).
-        if getattr(ctx, "_render_profile", None) == self.render_profile.name:
+        # the new one (black frames). The weak reference to its MjrContext tells a rebuilt buffer (meshes uploaded
+        # afresh from the physics model) from the one configured.
+        con_ref = getattr(ctx, "_render_con", None)
+        if getattr(ctx, "_render_profile", None) == profile.name and con_ref is not None and con_ref() is ctx.con:
             return
-        if ctx.con.offSamples != self.render_profile.msaa_samples:
+        if ctx.con.offSamples != profile.msaa_samples:
             ctx.gl_ctx.make_current()
             ctx.con.free()
             ctx._set_mujoco_context_and_buffers()  # robosuite's own rebuild, as when the buffer grows
-        on = int(self.render_profile.shadows)
+        on = int(profile.shadows)
         ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = on
         ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = on
-        ctx._render_profile = self.render_profile.name
+        ctx._render_meshes = None
+        if profile.mesh_cell_mm is not None:
+            from world_modality.sim.mesh_lod import render_model, upload_meshes
+
+            model = sim.model._model
+            lean = render_model(model, profile.mesh_cell_mm, profile.mesh_min_vertices)
+            ctx.gl_ctx.make_current()
+            faces = upload_meshes(lean, ctx.con, changed_from=model)
+            ctx._render_meshes = {
+                "mesh_cell_mm": profile.mesh_cell_mm,
+                "mesh_min_vertices": profile.mesh_min_vertices,
+                "render_faces": faces,
+            }
+        ctx._render_con = weakref.ref(ctx.con)
+        ctx._render_profile = profile.name
 
     def render_settings(self) -> dict:
-        """The settings the current render context actually uses (what a frame was rendered with)."""
+        """The settings the current render context actually uses (what a frame was rendered with); under simplified
+        meshes also their cell, vertex threshold and the faces all the context's meshes hold (`render_faces`)."""
         import mujoco
 
         self._configure_renderer()
@@ -269,4 +296,5 @@ class LiberoEnv:
             "msaa_samples": int(ctx.con.offSamples),
             "shadows": bool(ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW]),
             "reflections": bool(ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION]),
+            **(ctx._render_meshes or {}),
         }
