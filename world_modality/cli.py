@@ -330,8 +330,11 @@ def _add_study_merge(study: argparse.ArgumentParser) -> None:
     from .study.merge import merge_command
 
     # Every study flag's default, taken before merge joins: a study flag given with merge is refused, not dropped.
-    defaults = {k: v for k, v in vars(study.parse_args([])).items() if k != "func"}
-    sub = study.add_subparsers(dest="study_command", metavar="merge")
+    # parse_known_args, not parse_args: a tool that stands in for parse_args (the README check) sees only real parses.
+    defaults = {k: v for k, v in vars(study.parse_known_args([])[0]).items() if k != "func"}
+    sub = study.add_subparsers(
+        dest="study_command", metavar="merge", help="merge: assemble shard folders into one report (study merge -h)"
+    )
     p = sub.add_parser(
         "merge",
         help="one report.md and study.json from the folders of a study's shards (--shard); refuses shards of other "
