@@ -113,6 +113,8 @@ class Command:
             return "the full generation runs the simulator's scripted expert for minutes"
         if self.program == "study":
             return "a study generates, trains and evaluates whole suites for hours (its fixture-sized run is tested)"
+        if "--arm" in self.flags() or any(a.startswith("runs/arms/") for a in self.argv):
+            return "an external arm needs the user's policy server (stand-in servers: evaluate/test_external_arm.py)"
         if self.program == "probe":
             return "it needs a generated dataset's observation.environment_state, which the fixture lacks"
         return None
