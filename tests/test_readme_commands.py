@@ -124,15 +124,15 @@ def shell_join(argv: list[str], env: dict[str, str] | None = None) -> str:
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()), *map(shlex.quote, argv)])
 
 
-def readme_commands(text: str | None = None) -> list[Command]:
-    """The commands of the README's shell code blocks, in order."""
+def readme_commands(text: str | None = None, fences: tuple[str, ...] = ("bash", "sh", "shell")) -> list[Command]:
+    """The commands of the README's code blocks of these languages (its shell blocks), in order."""
     commands: list[Command] = []
     fence, shell, pending, start = False, False, None, 0
     for no, line in enumerate((README.read_text() if text is None else text).splitlines(), 1):
         s = line.strip()
         if s.startswith("```"):
             assert pending is None, f"README.md:{no}: a code block ends inside a continued command"
-            fence, shell = (False, False) if fence else (True, s[3:].strip() in ("bash", "sh", "shell"))
+            fence, shell = (False, False) if fence else (True, s[3:].strip() in fences)
             continue
         if not shell or (pending is None and (not s or s.startswith("#"))):
             continue
@@ -161,6 +161,8 @@ def inline_commands(text: str | None = None) -> list[Command]:
 
 
 COMMANDS = readme_commands()
+# Shown, not run: the project's commands in ```text blocks (a cluster's, or needing weights or a user's server).
+SHOWN = [c for c in readme_commands(fences=("text",)) if c.argv[0] == "world-modality"]
 
 
 def activation_command() -> str:
@@ -267,6 +269,16 @@ def test_readme_command_is_accepted_by_its_program(cmd):
             assert re.search(rf"\${{{name}[:}}-]", source), f"{cmd}: the launcher has no setting {name}"
     else:
         parse_with_program(cmd)
+
+
+@pytest.mark.parametrize("cmd", SHOWN, ids=_test_id)
+def test_readme_commands_shown_as_text_are_accepted_by_their_program(cmd):
+    parse_with_program(cmd)
+
+
+def test_readme_commands_shown_as_text_are_found():
+    # The shard, real-scale and external-arm examples: a changed fence would silently check nothing.
+    assert sum(c.program == "study" for c in SHOWN) >= 4, SHOWN
 
 
 def test_the_parser_check_catches_an_unknown_flag_and_subcommand():

@@ -228,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("cpu", "gpu"),
         help="sizes: cpu is the CPU recipe (128 px, tiny backbone, 12 epochs with a cosine learning rate, "
         "30 demonstrations per task; ~32 min of training per run on 2 cores); "
-        "gpu the real-size defaults; the flags below override it (default: 'cpu')",
+        "gpu the real sizes (Qwen2.5-VL-3B frozen with LoRA, the frozen V-JEPA 2 ViT-L under --world-encoder "
+        "vjepa2, bfloat16, 224 px, 20 epochs, 50 demonstrations per task), refused unless their weights are on "
+        "disk; the flags below override it (default: 'cpu')",
     )
     for flag, what in (
-        ("demos-per-task", "scripted-expert demonstrations per task, >= 1"),
+        ("demos-per-task", "demonstrations per task, >= 1: the scripted expert's, or the first of each in --dataset"),
         ("epochs", "training epochs per run, >= 1"),
         ("batch-size", "training samples per step"),
         ("image-size", "side in pixels of the recorded frames and the policy's images"),
@@ -246,6 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("constant", "cosine"),
         default=None,
         help="each run's learning rate after warmup: constant, or cosine decay to 0 (default: the budget's)",
+    )
+    from .config import BACKBONE_DTYPES, BACKBONES, WORLD_ENCODER_DTYPES
+
+    for flag, choices, what in (
+        ("backbone", BACKBONES, "the VLM backbone of every run; a real one trains frozen with LoRA adapters"),
+        ("backbone-path", None, "local folder or hub-cache id already on disk of a real backbone's weights"),
+        ("backbone-dtype", BACKBONE_DTYPES, "dtype of the backbone's weights"),
+        ("world-encoder-path", None, "local folder or hub-cache id already on disk of --world-encoder vjepa2"),
+        ("world-encoder-dtype", WORLD_ENCODER_DTYPES, "dtype of the V-JEPA 2 (auto: bfloat16 on CUDA, else float32)"),
+    ):
+        dest = flag.replace("-", "_")
+        meta = {"choices": choices} if choices else {"metavar": "DIR_OR_HUB_ID"}
+        spellings = dict.fromkeys((f"--{flag}", f"--{dest}"))  # train's underscore spelling too, once
+        p.add_argument(*spellings, dest=dest, default=None, **meta, help=f"{what} (default: the budget's)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="DIR_OR_HUB_ID",
+        help="train on this LeRobot LIBERO dataset (e.g. a local copy of HuggingFaceVLA/libero, or its hub-cache id "
+        "already on disk) instead of generating demonstrations: each suite's tasks found by their instruction, the "
+        "first --demos-per-task episodes of each (default: generate them with the scripted expert)",
     )
     p.add_argument(
         "--episodes-per-task",
@@ -287,13 +310,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one policy per experiment and seed over all the suites' demonstrations (default: one per suite)",
     )
     p.add_argument(
+        "--train-processes",
+        dest="train_processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that train each run, >= 1, started by torchrun on this machine (one GPU each, or gloo on the "
+        "CPU); each takes --batch-size samples per step, so an update averages batch-size x N samples and an epoch "
+        "has N times fewer updates: a study of its own when not 1 (default: 1, in the study's process)",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="evaluate each run through one batched `world-modality serve` of its checkpoint on a free loopback port, "
+        "which the --workers simulators ask for chunks, started before the run's first evaluation and stopped after "
+        "its last; not part of the study's identity: requests stacked into one batch (deterministic policies, "
+        "--workers > 1) agree with a local policy to float rounding, not bit for bit, so a borderline episode can end "
+        "otherwise (each run's serve.log counts them) (default: each worker loads the policy)",
+    )
+    p.add_argument(
         "--world-encoder",
         dest="world_encoder",
-        default="pretrained",
-        choices=("pretrained", "random"),
-        help="weights of the image world encoder of E2, E2-Present, E2-Flow and E4: 'pretrained' by pretrain-world on "
-        "the study's own demonstrations, once per training dataset, a stage of its own (E2-Pretrained always uses "
-        "it); 'random' the tiny encoder's fixed random init (default: 'pretrained')",
+        default=None,
+        choices=("pretrained", "random", "vjepa2"),
+        help="the image world encoder of E2, E2-Present, E2-Flow and E4: 'pretrained' the tiny encoder pretrained by "
+        "pretrain-world on the study's own demonstrations, once per training dataset, a stage of its own "
+        "(E2-Pretrained always uses it); 'random' the tiny encoder's fixed random init; 'vjepa2' the real frozen "
+        "V-JEPA 2 at --world-encoder-path (default: the budget's, cpu 'pretrained', gpu 'vjepa2')",
     )
     for flag, what in (
         ("pretrain-steps", "pretrain-world optimiser steps (default: the budget's, cpu 2000, gpu 5000)"),

@@ -22,10 +22,18 @@ class Budget:
     world_image_size: int  # world-encoder input side in pixels
     workers: int  # simulator processes for generation and evaluation
     lr_schedule: str = "constant"  # learning rate after warmup: constant, or cosine decay to 0 at the last update
+    # The models (real_models.py): a path is a local folder or a hub-cache id already on disk.
+    backbone: str = "tiny-qwen2.5-vl"  # tiny-qwen2.5-vl (embedded, random) | qwen2.5-vl | tiny-smolvlm | smolvlm
+    backbone_path: str | None = None  # a real backbone's weights
+    backbone_dtype: str = "float32"  # the backbone's weights: float32 | bfloat16 | float16
+    world_encoder: str = "pretrained"  # image world encoder of the E2 family: pretrained | random | vjepa2 (real)
+    world_encoder_path: str | None = None  # the V-JEPA 2 checkpoint of world_encoder vjepa2
+    world_encoder_dtype: str = "auto"  # auto: bfloat16 on CUDA, else float32
 
 
 # cpu: the CPU recipe's winner (bench/results/recipe_libero_spatial.json, row R4: 78/100 on the tuning states,
-# ~32 min of training per run on 2 cores); gpu: the real-size defaults.
+# ~32 min of training per run on 2 cores); gpu: the real sizes of bench/real_size.py, Qwen2.5-VL-3B (frozen, LoRA)
+# and V-JEPA 2 ViT-L (frozen, its own 256-px crop) in bfloat16, at 224 px (a multiple of Qwen's 28-px merged patch).
 BUDGETS = {
     "cpu": Budget(
         demos_per_task=30,
@@ -36,7 +44,19 @@ BUDGETS = {
         workers=2,
         lr_schedule="cosine",
     ),
-    "gpu": Budget(demos_per_task=50, epochs=20, batch_size=32, image_size=128, world_image_size=128, workers=8),
+    "gpu": Budget(
+        demos_per_task=50,
+        epochs=20,
+        batch_size=32,
+        image_size=224,
+        world_image_size=128,  # the tiny encoder's (E2-Pretrained's), as before: V-JEPA 2 takes its own crop
+        workers=8,
+        backbone="qwen2.5-vl",
+        backbone_path="Qwen/Qwen2.5-VL-3B-Instruct",
+        backbone_dtype="bfloat16",
+        world_encoder="vjepa2",
+        world_encoder_path="facebook/vjepa2-vitl-fpc64-256",
+    ),
 }
 
 
@@ -61,6 +81,14 @@ class StudySettings:
     joint: bool = False  # one policy per experiment and seed over every suite, instead of one per suite
     init_states: tuple[int, ...] | None = None  # standard-suite stored states to run (e.g. 10-49), not the first n
     lr_schedule: str = "constant"  # each run's learning-rate schedule (the budget's)
+    # The models and the data (real_models.py, public_data.py); each joins the identity only when not its default
+    # (the embedded tiny models, generated demonstrations), so a study begun before they existed continues.
+    backbone: str = "tiny-qwen2.5-vl"
+    backbone_path: str | None = None
+    backbone_dtype: str = "float32"
+    world_encoder_path: str | None = None  # None: no arm uses the real V-JEPA 2
+    world_encoder_dtype: str = "auto"
+    dataset: str | None = None  # a LeRobot LIBERO dataset (folder or hub-cache id) instead of generated demonstrations
     shard: tuple[int, int] | None = None  # (i, n): the i-th of n parts of the runs (shards.py); None: all
     # The weights of the E2-family arms' image encoder (world_encoder.py). "random" is what a study read back
     # without the key ran: the key and the pretraining settings exist only in studies that pretrain.
@@ -68,6 +96,10 @@ class StudySettings:
     pretrain_steps: int | None = None  # None: no arm uses a pretrained encoder
     pretrain_batch_size: int | None = None
     pretrain_seed: int | None = None
+    # Processes that train each run (launch.py): each takes batch_size samples per step, so the update's batch is
+    # batch_size x train_processes and an epoch has that many times fewer updates.
+    train_processes: int = 1
+    serve: bool = False  # evaluate each run through one batched policy server of it (served.py), not in each worker
 
     def identity(self) -> dict:
         # init_states joins the identity only when given, so a study begun before it existed still continues.
@@ -75,17 +107,25 @@ class StudySettings:
         # lr_schedule likewise only when not constant (every study before it had a constant rate).
         skip = ("workers", "out", "data", "shard") + (("init_states",) if self.init_states is None else ())
         skip += ("lr_schedule",) if self.lr_schedule == "constant" else ()
+        # train_processes changes the update's batch, so it is in it, but only when not 1 (studies before it ran one
+        # process); serve is not: a served policy acts as a loaded one, up to float rounding in stacked requests.
+        skip += ("serve",) + (("train_processes",) if self.train_processes == 1 else ())
+        skip += tuple(k for k in MODEL_SETTINGS if getattr(self, k) == StudySettings.__dataclass_fields__[k].default)
         return {k: v for k, v in asdict(self).items() if k not in skip + self._unused_encoder_settings()}
 
     def _unused_encoder_settings(self) -> tuple[str, ...]:
         """The world-encoder settings that change no arm of this study: left out of its identity, so a study of
         other arms (and one begun before pretraining was a stage) keeps the identity it had."""
+        from .real_models import uses_real_encoder
         from .world_encoder import governed, uses_pretrained
 
         pretraining = ("pretrain_steps", "pretrain_batch_size", "pretrain_seed")
         if not uses_pretrained(self):
-            return ("world_encoder", *pretraining)
+            return pretraining if uses_real_encoder(self) else ("world_encoder", *pretraining)
         return () if governed(self) else ("world_encoder",)
+
+
+MODEL_SETTINGS = ("backbone", "backbone_path", "backbone_dtype", "world_encoder_path", "world_encoder_dtype", "dataset")
 
 
 def _names(text: str, choices, what: str, flag: str) -> tuple[str, ...]:
@@ -121,6 +161,8 @@ def settings_from_args(args) -> StudySettings:
         raise ConfigError(f"--seeds {args.seeds!r} names no seed; expected e.g. '0' or '0,1,2'.")
     b = BUDGETS[args.budget]
     given = {f.name: getattr(args, f.name) for f in fields(Budget) if getattr(args, f.name, None) is not None}
+    if given.get("backbone", b.backbone) != b.backbone and "backbone_path" not in given:
+        given["backbone_path"] = None  # the budget's path holds the budget's backbone, not the one named
     b = replace(b, **given)
     for name in ("demos_per_task", "epochs", "batch_size", "workers"):
         if getattr(b, name) < 1:
@@ -136,7 +178,7 @@ def settings_from_args(args) -> StudySettings:
         )
     if init_states is not None and max(init_states) >= 50:
         raise ConfigError(f"--init-states {args.init_states}: each task stores 50 initial states, ids 0-49.")
-    pretraining = encoder_settings(args)
+    pretraining = encoder_settings(args, b.world_encoder)
     s = StudySettings(
         suites=suites,
         experiments=experiments,
@@ -157,13 +199,30 @@ def settings_from_args(args) -> StudySettings:
         joint=bool(getattr(args, "joint", False)),
         init_states=init_states,
         lr_schedule=b.lr_schedule,
+        backbone=b.backbone,
+        backbone_path=b.backbone_path,
+        backbone_dtype=b.backbone_dtype,
+        world_encoder_path=b.world_encoder_path,
+        world_encoder_dtype=b.world_encoder_dtype,
+        dataset=getattr(args, "dataset", None),
         **pretraining,
     )
     s = check_encoder_settings(s, args)
-    for e in experiments:  # a preset that needs more than a dataset (E2-Pretrained's encoder) fails here
-        run_config(s, e, "libero_spatial", seeds[0], Path("unused"), Path("unused"))
+    from .launch import launch_settings
+
+    s = replace(s, **launch_settings(args))
+    from .real_models import check_models
+
+    check_models(s, args)  # a real model's weights are found before any config names them
+    configs = {  # a preset that needs more than a dataset (E2-Pretrained's encoder) fails here
+        e: run_config(s, e, "libero_spatial", seeds[0], Path("unused"), Path("unused")) for e in experiments
+    }
     if any(t >= 10 for t in s.tasks or ()):
         raise ConfigError(f"--tasks {args.tasks}: task ids must be in [0, 9] (each suite has 10 tasks).")
+    if s.dataset is not None:
+        from .public_data import check_dataset
+
+        check_dataset(s, configs)
     if getattr(args, "shard", None) is not None:
         from .shards import parse_shard, study_runs
 
@@ -174,6 +233,7 @@ def settings_from_args(args) -> StudySettings:
 def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset: Path, run_dir: Path):
     """One run's config, built as the demo builds E0 and E2: the preset, then the study's sizes."""
     from ..config import build_config
+    from .real_models import model_overrides
     from .world_encoder import encoder_overrides
 
     return build_config(
@@ -188,6 +248,7 @@ def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset
             "output_dir": str(run_dir),
             "tensorboard": False,
             **encoder_overrides(s, experiment, dataset),
+            **model_overrides(s, experiment),
         },
         preset=experiment,
     )
@@ -196,14 +257,15 @@ def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset
 PRETRAIN_SETTINGS = ("pretrain_steps", "pretrain_batch_size", "pretrain_seed")
 
 
-def encoder_settings(args) -> dict:
-    """--world-encoder and the pretraining budget (flags over the budget's defaults), each checked."""
+def encoder_settings(args, choice: str = "pretrained") -> dict:
+    """--world-encoder (`choice`: the flag over the budget's) and the pretraining budget (flags over the budget's
+    defaults), each checked."""
     from ..config import ConfigError
+    from .real_models import REAL_ENCODER
     from .world_encoder import CHOICES, PRETRAIN_BUDGETS
 
-    choice = getattr(args, "world_encoder", None) or "pretrained"
-    if choice not in CHOICES:
-        raise ConfigError(f"--world-encoder {choice!r}: expected one of {', '.join(CHOICES)}.")
+    if choice not in (*CHOICES, REAL_ENCODER):
+        raise ConfigError(f"--world-encoder {choice!r}: expected one of {', '.join((*CHOICES, REAL_ENCODER))}.")
     budget = PRETRAIN_BUDGETS[args.budget]
     values = {"pretrain_steps": budget.steps, "pretrain_batch_size": budget.batch_size, "pretrain_seed": 0}
     for name in PRETRAIN_SETTINGS:
@@ -219,8 +281,24 @@ def check_encoder_settings(s: StudySettings, args) -> StudySettings:
     """Refuse arms that would be one arm twice, and pretraining flags no arm uses (they would change nothing);
     the settings without the pretraining budget when no arm uses it."""
     from ..config import ConfigError
+    from .real_models import REAL_ENCODER, uses_real_encoder
     from .world_encoder import check_pretraining, uses_pretrained
 
+    if s.world_encoder == REAL_ENCODER and {"E2", "E2-Pretrained"} <= set(s.experiments):
+        raise ConfigError(
+            "--experiments names E2 and E2-Pretrained with --world-encoder vjepa2: E2 would use the real V-JEPA 2 and "
+            "E2-Pretrained the study's pretrained tiny encoder, and the report's contrast E2 - E2-Pretrained reads "
+            "'a pretrained encoder against the random one'; run them in separate studies, or give --world-encoder "
+            "random to compare the tiny random and pretrained encoders."
+        )
+    if not uses_real_encoder(s):
+        if getattr(args, "world_encoder_path", None) is not None:
+            raise ConfigError(
+                f"--world-encoder-path {args.world_encoder_path} given, but no arm of --experiments "
+                f"{','.join(s.experiments)} uses the real V-JEPA 2 (--world-encoder {s.world_encoder}); expected "
+                "--world-encoder vjepa2 with an E2-family arm, or no path."
+            )
+        s = replace(s, world_encoder_path=None, world_encoder_dtype="auto")
     if s.world_encoder == "pretrained" and {"E2", "E2-Pretrained"} <= set(s.experiments):
         raise ConfigError(
             "--experiments names E2 and E2-Pretrained, which are one arm under --world-encoder pretrained (E2 then "
@@ -335,11 +413,18 @@ def command_line(s: StudySettings) -> str:
         parts.append("--joint")
     if s.lr_schedule != "constant":
         parts += ["--lr-schedule", s.lr_schedule]
+    for key in MODEL_SETTINGS:  # the embedded tiny models and generated data (the defaults) add nothing
+        if getattr(s, key) != StudySettings.__dataclass_fields__[key].default:
+            parts += [_flag(key), str(getattr(s, key))]
     if s.world_encoder != "pretrained":
         parts += ["--world-encoder", s.world_encoder]
     if s.pretrain_steps is not None:
         parts += ["--pretrain-steps", str(s.pretrain_steps), "--pretrain-batch-size", str(s.pretrain_batch_size)]
         parts += ["--pretrain-seed", str(s.pretrain_seed)]
+    if s.train_processes != 1:
+        parts += ["--train-processes", str(s.train_processes)]
+    if s.serve:
+        parts.append("--serve")
     if s.shard is not None:
         parts += ["--shard", f"{s.shard[0]}/{s.shard[1]}"]
     return shlex.join([*parts, "--out", s.out, "--data", s.data])

@@ -70,6 +70,10 @@ class Times:
 
 
 def dataset_path(s: StudySettings, suite: str) -> Path:
+    if s.dataset is not None:  # a view of --dataset's episodes of the suite's tasks (public_data.py)
+        from .public_data import view_path
+
+        return view_path(s, suite)
     tasks = "all" if s.tasks is None else "-".join(map(str, s.tasks))
     return Path(s.data) / f"{suite}-t{tasks}-n{s.demos_per_task}-{s.image_size}px-fresh"
 
@@ -123,14 +127,21 @@ def run_dir(s: StudySettings, suite: str, experiment: str, seed: int) -> Path:
 
 
 def train_run(s: StudySettings, suite: str, experiment: str, seed: int, dataset: str) -> Path:
-    """Train (or resume, or find finished) one run; its console output goes to the run's train.log."""
+    """Train (or resume, or find finished) one run, in --train-processes processes; its console output goes to the
+    run's train.log."""
     from ..train import train
+    from .launch import train_in_processes
+    from .served import stop_serving
 
     run = run_dir(s, suite, experiment, seed)
     run.mkdir(parents=True, exist_ok=True)
     cfg = run_config(s, experiment, suite, seed, Path(dataset), run)
-    with (run / "train.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        final = train(cfg, progress=False)
+    stop_serving()  # the server of a run whose last evaluation did not run would hold memory this training needs
+    if s.train_processes > 1:
+        final = train_in_processes(cfg, s.train_processes, run / "train.log")
+    else:
+        with (run / "train.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            final = train(cfg, progress=False)
     (run / "trained.json").write_text(json.dumps({"checkpoint": str(final)}) + "\n")
     return Path(final)
 
@@ -149,11 +160,18 @@ def eval_run(
     """{"episodes": finished, "errors": errored} of one run on one suite (the same initial states for every run), with
     the protocol it ran under, the arm's description and the code commits of its training and evaluation."""
     from ..evaluate.closed_loop import EvalSettings, evaluate
+    from .served import policy_server
     from .videos import kept_videos, videos_to_film
 
     out = run_dir(s, train_suite, experiment, seed) / "eval" / suite
     log_path = run_dir(s, train_suite, experiment, seed) / "eval.log"
-    with log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    serve_log = run_dir(s, train_suite, experiment, seed) / "serve.log"
+    with (
+        policy_server(s, checkpoint, suite, suite == last_evaluation(s, train_suite), serve_log) as server,
+        log_path.open("a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         r = evaluate(
             EvalSettings(
                 checkpoint=str(checkpoint),
@@ -165,6 +183,7 @@ def eval_run(
                 max_steps=s.max_steps,
                 video=videos_to_film(s, seed, suite),
                 out=str(out),
+                policy_server=server,
             ),
             progress=False,
         )
@@ -178,13 +197,19 @@ def eval_run(
     }
 
 
+def last_evaluation(s: StudySettings, train_suite: str) -> str:
+    """The suite a run of `train_suite` is evaluated on last (the plan's order): its server stops after it."""
+    return [st[4] for st in plan(s) if st[0] == "eval" and st[1] == train_suite][-1]
+
+
 def plan(s: StudySettings) -> list[tuple]:
-    """Every stage in order: ("generate", suite), ("merge", "joint") with --joint, ("pretrain", suite) when an arm
-    uses the pretrained world encoder, ("train", suite, experiment, seed) and ("eval", suite, experiment, seed,
-    eval_suite), where suite is "joint" for the runs over every suite."""
+    """Every stage in order: ("generate", suite) (("dataset", suite) with --dataset: its tasks taken from it),
+    ("merge", "joint") with --joint, ("pretrain", suite) when an arm uses the pretrained world encoder, ("train",
+    suite, experiment, seed) and ("eval", suite, experiment, seed, eval_suite), where suite is "joint" for the runs
+    over every suite."""
     from .world_encoder import uses_pretrained
 
-    stages: list[tuple] = [("generate", suite) for suite in s.suites]
+    stages: list[tuple] = [("dataset" if s.dataset else "generate", suite) for suite in s.suites]
     groups = [("joint", s.suites)] if s.joint else [(suite, (suite,)) for suite in s.suites]
     if s.joint:
         stages.append(("merge", "joint"))
@@ -204,8 +229,8 @@ def plan(s: StudySettings) -> list[tuple]:
 
 def shard_plan(s: StudySettings, runs: list[tuple]) -> list[tuple]:
     """The study's stages a shard of `runs` needs: their training and evaluations, the datasets they train on
-    (every suite's with --joint), which each shard generates or finds for itself, and the pretrained encoder of
-    those datasets when one of its runs uses it (found in --data, or pretrained there)."""
+    (every suite's with --joint), which each shard generates (or takes from --dataset) or finds for itself, and the
+    pretrained encoder of those datasets when one of its runs uses it (found in --data, or pretrained there)."""
     from .world_encoder import encoder_of
 
     keep = set(runs)
@@ -256,11 +281,17 @@ def run_stages(s: StudySettings, tasks_of, stages: list[tuple] | None = None, ar
         kind, suite = st[0], st[1]
         gen = suites.get(suite, {})
         with times.stage(name):
-            if kind in ("generate", "merge"):
+            if kind in ("generate", "dataset", "merge"):
                 try:
-                    suites[suite] = (
-                        generate_suite(s, suite, tasks_of(suite)) if kind == "generate" else merge_suites(s, suites)
-                    )
+                    if kind == "generate":
+                        suites[suite] = generate_suite(s, suite, tasks_of(suite))
+                    elif s.dataset:  # the suite's tasks, or (merged) every suite's, taken from --dataset
+                        from .public_data import select
+
+                        parts = s.suites if kind == "merge" else (suite,)
+                        suites[suite] = select(s, suite, {b: tasks_of(b) for b in parts})
+                    else:
+                        suites[suite] = merge_suites(s, suites)
                 except Exception as e:  # reported in the table; the study exits non-zero so it is rerun
                     suites[suite] = {"not_run": f"{kind} failed: {type(e).__name__}: {e}", "error": True}
                 if artifacts is not None and "dataset" in suites[suite]:

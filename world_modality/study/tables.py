@@ -139,6 +139,8 @@ def results(s: StudySettings, run: dict) -> dict:
             "contrasts": contrasts(s.experiments, s.suites, kept, kinds),
         }
     encoders = {suite: g["world_encoder"] for suite, g in gens.items() if "world_encoder" in g}
+    # --dataset: where each training dataset's episodes came from, and whether evaluation could check its starts.
+    training_data = {name: g["training_data"] for name, g in gens.items() if "training_data" in g}
     pro = {}
     for p in s.pro:
         for e in s.experiments:
@@ -158,6 +160,7 @@ def results(s: StudySettings, run: dict) -> dict:
         ],
         "pro": pro,
         "demonstrations": {suite: g.get("demos", {}) for suite, g in suites.items()},
+        **({"training_data": training_data} if training_data else {}),
         "tasks_without_demonstrations": {k: v for k, v in zero.items() if v},
         "errors": errors,
         "failed": run["failed"],
@@ -320,6 +323,7 @@ def render(
 ) -> str:
     from .contrasts import fmt_conditional, fmt_method, render_contrasts
     from .provenance import across_commits, render_commits
+    from .public_data import render as render_training_data
     from .shards import missing_line, render_shards
     from .videos import render_videos
     from .world_encoder import render_encoders
@@ -375,6 +379,7 @@ def render(
         ]
         for name, cells in res["pro"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(cells[c]) for c in s.suites) + " |")
+    lines += render_training_data(res.get("training_data") or {})
     lines += ["", "## Demonstrations", ""]
     for suite, demos in res["demonstrations"].items():
         lines.append(f"- {suite}: " + (", ".join(f"task {t}: {n}" for t, n in demos.items()) or "none"))

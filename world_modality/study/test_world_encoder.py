@@ -230,7 +230,8 @@ def test_encoder_settings_join_the_identity_only_when_an_arm_uses_them_and_bad_o
         "pretrain_steps": PRETRAIN_BUDGETS["cpu"].steps,
         "pretrain_seed": 0,
     }
-    gpu = _settings(tmp_path / "s", "--experiments", "E0,E2", "--budget", "gpu", base=base)
+    tiny = ("--backbone", "tiny-qwen2.5-vl", "--world-encoder", "pretrained")  # gpu's real models need weights
+    gpu = _settings(tmp_path / "s", "--experiments", "E0,E2", "--budget", "gpu", *tiny, base=base)
     assert (gpu.pretrain_steps, gpu.pretrain_batch_size) == (5000, 64)
     # No arm uses a pretrained encoder: none of it is in the identity, so such a study keeps the identity it had.
     for extra in (["--experiments", "E0,E2-State"], ["--experiments", "E0,E2", "--world-encoder", "random"]):
