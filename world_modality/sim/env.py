@@ -41,6 +41,7 @@ class LiberoEnv:
         frames recorded at another size sees them rendered at that size, then resized as in training.
         render_profile: `sim/render_profile.py` (the dataset's, for a policy trained on it)."""
         from world_modality.sim.render_profile import render_profile as _profile
+        from world_modality.sim.render_profile import with_offscreen_samples
 
         self.render_profile = _profile(render_profile)
         if image_size <= 0:
@@ -72,6 +73,13 @@ class LiberoEnv:
             use_camera_obs=False,
             control_freq=CONTROL_FREQ,
         )
+        # Each hard reset compiles the model from its XML and robosuite builds the render context at once, with the
+        # XML's MSAA (MuJoCo's default 4x for LIBERO's scenes). Written into the XML, the profile's samples reach that
+        # build; set afterwards, they cost a second build (textures and meshes uploaded again). A profile with the
+        # XML's own samples leaves the XML as it is.
+        msaa = self.render_profile.msaa_samples
+        if self._env.sim.model.vis.quality.offsamples != msaa:
+            self._env.env.set_xml_processor(lambda xml: with_offscreen_samples(xml, msaa))
         self._raw: dict[str, np.ndarray] | None = None
         self.t = 0
         self.done = True
@@ -237,8 +245,8 @@ class LiberoEnv:
 
     def _configure_renderer(self, width: int = 0, height: int = 0) -> None:
         """Apply the render profile to the current render context before a frame of width x height: a hard reset
-        rebuilds it from the model file (LIBERO's 4x MSAA, shadows on, the model's full meshes), robosuite creates it
-        lazily on the first frame, and rebuilds it when a frame outgrows its buffer."""
+        rebuilds it from the model file (the profile's MSAA, written into it; shadows on, the model's full meshes),
+        and robosuite rebuilds it when a frame outgrows its buffer."""
         import weakref
 
         import mujoco
@@ -263,6 +271,7 @@ class LiberoEnv:
         if getattr(ctx, "_render_profile", None) == profile.name and con_ref is not None and con_ref() is ctx.con:
             return
         if ctx.con.offSamples != profile.msaa_samples:
+            # Only a context built before the XML was edited: the env construction's (a frame before the first reset).
             ctx.gl_ctx.make_current()
             ctx.con.free()
             ctx._set_mujoco_context_and_buffers()  # robosuite's own rebuild, as when the buffer grows

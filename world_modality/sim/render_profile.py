@@ -3,6 +3,7 @@ used again by every evaluation of a policy trained on it (a policy sees the pixe
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 
 INFO_KEY = "render_profile"  # meta/info.json and a checkpoint's data_info: the profile's name
@@ -62,6 +63,19 @@ def render_profile(name: str) -> RenderProfile:
     if name not in PROFILES:
         raise ValueError(f"unknown render profile {name!r}; expected one of {', '.join(PROFILES)}.")
     return PROFILES[name]
+
+
+def with_offscreen_samples(xml: str, samples: int) -> str:
+    """The MJCF model `xml` with the off-screen buffer's MSAA samples (`<visual><quality offsamples>`) set to
+    `samples`; nothing else in it changes (the physics compiles to the same model)."""
+    root = ET.fromstring(xml)
+    qualities = root.findall("visual/quality")
+    if not qualities:
+        visual = root.find("visual")
+        qualities = [ET.SubElement(ET.SubElement(root, "visual") if visual is None else visual, "quality")]
+    for quality in qualities:
+        quality.set("offsamples", str(int(samples)))
+    return ET.tostring(root, encoding="unicode")
 
 
 def recorded_profile(info: dict | None) -> str:

@@ -1,15 +1,23 @@
 """Render profiles in the real simulator: a frame is rendered with the settings of its profile, after every reset
-(a hard reset rebuilds the render context with LIBERO's own), simplified meshes change a frame a little and the
-physics not at all, and a generated dataset records its profile."""
+(each hard reset builds the render context once, with the profile's MSAA written into the model's XML), simplified
+meshes change a frame a little, neither they nor the edited XML change the physics, and a generated dataset records
+its profile."""
 
 import json
 
 import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
+import mujoco
 import numpy as np
 import pytest
 
 from world_modality.sim.env import CAMERAS, WRIST_KEY, LiberoEnv
-from world_modality.sim.render_profile import PROFILES, PUBLIC_PROFILE, recorded_profile, render_profile
+from world_modality.sim.render_profile import (
+    PROFILES,
+    PUBLIC_PROFILE,
+    recorded_profile,
+    render_profile,
+    with_offscreen_samples,
+)
 
 pytestmark = pytest.mark.sim
 
@@ -23,26 +31,42 @@ def _mesh_arrays(env) -> dict:
 
 
 def _run(profile: str) -> dict:
-    """Frames and settings after two resets, the physics model's mesh arrays before and after rendering, and the
-    states of a short rollout rendered at every step."""
-    frames, settings = [], []
-    with LiberoEnv("libero_spatial", 0, image_size=64, render_profile=profile) as env:
-        for _ in range(2):  # the second reset rebuilds the render context: the profile must hold again
-            env.reset(0, render=False)
-            meshes = _mesh_arrays(env)
-            frames.append(env.render())
-            settings.append(env.render_settings())
-        states = []
-        for action in ACTIONS:
-            env.step(action, render=True)
-            states.append(env._env.sim.get_state().flatten())
-        return {
-            "frames": frames,
-            "settings": settings,
-            "meshes": meshes,
-            "meshes_after": _mesh_arrays(env),
-            "states": np.stack(states),
-        }
+    """Frames and settings after two resets, the MSAA samples of each render context built by each reset and its
+    first frame, the physics model's mesh arrays before and after rendering, the states of a short rollout rendered
+    at every step, and the task's model XML."""
+    built: list[int] = []
+
+    class CountedContext(mujoco.MjrContext):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.offSamples)
+
+    frames, settings, builds = [], [], []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mujoco, "MjrContext", CountedContext)  # robosuite looks it up on the module at each build
+        with LiberoEnv("libero_spatial", 0, image_size=64, render_profile=profile) as env:
+            for _ in range(2):  # the second reset rebuilds the render context: the profile must hold again
+                built.clear()
+                env.reset(0, render=False)
+                meshes = _mesh_arrays(env)
+                frames.append(env.render())
+                settings.append(env.render_settings())
+                builds.append(list(built))
+            states = []
+            for action in ACTIONS:
+                env.step(action, render=True)
+                states.append(env._env.sim.get_state().flatten())
+            meshes_after = _mesh_arrays(env)
+            xml = env.sim_env.model.get_xml()
+    return {
+        "frames": frames,
+        "settings": settings,
+        "builds": builds,
+        "xml": xml,
+        "meshes": meshes,
+        "meshes_after": meshes_after,
+        "states": np.stack(states),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +83,36 @@ def test_each_profile_renders_with_its_recorded_settings(runs):
     # The profiles give other pixels (anti-aliased edges, shadows): the settings above are not vacuous.
     diff = np.abs(runs["libero"]["frames"][0].astype(int) - runs["fast"]["frames"][0].astype(int))
     assert diff.mean() > 0.5 and diff.max() > 40
+
+
+def test_each_hard_reset_builds_one_render_context_with_the_profiles_samples(runs):
+    # The reset and its first frame build exactly one context, already with the profile's MSAA: none built with
+    # MuJoCo's default 4x and rebuilt when the profile is applied.
+    for name, run in runs.items():
+        samples = render_profile(name).msaa_samples
+        assert run["builds"] == [[samples], [samples]], name
+
+
+def test_the_profiles_model_xml_changes_its_samples_and_nothing_else(runs):
+    def saved(model) -> np.ndarray:
+        buffer = np.empty(mujoco.mj_sizeModel(model), np.uint8)
+        mujoco.mj_saveModel(model, None, buffer)
+        return buffer
+
+    xml = runs["fast"]["xml"]  # the task's model XML as robosuite writes it, before the profile's edit
+    own, edited = (mujoco.MjModel.from_xml_string(x) for x in (xml, with_offscreen_samples(xml, 0)))
+    assert (own.vis.quality.offsamples, edited.vis.quality.offsamples) == (4, 0)
+    edited.vis.quality.offsamples = own.vis.quality.offsamples
+    np.testing.assert_array_equal(saved(edited), saved(own))  # every other field of the compiled model
+    # The rollout on the edited model moves as on the model libero leaves as it is.
+    np.testing.assert_array_equal(runs["fast"]["states"], runs["libero"]["states"])
+    # A quality element the XML already has keeps its other settings; one it lacks is added.
+    assert with_offscreen_samples('<mujoco><visual><quality shadowsize="2048"/></visual></mujoco>', 2) == (
+        '<mujoco><visual><quality shadowsize="2048" offsamples="2" /></visual></mujoco>'
+    )
+    assert with_offscreen_samples("<mujoco><worldbody/></mujoco>", 0) == (
+        '<mujoco><worldbody /><visual><quality offsamples="0" /></visual></mujoco>'
+    )
 
 
 def test_lean_frames_draw_fewer_faces_and_differ_little_from_fast(runs):
