@@ -9,18 +9,16 @@ never as the policy's failure."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 from ..sim.env import IMAGE_KEY, STATE_KEY, WRIST_KEY
 from . import wire
 from .arm import ArmSpec, check_address
 from .episode import EpisodeRunner, check_temporal_ensemble
-from .remote import RequestRefused, ServerLost
+from .remote import ReconnectingClient, RequestRefused
 
 # openpi's LIBERO example keys (serve/openpi_keys.py accepts the same ones as aliases).
 OPENPI_IMAGE, OPENPI_WRIST, OPENPI_STATE, OPENPI_PROMPT = (
@@ -56,7 +54,7 @@ def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(canvas)
 
 
-class OpenpiClient:
+class OpenpiClient(ReconnectingClient):
     """One connection to a server speaking openpi's protocol, every wait bounded by `timeout_s`. A lost connection
     (refused, closed) is reopened and the request resent up to `retries` more times with doubling waits from
     `backoff_s`: openpi's requests carry no state, so resending is safe. A request unanswered within `timeout_s`
@@ -94,21 +92,8 @@ class OpenpiClient:
             )
         self.metadata = meta
 
-    def _with_retries(self, call):
-        errors = []
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                if self._ws is None:
-                    self._connect()
-                return call()
-            except ServerHung:
-                raise
-            except (ConnectionClosed, InvalidHandshake, OSError) as err:
-                errors.append(f"{type(err).__name__}: {err}")
-                self.close()
-        raise ServerLost(f"policy server {self.uri} lost: {1 + self.retries} tries failed ({errors[-1]}).")
+    def _unrecoverable(self, err: Exception) -> Exception | None:
+        return err if isinstance(err, ServerHung) else None  # a hung server would hang again
 
     def _exchange(self, message: bytes):
         self._ws.send(message)
@@ -128,13 +113,6 @@ class OpenpiClient:
         if not isinstance(out, dict):
             raise BadReply(f"policy server {self.uri} answered with {_shown(out)}; expected a map with 'actions'.")
         return out
-
-    def close(self) -> None:
-        if self._ws is not None:
-            try:
-                self._ws.close()
-            finally:
-                self._ws = None
 
 
 def _shown(value) -> str:

@@ -36,6 +36,55 @@ class RequestRefused(ValueError):
     """The server answered a request with an error (a malformed observation, a failed inference)."""
 
 
+# What a lost connection raises: closed, a failed handshake, refused or timed out (TimeoutError is an OSError).
+LOST_CONNECTION = (ConnectionClosed, InvalidHandshake, OSError)
+
+
+class ReconnectingClient:
+    """A WebSocket connection to a policy server that is reopened when lost: a request is resent up to `retries`
+    more times with doubling waits from `backoff_s`, then ServerLost. Both clients (`PolicyClient` here, this
+    project's protocol; `external.OpenpiClient`, openpi's) share it, so they lose and regain a server alike. A
+    subclass sets `uri`, `retries`, `backoff_s` and `_ws` (None), opens `_ws` in `_connect` (reading the server's
+    first message), and names in `_unrecoverable` the errors a resend cannot mend."""
+
+    uri: str
+    retries: int
+    backoff_s: float
+    _ws: ClientConnection | None
+
+    def _connect(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} opens no connection: a client defines _connect().")
+
+    def _unrecoverable(self, err: Exception) -> Exception | None:
+        """The error to raise at once (after closing the connection) instead of resending after `err`; None: resend."""
+        return None
+
+    def _with_retries(self, call):
+        errors = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                if self._ws is None:
+                    self._connect()
+                return call()
+            except LOST_CONNECTION as err:
+                final = self._unrecoverable(err)
+                if final is not None:
+                    self.close()
+                    raise final from None
+                errors.append(f"{type(err).__name__}: {err}")
+                self.close()
+        raise ServerLost(f"policy server {self.uri} lost: {1 + self.retries} tries failed ({errors[-1]}).")
+
+    def close(self) -> None:
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            finally:
+                self._ws = None
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port)."""
     host, sep, port = address.rpartition(":")
@@ -44,10 +93,11 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class PolicyClient:
+class PolicyClient(ReconnectingClient):
     """One connection to a policy server. A lost connection is reopened on the next request, up to `retries`
-    more times with doubling waits from `backoff_s`. Resending is safe: a plain request carries no episode state,
-    and the server answers a resent episode step from its cache instead of drawing noise again."""
+    more times with doubling waits from `backoff_s` (`ReconnectingClient`); a message the server will not read for
+    its size is refused at once. Resending is safe: a plain request carries no episode state, and the server
+    answers a resent episode step from its cache instead of drawing noise again."""
 
     def __init__(
         self,
@@ -68,23 +118,12 @@ class PolicyClient:
         self._ws = connect(self.uri, compression=None, max_size=None, open_timeout=self.open_timeout_s, legacy=True)
         self.metadata = wire.unpackb(self._ws.recv())
 
-    def _with_retries(self, call):
-        errors = []
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                if self._ws is None:
-                    self._connect()
-                return call()
-            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as err:
-                closed = getattr(err, "rcvd", None)
-                if closed is not None and closed.code == MESSAGE_TOO_BIG:
-                    self.close()  # resending the same message would be refused the same way
-                    raise RequestRefused(f"policy server {self.uri} refused the request: {closed.reason}") from None
-                errors.append(f"{type(err).__name__}: {err}")
-                self.close()
-        raise ServerLost(f"policy server {self.uri} lost: {1 + self.retries} tries failed ({errors[-1]}).")
+    def _unrecoverable(self, err: Exception) -> Exception | None:
+        closed = getattr(err, "rcvd", None)
+        if closed is not None and closed.code == MESSAGE_TOO_BIG:
+            # Resending the same message would be refused the same way.
+            return RequestRefused(f"policy server {self.uri} refused the request: {closed.reason}")
+        return None
 
     def _request(self, message: bytes) -> dict | str:
         self._ws.send(message)
@@ -111,13 +150,6 @@ class PolicyClient:
 
     def get_server_metadata(self) -> dict:
         return self.metadata
-
-    def close(self) -> None:
-        if self._ws is not None:
-            try:
-                self._ws.close()
-            finally:
-                self._ws = None
 
     def __enter__(self) -> PolicyClient:
         return self
