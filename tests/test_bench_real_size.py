@@ -1,7 +1,7 @@
 """bench/real_size.py: the tiny mode runs the real-size code path on CPU; the written configs are the
 real models' (parameter counts on the meta device); without a GPU the real mode exits cleanly. The study slice
-(--study-slice --tiny) times every stage of both arms and derives one run's GPU hours by formulas that reproduce
-its figures; each mode keeps the other's figures in the results file."""
+(--study-slice --tiny, bench/_study_slice.py) times every stage of both arms and derives one run's GPU hours by
+formulas that reproduce its figures; each mode keeps the other's figures in the results file."""
 
 import importlib.util
 import json
@@ -14,6 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "real_size.py"
+SLICE_MODULE = ROOT / "bench" / "_study_slice.py"
 
 
 def _load(path: Path = SCRIPT, name: str = "real_size"):
@@ -106,14 +107,14 @@ def test_study_slice_times_each_stage_and_derives_one_run(capsys):
 def test_an_optimiser_step_trains_what_training_trains():
     from world_modality.pipeline import make_collate
 
-    rs = _load()
+    rs, ss = _load(), _load(SLICE_MODULE, "study_slice")
     args = rs.parse_args(["--study-slice", "--tiny"])
     policy, preprocess, _ = rs.build(args, torch.device("cpu"), "E2")
-    batches = [make_collate(preprocess)(rs.training_samples(args, policy, 2))]
+    batches = [make_collate(preprocess)(ss.training_samples(rs, args, policy, 2))]
     params = [p for p in policy.parameters() if p.requires_grad]
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     policy.train()
-    step = rs.optimiser_step(policy, batches, params, torch.optim.AdamW(params, lr=1e-3))
+    step = ss.optimiser_step(policy, batches, params, torch.optim.AdamW(params, lr=1e-3))
     losses = [step() for _ in range(2)]
     assert {"loss", "action_loss", "world_loss"} <= set(losses[-1])
     changed = [n for n, p in policy.named_parameters() if not torch.equal(p, before[n])]
@@ -124,22 +125,22 @@ def test_an_optimiser_step_trains_what_training_trains():
 
 
 def test_each_mode_keeps_the_other_modes_figures(tmp_path):
-    rs = _load()
+    ss = _load(SLICE_MODULE, "study_slice")
     undeclared = _load(ROOT / "bench" / "_common.py", "bench_common").undeclared_derived
     out = tmp_path / "real_size.json"
     head = "predict - backbone - prophet"
     step = {"median_ms": {"step": 1.0, "head": 0.5}, "derived": {"median_ms.head": head}}
     study = {"chunk_ms": 2.0, "x_derived": 4.0, "derived": {"x_derived": "chunk_ms * 2"}}
     study["derived_assumptions"] = {"x_derived": "twice"}
-    rs.write_results(out, step, study=False)
-    rs.write_results(out, study, study=True)
-    rs.write_results(out, {**step, "median_ms": {"step": 3.0, "head": 0.5}}, study=False)
+    ss.write_results(out, step, study=False)
+    ss.write_results(out, study, study=True)
+    ss.write_results(out, {**step, "median_ms": {"step": 3.0, "head": 0.5}}, study=False)
     data = json.loads(out.read_text())
     assert data["median_ms"]["step"] == 3.0 and data["study_slice"] == {"chunk_ms": 2.0, "x_derived": 4.0}
     assert data["derived"] == {"median_ms.head": head, "study_slice.x_derived": "chunk_ms * 2"}
     assert data["derived_assumptions"] == {"study_slice.x_derived": "twice"}
     assert undeclared(data) == []  # the check bench results pass finds each nested formula
-    rs.write_results(out, {"chunk_ms": 5.0}, study=True)  # a new slice replaces the old one, formulas too
+    ss.write_results(out, {"chunk_ms": 5.0}, study=True)  # a new slice replaces the old one, formulas too
     data = json.loads(out.read_text())
     assert data["study_slice"] == {"chunk_ms": 5.0} and data["median_ms"]["step"] == 3.0
     assert data["derived"] == {"median_ms.head": head} and "derived_assumptions" not in data
