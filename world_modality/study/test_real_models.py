@@ -27,10 +27,7 @@ def _args(out: Path, *extra: str):
 
 
 def _settings(out: Path, *extra: str, world_encoder: str | None = None):
-    args = _args(out, *extra)
-    if world_encoder is not None:  # set on the parsed flags: the settings take vjepa2 whatever cli.py's flag offers
-        args.world_encoder = world_encoder
-    return settings_from_args(args)
+    return settings_from_args(_args(out, *extra, *(("--world-encoder", world_encoder) if world_encoder else ())))
 
 
 def _libero_fixture(root: Path, n_episodes: int = 2, length: int = 24, image_size: int = 64) -> Path:
@@ -272,9 +269,10 @@ def test_dataset_tasks_are_found_by_instruction_or_refused(tmp_path, public):
 
 @pytest.mark.slow
 @pytest.mark.sim
-def test_a_study_on_the_public_schema_with_a_real_class_backbone_runs_end_to_end(tmp_path, public, qwen_dir):
+def test_a_study_on_the_public_schema_with_real_class_models_runs_end_to_end(tmp_path, public, qwen_dir, vjepa2_dir):
     out, data = tmp_path / "study", tmp_path / "data"
-    flags = ["--tasks", "0", "--experiments", "E0,E2", "--world-encoder", "random", "--dataset", str(public)]
+    flags = ["--tasks", "0", "--experiments", "E0,E2", "--dataset", str(public)]
+    flags += ["--world-encoder", "vjepa2", "--world-encoder-path", str(vjepa2_dir)]
     flags += ["--backbone", "qwen2.5-vl", "--backbone-path", str(qwen_dir), "--demos-per-task", "2", "--epochs", "1"]
     flags += ["--image-size", "64", "--world-image-size", "32", "--episodes-per-task", "1", "--max-steps", "8"]
     flags += ["--workers", "1", "--batch-size", "8"]
@@ -284,10 +282,12 @@ def test_a_study_on_the_public_schema_with_a_real_class_backbone_runs_end_to_end
     )
     study = json.loads((out / "study.json").read_text())
     assert study["settings"]["dataset"] == str(public) and study["settings"]["backbone_path"] == str(qwen_dir)
+    assert study["settings"]["world_encoder_path"] == str(vjepa2_dir)
     res = study["results"]
     assert res["demonstrations"] == {"libero_spatial": {"0": 2}}
     assert {e: res["standard"][e]["libero_spatial"]["n"] for e in ("E0", "E2")} == {"E0": 1, "E2": 1}
     assert all(a["backbone"] == f"qwen2.5-vl from {qwen_dir}, frozen" for a in res["arms"].values())
+    assert res["arms"]["E2"]["world_encoder"] == f"vjepa2 encoder, weights from {vjepa2_dir}"
     assert "dataset/libero_spatial" in study["seconds"] and "generate/libero_spatial" not in study["seconds"]
     inputs = json.loads((out / "report_inputs.json").read_text())
     assert inputs["suites"]["libero_spatial"]["training_data"]["held_out_starts"].startswith("not checked")
