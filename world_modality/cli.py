@@ -211,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiments",
         default="E0,E2",
         help="presets to train, comma-separated, e.g. E0,E2,E2-Present,E2-State; contrasts E2 - E0 (primary), "
-        "E2 - E2-Present, E2-Present - E0 and E2-State - E0 when their arms run, other arms against E0 or the first "
-        "(default: 'E0,E2')",
+        "E2 - E2-Present, E2-Present - E0 and E2-State - E0 when their arms run, other arms against E0 or the first; "
+        "'' for none, only with --arm (a study of external arms) (default: 'E0,E2')",
     )
     p.add_argument("--seeds", default="0", help="training seeds: '0,1,2' or '0-2' (default: '0')")
     p.add_argument(
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers > 1) agree with a local policy to float rounding, not bit for bit, so a borderline episode can end "
         "otherwise (each run's serve.log counts them) (default: each worker loads the policy)",
     )
+    from .study.external_arms import add_flags as add_external_arm_flags
+
+    add_external_arm_flags(p)  # --arm NAME=ws://HOST:PORT and its conventions
     p.add_argument(
         "--world-encoder",
         dest="world_encoder",

@@ -1,11 +1,13 @@
 """The study's paired contrasts: the named ones whose arms ran (E2 − E0, the primary; E2 − E2-Present, E2-Present −
-E0, E2-State − E0), else the second experiment − the first, and every arm no named contrast covers against the
-first; each conditional on these checkpoints (analysis/pooling) and at method level (analysis/levels, training
-seeds resampled too), the secondary ones Holm-adjusted, with the smallest difference the study could detect."""
+E0, E2-State − E0), else the second experiment − the first, and every arm no named contrast covers (an external arm
+among them) against the first; each conditional on these checkpoints (analysis/pooling) and at method level
+(analysis/levels, training seeds resampled too), the secondary ones Holm-adjusted, with the smallest difference the
+study could detect."""
 
 from __future__ import annotations
 
 from ..analysis.levels import MDD_FORMULA, holm, minimum_detectable_difference, two_level_contrast
+from .external_arms import EXTERNAL, one_run, partnered
 
 ALPHA, POWER = 0.05, 0.8
 
@@ -34,7 +36,8 @@ def named_pairs(experiments: tuple[str, ...], encoders: dict[str, str] | None = 
 def pairs_of(experiments: tuple[str, ...], encoders: dict[str, str] | None = None) -> list[tuple[str, str, str, str]]:
     """(a, b, role, question) for every contrast b − a, the primary first: E2 − E0 when both ran, else the first
     named contrast, else the second experiment − the first; then the other named ones, then each arm that no
-    contrast covers against E0 (or the first experiment)."""
+    contrast covers against E0 (or the first experiment). `experiments` may end with the study's external arms
+    (external_arms.arms_of): named in no contrast, each is one such arm."""
     if len(experiments) < 2:
         return []
     named = named_pairs(experiments, encoders)
@@ -57,6 +60,7 @@ def _runs(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> list[di
             "head": r.get("episodes", []),
             "head_errors": r.get("errors", []),
             **({"protocol": r["protocol"]} if r.get("protocol") else {}),
+            "external": r.get("train_suite") == EXTERNAL,
         }
         for r in evals
         if r["experiment"] in pair and r["suite"] in suites and "not_run" not in r
@@ -94,7 +98,7 @@ def paired(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> dict |
     is left, then without a difference). None without any shared start."""
     from ..analysis.pooling import pooled_paired, pooled_sides
 
-    runs = _runs(evals, pair, suites)
+    runs = partnered(_runs(evals, pair, suites))
     if not runs:
         return None
     sides = pooled_sides(runs, pair)
@@ -107,6 +111,8 @@ def paired(evals: list[dict], pair: tuple[str, str], suites: set[str]) -> dict |
     out["refused"], out["n_refused"] = p.get("refused", []), p.get("n_refused", 0)
     out["protocol_note"] = p.get("protocol_note")
     a, b = _outcomes(sides["a"]), _outcomes(sides["b"])
+    external = {r["preset"] for r in runs if r["external"]}  # one run each: its copies are no seeds to redraw
+    a, b = (one_run(a) if pair[0] in external else a), (one_run(b) if pair[1] in external else b)
     out["method_level"] = two_level_contrast(a, b) if a and b else None
     out["mdd"] = mdd(out)
     return out

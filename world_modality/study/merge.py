@@ -73,6 +73,10 @@ def settings_of(sh: ShardFolder, out: Path) -> StudySettings:
             "with the version that ran the shard."
         )
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in sh.settings.items()}
+    if "external_arms" in given:
+        from .external_arms import from_identity
+
+        given["external_arms"] = from_identity(given["external_arms"], sh.folder / SETTINGS_FILE)
     try:
         return StudySettings(**{**given, "workers": 1, "out": str(out), "data": "", "shard": None})
     except TypeError as e:

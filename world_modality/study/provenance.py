@@ -3,6 +3,7 @@ says (records.py), and whether the table was built across commits."""
 
 from __future__ import annotations
 
+from .external_arms import EXTERNAL
 from .records import NOT_RECORDED, commit_text
 
 
@@ -17,7 +18,8 @@ def stage_commits(generations: dict[str, dict], evals: list[dict]) -> dict:
             continue
         prov = r.get("provenance") or {}
         run = f"{r['train_suite']}/{r['experiment']}/{r['seed']}"
-        train[run] = commit_text(prov.get("train"))
+        if r["train_suite"] != EXTERNAL:  # an external arm was trained elsewhere, by no commit of this project
+            train[run] = commit_text(prov.get("train"))
         evaluated[f"{run}/{r['suite']}"] = commit_text(prov.get("eval"))
     commits = sorted(
         {c for d in (datasets, train, evaluated) for v in d.values() if v != NOT_RECORDED for c in v.split(", ")}

@@ -9,10 +9,12 @@ from .settings import StudySettings, check_same_study, log_invocation
 def run_study(s: StudySettings) -> int:
     """0 when every stage ran and no episode ended in an error; 1 otherwise (a rerun of the same command resumes)."""
     from .artifacts import Artifacts
-    from .shards import check_same_shard, run_name, shard_text, write_inputs
+    from .external_arms import check_servers
+    from .shards import check_same_shard, run_name, shard_runs, shard_text, write_inputs
     from .stages import run_stages, shard_plan
     from .tables import write_report
 
+    check_servers(s, shard_runs(s, s.shard))  # an arm's server that does not answer is refused before anything runs
     check_same_study(s)
     runs = check_same_shard(s)
     log_invocation(s)

@@ -100,6 +100,10 @@ class StudySettings:
     # batch_size x train_processes and an epoch has that many times fewer updates.
     train_processes: int = 1
     serve: bool = False  # evaluate each run through one batched policy server of it (served.py), not in each worker
+    # External policy servers evaluated as arms (external_arms.ExternalArm): their names, conventions and training
+    # starts' hash join the identity only when some are given; their addresses and the reply timeout change no outcome.
+    external_arms: tuple = ()
+    arm_timeout_s: float = 120.0
 
     def identity(self) -> dict:
         # init_states joins the identity only when given, so a study begun before it existed still continues.
@@ -111,7 +115,11 @@ class StudySettings:
         # process); serve is not: a served policy acts as a loaded one, up to float rounding in stacked requests.
         skip += ("serve",) + (("train_processes",) if self.train_processes == 1 else ())
         skip += tuple(k for k in MODEL_SETTINGS if getattr(self, k) == StudySettings.__dataclass_fields__[k].default)
-        return {k: v for k, v in asdict(self).items() if k not in skip + self._unused_encoder_settings()}
+        skip += ("external_arms", "arm_timeout_s")
+        identity = {k: v for k, v in asdict(self).items() if k not in skip + self._unused_encoder_settings()}
+        if self.external_arms:  # so a study without them keeps the identity it had
+            identity["external_arms"] = [a.identity() for a in self.external_arms]
+        return identity
 
     def _unused_encoder_settings(self) -> tuple[str, ...]:
         """The world-encoder settings that change no arm of this study: left out of its identity, so a study of
@@ -152,9 +160,18 @@ def settings_from_args(args) -> StudySettings:
     """Every name and number checked, so a typo fails before a simulator starts; flags override the budget."""
     from ..config import PRESETS, ConfigError
     from ..sim.suites import PRO_PERTURBATIONS
+    from .external_arms import parse_flags
 
     suites = _names(args.suites, tuple(SUITE_COLUMNS), "suite", "--suites")
-    experiments = _names(args.experiments, tuple(PRESETS), "experiment", "--experiments")
+    external, arm_timeout_s = parse_flags(args)
+    if not args.experiments.strip() and not external:
+        raise ConfigError(
+            f"--experiments is empty; expected one or more experiments of {', '.join(PRESETS)}, or --arm "
+            "NAME=ws://HOST:PORT for a study of external arms only."
+        )
+    experiments = ()  # none trained: a study of external arms only
+    if args.experiments.strip():
+        experiments = _names(args.experiments, tuple(PRESETS), "experiment", "--experiments")
     pro = _names(args.pro, PRO_PERTURBATIONS, "perturbation", "--pro") if args.pro else ()
     seeds = _ints(args.seeds, "--seeds", "training seeds")
     if not seeds:
@@ -205,6 +222,8 @@ def settings_from_args(args) -> StudySettings:
         world_encoder_path=b.world_encoder_path,
         world_encoder_dtype=b.world_encoder_dtype,
         dataset=getattr(args, "dataset", None),
+        external_arms=external,
+        arm_timeout_s=arm_timeout_s,
         **pretraining,
     )
     s = check_encoder_settings(s, args)
@@ -425,6 +444,9 @@ def command_line(s: StudySettings) -> str:
         parts += ["--train-processes", str(s.train_processes)]
     if s.serve:
         parts.append("--serve")
+    from .external_arms import command_flags
+
+    parts += command_flags(s)
     if s.shard is not None:
         parts += ["--shard", f"{s.shard[0]}/{s.shard[1]}"]
     return shlex.join([*parts, "--out", s.out, "--data", s.data])

@@ -29,9 +29,12 @@ IGNORE_HEADER = "# Large artifacts: rebuilt from study_settings.json by rerunnin
 
 
 def study_runs(s) -> list[tuple[str, str, int]]:
-    """Every run of the study, sorted: ("joint", experiment, seed) with --joint, else (suite, experiment, seed)."""
+    """Every run of the study, sorted: ("joint", experiment, seed) with --joint, else (suite, experiment, seed); and
+    ("external", name, 0), each external arm's one run."""
+    from .external_arms import runs
+
     groups = ("joint",) if s.joint else s.suites
-    return sorted((g, e, seed) for g in groups for e in s.experiments for seed in s.seeds)
+    return sorted([*((g, e, seed) for g in groups for e in s.experiments for seed in s.seeds), *runs(s)])
 
 
 def shard_runs(s, shard: tuple[int, int] | None) -> list[tuple[str, str, int]]:

@@ -1,6 +1,7 @@
 """A study's stages, each resumable: demonstrations per suite (cached), the world encoder pretrained once per
 training dataset when an arm uses it (cached), one training run per suite (or, with --joint, one over all suites),
-experiment and seed, closed-loop evaluation of every run on each standard and LIBERO-PRO suite; wall times kept in
+experiment and seed, closed-loop evaluation of every run (and of each external arm, external_arms.py) on each
+standard and LIBERO-PRO suite; wall times kept in
 <out>/times.json (accumulated across resumptions). Stages that cannot run are recorded with their reason, not
 hidden."""
 
@@ -206,12 +207,15 @@ def plan(s: StudySettings) -> list[tuple]:
     """Every stage in order: ("generate", suite) (("dataset", suite) with --dataset: its tasks taken from it),
     ("merge", "joint") with --joint, ("pretrain", suite) when an arm uses the pretrained world encoder, ("train",
     suite, experiment, seed) and ("eval", suite, experiment, seed, eval_suite), where suite is "joint" for the runs
-    over every suite."""
+    over every suite; then each external arm's evaluations (("eval", "external", name, 0, eval_suite)), which need no
+    dataset."""
+    from .external_arms import stages as external_stages
     from .world_encoder import uses_pretrained
 
-    stages: list[tuple] = [("dataset" if s.dataset else "generate", suite) for suite in s.suites]
+    trained = bool(s.experiments)  # a study of external arms only generates nothing
+    stages: list[tuple] = [("dataset" if s.dataset else "generate", suite) for suite in s.suites if trained]
     groups = [("joint", s.suites)] if s.joint else [(suite, (suite,)) for suite in s.suites]
-    if s.joint:
+    if s.joint and trained:
         stages.append(("merge", "joint"))
     for train_suite, suites in groups:
         if uses_pretrained(s):
@@ -224,25 +228,27 @@ def plan(s: StudySettings) -> list[tuple]:
                     for suite in suites
                     for target in (suite, *(f"{suite}_{p}" for p in s.pro))
                 ]
-    return stages
+    return stages + external_stages(s)
 
 
 def shard_plan(s: StudySettings, runs: list[tuple]) -> list[tuple]:
     """The study's stages a shard of `runs` needs: their training and evaluations, the datasets they train on
     (every suite's with --joint), which each shard generates (or takes from --dataset) or finds for itself, and the
     pretrained encoder of those datasets when one of its runs uses it (found in --data, or pretrained there)."""
+    from .external_arms import EXTERNAL
     from .world_encoder import encoder_of
 
     keep = set(runs)
-    suites = set(s.suites) if s.joint else {r[0] for r in runs}
-    pretrain = {r[0] for r in runs if encoder_of(s, r[1]) == "pretrained"}
+    trained = [r for r in runs if r[0] != EXTERNAL]  # an external arm's run needs no dataset
+    suites = set(s.suites) if s.joint and trained else {r[0] for r in trained}
+    pretrain = {r[0] for r in trained if encoder_of(s, r[1]) == "pretrained"}
 
     def wanted(st: tuple) -> bool:
         if st[0] in ("train", "eval"):
             return st[1:4] in keep
         if st[0] == "pretrain":
             return st[1] in pretrain
-        return st[0] == "merge" or st[1] in suites
+        return (st[0] == "merge" and bool(trained)) or st[1] in suites
 
     return [st for st in plan(s) if wanted(st)]
 
@@ -266,6 +272,7 @@ def run_stages(s: StudySettings, tasks_of, stages: list[tuple] | None = None, ar
     mismatch stops the study."""
     from tqdm.auto import tqdm
 
+    from .external_arms import EXTERNAL, evaluate_arm
     from .world_encoder import encoder_of, pretrain_stage
 
     out = Path(s.out)
@@ -323,14 +330,18 @@ def run_stages(s: StudySettings, tasks_of, stages: list[tuple] | None = None, ar
                 base = target if target in s.suites else target.rsplit("_", 1)[0]
                 ckpt = checkpoints.get(key)
                 record = {"train_suite": suite, "experiment": st[2], "seed": st[3], "suite": target}
-                if "not_run" in suites.get(base, {}):  # --joint: a suite without demonstrations is not evaluated
+                external = suite == EXTERNAL  # an external arm is evaluated whatever became of the datasets
+                if not external and "not_run" in suites.get(base, {}):  # --joint: a suite without demonstrations
                     record["not_run"] = suites[base]["not_run"]
-                elif isinstance(ckpt, Path):
+                elif isinstance(ckpt, Path) or external:
                     standard = target == base
                     n = s.episodes_per_task if standard else s.pro_episodes
                     which = s.init_states if standard else None  # LIBERO-PRO suites keep their first n states
                     try:
-                        record.update(eval_run(s, ckpt, suite, st[2], st[3], target, tasks_of(base), n, which))
+                        if external:
+                            record.update(evaluate_arm(s, st[2], target, tasks_of(base), n, which, run_dir(s, *key)))
+                        else:
+                            record.update(eval_run(s, ckpt, suite, st[2], st[3], target, tasks_of(base), n, which))
                     except Exception as e:
                         record.update(not_run=f"evaluation failed: {type(e).__name__}: {e}", error=True)
                 else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .external_arms import arms_of, seeds_of
 from .settings import SUITE_COLUMNS, StudySettings, invocations
 
 
@@ -65,7 +66,7 @@ def _runs_of(s: StudySettings, evals: list[dict], experiment: str, targets: list
     rows, missing = [], []
     for target in targets:
         base = target if target in SUITE_COLUMNS else target.rsplit("_", 1)[0]
-        for seed in s.seeds:
+        for seed in seeds_of(s, experiment):
             recs = [r for r in evals if (r["experiment"], r["seed"], r["suite"]) == (experiment, seed, target)]
             have = [r for r in recs if r.get("episodes") or r.get("errors")]
             rows += have
@@ -94,6 +95,7 @@ def arms(s: StudySettings, evals: list[dict], encoders: dict[str, dict] | None =
     else as the study's settings build it (the same preset and sizes); "world_encoder_ids": every encoder id its
     checkpoints recorded (one per training dataset for a pretrained encoder). `encoders`: the pretraining stage's
     records, which name a pretrained encoder no evaluation has described yet."""
+    from .external_arms import arm_rows
     from .records import arm_of
     from .settings import run_config
     from .world_encoder import describe, encoder_of
@@ -112,7 +114,7 @@ def arms(s: StudySettings, evals: list[dict], encoders: dict[str, dict] | None =
         if len(replans) > 1:
             out[e]["replan_every"] = ", ".join(map(str, replans))
         out[e]["world_encoder_ids"] = sorted({a["world_encoder_id"] for a in seen if a.get("world_encoder_id")})
-    return out
+    return {**out, **arm_rows(s, evals)}  # the external arms: their stated conventions
 
 
 def results(s: StudySettings, run: dict) -> dict:
@@ -127,7 +129,7 @@ def results(s: StudySettings, run: dict) -> dict:
     evals, gens = run["evals"], run["suites"]
     standard = _standard(s, evals, gens)
     kinds = {e: encoder_of(s, e) for e in s.experiments}
-    cs = contrasts(s.experiments, s.suites, evals, kinds)
+    cs = contrasts(arms_of(s), s.suites, evals, kinds)
     paired = {k: cs[0][k] for k in ("a", "b", "per_suite", "average")} if cs else {}
     view = held_out_view(s)
     held_out = None
@@ -136,14 +138,14 @@ def results(s: StudySettings, run: dict) -> dict:
         held_out = {
             "states": format_ids(view),
             "standard": _standard(s, kept, gens),
-            "contrasts": contrasts(s.experiments, s.suites, kept, kinds),
+            "contrasts": contrasts(arms_of(s), s.suites, kept, kinds),
         }
     encoders = {suite: g["world_encoder"] for suite, g in gens.items() if "world_encoder" in g}
     # --dataset: where each training dataset's episodes came from, and whether evaluation could check its starts.
     training_data = {name: g["training_data"] for name, g in gens.items() if "training_data" in g}
     pro = {}
     for p in s.pro:
-        for e in s.experiments:
+        for e in arms_of(s):
             pro[f"{p}/{e}"] = {suite: _suite_cell(s, evals, e, [f"{suite}_{p}"], gens) for suite in s.suites}
     suites = {suite: g for suite, g in gens.items() if suite in s.suites}  # not the --joint dataset
     zero = {suite: sorted(int(t) for t, n in g.get("demos", {}).items() if n == 0) for suite, g in suites.items()}
@@ -173,7 +175,7 @@ def results(s: StudySettings, run: dict) -> dict:
 def _standard(s: StudySettings, evals: list[dict], gens: dict) -> dict[str, dict]:
     """The standard table's cells: per experiment, each suite run and the average over them."""
     standard: dict[str, dict] = {}
-    for e in s.experiments:
+    for e in arms_of(s):
         row = {suite: _suite_cell(s, evals, e, [suite], gens) for suite in SUITE_COLUMNS if suite in s.suites}
         row["average"] = _suite_cell(s, evals, e, list(s.suites), gens)
         standard[e] = row
@@ -251,6 +253,7 @@ def _table_rows(standard: dict, arms: dict) -> list[str]:
     lines = []
     for e, row in standard.items():
         label = f"{e} (world: {arms[e]['world_encoder']}; backbone: {arms[e]['backbone']})" if e in arms else e
+        label = f"{e} (external arm)" if arms.get(e, {}).get("external") else label
         cells = [_fmt(row[c]) if c in row else "not run" for c in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(row['average'], name_suite=True)} |")
     return lines
@@ -322,6 +325,7 @@ def render(
     shards: list[dict] | None = None,
 ) -> str:
     from .contrasts import fmt_conditional, fmt_method, render_contrasts
+    from .external_arms import render as render_external
     from .provenance import across_commits, render_commits
     from .public_data import render as render_training_data
     from .shards import missing_line, render_shards
@@ -366,6 +370,7 @@ def render(
         few = few_starts_line(p.get("average"))
         lines += ["", few] if few else []
     lines += _arms_table(res)
+    lines += render_external(res.get("arms", {}))
     lines += render_contrasts(res.get("contrasts", []))
     lines += _held_out_section(res.get("held_out"))
     lines += render_encoders(res.get("world_encoders") or {}, seconds or {})

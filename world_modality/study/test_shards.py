@@ -206,3 +206,22 @@ def test_a_changed_dataset_or_checkpoint_is_refused_on_rerun(fake_stages, capsys
     # Named with the fingerprint the runs used, which stays recorded: the changed dataset trained nothing.
     recorded = json.loads((root / "s1" / "artifacts.json").read_text())["datasets"]["libero_spatial"]
     assert "has fingerprint " in err and f"used {recorded['fingerprint']} (dataset libero_spatial" in err
+
+
+def test_a_shards_results_checked_into_this_repository_are_not_ignored_by_it():
+    # A shard's folder under results/ holds its episodes under runs/: the repository's own ignore rules must leave
+    # them to the folder's .gitignore (a top-level "runs/" rule once hid every episode of a committed shard).
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    shard = "results/study_x/shard-1of2/runs/libero_spatial/e0-seed0"
+    kept = [
+        f"{shard}/eval/libero_spatial/episodes.jsonl",
+        f"{shard}/metrics.jsonl",
+        "results/study_x/shard-1of2/x.json",
+    ]
+    ignored = ["runs/study/report.md"]  # the default --out of every command stays out
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", *kept, *ignored], cwd=root, capture_output=True, text=True
+    )
+    assert proc.stdout.split() == ignored, proc.stdout + proc.stderr
