@@ -395,6 +395,8 @@ def check_same_study(s: StudySettings) -> None:
 
 
 def _flag(key: str) -> str:
+    if key == "external_arms":  # one setting of several flags: the arms and their stated conventions
+        return "--arm and its conventions"
     return "--" + key.replace("_", "-")
 
 

@@ -64,7 +64,9 @@ def test_arms_become_settings_whose_identity_holds_their_conventions_and_starts_
     again = _settings(tmp_path, *moved)
     check_same_study(again)
     assert "--arm-timeout 30.0" in command_line(again) and "pi=ws://elsewhere:9000" in command_line(again)
-    with pytest.raises(ConfigError, match=r"other settings \(--external-arms: .*'chunk_size': 10.*'chunk_size': 12"):
+    with pytest.raises(
+        ConfigError, match=r"other settings \(--arm and its conventions: .*'chunk_size': 10.*'chunk_size': 12"
+    ):
         check_same_study(_settings(tmp_path, *argv, "--arm-set", "pi:chunk_size=12"))
     # A changed training-starts file is another study too: its starts are what the held-out check read.
     _starts(starts, offset=1.0)
