@@ -36,6 +36,14 @@ def encoder_hashes(folder: Path) -> dict[str, str]:
     return {name: file_sha256(Path(folder) / name) for name in ENCODER_FILES if (Path(folder) / name).exists()}
 
 
+def _changed(found: dict[str, str], recorded: dict[str, str]) -> str:
+    """Which files' sha256 differ, with their (shortened) hashes now and as recorded."""
+    changed = sorted(k for k in set(found) | set(recorded) if found.get(k) != recorded.get(k))
+    now = ", ".join(str(found.get(k, "absent"))[:16] for k in changed)
+    then = ", ".join(str(recorded.get(k, "absent"))[:16] for k in changed)
+    return f"sha256 of {', '.join(changed)} {now} now, {then} recorded"
+
+
 def checkpoint_hashes(ckpt: Path) -> dict[str, str]:
     """sha256 of each weight file the checkpoint has (the weights, their moving average, the tokenizer)."""
     from ..policy.checkpoint_store import WEIGHT_FILES, file_sha256
@@ -85,12 +93,9 @@ class Artifacts:
         found = encoder_hashes(folder)
         old = self.encoders.get(suite)
         if old and old.get("sha256") != found:
-            changed = sorted(k for k in set(found) | set(old.get("sha256", {})) if found.get(k) != old["sha256"].get(k))
             raise ArtifactMismatch(
                 f"world encoder {folder} of {suite} differs from the one this folder's runs of {suite} used "
-                f"({old.get('name')}, {self.path}): sha256 of {', '.join(changed)} "
-                f"{', '.join(str(found.get(k, 'absent'))[:16] for k in changed)} now, "
-                f"{', '.join(str(old['sha256'].get(k, 'absent'))[:16] for k in changed)} recorded; its results would "
+                f"({old.get('name')}, {self.path}): {_changed(found, old['sha256'])}; its results would "
                 "be mixed with another encoder's. Point --data at the folder holding the encoder they used, or use "
                 "another --out."
             )
@@ -108,12 +113,9 @@ class Artifacts:
         except ValueError:
             where = str(ckpt)
         if old and old.get("sha256") != found:
-            changed = sorted(k for k in set(found) | set(old.get("sha256", {})) if found.get(k) != old["sha256"].get(k))
             raise ArtifactMismatch(
                 f"checkpoint {ckpt} of run {run} differs from the one this folder's evaluations of it ran "
-                f"({old.get('checkpoint')}, {self.path}): sha256 of {', '.join(changed)} "
-                f"{', '.join(str(found.get(k, 'absent'))[:16] for k in changed)} now, "
-                f"{', '.join(str(old['sha256'].get(k, 'absent'))[:16] for k in changed)} recorded. Restore that "
+                f"({old.get('checkpoint')}, {self.path}): {_changed(found, old['sha256'])}. Restore that "
                 "checkpoint, or delete the run's folder and its entry in artifacts.json to train and evaluate it anew."
             )
         if not old:

@@ -225,3 +225,20 @@ def test_a_shards_results_checked_into_this_repository_are_not_ignored_by_it():
         ["git", "check-ignore", "--no-index", *kept, *ignored], cwd=root, capture_output=True, text=True
     )
     assert proc.stdout.split() == ignored, proc.stdout + proc.stderr
+
+
+def test_a_checkpoint_whose_weights_changed_is_refused_naming_the_file_and_both_hashes(tmp_path):
+    from world_modality.policy.checkpoint_store import WEIGHT_FILES
+    from world_modality.study.artifacts import ArtifactMismatch, Artifacts
+
+    ckpt = tmp_path / "runs" / "libero_spatial" / "e0-seed0" / "checkpoints" / "step-1"
+    ckpt.mkdir(parents=True)
+    weights = ckpt / WEIGHT_FILES[0]
+    weights.write_bytes(b"trained")
+    first = Artifacts(tmp_path).check_checkpoint("libero_spatial/E0/0", ckpt)
+    assert Artifacts(tmp_path).check_checkpoint("libero_spatial/E0/0", ckpt) == first  # read back, same weights
+    weights.write_bytes(b"retrained")
+    with pytest.raises(
+        ArtifactMismatch, match=rf"sha256 of {WEIGHT_FILES[0]} \w{{16}} now, {first[WEIGHT_FILES[0]][:16]} recorded"
+    ):
+        Artifacts(tmp_path).check_checkpoint("libero_spatial/E0/0", ckpt)
