@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "real_size.py"
 SLICE_MODULE = ROOT / "bench" / "_study_slice.py"
+MODELS_MODULE = ROOT / "bench" / "_real_models.py"
 
 
 def _load(path: Path = SCRIPT, name: str = "real_size"):
@@ -46,12 +47,12 @@ def test_tiny_mode_times_every_part(tmp_path, capsys):
 def test_written_configs_are_the_real_sizes():
     from transformers import Qwen2_5_VLForConditionalGeneration, VJEPA2Model
 
-    rs = _load()
-    args = rs.parse_args([])
-    _, ids, _ = rs.tokenizer_for(args)
+    args = _load().parse_args([])
+    models = _load(MODELS_MODULE, "real_models")
+    _, ids, _ = models.tokenizer_for(args)
     with torch.device("meta"):  # shapes only: no memory, no init
-        qwen = Qwen2_5_VLForConditionalGeneration._from_config(rs.qwen_config(args, ids), dtype=torch.bfloat16)
-        vjepa = VJEPA2Model._from_config(rs.vjepa2_config(args), dtype=torch.bfloat16)
+        qwen = Qwen2_5_VLForConditionalGeneration._from_config(models.qwen_config(args, ids), dtype=torch.bfloat16)
+        vjepa = VJEPA2Model._from_config(models.vjepa2_config(args), dtype=torch.bfloat16)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(qwen) == pytest.approx(3.75e9, rel=0.01)  # Qwen2.5-VL-3B: 3.75 B with the vision tower
     assert count(qwen.model.visual) == pytest.approx(0.67e9, rel=0.01)
