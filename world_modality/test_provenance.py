@@ -12,6 +12,7 @@ from world_modality import provenance as prov
 from world_modality.config import ExperimentConfig
 from world_modality.data.fixture import make_fixture_dataset
 from world_modality.data.lerobot import load_dataset
+from world_modality.toolchain import toolchain
 
 A = {"commit": "aaaaaaa", "dirty": False}
 B = {"commit": "bbbbbbb", "dirty": True}
@@ -73,9 +74,10 @@ def test_a_resumed_generation_lists_each_commit_that_ran_its_attempts(tmp_path, 
     staging, log = tmp_path / "out.partial", tmp_path / "out.partial" / "attempts.jsonl"
     staging.mkdir()
     monkeypatch.setattr(prov, "provenance", lambda paths=("world_modality",): A)
-    assert gen._record_provenance(staging, log) == {**A, "continued_by": []}
+    ran = [toolchain()]  # the software versions that ran attempts, listed once however many commits did
+    assert gen._record_provenance(staging, log) == {**A, "continued_by": [], "toolchains": ran}
     monkeypatch.setattr(prov, "provenance", lambda paths=("world_modality",): B)
-    assert gen._record_provenance(staging, log) == {**A, "continued_by": [B]}
+    assert gen._record_provenance(staging, log) == {**A, "continued_by": [B], "toolchains": ran}
     assert json.loads((staging / gen.PROVENANCE_FILE).read_text())["continued_by"] == [B]
     # Attempts staged by a version that kept no provenance came from an unknown commit.
     (staging / gen.PROVENANCE_FILE).unlink()
@@ -91,11 +93,13 @@ def test_an_evaluation_folder_lists_each_commit_that_ran_episodes_outside_its_id
     out = tmp_path / "eval"
     out.mkdir()
     identity = {"checkpoint": "ckpt", "suite": "libero_spatial", "seed": 7}
-    assert folder_provenance(out, A, runs=True) == {**A, "continued_by": []}
+    ran = [toolchain()]
+    assert folder_provenance(out, A, runs=True) == {**A, "continued_by": [], "toolchains": ran}
     (out / "settings.json").write_text(json.dumps({"identity": identity, "provenance": prov.continued(None, A)}))
     (out / "episodes.jsonl").write_text(json.dumps({"task_id": 0, "init_index": 0, "success": True}) + "\n")
     check_same_evaluation(out, identity, out / "episodes.jsonl")  # another commit continues: not refused
-    assert folder_provenance(out, B, runs=True) == {**A, "continued_by": [B]}
+    # Episodes were run before toolchains were recorded: only this run's is listed.
+    assert folder_provenance(out, B, runs=True) == {**A, "continued_by": [B], "toolchains": ran}
     assert folder_provenance(out, B, runs=False) == {**A, "continued_by": []}  # ran nothing: not listed
     # Episodes written before folders recorded provenance are not credited to the commit continuing them.
     (out / "settings.json").write_text(json.dumps({"identity": identity}))

@@ -429,14 +429,20 @@ def _evaluate_locked(settings, subject, out, tasks, per_task, replan, limit, ove
 
 
 def folder_provenance(out: Path, code: dict, runs: bool) -> dict:
-    """The provenance settings.json records: the folder's so far, `code` added when this run has episodes to
-    run (`runs`). Episodes written before folders recorded provenance are of an unknown commit, not of `code`.
-    Called after check_same_evaluation, which refuses a settings.json that is not JSON."""
+    """The provenance settings.json records: the folder's so far, `code` and this process's toolchain (toolchain.py)
+    added when this run has episodes to run (`runs`). Episodes written before folders recorded provenance are of an
+    unknown commit, not of `code`. Called after check_same_evaluation, which refuses a settings.json that is not
+    JSON."""
+    from ..toolchain import appended
+
     settings_file = out / "settings.json"
     old = json.loads(settings_file.read_text()).get("provenance") if settings_file.exists() else None
     if old is None and any(read_episodes(p) for p in out.glob("episodes*.jsonl")):
         old = {"commit": UNKNOWN, "dirty": None}
-    return continued(old, code) if runs or old is None else old
+    if not runs and old is not None:
+        return old
+    # The software versions too: another mujoco steps the same actions to other states.
+    return {**continued(old, code), "toolchains": appended(old.get("toolchains") if old else None)}
 
 
 def video_jobs(jobs: list[tuple[int, int]], video: int) -> set[tuple[int, int]]:

@@ -8,6 +8,7 @@ import pytest
 
 from world_modality.evaluate import closed_loop
 from world_modality.evaluate.closed_loop import EvalSettings, evaluate
+from world_modality.toolchain import toolchain
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -36,5 +37,6 @@ def test_a_later_commit_continues_an_evaluation_and_is_listed(checkpoint, tmp_pa
         "commit": "aaaaaaa",
         "dirty": False,
         "continued_by": [{"commit": "bbbbbbb", "dirty": True}],
+        "toolchains": [toolchain()],  # one software stack ran both
     }
     assert [r["commit"] for r in second.finished] == ["aaaaaaa", "bbbbbbb-dirty"]

@@ -1,7 +1,8 @@
 """In the simulator: a generation resumed by a later commit is not refused, and the dataset's meta/info.json
-lists both commits (its fingerprint does not depend on them)."""
+lists both commits and the software versions that ran it (its fingerprint does not depend on them)."""
 
 import json
+from importlib import metadata
 
 import libero.libero  # noqa: F401  (a hard dependency: a broken install fails here, never skips)
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from world_modality import provenance as prov
 from world_modality.data.lerobot import load_dataset
 from world_modality.sim.generate import PROVENANCE_FILE, generate
+from world_modality.toolchain import toolchain
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 A = {"commit": "aaaaaaa", "dirty": False}
@@ -37,7 +39,10 @@ def test_a_generation_continued_by_a_later_commit_records_both(tmp_path, monkeyp
     monkeypatch.setattr(prov, "provenance", lambda paths=("world_modality",): B)
     generate("libero_spatial", [0], 1, out, image_size=32, workers=1, seed=0, progress=False, job_timeout_s=300)
     info = json.loads((out / "meta" / "info.json").read_text())
+    toolchains = info["provenance"].pop("toolchains")
     assert info["provenance"] == {**A, "continued_by": [B]}
+    # The software that ran its attempts: a rebuild under another mujoco can say which version moved.
+    assert toolchains == [toolchain()] and toolchains[0]["mujoco"] == metadata.version("mujoco")
     before = load_dataset(out).fingerprint()
     info["provenance"] = prov.continued(None, A)
     (out / "meta" / "info.json").write_text(json.dumps(info, indent=4))

@@ -25,6 +25,24 @@ def dataset_hash(root: Path) -> str:
     return dataset_fingerprint(root, sorted((root / "data").glob("**/*.parquet")))
 
 
+def dataset_toolchains(root: Path) -> list[dict]:
+    """The toolchains (toolchain.py) a generated dataset's meta/info.json says wrote it; [] when it records none."""
+    import json
+
+    try:
+        info = json.loads((Path(root) / "meta" / "info.json").read_text())
+    except (OSError, ValueError):
+        return []
+    record = info.get("provenance") if isinstance(info, dict) else None
+    found = record.get("toolchains") if isinstance(record, dict) else None
+    return [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []
+
+
+def last_toolchain(toolchains) -> dict | None:
+    """The toolchain that last wrote into a dataset, None when none is recorded."""
+    return toolchains[-1] if isinstance(toolchains, list) and toolchains else None
+
+
 # What makes a pretrain-world folder the encoder it is (weights, architecture, input processing); its training
 # checkpoints and loss log are how it was made, not what the runs load.
 ENCODER_FILES = ("model.safetensors", "config.json", "video_preprocessor_config.json")
@@ -73,17 +91,32 @@ class Artifacts:
         write_json(self.path, {"datasets": self.datasets, **encoders, "checkpoints": self.checkpoints})
 
     def check_dataset(self, suite: str, root: Path) -> str:
-        """The dataset's fingerprint, recorded on first use; ArtifactMismatch when it differs from the recorded one."""
+        """The dataset's fingerprint, recorded on first use with the software that generated it (toolchain.py);
+        ArtifactMismatch when it differs from the recorded one, naming the versions that differ."""
         found = dataset_hash(root)
         old = self.datasets.get(suite)
         if old and old.get("fingerprint") != found:
+            from ..toolchain import differences
+
+            moved = differences(
+                last_toolchain(dataset_toolchains(root)),
+                last_toolchain(old.get("toolchains")),
+                "this dataset",
+                "the one they used",
+            )
             raise ArtifactMismatch(
                 f"dataset {root} has fingerprint {found}, but this folder's runs of {suite} used "
                 f"{old.get('fingerprint')} (dataset {old.get('name')}, {self.path}): its results would be mixed with "
-                "another dataset's. Point --data at the dataset they used, or use another --out."
+                f"another dataset's. The software that generated them: {'; '.join(moved) or 'the same versions'} "
+                "(the same settings under another simulator version write other bytes; pyproject.toml pins them). "
+                "Point --data at the dataset they used, install the recorded versions, or use another --out."
             )
         if not old:
-            self.datasets[suite] = {"name": Path(root).name, "fingerprint": found}
+            self.datasets[suite] = {
+                "name": Path(root).name,
+                "fingerprint": found,
+                "toolchains": dataset_toolchains(root),
+            }
             self._write()
         return found
 

@@ -105,19 +105,29 @@ def check_same_study(shards: list[ShardFolder]) -> None:
 
 def check_same_datasets(shards: list[ShardFolder]) -> None:
     """Each suite's dataset has one fingerprint across the shards (each may have generated its own)."""
-    seen: dict[str, tuple[str, Path]] = {}
+    from ..toolchain import differences
+    from .artifacts import last_toolchain
+
+    seen: dict[str, tuple[str, Path, dict]] = {}
     for sh in shards:
         for suite, rec in sh.datasets.items():
             fp = rec.get("fingerprint") if isinstance(rec, dict) else None
             if fp is None:
                 continue
             if suite in seen and seen[suite][0] != fp:
+                moved = differences(
+                    last_toolchain(rec.get("toolchains")),
+                    last_toolchain(seen[suite][2].get("toolchains")),
+                    str(sh.folder),
+                    str(seen[suite][1]),
+                )
                 raise ConfigError(
                     f"the shards trained on different {suite} datasets: fingerprint {seen[suite][0]} in "
                     f"{seen[suite][1]}, {fp} in {sh.folder} (their artifacts.json); a table over both would mix "
-                    "two datasets. Rerun one shard on the other's dataset (--data), then merge."
+                    f"two datasets. The software that generated them: {'; '.join(moved) or 'the same versions'}. "
+                    "Rerun one shard on the other's dataset (--data), then merge."
                 )
-            seen.setdefault(suite, (fp, sh.folder))
+            seen.setdefault(suite, (fp, sh.folder, rec))
 
 
 def check_same_encoders(shards: list[ShardFolder]) -> None:

