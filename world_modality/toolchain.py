@@ -35,13 +35,30 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The vector extensions that decide which code paths numpy's dispatch and the software renderer's compiler take.
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl")
+
+
+def cpu_vector_flags() -> list[str]:
+    """Which of VECTOR_FLAGS this CPU has ([] where /proc/cpuinfo cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def toolchain() -> dict:
-    """{"python", each of PACKAGES: version or None when not installed, "machine", "cpu"}."""
+    """{"python", each of PACKAGES: version or None when not installed, "machine", "cpu", "cpu_flags"}."""
     return {
         "python": platform.python_version(),
         **{dist: _version(dist) for dist in PACKAGES},
         "machine": platform.machine(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_vector_flags(),
     }
 
 
