@@ -15,7 +15,19 @@ PACKAGE = "world_modality"
 # fails the test until it is placed here and in the two documents.
 LAYERS: list[tuple[str, ...]] = [
     # foundation
-    ("config", "cache_dirs", "jsonl", "images", "optim_state", "workers", "ids", "errors", "optim", "provenance"),
+    (
+        "config",
+        "cache_dirs",
+        "jsonl",
+        "images",
+        "optim_state",
+        "workers",
+        "ids",
+        "errors",
+        "optim",
+        "provenance",
+        "toolchain",
+    ),
     ("data",),
     ("world",),
     ("policy",),
