@@ -320,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         "has N times fewer updates: a study of its own when not 1 (default: 1, in the study's process)",
     )
     p.add_argument(
+        "--train-threads",
+        dest="train_threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch CPU threads in each training process, >= 0; changes float rounding only, so not part of the "
+        "study's identity, and a run resumes under another count (default: 0, half the cores)",
+    )
+    p.add_argument(
         "--serve",
         action="store_true",
         help="evaluate each run through one batched `world-modality serve` of its checkpoint on a free loopback port, "

@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = {
     "tensorboard",
     "dist_timeout_minutes",
     "num_workers",
+    "num_threads",  # float rounding only
     "prefetch_factor",
     "val_loss",
 }

@@ -18,7 +18,8 @@ class TrainingProcessesFailed(RuntimeError):
 
 
 def launch_settings(args) -> dict:
-    """--train-processes and --serve, checked: {"train_processes": n, "serve": bool} for StudySettings."""
+    """--train-processes, --train-threads and --serve, checked: {"train_processes": n, "train_threads": t,
+    "serve": bool} for StudySettings."""
     from ..config import ConfigError
 
     n = getattr(args, "train_processes", 1)
@@ -33,7 +34,10 @@ def launch_settings(args) -> dict:
                 f"--train-processes {n}: this machine has {gpus} CUDA device(s) and each process trains on one of "
                 f"its own; expected at most {gpus}."
             )
-    return {"train_processes": n, "serve": bool(getattr(args, "serve", False))}
+    threads = getattr(args, "train_threads", 0)
+    if threads is None or threads < 0:
+        raise ConfigError(f"--train-threads must be >= 0 (0: half the cores), got {threads}.")
+    return {"train_processes": n, "train_threads": threads, "serve": bool(getattr(args, "serve", False))}
 
 
 def torchrun_command(config: Path, processes: int) -> list[str]:

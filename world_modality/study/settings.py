@@ -99,6 +99,8 @@ class StudySettings:
     # Processes that train each run (launch.py): each takes batch_size samples per step, so the update's batch is
     # batch_size x train_processes and an epoch has that many times fewer updates.
     train_processes: int = 1
+    # torch's CPU threads in each training process (0: half the cores): rounding only, so never in the identity.
+    train_threads: int = 0
     serve: bool = False  # evaluate each run through one batched policy server of it (served.py), not in each worker
     # External policy servers evaluated as arms (external_arms.ExternalArm): their names, conventions and training
     # starts' hash join the identity only when some are given; their addresses and the reply timeout change no outcome.
@@ -113,7 +115,7 @@ class StudySettings:
         skip += ("lr_schedule",) if self.lr_schedule == "constant" else ()
         # train_processes changes the update's batch, so it is in it, but only when not 1 (studies before it ran one
         # process); serve is not: a served policy acts as a loaded one, up to float rounding in stacked requests.
-        skip += ("serve",) + (("train_processes",) if self.train_processes == 1 else ())
+        skip += ("serve", "train_threads") + (("train_processes",) if self.train_processes == 1 else ())
         skip += tuple(k for k in MODEL_SETTINGS if getattr(self, k) == StudySettings.__dataclass_fields__[k].default)
         skip += ("external_arms", "arm_timeout_s")
         identity = {k: v for k, v in asdict(self).items() if k not in skip + self._unused_encoder_settings()}
@@ -263,6 +265,7 @@ def run_config(s: StudySettings, experiment: str, suite: str, seed: int, dataset
             "max_epochs": s.epochs,
             "batch_size": s.batch_size,
             "lr_schedule": s.lr_schedule,
+            "num_threads": s.train_threads,
             "seed": seed,
             "output_dir": str(run_dir),
             "tensorboard": False,
@@ -444,6 +447,8 @@ def command_line(s: StudySettings) -> str:
         parts += ["--pretrain-seed", str(s.pretrain_seed)]
     if s.train_processes != 1:
         parts += ["--train-processes", str(s.train_processes)]
+    if s.train_threads:
+        parts += ["--train-threads", str(s.train_threads)]
     if s.serve:
         parts.append("--serve")
     from .external_arms import command_flags

@@ -64,6 +64,23 @@ def test_train_processes_join_the_identity_only_when_not_one_and_serve_never(tmp
         check_same_study(two)
 
 
+def test_train_threads_reach_each_run_never_the_identity_and_a_run_resumes_under_another_count(tmp_path):
+    from world_modality.train_output import check_same_experiment
+
+    plain, two = _settings(tmp_path), _settings(tmp_path, "--train-threads", "2")
+    assert two.identity() == plain.identity()
+    cfgs = [run_config(s, "E0", "libero_spatial", 0, tmp_path / "data", tmp_path / "run") for s in (plain, two)]
+    assert [c.train.num_threads for c in cfgs] == [0, 2]
+    check_same_experiment(cfgs[0], cfgs[1], tmp_path / "run")  # rounding only: resumable, not refused
+    words = shlex.split(command_line(two))
+    assert words[words.index("--train-threads") + 1] == "2" and "--train-threads" not in command_line(plain)
+    assert settings_from_args(build_parser().parse_args(words[1:])) == two  # the recorded command continues it
+    check_same_study(plain)
+    check_same_study(two)
+    with pytest.raises(ConfigError, match=r"--train-threads must be >= 0 .*got -1\."):
+        _settings(tmp_path, "--train-threads", "-1")
+
+
 def test_the_processes_train_the_runs_config_and_a_failure_names_their_error(tmp_path, monkeypatch):
     s = _settings(tmp_path, "--train-processes", "2", "--world-encoder", "random")
     cfg = run_config(s, "E2", "libero_spatial", 0, tmp_path / "data", tmp_path / "run")
