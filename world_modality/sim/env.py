@@ -80,6 +80,9 @@ class LiberoEnv:
         msaa = self.render_profile.msaa_samples
         if self._env.sim.model.vis.quality.offsamples != msaa:
             self._env.env.set_xml_processor(lambda xml: with_offscreen_samples(xml, msaa))
+        from world_modality.sim.render_reuse import RenderContextKeeper
+
+        self._render_keeper = RenderContextKeeper(self._env.env)
         self._raw: dict[str, np.ndarray] | None = None
         self.t = 0
         self.done = True
@@ -235,6 +238,7 @@ class LiberoEnv:
     def close(self) -> None:
         if self._env is not None:
             self._env.close()
+            self._render_keeper.release()
             self._env = None
 
     def __enter__(self) -> LiberoEnv:
