@@ -10,15 +10,17 @@ import hashlib
 
 class RenderContextKeeper:
     """Wraps a robosuite env's `_destroy_sim` and `_initialize_sim` (on the instance): the offscreen render context
-    of the sim being destroyed is held, and bound to the next sim when that one is compiled from the same XML (after
-    the env's XML processor); otherwise it is freed before the next is built, so that freeing it never runs under
+    of the sim being destroyed is held, and bound to the next sim when that one is compiled from the same XML through
+    the same XML processor; otherwise it is freed before the next is built, so that freeing it never runs under
     another context's GL state."""
 
     def __init__(self, env):
         self._env = env
         self._destroy, self._initialize = env._destroy_sim, env._initialize_sim
         self._held = None  # the destroyed sim's render context
-        self._xml_digest = None  # of the XML the current sim was compiled from; None: unknown (built before this)
+        # What the current sim was compiled from: its XML's digest before the env's XML processor, and that processor
+        # (the same function of the same string compiles the same model; processing it here too would parse it twice).
+        self._compiled_from = None  # None: unknown (built before this keeper)
         self.reused = 0  # hard resets that kept the context
         env._destroy_sim = self._destroy_sim
         env._initialize_sim = self._initialize_sim
@@ -31,13 +33,13 @@ class RenderContextKeeper:
     def _initialize_sim(self, xml_string=None) -> None:
         env = self._env
         xml = xml_string if xml_string else env.model.get_xml()
-        processor = getattr(env, "_xml_processor", None)
-        digest = hashlib.sha256((processor(xml) if processor is not None else xml).encode()).hexdigest()
+        source = (hashlib.sha256(xml.encode()).hexdigest(), getattr(env, "_xml_processor", None))
         ctx, self._held = self._held, None
-        if ctx is not None and (self._xml_digest is None or digest != self._xml_digest):
+        same = self._compiled_from is not None and source[0] == self._compiled_from[0]
+        if ctx is not None and not (same and source[1] is self._compiled_from[1]):
             ctx = None  # freed here, while no other context is current
         self._initialize(xml)  # the original applies the processor to the same string
-        self._xml_digest = digest
+        self._compiled_from = source
         if ctx is not None:
             sim = env.sim
             ctx.sim, ctx.model, ctx.data = sim, sim.model, sim.data

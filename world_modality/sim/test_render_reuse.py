@@ -97,7 +97,7 @@ def test_only_a_model_of_the_same_xml_keeps_the_context_and_the_old_one_is_freed
     other = env.reset(first)
     assert first() is None and other() is not None
     assert env.live_when_built == [False, False]  # the old context was freed before the new one was built
-    env._xml_processor = lambda xml: xml.replace("b", "c")  # the processed XML decides, not the raw one
+    env._xml_processor = lambda xml: xml.replace("b", "c")  # another processor: another model from the same XML
     assert env.reset(other)() is not None and other() is None
     assert env.keeper.reused == 1
     env._destroy_sim()
