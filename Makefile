@@ -37,9 +37,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Test files run in parallel, one pytest worker per core (TEST_JOBS=1 for one process); a file's tests stay on one
-# worker, so its module fixtures (a trained checkpoint, a simulator dataset) are built once.
+# worker, so its module fixtures (a trained checkpoint, a simulator dataset) are built once. The 25 slowest tests
+# and fixtures are listed at the end, so that what makes `make test` long is in every run's log.
 TEST_JOBS ?= auto
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=25
 
 test: lint
 	$(PYTEST)
