@@ -9,7 +9,9 @@ the packages named here that the simulator's output depends on."""
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
 from importlib import metadata
 
 # Distributions whose versions change a result's bytes: what generation writes (physics, expert motion, frames,
@@ -63,14 +65,59 @@ def cpu_vector_flags() -> list[str]:
     return [f for f in VECTOR_FLAGS if f in have]
 
 
+# numpy's run-time dispatch targets above x86-64-v3 (AVX2, FMA), and torch's switches to the same level (its ATen
+# kernels, MKL and oneDNN). AVX-512 loops round otherwise than AVX2 ones. Measured on one CPU with AVX-512: the
+# study's dataset, regenerated there with numpy's targets disabled, had the fingerprint of the dataset a CPU without
+# AVX-512 had made (without them disabled it had another), and the study's world encoder, pretrained there again with
+# torch's switches set, the sha256 of the one made on that other CPU (without them, another).
+NUMPY_SIMD_CAP = ("X86_V4", "AVX512_ICL", "AVX512_SPR")
+SIMD_CAP_ENV = {
+    "NPY_DISABLE_CPU_FEATURES": " ".join(NUMPY_SIMD_CAP),
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+}
+
+
+def cap_simd() -> None:
+    """Cap numpy's and torch's vector code at x86-64-v3 (AVX2) in this process, when they are not yet imported, and in
+    every process it starts, so that a CPU with AVX-512 computes what one without does. The package calls it on
+    import. A variable the user set is kept (NPY_DISABLE_CPU_FEATURES empty: numpy uncapped)."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for name, value in SIMD_CAP_ENV.items():
+            os.environ.setdefault(name, value)
+
+
+def numpy_simd() -> str:
+    """The highest of numpy's dispatch targets its loops use in this process ('X86_V3', ...): what capping decides,
+    and what a numpy imported before the package (so uncapped) shows."""
+    from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+
+    used = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
+    return used[-1] if used else (__cpu_baseline__[-1] if __cpu_baseline__ else "none")
+
+
+def torch_simd() -> str | None:
+    """The vector level torch's kernels use in this process ('AVX2', 'AVX512', ...); None where torch is not loaded
+    (generation never loads it, and this does not load it)."""
+    torch = sys.modules.get("torch")
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()) if torch is not None else None
+    except AttributeError:
+        return None
+
+
 def toolchain() -> dict:
-    """{"python", each of PACKAGES: version or None when not installed, "machine", "cpu", "cpu_flags"}."""
+    """{"python", each of PACKAGES: version or None when not installed, "machine", "cpu", "cpu_flags",
+    "numpy_simd", and "torch_simd" where torch is loaded}."""
     return {
         "python": platform.python_version(),
         **{dist: _version(dist) for dist in PACKAGES},
         "machine": platform.machine(),
         "cpu": cpu_model(),
         "cpu_flags": cpu_vector_flags(),
+        "numpy_simd": numpy_simd(),
+        **({"torch_simd": t} if (t := torch_simd()) else {}),
     }
 
 
